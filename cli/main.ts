@@ -1,0 +1,54 @@
+/**
+ * The `agentfence` command. Each subcommand is a thin entrypoint: it builds its one typed config object from
+ * argv and the environment (the only place either is read), then hands over to the component.
+ */
+import { localClusterCommand } from './local-cluster.ts';
+
+export interface CommandContext {
+  argv: string[];
+  env: Readonly<Record<string, string | undefined>>;
+  stdout: (text: string) => void;
+  stderr: (text: string) => void;
+}
+
+export type Command = (ctx: CommandContext) => Promise<number>;
+
+const COMMANDS: Record<string, { summary: string; run: Command }> = {
+  'local-cluster': {
+    summary: 'run a real local control plane (etcd, kube-apiserver, kube-controller-manager) with the CRDs installed',
+    run: localClusterCommand,
+  },
+  demo: {
+    summary: 'run the local control plane, install the CRDs and apply the examples',
+    run: (ctx) => localClusterCommand({ ...ctx, argv: ['--apply-examples', ...ctx.argv] }),
+  },
+};
+
+function usage(): string {
+  const lines = Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(16)}${c.summary}`);
+  return `Usage: agentfence <command> [flags]\n\nCommands:\n${lines.join('\n')}\n\nRun 'agentfence <command> --help' for its flags.\n`;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const ctx: Omit<CommandContext, 'argv'> = {
+    env: process.env, // eslint-disable-line no-restricted-properties -- the CLI entrypoint is where the environment is read
+    stdout: (t) => process.stdout.write(t),
+    stderr: (t) => process.stderr.write(t),
+  };
+  const [name, ...rest] = argv;
+  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+    ctx.stdout(usage());
+    return name === undefined ? 2 : 0;
+  }
+  const command = COMMANDS[name];
+  if (!command) {
+    ctx.stderr(`agentfence: unknown command '${name}'\n\n${usage()}`);
+    return 2;
+  }
+  try {
+    return await command.run({ ...ctx, argv: rest });
+  } catch (err) {
+    ctx.stderr(`agentfence ${name}: ${err instanceof Error ? err.message : String(err)}\n`);
+    return 1;
+  }
+}

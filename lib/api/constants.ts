@@ -1,0 +1,21 @@
+/** Names fixed by the architecture brief; every component imports them from here. */
+export const GROUP = 'agentfence.io';
+export const VERSION = 'v1alpha1';
+export const API_VERSION = `${GROUP}/${VERSION}`;
+
+export const AGENT_POLICY = { kind: 'AgentPolicy', plural: 'agentpolicies', singular: 'agentpolicy' } as const;
+export const AGENT_ENTITLEMENT = {
+  kind: 'AgentEntitlement',
+  plural: 'agententitlements',
+  singular: 'agententitlement',
+} as const;
+
+export const LABEL_INJECT = 'agentfence.io/inject';
+export const LABEL_AGENT = 'agentfence.io/agent';
+export const LABEL_MANAGED_BY = 'app.kubernetes.io/managed-by';
+export const MANAGED_BY = 'agentfence';
+
+/** Bounds shared by the CRD schema and the code that checks or produces the same values. */
+export const TOKEN_TTL_MIN_SECONDS = 60;
+export const TOKEN_TTL_MAX_SECONDS = 900;
+export const TOKEN_TTL_DEFAULT_SECONDS = 300;

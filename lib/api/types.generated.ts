@@ -1,0 +1,250 @@
+// Generated from lib/api/schema.ts by `npm run gen:crds`. Do not edit.
+import type { ObjectMeta } from './meta.ts';
+
+/** What a set of agents may reach. Allow-only: several policies selecting a pod are unioned. */
+export interface AgentPolicySpec {
+  /** Selects the agent pods in this namespace that this policy grants to. */
+  agentSelector: LabelSelector;
+  /** Enforce: the sidecar denies what no rule allows. Audit: the sidecar forwards and logs "would deny". NetworkPolicies are enforced in both modes. */
+  mode?: 'Enforce' | 'Audit';
+  /** Lifetime of the agents' identity tokens, 1m to 15m (default 5m). The shortest of all matching policies wins. */
+  tokenTTL?: string;
+  /** When set, the grants of this policy end at this moment (RFC 3339). */
+  expiresAt?: string;
+  /** Outbound grants. */
+  egress?: EgressRule[];
+  /** Inbound grants (the baseline refuses all ingress to agent pods). */
+  ingress?: IngressRule[];
+}
+
+/** A Kubernetes label selector (metav1.LabelSelector). */
+export interface LabelSelector {
+  /** Labels that must all be present with these values. */
+  matchLabels?: Record<string, string>;
+  /** Requirements that must all hold. */
+  matchExpressions?: LabelSelectorRequirement[];
+}
+
+export interface LabelSelectorRequirement {
+  /** The label key the selector applies to. */
+  key: string;
+  /** How key relates to values. */
+  operator: 'In' | 'NotIn' | 'Exists' | 'DoesNotExist';
+  /** Values for In and NotIn; must be empty for Exists and DoesNotExist. */
+  values?: string[];
+}
+
+export interface EgressRule {
+  /** Rule name, unique within the list; appears in status, audit lines and metrics. */
+  name: string;
+  /** Where the agent may go: exactly one of hosts, services, agents or cidrs. */
+  to: EgressTarget;
+  /** Destination ports (the Service port for services). */
+  ports: PortRange[];
+  /** Plain-HTTP profile: the sidecar also checks method and path. (Inside a TLS tunnel only host and port can be checked.) */
+  http?: HTTPRule[];
+  /** Model Context Protocol profile: only these tools may be called (JSON-RPC tools/call over HTTP). */
+  mcp?: MCPProfile;
+  /** The audience of the agent token the sidecar presents to this destination (its `aud` claim). */
+  audience?: string;
+}
+
+/** Where the agent may go: exactly one of hosts, services, agents or cidrs. */
+export interface EgressTarget {
+  /** DNS names. Enforced by the sidecar; NetworkPolicy cannot express them (see the Degraded condition). */
+  hosts?: string[];
+  /** Kubernetes Services, resolved to their pods and target ports for the NetworkPolicy. */
+  services?: ServiceReference[];
+  /** Other agent pods (pods that carry agentfence.io/inject: "true"). */
+  agents?: AgentPeer;
+  /** IP ranges. Link-local and metadata addresses are always excluded. */
+  cidrs?: string[];
+}
+
+export interface ServiceReference {
+  /** Service name. */
+  name: string;
+  /** Service namespace; defaults to the policy’s namespace. */
+  namespace?: string;
+}
+
+/** Other agent pods (pods that carry agentfence.io/inject: "true"). */
+export interface AgentPeer {
+  /** Selects the agent pods, by their labels (usually agentfence.io/agent). */
+  agentSelector: LabelSelector;
+  /** Selects the namespaces to look in. Absent: the policy’s own namespace. Empty: every namespace. */
+  namespaceSelector?: LabelSelector;
+}
+
+export interface PortRange {
+  /** The port, or the first port of a range. */
+  port: number;
+  /** The last port of a range (inclusive). */
+  endPort?: number;
+  /** Transport protocol. */
+  protocol?: 'TCP' | 'UDP' | 'SCTP';
+}
+
+/** One allowed request shape. Absent methods: any method. Absent paths: any path. */
+export interface HTTPRule {
+  /** Allowed methods. */
+  methods?: ('GET' | 'HEAD' | 'POST' | 'PUT' | 'PATCH' | 'DELETE' | 'OPTIONS' | 'CONNECT' | 'TRACE')[];
+  /** Allowed paths. */
+  paths?: HTTPPathMatch[];
+}
+
+export interface HTTPPathMatch {
+  /** How value is matched. */
+  type?: 'Exact' | 'PathPrefix';
+  /** The path, starting with '/'. Matched after normalization (dot segments, '//', %2F). */
+  value: string;
+}
+
+/** Model Context Protocol profile: only these tools may be called (JSON-RPC tools/call over HTTP). */
+export interface MCPProfile {
+  /** The MCP endpoint path; default '/mcp'. */
+  path?: string;
+  /** Tools that may be called. */
+  tools: string[];
+}
+
+export interface IngressRule {
+  /** Rule name, unique within the list; appears in status, audit lines and metrics. */
+  name: string;
+  /** Who may connect: exactly one of agents, pods or cidrs. */
+  from: IngressSource;
+  /** Ports on the agent pod (container ports). */
+  ports: PortRange[];
+}
+
+/** Who may connect: exactly one of agents, pods or cidrs. */
+export interface IngressSource {
+  /** Other agent pods (pods that carry agentfence.io/inject: "true"). */
+  agents?: AgentPeer;
+  /** Ordinary (non-agent) pods, such as a web front end. */
+  pods?: PodPeer;
+  /** Source IP ranges. */
+  cidrs?: string[];
+}
+
+/** Ordinary (non-agent) pods, such as a web front end. */
+export interface PodPeer {
+  /** Selects the pods. Empty: every pod. */
+  podSelector: LabelSelector;
+  /** Selects namespaces. Absent: the policy’s own namespace. Empty: every namespace. */
+  namespaceSelector?: LabelSelector;
+}
+
+export interface AgentPolicyStatus {
+  /** The spec generation last reconciled. */
+  observedGeneration?: number;
+  /** Standard conditions. */
+  conditions?: Condition[];
+  agents?: AgentCounts;
+  /** Objects written for this policy. */
+  networkPolicies?: ManagedObjectRef[];
+}
+
+export interface Condition {
+  /** Condition type: Accepted, NetworkPolicyProgrammed, AgentsInSync, Degraded, Ready. */
+  type: string;
+  /** Condition status. */
+  status: 'True' | 'False' | 'Unknown';
+  /** CamelCase reason, stable and documented. */
+  reason: string;
+  /** Human-readable detail. */
+  message?: string;
+  /** The generation this condition describes. */
+  observedGeneration?: number;
+  /** When status last changed. */
+  lastTransitionTime: string;
+}
+
+export interface AgentCounts {
+  /** Agent pods this policy selects. */
+  selected?: number;
+  /** Of those, sidecars enforcing the current revision. */
+  inSync?: number;
+}
+
+export interface ManagedObjectRef {
+  /** Kind. */
+  kind: string;
+  /** Name. */
+  name: string;
+}
+
+/** The compiled entitlements of one agent pod. Written by the operator; do not edit. */
+export interface AgentEntitlementSpec {
+  /** The pod. */
+  podName: string;
+  /** The pod uid (a recreated pod with the same name gets a new entitlement). */
+  podUID: string;
+  /** The agent name (label agentfence.io/agent). */
+  agent: string;
+  /** The pod’s service account. */
+  serviceAccountName?: string;
+  /** The identity the pod’s tokens carry as sub. */
+  spiffeID: string;
+  /** sha256 of the compiled rules; the sidecar reports the revision it enforces. */
+  revision: string;
+  /** Identity token lifetime (the shortest of the matching policies). */
+  tokenTTL?: string;
+  /** The next moment a grant ends. */
+  expiresAt?: string;
+  /** AgentPolicies that select this pod. */
+  policies?: string[];
+  /** Outbound grants, sorted. */
+  egress?: EntitlementEgressRule[];
+}
+
+/** One compiled grant. Exactly what the sidecar checks: hosts and/or cidrs, ports, and the L7 profile. */
+export interface EntitlementEgressRule {
+  /** The AgentPolicy this grant comes from. */
+  policy: string;
+  /** The rule name in that policy. */
+  rule: string;
+  /** The mode of that policy. */
+  mode: 'Enforce' | 'Audit';
+  /** Host patterns (from hosts, and the DNS names of services). */
+  hosts?: string[];
+  /** Addresses (from cidrs, service cluster IPs and agent pod IPs). */
+  cidrs?: string[];
+  /** Ports. */
+  ports: PortRange[];
+  /** Plain-HTTP profile: the sidecar also checks method and path. (Inside a TLS tunnel only host and port can be checked.) */
+  http?: HTTPRule[];
+  /** Model Context Protocol profile: only these tools may be called (JSON-RPC tools/call over HTTP). */
+  mcp?: MCPProfile;
+  /** The audience of the agent token the sidecar presents to this destination (its `aud` claim). */
+  audience?: string;
+  /** When this grant ends. */
+  expiresAt?: string;
+}
+
+export interface AgentEntitlementStatus {
+  /** The spec generation last reported on. */
+  observedGeneration?: number;
+  /** The revision the sidecar last reported enforcing. */
+  enforcedRevision?: string;
+  /** The sidecar enforces spec.revision. */
+  inSync?: boolean;
+  /** Standard conditions. */
+  conditions?: Condition[];
+}
+
+export interface AgentPolicy {
+  apiVersion: 'agentfence.io/v1alpha1';
+  kind: 'AgentPolicy';
+  metadata: ObjectMeta;
+  spec: AgentPolicySpec;
+  status?: AgentPolicyStatus;
+}
+
+export interface AgentEntitlement {
+  apiVersion: 'agentfence.io/v1alpha1';
+  kind: 'AgentEntitlement';
+  metadata: ObjectMeta;
+  spec: AgentEntitlementSpec;
+  status?: AgentEntitlementStatus;
+}

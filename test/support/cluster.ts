@@ -1,0 +1,48 @@
+/** Helpers for integration tests: the shared control plane, a namespace per test, kubectl, and polling. */
+import { randomBytes } from 'node:crypto';
+import { inject } from 'vitest';
+import type { Binaries } from '../../localcluster/binaries.ts';
+import { kubectl, kubectlOrThrow, type CommandResult } from '../../localcluster/kubectl.ts';
+
+export interface ClusterInfo {
+  server: string;
+  caPem: string;
+  admin: { certPem: string; keyPem: string };
+  kubeconfigPath: string;
+  serviceAccountIssuer: string;
+  binaries: Binaries;
+}
+
+export function cluster(): ClusterInfo {
+  return inject('cluster');
+}
+
+export function run(args: string[], input?: string): Promise<CommandResult> {
+  return kubectl(cluster(), args, input);
+}
+
+export function runOrThrow(args: string[], input?: string): Promise<string> {
+  return kubectlOrThrow(cluster(), args, input);
+}
+
+/** Creates a uniquely named namespace (never waits for deletion: tests do not share namespaces). */
+export async function createNamespace(prefix: string): Promise<string> {
+  const name = `${prefix}-${randomBytes(3).toString('hex')}`;
+  await runOrThrow(['create', 'namespace', name]);
+  return name;
+}
+
+export async function eventually<T>(probe: () => Promise<T | undefined>, what: string, timeoutMs = 15_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let lastError: unknown;
+  while (Date.now() < deadline) {
+    try {
+      const value = await probe();
+      if (value !== undefined) return value;
+    } catch (err) {
+      lastError = err;
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`timed out waiting for ${what}${lastError instanceof Error ? `: ${lastError.message}` : ''}`);
+}
