@@ -8,6 +8,9 @@ import { Informer } from '../../lib/kube/informer.ts';
 import { createRegistry } from '../../lib/metrics.ts';
 import { cluster, createNamespace, eventually } from '../support/cluster.ts';
 
+const until = <T>(probe: () => T | undefined, what: string): Promise<T> =>
+  eventually(() => Promise.resolve(probe()), what);
+
 const CONFIGMAPS = { group: '', version: 'v1', resource: 'configmaps' };
 
 interface ConfigMap extends KubeObject {
@@ -65,14 +68,14 @@ describe('Informer (real API server)', () => {
       expect(informer.keys().sort()).toEqual([`${ns}/pre-1`, `${ns}/pre-2`]);
 
       await create(configMap('live', { v: '1' }, { suite: 'crud' }));
-      await eventually(async () => informer.get(`${ns}/live`), 'add of live');
+      await until(() => informer.get(`${ns}/live`), 'add of live');
       await client.request('PATCH', `/api/v1/namespaces/${ns}/configmaps/live`, {
         contentType: 'application/merge-patch+json',
         body: { data: { v: '2' } },
       });
-      await eventually(async () => (informer.get(`${ns}/live`)?.data?.v === '2' ? true : undefined), 'update');
+      await until(() => (informer.get(`${ns}/live`)?.data?.v === '2' ? true : undefined), 'update');
       await client.request('DELETE', `/api/v1/namespaces/${ns}/configmaps/live`);
-      await eventually(async () => (informer.get(`${ns}/live`) ? undefined : true), 'delete');
+      await until(() => (informer.get(`${ns}/live`) ? undefined : true), 'delete');
 
       expect(events).toEqual(['add pre-1', 'add pre-2', 'add live', 'update live 2', 'delete live']);
       expect(await registry.metrics()).toContain('informer_cached_objects{informer="crud"} 2');
@@ -102,11 +105,11 @@ describe('Informer (real API server)', () => {
       // Outlive several server-side timeouts.
       await new Promise((r) => setTimeout(r, 2500));
       await create(configMap('b', { v: '0' }, { suite: 'recover' }));
-      await eventually(async () => informer.get(`${ns}/b`), 'add after watch timeouts');
+      await until(() => informer.get(`${ns}/b`), 'add after watch timeouts');
 
       informer.breakWatch();
       await create(configMap('c', { v: '0' }, { suite: 'recover' }));
-      await eventually(async () => informer.get(`${ns}/c`), 'add after a cut connection');
+      await until(() => informer.get(`${ns}/c`), 'add after a cut connection');
 
       // Unchanged objects never produced update events, however many times the watch restarted.
       expect(events).toEqual(['add a', 'add b', 'add c']);
