@@ -52,7 +52,8 @@ async function forge(
     jti: 'j1',
     [AGENT_CLAIM]: { ns: 'support', pod: { name: 'p', uid: 'u' }, sa: 'sa', rev: 'r' },
   };
-  const payload = Object.fromEntries(Object.entries({ ...base, ...claims }).filter(([, v]) => v !== undefined));
+  const merged: Record<string, unknown> = { ...base, ...claims };
+  const payload = Object.fromEntries(Object.entries(merged).filter(([, v]) => v !== undefined));
   return new SignJWT(payload)
     .setProtectedHeader({ alg: 'ES256', kid: jwk.kid ?? keys.current.kid, typ: 'JWT', ...header })
     .sign(await importJWK(jwk, 'ES256'));
