@@ -6,7 +6,7 @@
 import { request } from 'node:https';
 
 export function fetchWithCA(caPem: string): typeof fetch {
-  return ((input: string | URL | Request, init?: RequestInit) =>
+  return (input: string | URL | Request, init?: RequestInit) =>
     new Promise<Response>((resolve, reject) => {
       const url = typeof input === 'string' || input instanceof URL ? input : input.url;
       const headers: Record<string, string> = { accept: 'application/json' };
@@ -28,5 +28,5 @@ export function fetchWithCA(caPem: string): typeof fetch {
       );
       req.on('error', reject);
       req.end(body);
-    }));
+    });
 }

@@ -24,7 +24,7 @@ export function kubeIdentityCluster(request: KubeRequest): IdentityCluster {
         spec: { token, audiences },
       });
       if (res.status !== 201 && res.status !== 200) throw new Error(`TokenReview: HTTP ${res.status}`);
-      return ((res.body as { status?: TokenReviewStatus }).status ?? {});
+      return (res.body as { status?: TokenReviewStatus }).status ?? {};
     },
     getPod: (namespace, name) =>
       get<PodView>(`/api/v1/namespaces/${encodeURIComponent(namespace)}/pods/${encodeURIComponent(name)}`),
