@@ -2,92 +2,28 @@
  * The token exchange against the real API server: real pod-bound service-account tokens from the TokenRequest
  * API, reviewed by the real TokenReview API, served over TLS, verified through the served JWKS.
  */
-import { createServer, type Server } from 'node:https';
-import { once } from 'node:events';
-import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createAgentVerifier } from '../../lib/verify/index.ts';
 import { fetchWithCA } from '../../lib/verify/fetch-with-ca.ts';
-import { createCertificateAuthority, issueCertificate } from '../../lib/tls/pki.ts';
-import { silentLogger } from '../../lib/log.ts';
-import { generateSigningKey, publicJwks, type KeySet } from '../../operator/identity/keys.ts';
-import { TokenIssuer } from '../../operator/identity/issuer.ts';
-import { ANNOTATION_INJECTED, IdentityExchange, OPERATOR_AUDIENCE } from '../../operator/identity/exchange.ts';
-import { kubeIdentityCluster } from '../../operator/identity/kube-cluster.ts';
-import { createIdentityApp } from '../../operator/identity/http.ts';
 import { cluster, createNamespace, runOrThrow } from '../support/cluster.ts';
-import { kubeRequest } from '../support/kube-request.ts';
-
-interface Created {
-  metadata: { name: string; uid: string };
-}
+import {
+  createAgentPod,
+  serviceAccountToken,
+  startTestIssuer,
+  type AgentPodOptions,
+  type CreatedPod,
+  type TestIssuer,
+} from '../support/identity-server.ts';
 
 let ns: string;
-let server: Server;
+let issuer: TestIssuer;
 let base: string;
 let caPem: string;
 let issuerUrl: string;
-let keys: KeySet;
 
-async function createPod(name: string, opts: { injected?: boolean; finalizer?: boolean } = {}): Promise<Created> {
-  const res = await kubeRequest('POST', `/api/v1/namespaces/${ns}/pods`, {
-    apiVersion: 'v1',
-    kind: 'Pod',
-    metadata: {
-      name,
-      labels: { 'agentfence.io/inject': 'true', 'agentfence.io/agent': 'support-agent' },
-      annotations: opts.injected === false ? {} : { [ANNOTATION_INJECTED]: '{"version":"test"}' },
-      ...(opts.finalizer ? { finalizers: ['agentfence.io/test-hold'] } : {}),
-    },
-    spec: { serviceAccountName: 'support-agent', containers: [{ name: 'app', image: 'registry.example/agent:1' }] },
-  });
-  expect(res.status).toBe(201);
-  const pod = res.body as Created;
-  await runOrThrow(
-    ['apply', '--server-side', '-f', '-'],
-    JSON.stringify({
-      apiVersion: 'agentfence.io/v1alpha1',
-      kind: 'AgentEntitlement',
-      metadata: { name, namespace: ns },
-      spec: {
-        podName: name,
-        podUID: pod.metadata.uid,
-        agent: 'support-agent',
-        spiffeID: `spiffe://cluster.local/ns/${ns}/agent/support-agent`,
-        revision: 'sha256:feed',
-        tokenTTL: '2m',
-        egress: [
-          {
-            policy: 'p',
-            rule: 'orders',
-            mode: 'Enforce',
-            hosts: ['orders.example'],
-            ports: [{ port: 80, protocol: 'TCP' }],
-            audience: 'orders-api',
-          },
-        ],
-      },
-    }),
-  );
-  return pod;
-}
-
-/** A real token from the TokenRequest API; bound to the pod unless told otherwise. */
-async function tokenFor(pod: Created | undefined, audiences = [OPERATOR_AUDIENCE]): Promise<string> {
-  const res = await kubeRequest('POST', `/api/v1/namespaces/${ns}/serviceaccounts/support-agent/token`, {
-    apiVersion: 'authentication.k8s.io/v1',
-    kind: 'TokenRequest',
-    spec: {
-      audiences,
-      expirationSeconds: 600,
-      ...(pod
-        ? { boundObjectRef: { kind: 'Pod', apiVersion: 'v1', name: pod.metadata.name, uid: pod.metadata.uid } }
-        : {}),
-    },
-  });
-  expect(res.status).toBe(201);
-  return (res.body as { status: { token: string } }).status.token;
-}
+const createPod = (name: string, opts: AgentPodOptions = {}): Promise<CreatedPod> => createAgentPod(ns, name, opts);
+const tokenFor = (pod: CreatedPod | undefined, audiences?: string[]): Promise<string> =>
+  serviceAccountToken(ns, 'support-agent', pod, audiences);
 
 async function exchange(token: string): Promise<{ status: number; body: Record<string, unknown> }> {
   const res = await fetchWithCA(caPem)(`${base}/v1/identity`, {
@@ -100,44 +36,14 @@ async function exchange(token: string): Promise<{ status: number; body: Record<s
 beforeAll(async () => {
   ns = await createNamespace('identity');
   await runOrThrow(['create', 'serviceaccount', 'support-agent', '-n', ns]);
-  const ca = await createCertificateAuthority('identity-test-ca', 1);
-  caPem = ca.certPem;
-  const serving = await issueCertificate(ca, {
-    commonName: 'controller',
-    ipAddresses: ['127.0.0.1'],
-    usage: 'server',
-    validityDays: 1,
-  });
-  keys = { current: await generateSigningKey(Date.now() - 1000, 86_400_000), previous: [] };
-  const trustDomain = 'cluster.local';
-  server = createServer({ cert: serving.certPem, key: serving.keyPem });
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  base = `https://127.0.0.1:${(server.address() as AddressInfo).port}`;
-  issuerUrl = base;
-  const issuer = new TokenIssuer({ issuer: issuerUrl, trustDomain, keys: () => keys });
-  const selfVerifier = createAgentVerifier({
-    issuer: issuerUrl,
-    audience: issuerUrl,
-    jwks: publicJwks(keys),
-    trustDomain,
-  });
-  const exchangeService = new IdentityExchange({
-    cluster: kubeIdentityCluster((method, path, body) => kubeRequest(method, path, body)),
-    issuer,
-    selfVerifier,
-    issuerUrl,
-    trustDomain,
-    reviewCacheMs: 0, // every exchange below must reach the real TokenReview API
-  });
-  server.on(
-    'request',
-    createIdentityApp({ exchange: exchangeService, issuerUrl, keys: () => keys, logger: silentLogger }),
-  );
+  issuer = await startTestIssuer();
+  base = issuer.url;
+  issuerUrl = issuer.url;
+  caPem = issuer.caPem;
 });
 
 afterAll(() => {
-  server.close();
+  issuer.close();
 });
 
 describe('POST /v1/identity against the real API server', () => {
@@ -259,7 +165,7 @@ describe('POST /v1/identity against the real API server', () => {
     expect(discovery.issuer).toBe(issuerUrl);
     expect(discovery.jwks_uri).toBe(`${issuerUrl}/.well-known/jwks.json`);
     const jwks = await (await fetchWithCA(caPem)(discovery.jwks_uri)).text();
-    expect(jwks).toContain(keys.current.kid);
+    expect(jwks).toContain(issuer.keys.current.kid);
     expect(jwks).not.toContain('"d"');
   });
 });
