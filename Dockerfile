@@ -12,6 +12,7 @@ COPY cli cli
 COPY operator operator
 COPY webhook webhook
 COPY sidecar sidecar
+COPY localcluster localcluster
 RUN npm run build && npm prune --omit=dev
 
 FROM node:24-bookworm-slim
