@@ -1,0 +1,130 @@
+/**
+ * Entitlement distribution: every controller replica keeps the current AgentEntitlement of every pod (fed by its
+ * informer) and streams each connected sidecar the full snapshot of its own pod — on every change and as a
+ * heartbeat. Full snapshots, never deltas: a missed event can never leave a sidecar with a stale grant, and an
+ * entitlement that disappears is a narrowing to nothing (the SPIFFE Workload API rule).
+ *
+ * The wire format (Server-Sent Events):
+ *   event: snapshot   data: {"revision": "sha256:…", "entitlement": <AgentEntitlement>}
+ *   event: heartbeat  data: {"revision": "sha256:…"}      (every heartbeatMs; revision "" when none)
+ * A sidecar whose pod has no entitlement gets an empty snapshot (no grants) so it can tell "nothing allowed"
+ * from "controller unreachable".
+ */
+import type { AgentEntitlement } from '../../lib/api/types.generated.ts';
+
+export interface StreamSink {
+  /** Writes one SSE event; returns false when the connection is gone. */
+  send(event: 'snapshot' | 'heartbeat', data: string): boolean;
+  close(): void;
+}
+
+interface Subscriber {
+  podUID: string;
+  sink: StreamSink;
+  lastRevision: string | undefined;
+}
+
+export interface PodKey {
+  namespace: string;
+  podName: string;
+  podUID: string;
+}
+
+const key = (namespace: string, podName: string): string => `${namespace}/${podName}`;
+
+/** The entitlement a pod gets when none is compiled yet: nothing allowed. */
+export function emptyEntitlement(pod: PodKey): AgentEntitlement {
+  return {
+    apiVersion: 'agentfence.io/v1alpha1',
+    kind: 'AgentEntitlement',
+    metadata: { name: pod.podName, namespace: pod.namespace },
+    spec: { podName: pod.podName, podUID: pod.podUID, agent: '', spiffeID: '', revision: '', egress: [] },
+  };
+}
+
+export class EntitlementHub {
+  private readonly entitlements = new Map<string, AgentEntitlement>();
+  private readonly subscribers = new Map<string, Set<Subscriber>>();
+  private heartbeat: NodeJS.Timeout | undefined;
+  private readonly heartbeatMs: number;
+
+  constructor(heartbeatMs = 15_000) {
+    this.heartbeatMs = heartbeatMs;
+  }
+
+  start(): void {
+    this.heartbeat = setInterval(() => {
+      this.beat();
+    }, this.heartbeatMs);
+    this.heartbeat.unref();
+  }
+
+  stop(): void {
+    if (this.heartbeat) clearInterval(this.heartbeat);
+    for (const set of this.subscribers.values()) for (const s of set) s.sink.close();
+    this.subscribers.clear();
+  }
+
+  /** Informer add/update. Pushes to the pod's sidecars only when the revision changed. */
+  upsert(entitlement: AgentEntitlement): void {
+    const k = key(entitlement.metadata.namespace ?? '', entitlement.spec.podName);
+    this.entitlements.set(k, entitlement);
+    this.push(k);
+  }
+
+  /** Informer delete: the sidecars get an empty snapshot (revoked). */
+  remove(namespace: string, podName: string): void {
+    const k = key(namespace, podName);
+    this.entitlements.delete(k);
+    this.push(k);
+  }
+
+  subscribe(pod: PodKey, sink: StreamSink): () => void {
+    const k = key(pod.namespace, pod.podName);
+    const subscriber: Subscriber = { podUID: pod.podUID, sink, lastRevision: undefined };
+    let set = this.subscribers.get(k);
+    if (!set) {
+      set = new Set();
+      this.subscribers.set(k, set);
+    }
+    set.add(subscriber);
+    this.sendSnapshot(k, subscriber);
+    return () => {
+      set.delete(subscriber);
+      if (set.size === 0) this.subscribers.delete(k);
+    };
+  }
+
+  connectedSidecars(): number {
+    let n = 0;
+    for (const set of this.subscribers.values()) n += set.size;
+    return n;
+  }
+
+  /** The entitlement for this pod incarnation; a stale one (other uid) counts as none. */
+  entitlementFor(pod: PodKey): AgentEntitlement {
+    const found = this.entitlements.get(key(pod.namespace, pod.podName));
+    return found && found.spec.podUID === pod.podUID ? found : emptyEntitlement(pod);
+  }
+
+  private push(k: string): void {
+    for (const subscriber of this.subscribers.get(k) ?? []) this.sendSnapshot(k, subscriber);
+  }
+
+  private sendSnapshot(k: string, subscriber: Subscriber): void {
+    const [namespace = '', podName = ''] = k.split('/');
+    const entitlement = this.entitlementFor({ namespace, podName, podUID: subscriber.podUID });
+    const revision = entitlement.spec.revision;
+    if (subscriber.lastRevision === revision) return;
+    subscriber.lastRevision = revision;
+    if (!subscriber.sink.send('snapshot', JSON.stringify({ revision, entitlement }))) subscriber.sink.close();
+  }
+
+  private beat(): void {
+    for (const set of this.subscribers.values()) {
+      for (const s of set) {
+        if (!s.sink.send('heartbeat', JSON.stringify({ revision: s.lastRevision ?? '' }))) s.sink.close();
+      }
+    }
+  }
+}
