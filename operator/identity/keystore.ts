@@ -87,8 +87,8 @@ export class SigningKeyStore {
     this.informer.start();
   }
 
-  stop(): void {
-    this.informer.stop();
+  stop(): Promise<void> {
+    return this.informer.stop();
   }
 
   /** True once a usable key set is loaded (the identity endpoints answer 503 until then). */

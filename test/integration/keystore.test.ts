@@ -32,8 +32,8 @@ beforeAll(async () => {
   ns = await createNamespace('keys');
 });
 
-afterAll(() => {
-  for (const s of stores) s.stop();
+afterAll(async () => {
+  for (const s of stores) await s.stop();
   client.close();
 });
 
@@ -57,7 +57,10 @@ describe('signing key store', () => {
 
     clock.t += 12 * H;
     await leader.rotate();
-    const next = await eventually(async () => replica.keys().next?.kid, 'replica sees the published next key');
+    const next = await eventually(
+      () => Promise.resolve(replica.keys().next?.kid),
+      'replica sees the published next key',
+    );
     expect(replica.keys().current.kid).toBe(kid); // still signing with the old one
 
     clock.t += 8 * H;
