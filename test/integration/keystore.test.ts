@@ -46,7 +46,7 @@ describe('signing key store', () => {
     const wait = await leader.rotate();
     expect(wait).toBe(H); // nothing due for 12 h; the leader still looks at least hourly
     const kid = await eventually(
-      async () => (replica.ready() ? replica.keys().current.kid : undefined),
+      () => (replica.ready() ? replica.keys().current.kid : undefined),
       'replica loads keys',
     );
     expect(leader.keys().current.kid).toBe(kid);
@@ -66,7 +66,7 @@ describe('signing key store', () => {
     clock.t += 8 * H;
     await leader.rotate();
     await eventually(
-      async () => (replica.keys().current.kid === next ? true : undefined),
+      () => (replica.keys().current.kid === next ? true : undefined),
       'replica activates the next key',
     );
     expect(replica.keys().previous.map((k) => k.kid)).toEqual([kid]);
@@ -91,7 +91,7 @@ describe('signing key store', () => {
 
     await leader.rotate(); // the leader replaces the damaged Secret with fresh keys
     await eventually(
-      async () => (replica.keys().current.kid !== next ? true : undefined),
+      () => (replica.keys().current.kid !== next ? true : undefined),
       'replica loads the regenerated keys',
     );
   });
