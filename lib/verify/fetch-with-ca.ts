@@ -21,7 +21,10 @@ export function fetchWithCA(caPem: string): typeof fetch {
           res.on('end', () => {
             const out = new Headers();
             for (const [k, v] of Object.entries(res.headers)) if (typeof v === 'string') out.set(k, v);
-            resolve(new Response(Buffer.concat(chunks), { status: res.statusCode ?? 500, headers: out }));
+            const status = res.statusCode ?? 500;
+            // Fetch forbids a body on null-body statuses, even an empty one.
+            const body = status === 204 || status === 205 || status === 304 ? null : Buffer.concat(chunks);
+            resolve(new Response(body, { status, headers: out }));
           });
           res.on('error', reject);
         },

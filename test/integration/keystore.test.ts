@@ -65,10 +65,7 @@ describe('signing key store', () => {
 
     clock.t += 8 * H;
     await leader.rotate();
-    await eventually(
-      () => (replica.keys().current.kid === next ? true : undefined),
-      'replica activates the next key',
-    );
+    await eventually(() => (replica.keys().current.kid === next ? true : undefined), 'replica activates the next key');
     expect(replica.keys().previous.map((k) => k.kid)).toEqual([kid]);
     const rv2 = JSON.parse(await runOrThrow(['get', 'secret', 'agentfence-signing-keys', '-n', ns, '-o', 'json'])) as {
       metadata: { resourceVersion: string };

@@ -1,0 +1,269 @@
+/**
+ * The controller process, assembled. Every replica serves the webhook, identity and entitlement distribution from
+ * its caches; only the Lease holder writes desired state (policies → entitlements and NetworkPolicies) and rotates
+ * signing keys. Extension points (the policy reconciler, the admission handler) are passed in, so this file is
+ * only wiring.
+ */
+import express, { type RequestHandler } from 'express';
+import type { Registry } from 'prom-client';
+import { AGENT_ENTITLEMENT, GROUP, LABEL_INJECT, VERSION } from '../lib/api/constants.ts';
+import type { AgentEntitlement } from '../lib/api/types.generated.ts';
+import type { Logger } from '../lib/log.ts';
+import { counter } from '../lib/metrics.ts';
+import { startHealthServer, type HealthServer } from '../lib/health.ts';
+import type { KubeClient, KubeObject } from '../lib/kube/client.ts';
+import { writeStatus } from '../lib/kube/apply.ts';
+import { Informer } from '../lib/kube/informer.ts';
+import { LeaderElector } from '../lib/kube/leader.ts';
+import { createAgentVerifier, type AgentVerifier } from '../lib/verify/index.ts';
+import { EntitlementHub, type PodKey } from './distribution/hub.ts';
+import { createDistributionRouter } from './distribution/http.ts';
+import { cachedIdentityCluster } from './identity/cached-cluster.ts';
+import { IdentityExchange, type PodView } from './identity/exchange.ts';
+import { createIdentityApp } from './identity/http.ts';
+import { TokenIssuer } from './identity/issuer.ts';
+import { publicJwks, type KeySet } from './identity/keys.ts';
+import { SigningKeyStore } from './identity/keystore.ts';
+import { startServingServer, type ServingCertSource, type ServingServer } from './serving.ts';
+
+export const AGENT_ENTITLEMENTS = { group: GROUP, version: VERSION, resource: AGENT_ENTITLEMENT.plural };
+export const PODS = { group: '', version: 'v1', resource: 'pods' };
+
+export type AgentPod = KubeObject & PodView;
+export type AgentEntitlementObject = KubeObject & AgentEntitlement;
+
+export interface RuntimeConfig {
+  namespace: string;
+  podName: string;
+  listen: { host: string; port: number };
+  adminListen: { host: string; port: number };
+  issuerUrl: string;
+  trustDomain: string;
+  keysSecretName: string;
+  leaseName: string;
+}
+
+/** What the leader-only and admission parts get to work with. */
+export interface RuntimeContext {
+  config: RuntimeConfig;
+  client: KubeClient;
+  logger: Logger;
+  registry: Registry;
+  pods: Informer<AgentPod>;
+  entitlements: Informer<AgentEntitlementObject>;
+}
+
+export interface LeaderTask {
+  name: string;
+  /** Runs while this replica leads; must stop when `signal` aborts. */
+  run(signal: AbortSignal): Promise<void>;
+  /** Readiness of this task's caches on every replica (informers it started). */
+  ready?(): boolean;
+}
+
+export interface RuntimeExtensions {
+  /** The admission handler, mounted at POST /mutate-pods when present. */
+  admission?: RequestHandler;
+  /** Leader-only work besides key rotation, e.g. the policy reconciler. */
+  leaderTasks?: LeaderTask[];
+}
+
+export interface RunningOperator {
+  serving: ServingServer;
+  health: HealthServer;
+  keys: SigningKeyStore;
+  hub: EntitlementHub;
+  isLeader(): boolean;
+  stop(): Promise<void>;
+}
+
+export async function startOperator(
+  ctx: Omit<RuntimeContext, 'pods' | 'entitlements'>,
+  certs: ServingCertSource,
+  extensions: RuntimeExtensions = {},
+): Promise<RunningOperator> {
+  const { config, client, logger, registry } = ctx;
+  const pods = new Informer<AgentPod>({
+    client,
+    resource: PODS,
+    labelSelector: `${LABEL_INJECT}=true`,
+    name: 'agent-pods',
+    logger,
+    registry,
+  });
+  const entitlements = new Informer<AgentEntitlementObject>({
+    client,
+    resource: AGENT_ENTITLEMENTS,
+    name: 'agententitlements',
+    logger,
+    registry,
+  });
+  const keys = new SigningKeyStore({
+    client,
+    namespace: config.namespace,
+    secretName: config.keysSecretName,
+    logger,
+    registry,
+  });
+  const hub = new EntitlementHub();
+  entitlements.on({
+    add: (ae) => hub.upsert(ae),
+    update: (_, ae) => hub.upsert(ae),
+    delete: (ae) => hub.remove(ae.metadata.namespace ?? '', ae.spec.podName),
+  });
+  for (const informer of [pods, entitlements]) informer.start();
+  keys.start();
+  hub.start();
+
+  const issuer = new TokenIssuer({
+    issuer: config.issuerUrl,
+    trustDomain: config.trustDomain,
+    keys: () => keys.keys(),
+  });
+  // Our own tokens are verified against the live key set, not a fetched copy; one verifier per key set.
+  let verifierFor: { set: KeySet; verifier: AgentVerifier } | undefined;
+  const selfVerifier: AgentVerifier = {
+    verify(token) {
+      const set = keys.keys();
+      if (verifierFor?.set !== set) {
+        const jwks = publicJwks(set);
+        verifierFor = {
+          set,
+          verifier: createAgentVerifier({
+            issuer: config.issuerUrl,
+            audience: config.issuerUrl,
+            jwks,
+            trustDomain: config.trustDomain,
+          }),
+        };
+      }
+      return verifierFor.verifier.verify(token);
+    },
+  };
+  const exchange = new IdentityExchange({
+    cluster: cachedIdentityCluster(client, pods, entitlements),
+    issuer,
+    selfVerifier,
+    issuerUrl: config.issuerUrl,
+    trustDomain: config.trustDomain,
+  });
+  const identityResults = counter(registry, {
+    name: 'agentfence_identity_requests_total',
+    help: 'Identity and audience token requests, by endpoint and result (issued or a refusal code).',
+    labelNames: ['endpoint', 'result'],
+  });
+
+  const app = express();
+  app.disable('x-powered-by');
+  if (extensions.admission) app.post('/mutate-pods', extensions.admission);
+  app.use((req, res, next) => {
+    // Until the signing keys are loaded nothing can be issued or verified: answer 503, not 500.
+    if (!keys.ready() && req.path.startsWith('/v1/')) {
+      res
+        .status(503)
+        .setHeader('retry-after', '1')
+        .json({ error: 'keys_unavailable', message: 'signing keys are not loaded yet' });
+      return;
+    }
+    next();
+  });
+  app.use(express.json({ limit: '16kb' }));
+  app.use(
+    createDistributionRouter({
+      hub,
+      verifier: selfVerifier,
+      logger,
+      onAck: (pod, revision) => recordAck(client, entitlements, pod, revision),
+    }),
+  );
+  app.use(
+    createIdentityApp({
+      exchange,
+      issuerUrl: config.issuerUrl,
+      keys: () => keys.keys(),
+      logger,
+      onResult: (endpoint, result) => identityResults.inc({ endpoint, result }),
+    }),
+  );
+
+  const serving = await startServingServer({ ...config.listen, certs, handler: app, logger });
+  const tasks = extensions.leaderTasks ?? [];
+  const elector = new LeaderElector({
+    client,
+    namespace: config.namespace,
+    name: config.leaseName,
+    identity: config.podName,
+    logger,
+    registry,
+    onStartedLeading: async (signal) => {
+      logger.info('leading', { identity: config.podName });
+      await Promise.all([rotateKeys(keys, signal, logger), ...tasks.map((t) => t.run(signal))]);
+    },
+    onStoppedLeading: () => logger.info('stopped leading', { identity: config.podName }),
+  });
+  elector.start();
+
+  const health = await startHealthServer({
+    ...config.adminListen,
+    registry,
+    logger,
+    readiness: {
+      caches: () => pods.hasSynced() && entitlements.hasSynced(),
+      keys: () => keys.ready(),
+      ...Object.fromEntries(tasks.map((t) => [t.name, () => t.ready?.() ?? true])),
+    },
+  });
+
+  return {
+    serving,
+    health,
+    keys,
+    hub,
+    isLeader: () => elector.isLeader(),
+    async stop() {
+      await elector.stop();
+      await serving.close();
+      await health.close();
+      hub.stop();
+      await Promise.all([pods.stop(), entitlements.stop(), keys.stop()]);
+    },
+  };
+}
+
+/** Leader loop: rotate, then sleep until the next rotation step or leadership ends. */
+async function rotateKeys(keys: SigningKeyStore, signal: AbortSignal, logger: Logger): Promise<void> {
+  while (!signal.aborted) {
+    let waitMs: number;
+    try {
+      waitMs = await keys.rotate();
+    } catch (err) {
+      logger.error('signing key rotation failed', { err });
+      waitMs = 5_000;
+    }
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, waitMs);
+      signal.addEventListener('abort', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+}
+
+/** A sidecar reported the revision it enforces: reflect it in the AgentEntitlement's status (only when changed). */
+async function recordAck(
+  client: KubeClient,
+  entitlements: Informer<AgentEntitlementObject>,
+  pod: PodKey,
+  revision: string,
+): Promise<void> {
+  const current = entitlements.get(`${pod.namespace}/${pod.podName}`);
+  if (!current || current.spec.podUID !== pod.podUID) return; // not compiled yet, or an earlier pod's
+  const status = {
+    ...current.status,
+    observedGeneration: current.metadata.generation ?? 0,
+    enforcedRevision: revision,
+    inSync: revision === current.spec.revision,
+  };
+  await writeStatus(client, AGENT_ENTITLEMENTS, current, status);
+}
