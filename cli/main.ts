@@ -3,6 +3,7 @@
  * argv and the environment (the only place either is read), then hands over to the component.
  */
 import { localClusterCommand } from './local-cluster.ts';
+import { operatorCommand } from './operator.ts';
 
 export interface CommandContext {
   argv: string[];
@@ -17,6 +18,10 @@ const COMMANDS: Record<string, { summary: string; run: Command }> = {
   'local-cluster': {
     summary: 'run a real local control plane (etcd, kube-apiserver, kube-controller-manager) with the CRDs installed',
     run: localClusterCommand,
+  },
+  operator: {
+    summary: 'run the controller: policy reconciler, admission webhook, identity issuer, entitlement distribution',
+    run: operatorCommand,
   },
   demo: {
     summary: 'run the local control plane, install the CRDs and apply the examples',

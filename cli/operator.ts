@@ -1,0 +1,190 @@
+import { parseArgs } from 'node:util';
+import { hostname } from 'node:os';
+import type { CommandContext } from './main.ts';
+import { createLogger, isLogLevel, type LogLevel } from '../lib/log.ts';
+import { clientFromKubeconfig, clientInCluster, type KubeClient } from '../lib/kube/client.ts';
+import { createRegistry } from '../lib/metrics.ts';
+import { isTrustDomain } from '../lib/identity/claims.ts';
+import { parseListen, parseDurationFlag } from './flags.ts';
+import { certificatesFromDir, type ServingCertSource } from '../operator/serving.ts';
+import { startOperator, type RuntimeConfig } from '../operator/runtime.ts';
+
+export interface OperatorConfig {
+  runtime: RuntimeConfig;
+  kube: { kubeconfigPath: string } | { inCluster: { host: string; port: string } };
+  certDir?: string;
+  certSecret?: string;
+  serviceName: string;
+  networkProvider: 'kubernetes' | 'cilium';
+  dns: { mode: 'kube-dns' | 'node-local'; ip?: string };
+  sidecar: {
+    image: string;
+    logLevel: LogLevel;
+    maxStalenessSeconds: number;
+    cpuRequest: string;
+    memoryRequest: string;
+    memoryLimit: string;
+  };
+  webhookConfigName: string;
+  logLevel: LogLevel;
+}
+
+const HELP = `Usage: agentfence operator [flags]
+
+The controller: compiles AgentPolicies into AgentEntitlements and NetworkPolicies (leader only), injects the
+sidecar (admission webhook), issues agent identities and streams entitlements to sidecars (every replica).
+
+Flags:
+  --kubeconfig PATH            use this kubeconfig (default: $KUBECONFIG, else in-cluster)
+  --namespace NS               the controller's own namespace (Lease, Secrets)         [$POD_NAMESPACE]
+  --pod-name NAME              this replica's identity for leader election              [$POD_NAME]
+  --listen HOST:PORT           TLS: webhook, identity, distribution (default 0.0.0.0:8443)
+  --admin-listen HOST:PORT     HTTP: /healthz /readyz /metrics (default 0.0.0.0:9090)
+  --service-name NAME          the controller Service (default agentfence-controller)
+  --issuer-url URL             iss of agent tokens (default https://<service>.<namespace>.svc)
+  --trust-domain TD            SPIFFE trust domain (default cluster.local)
+  --network-provider P         kubernetes | cilium (default kubernetes)
+  --dns-mode M                 kube-dns | node-local (default kube-dns); --dns-ip for node-local
+  --cert-dir DIR               serve tls.crt/tls.key from DIR (cert-manager); else --cert-secret
+  --cert-secret NAME           self-managed CA and serving certificate in this Secret
+  --keys-secret NAME           signing keys Secret (default agentfence-signing-keys)
+  --webhook-config-name NAME   MutatingWebhookConfiguration whose caBundle we keep current
+  --sidecar-image IMAGE        the image injected as sidecar
+  --sidecar-log-level, --sidecar-max-staleness, --sidecar-cpu-request, --sidecar-memory-request, --sidecar-memory-limit
+  --log-level LEVEL            debug | info | warn | error (default info)
+`;
+
+export function loadOperatorConfig(argv: string[], env: CommandContext['env']): OperatorConfig | 'help' {
+  const { values } = parseArgs({
+    args: argv,
+    strict: true,
+    options: {
+      kubeconfig: { type: 'string' },
+      namespace: { type: 'string' },
+      'pod-name': { type: 'string' },
+      listen: { type: 'string', default: '0.0.0.0:8443' },
+      'admin-listen': { type: 'string', default: '0.0.0.0:9090' },
+      'service-name': { type: 'string', default: 'agentfence-controller' },
+      'issuer-url': { type: 'string' },
+      'trust-domain': { type: 'string', default: 'cluster.local' },
+      'network-provider': { type: 'string', default: 'kubernetes' },
+      'dns-mode': { type: 'string', default: 'kube-dns' },
+      'dns-ip': { type: 'string' },
+      'cert-dir': { type: 'string' },
+      'cert-secret': { type: 'string' },
+      'keys-secret': { type: 'string', default: 'agentfence-signing-keys' },
+      'webhook-config-name': { type: 'string', default: 'agentfence-sidecar-injector' },
+      'sidecar-image': { type: 'string', default: 'ghcr.io/agentfence/agentfence:0.1.0' },
+      'sidecar-log-level': { type: 'string', default: 'info' },
+      'sidecar-max-staleness': { type: 'string', default: '60s' },
+      'sidecar-cpu-request': { type: 'string', default: '50m' },
+      'sidecar-memory-request': { type: 'string', default: '48Mi' },
+      'sidecar-memory-limit': { type: 'string', default: '128Mi' },
+      'log-level': { type: 'string', default: 'info' },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+  });
+  if (values.help) return 'help';
+  const namespace = values.namespace ?? env.POD_NAMESPACE;
+  if (!namespace)
+    throw new Error('--namespace (or POD_NAMESPACE) is required: the controller keeps its Lease and Secrets there');
+  const logLevel = values['log-level'];
+  const sidecarLogLevel = values['sidecar-log-level'];
+  for (const [flag, v] of [
+    ['--log-level', logLevel],
+    ['--sidecar-log-level', sidecarLogLevel],
+  ] as const) {
+    if (!isLogLevel(v)) throw new Error(`${flag} must be one of debug, info, warn, error (got '${v}')`);
+  }
+  const provider = values['network-provider'];
+  if (provider !== 'kubernetes' && provider !== 'cilium') {
+    throw new Error(`--network-provider must be kubernetes or cilium (got '${provider}')`);
+  }
+  const dnsMode = values['dns-mode'];
+  if (dnsMode !== 'kube-dns' && dnsMode !== 'node-local')
+    throw new Error(`--dns-mode must be kube-dns or node-local (got '${dnsMode}')`);
+  if (dnsMode === 'node-local' && !values['dns-ip']) throw new Error('--dns-mode=node-local needs --dns-ip');
+  const trustDomain = values['trust-domain'];
+  if (!isTrustDomain(trustDomain))
+    throw new Error(`--trust-domain '${trustDomain}' is not a valid SPIFFE trust domain`);
+  if (values['cert-dir'] && values['cert-secret'])
+    throw new Error('--cert-dir and --cert-secret are mutually exclusive');
+  const serviceName = values['service-name'];
+  const issuerUrl = values['issuer-url'] ?? `https://${serviceName}.${namespace}.svc`;
+  if (!/^https:\/\/[^/?#]+$/.test(issuerUrl))
+    throw new Error(`--issuer-url must be https://host[:port] with no path (got '${issuerUrl}')`);
+  const kubeconfigPath = values.kubeconfig ?? env.KUBECONFIG;
+  let kube: OperatorConfig['kube'];
+  if (kubeconfigPath) kube = { kubeconfigPath };
+  else if (env.KUBERNETES_SERVICE_HOST && env.KUBERNETES_SERVICE_PORT) {
+    kube = { inCluster: { host: env.KUBERNETES_SERVICE_HOST, port: env.KUBERNETES_SERVICE_PORT } };
+  } else throw new Error('no cluster: pass --kubeconfig, set KUBECONFIG, or run in a pod');
+
+  const config: OperatorConfig = {
+    runtime: {
+      namespace,
+      podName: values['pod-name'] ?? env.POD_NAME ?? hostname(),
+      listen: parseListen('--listen', values.listen),
+      adminListen: parseListen('--admin-listen', values['admin-listen']),
+      issuerUrl,
+      trustDomain,
+      keysSecretName: values['keys-secret'],
+      leaseName: 'agentfence-controller',
+    },
+    kube,
+    serviceName,
+    networkProvider: provider,
+    dns: dnsMode === 'node-local' ? { mode: dnsMode, ip: values['dns-ip'] ?? '' } : { mode: dnsMode },
+    sidecar: {
+      image: values['sidecar-image'],
+      logLevel: sidecarLogLevel as LogLevel,
+      maxStalenessSeconds: parseDurationFlag('--sidecar-max-staleness', values['sidecar-max-staleness']),
+      cpuRequest: values['sidecar-cpu-request'],
+      memoryRequest: values['sidecar-memory-request'],
+      memoryLimit: values['sidecar-memory-limit'],
+    },
+    webhookConfigName: values['webhook-config-name'],
+    logLevel: logLevel as LogLevel,
+  };
+  if (values['cert-dir']) config.certDir = values['cert-dir'];
+  if (values['cert-secret']) config.certSecret = values['cert-secret'];
+  return config;
+}
+
+export async function operatorCommand(ctx: CommandContext): Promise<number> {
+  const config = loadOperatorConfig(ctx.argv, ctx.env);
+  if (config === 'help') {
+    ctx.stdout(HELP);
+    return 0;
+  }
+  const logger = createLogger({
+    level: config.logLevel,
+    fields: { component: 'operator', pod: config.runtime.podName },
+  });
+  const client: KubeClient =
+    'kubeconfigPath' in config.kube
+      ? await clientFromKubeconfig(config.kube.kubeconfigPath)
+      : await clientInCluster(config.kube.inCluster);
+  if (!config.certDir) {
+    throw new Error(
+      'serving certificates: pass --cert-dir (self-managed certificates via --cert-secret are not available in this build)',
+    );
+  }
+  const certs: ServingCertSource = await certificatesFromDir(config.certDir, logger);
+  const registry = createRegistry();
+  const running = await startOperator({ config: config.runtime, client, logger, registry }, certs);
+  logger.info('operator started', {
+    listen: running.serving.url,
+    admin: running.health.url,
+    issuer: config.runtime.issuerUrl,
+  });
+  const signal = await new Promise<NodeJS.Signals>((resolve) => {
+    process.once('SIGTERM', resolve);
+    process.once('SIGINT', resolve);
+  });
+  logger.info('operator stopping', { signal });
+  await running.stop();
+  certs.stop();
+  client.close();
+  return 0;
+}
