@@ -230,6 +230,12 @@ export async function startOperator(
   };
 }
 
+/** Resolves when the signal aborts (at once if it already has). */
+export function untilAborted(signal: AbortSignal): Promise<void> {
+  if (signal.aborted) return Promise.resolve();
+  return new Promise((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
+}
+
 /** Leader loop: rotate, then sleep until the next rotation step or leadership ends. */
 async function rotateKeys(keys: SigningKeyStore, signal: AbortSignal, logger: Logger): Promise<void> {
   while (!signal.aborted) {
