@@ -1,0 +1,288 @@
+/**
+ * The policy reconciler (leader only). Level-triggered with a single key: every relevant change enqueues
+ * "cluster"; a reconcile compiles the whole desired state from the caches (pure, deterministic, fast: see
+ * bench/compile.ts) and converges the cluster to it:
+ *   - writes (server-side apply, one field manager) only objects whose managed fields differ from the cache;
+ *   - deletes managed objects that are no longer desired (uid precondition; never objects we did not create);
+ *   - protects the per-namespace baseline with a finalizer while agent pods remain, recreates it if it goes;
+ *   - writes each AgentPolicy's status through /status only when it changed;
+ *   - requeues exactly at the next grant expiry.
+ * An unchanged world therefore costs one compile and zero writes.
+ */
+import type { Registry } from 'prom-client';
+import { GROUP, LABEL_MANAGED_BY, MANAGED_BY, VERSION, AGENT_POLICY } from '../lib/api/constants.ts';
+import type { AgentPolicy } from '../lib/api/types.generated.ts';
+import type { Logger } from '../lib/log.ts';
+import { gauge } from '../lib/metrics.ts';
+import { applyObject, deleteObject, writeStatus } from '../lib/kube/apply.ts';
+import { CONTENT_TYPE, KubeApiError, resourcePath, type KubeClient, type KubeObject, type ResourceRef } from '../lib/kube/client.ts';
+import { Controller } from '../lib/kube/controller.ts';
+import type { EventRecorder } from '../lib/kube/events.ts';
+import { Informer, objectKey } from '../lib/kube/informer.ts';
+import { compile } from './compiler/compile.ts';
+import { BASELINE_NAME } from './compiler/names.ts';
+import { compileSelector } from './compiler/selectors.ts';
+import type { CompileOptions, CompileOutput, Namespace, NetworkPolicy, Pod, Service } from './compiler/types.ts';
+import { policyStatus } from './policy-status.ts';
+import { AGENT_ENTITLEMENTS, untilAborted, type AgentEntitlementObject, type LeaderTask } from './runtime.ts';
+
+export const BASELINE_FINALIZER = 'agentfence.io/protect-baseline';
+const KEY = 'cluster';
+
+const R = {
+  policies: { group: GROUP, version: VERSION, resource: AGENT_POLICY.plural },
+  pods: { group: '', version: 'v1', resource: 'pods' },
+  namespaces: { group: '', version: 'v1', resource: 'namespaces' },
+  services: { group: '', version: 'v1', resource: 'services' },
+  networkPolicies: { group: 'networking.k8s.io', version: 'v1', resource: 'networkpolicies' },
+  cilium: { group: 'cilium.io', version: 'v2', resource: 'ciliumnetworkpolicies' },
+} satisfies Record<string, ResourceRef>;
+
+type PolicyObject = KubeObject & AgentPolicy;
+type NetworkPolicyObject = KubeObject & NetworkPolicy;
+
+export interface ReconcilerOptions {
+  client: KubeClient;
+  logger: Logger;
+  registry: Registry;
+  events?: EventRecorder;
+  /** Shared with the runtime (every replica needs them for identity and distribution). */
+  entitlements: Informer<AgentEntitlementObject>;
+  compileOptions: Omit<CompileOptions, 'now'>;
+  now?: () => Date;
+}
+
+/** True when every field present in `desired` has the same value in `current` (defaults the server adds are ignored). */
+export function isSubset(desired: unknown, current: unknown): boolean {
+  if (desired === current) return true;
+  if (Array.isArray(desired)) {
+    return Array.isArray(current) && desired.length === current.length && desired.every((d, i) => isSubset(d, current[i]));
+  }
+  if (desired !== null && typeof desired === 'object') {
+    if (current === null || typeof current !== 'object' || Array.isArray(current)) return false;
+    return Object.entries(desired).every(([k, v]) => v === undefined || isSubset(v, (current as Record<string, unknown>)[k]));
+  }
+  return false;
+}
+
+/** The fields we own on a managed object: labels, annotations, ownerReferences, finalizers and the payload. */
+function managedView(obj: KubeObject): Record<string, unknown> {
+  const { metadata, ...rest } = obj;
+  const view: Record<string, unknown> = { ...rest, metadata: {} };
+  const meta = view.metadata as Record<string, unknown>;
+  for (const k of ['labels', 'annotations', 'ownerReferences', 'finalizers'] as const) if (metadata[k] !== undefined) meta[k] = metadata[k];
+  delete view.status;
+  delete view.apiVersion;
+  delete view.kind;
+  return view;
+}
+
+export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
+  const { client, logger, registry, entitlements } = options;
+  const provider = options.compileOptions.networkProvider ?? 'kubernetes';
+  const managed = `${LABEL_MANAGED_BY}=${MANAGED_BY}`;
+  const policies = new Informer<PolicyObject>({ client, resource: R.policies, name: 'agentpolicies', logger, registry });
+  const pods = new Informer<KubeObject & Pod>({ client, resource: R.pods, name: 'pods', logger, registry });
+  const namespaces = new Informer<KubeObject & Namespace>({ client, resource: R.namespaces, name: 'namespaces', logger, registry });
+  const services = new Informer<KubeObject & Service>({ client, resource: R.services, name: 'services', logger, registry });
+  // All NetworkPolicies, not only ours: foreign ones that widen agents' egress are reported.
+  const netpols = new Informer<NetworkPolicyObject>({ client, resource: R.networkPolicies, name: 'networkpolicies', logger, registry });
+  const cilium =
+    provider === 'cilium'
+      ? new Informer<KubeObject>({ client, resource: R.cilium, labelSelector: managed, name: 'ciliumnetworkpolicies', logger, registry })
+      : undefined;
+  const informers = [policies, pods, namespaces, services, netpols, ...(cilium ? [cilium] : [])];
+  const managedObjects = gauge(registry, {
+    name: 'agentfence_managed_objects',
+    help: 'Objects the operator writes, by kind.',
+    labelNames: ['kind'],
+  });
+
+  let controller: Controller | undefined;
+  const enqueue = (): void => controller?.queue.add(KEY);
+
+  const reconcile = async (): Promise<{ requeueAfterMs?: number }> => {
+    const now = options.now?.() ?? new Date();
+    const output = compile(
+      { policies: policies.list(), pods: pods.list(), namespaces: namespaces.list(), services: services.list() },
+      { ...options.compileOptions, now },
+    );
+    const errors = new Map<string, string[]>(); // policy key → messages
+    const fail = (policyKey: string | undefined, message: string): void => {
+      if (!policyKey) return;
+      errors.set(policyKey, [...(errors.get(policyKey) ?? []), message]);
+    };
+
+    await converge(output, now, fail);
+    await writeStatuses(output, errors, now);
+
+    managedObjects.set({ kind: 'AgentEntitlement' }, output.entitlements.length);
+    managedObjects.set({ kind: 'NetworkPolicy' }, output.networkPolicies.length);
+    managedObjects.set({ kind: 'CiliumNetworkPolicy' }, output.ciliumNetworkPolicies.length);
+    if (errors.size > 0) throw new Error(`${errors.size} policies could not be fully programmed`);
+    if (output.nextExpiry) return { requeueAfterMs: Math.max(0, Date.parse(output.nextExpiry) - now.getTime()) + 10 };
+    return {};
+  };
+
+  /** Applies what differs, deletes what is no longer desired. */
+  const converge = async (output: CompileOutput, now: Date, fail: (policy: string | undefined, message: string) => void): Promise<void> => {
+    const policyOf = (obj: KubeObject): string | undefined => {
+      const owner = obj.metadata.ownerReferences?.find((o) => o.kind === AGENT_POLICY.kind);
+      const label = obj.metadata.labels?.['agentfence.io/policy'];
+      const ns = obj.metadata.labels?.['agentfence.io/policy-namespace'] ?? obj.metadata.namespace;
+      return owner ? `${obj.metadata.namespace ?? ''}/${owner.name}` : label ? `${ns ?? ''}/${label}` : undefined;
+    };
+    const write = async (resource: ResourceRef, desired: KubeObject, current: KubeObject | undefined): Promise<void> => {
+      if (current && isSubset(managedView(desired), managedView(current))) return;
+      try {
+        await applyObject(client, resource, desired);
+      } catch (err) {
+        const message = `${desired.kind ?? ''} ${objectKey(desired)}: ${err instanceof Error ? err.message : String(err)}`;
+        logger.warn('apply failed', { kind: desired.kind, key: objectKey(desired), err });
+        fail(policyOf(desired), message);
+        options.events?.warning(policyRef(desired), 'ApplyFailed', 'Apply', message);
+      }
+    };
+
+    // Baselines carry the protecting finalizer while their namespace has agent pods.
+    const desiredNetpols = output.networkPolicies.map((np) =>
+      np.metadata.name === BASELINE_NAME ? { ...np, metadata: { ...np.metadata, finalizers: [BASELINE_FINALIZER] } } : np,
+    );
+    for (const np of desiredNetpols) await write(R.networkPolicies, np as unknown as KubeObject, netpols.get(objectKey(np as unknown as KubeObject)));
+    for (const ae of output.entitlements) await write(AGENT_ENTITLEMENTS, ae as unknown as KubeObject, entitlements.get(objectKey(ae as unknown as KubeObject)));
+    if (cilium) for (const cnp of output.ciliumNetworkPolicies) await write(R.cilium, cnp as unknown as KubeObject, cilium.get(objectKey(cnp as unknown as KubeObject)));
+
+    // Prune: only objects carrying our managed-by label, and only by uid.
+    const wanted = (list: readonly { metadata: { namespace?: string; name?: string } }[]): Set<string> =>
+      new Set(list.map((o) => `${o.metadata.namespace ?? ''}/${o.metadata.name ?? ''}`));
+    const wantedNetpols = wanted(desiredNetpols);
+    for (const np of netpols.list()) {
+      if (np.metadata.labels?.[LABEL_MANAGED_BY] !== MANAGED_BY || wantedNetpols.has(objectKey(np))) continue;
+      await prune(R.networkPolicies, np, fail, policyOf(np));
+    }
+    const wantedAEs = wanted(output.entitlements);
+    for (const ae of entitlements.list()) {
+      if (ae.metadata.labels?.[LABEL_MANAGED_BY] !== MANAGED_BY || wantedAEs.has(objectKey(ae))) continue;
+      await prune(AGENT_ENTITLEMENTS, ae, fail, undefined);
+    }
+    if (cilium) {
+      const wantedCnps = wanted(output.ciliumNetworkPolicies);
+      for (const cnp of cilium.list()) if (!wantedCnps.has(objectKey(cnp))) await prune(R.cilium, cnp, fail, policyOf(cnp));
+    }
+    void now;
+  };
+
+  const prune = async (
+    resource: ResourceRef,
+    obj: KubeObject,
+    fail: (policy: string | undefined, message: string) => void,
+    policy: string | undefined,
+  ): Promise<void> => {
+    try {
+      const finalizers = obj.metadata.finalizers ?? [];
+      const index = finalizers.indexOf(BASELINE_FINALIZER);
+      if (index >= 0) {
+        // test-then-remove, so a concurrent change to the list fails instead of removing someone else's entry.
+        await client.request('PATCH', resourcePath(resource, { namespace: obj.metadata.namespace, name: obj.metadata.name }), {
+          contentType: CONTENT_TYPE.jsonPatch,
+          body: [
+            { op: 'test', path: `/metadata/finalizers/${index}`, value: BASELINE_FINALIZER },
+            { op: 'remove', path: `/metadata/finalizers/${index}` },
+          ],
+        });
+      }
+      if (!obj.metadata.deletionTimestamp) {
+        await deleteObject(client, resource, { namespace: obj.metadata.namespace ?? '', name: obj.metadata.name ?? '' }, obj.metadata.uid ? { uid: obj.metadata.uid } : {});
+      }
+    } catch (err) {
+      if (err instanceof KubeApiError && (err.status === 404 || err.status === 409)) return; // gone or changed: next round
+      logger.warn('prune failed', { key: objectKey(obj), err });
+      fail(policy, `delete ${objectKey(obj)}: ${err instanceof Error ? err.message : String(err)}`);
+    }
+  };
+
+  const writeStatuses = async (output: CompileOutput, errors: Map<string, string[]>, now: Date): Promise<void> => {
+    const reports = new Map(output.reports.map((r) => [`${r.namespace}/${r.name}`, r]));
+    // Acknowledged revisions, per policy: sidecars of pods this policy selects that enforce their current revision.
+    const inSync = new Map<string, number>();
+    for (const ae of entitlements.list()) {
+      if (ae.status?.inSync !== true || ae.status.enforcedRevision !== ae.spec.revision) continue;
+      for (const p of ae.spec.policies ?? []) {
+        const k = `${ae.metadata.namespace ?? ''}/${p}`;
+        inSync.set(k, (inSync.get(k) ?? 0) + 1);
+      }
+    }
+    const overlaps = foreignOverlaps(output);
+    for (const policy of policies.list()) {
+      const key = objectKey(policy);
+      const expiresAt = policy.spec.expiresAt ? Date.parse(policy.spec.expiresAt) : undefined;
+      const status = policyStatus(
+        policy,
+        {
+          report: reports.get(key),
+          inSync: inSync.get(key) ?? 0,
+          applyErrors: errors.get(key) ?? [],
+          foreignOverlaps: overlaps.get(key) ?? [],
+          expired: expiresAt !== undefined && expiresAt <= now.getTime(),
+        },
+        now,
+      );
+      try {
+        await writeStatus(client, R.policies, policy, status);
+      } catch (err) {
+        if (err instanceof KubeApiError && (err.status === 404 || err.status === 409)) continue; // deleted or newer: next round
+        throw err;
+      }
+    }
+  };
+
+  /** Foreign NetworkPolicies with egress rules that select pods a policy also selects (NetworkPolicies are unions). */
+  const foreignOverlaps = (output: CompileOutput): Map<string, string[]> => {
+    const result = new Map<string, string[]>();
+    const selectedBy = new Map<string, string[]>(); // pod key → policy keys
+    for (const ae of output.entitlements) {
+      selectedBy.set(`${ae.metadata.namespace ?? ''}/${ae.spec.podName}`, (ae.spec.policies ?? []).map((p) => `${ae.metadata.namespace ?? ''}/${p}`));
+    }
+    for (const np of netpols.list()) {
+      if (np.metadata.labels?.[LABEL_MANAGED_BY] === MANAGED_BY) continue;
+      const types = np.spec.policyTypes;
+      const hasEgress = (types ? types.includes('Egress') : false) && (np.spec.egress?.length ?? 0) > 0;
+      if (!hasEgress) continue;
+      for (const pod of pods.list()) {
+        if (pod.metadata.namespace !== np.metadata.namespace || !compileSelector(np.spec.podSelector)(pod.metadata.labels ?? {})) continue;
+        for (const policyKey of selectedBy.get(objectKey(pod)) ?? []) {
+          const list = result.get(policyKey) ?? [];
+          const name = objectKey(np);
+          if (!list.includes(name)) list.push(name);
+          result.set(policyKey, list);
+        }
+      }
+    }
+    return result;
+  };
+
+  return {
+    name: 'policy-reconciler',
+    ready: () => true,
+    async run(signal) {
+      for (const i of informers) i.start();
+      controller = new Controller({ name: 'agentpolicy', reconcile, informers: [...informers, entitlements], logger, registry });
+      const offs = [...informers, entitlements].map((i) =>
+        (i as Informer<KubeObject>).on({ add: enqueue, update: enqueue, delete: enqueue }),
+      );
+      await controller.start();
+      enqueue();
+      await untilAborted(signal);
+      for (const off of offs) off();
+      await controller.stop();
+      await Promise.all(informers.map((i) => i.stop()));
+      controller = undefined;
+    },
+  };
+}
+
+function policyRef(obj: KubeObject): { apiVersion: string; kind: string; name: string; namespace?: string } {
+  const owner = obj.metadata.ownerReferences?.[0];
+  if (owner) return { apiVersion: owner.apiVersion, kind: owner.kind, name: owner.name, ...(obj.metadata.namespace ? { namespace: obj.metadata.namespace } : {}) };
+  return { apiVersion: obj.apiVersion ?? '', kind: obj.kind ?? '', name: obj.metadata.name ?? '', ...(obj.metadata.namespace ? { namespace: obj.metadata.namespace } : {}) };
+}
