@@ -24,10 +24,21 @@ export interface GeneratedFile {
 }
 
 export function renderCrdFiles(): GeneratedFile[] {
+  const crds = [
+    ['agentfence.io_agentpolicies.yaml', agentPolicyCRD],
+    ['agentfence.io_agententitlements.yaml', agentEntitlementCRD],
+  ] as const;
   return [
-    { path: 'crds/agentfence.io_agentpolicies.yaml', content: renderYaml(agentPolicyCRD) },
-    { path: 'crds/agentfence.io_agententitlements.yaml', content: renderYaml(agentEntitlementCRD) },
+    ...crds.map(([file, crd]) => ({ path: `crds/${file}`, content: renderYaml(crd) })),
+    // The chart ships the same CRDs as templates (Helm's crds/ directory is never upgraded), kept on uninstall.
+    ...crds.map(([file, crd]) => ({ path: `charts/agentfence/templates/crds/${file}`, content: renderChartCrd(crd) })),
   ];
+}
+
+function renderChartCrd(crd: Record<string, unknown>): string {
+  const metadata = crd.metadata as Record<string, unknown>;
+  const kept = { ...crd, metadata: { ...metadata, annotations: { 'helm.sh/resource-policy': 'keep' } } };
+  return `{{- if .Values.crds.install }}\n${renderYaml(kept)}{{- end }}\n`;
 }
 
 function renderYaml(doc: unknown): string {
