@@ -30,7 +30,7 @@ export interface EventHandlers<T extends KubeObject> {
 }
 
 export interface InformerOptions {
-  client: KubeClient;
+  client: Pick<KubeClient, 'list' | 'watch'>;
   resource: ResourceRef;
   /** Watch one namespace; all namespaces when absent. */
   namespace?: string;
