@@ -274,6 +274,8 @@ export class Informer<T extends KubeObject = KubeObject> {
 
   /** Runs one watch until the server ends it; returns how many events arrived. */
   async #watch(signal: AbortSignal): Promise<number> {
+    // stop() may have run while the list was in flight; a listener added now would never fire.
+    if (signal.aborted) return 0;
     const abort = new AbortController();
     const onStop = (): void => abort.abort();
     signal.addEventListener('abort', onStop, { once: true });

@@ -1,0 +1,185 @@
+/**
+ * Informer logic against a scripted fake API (list pages and watch sessions the test drives). The real API server
+ * cases live in test/integration/kube-informer.test.ts; these cover paths a real server produces only rarely.
+ */
+import { describe, expect, it } from 'vitest';
+import { KubeApiError, type KubeList, type KubeObject, type Query, type WatchEvent } from '../../lib/kube/client.ts';
+import { Informer } from '../../lib/kube/informer.ts';
+
+interface Session {
+  query: Query;
+  emit(event: WatchEvent): void;
+  end(): void;
+  fail(err: Error): void;
+}
+
+class FakeApi {
+  lists: (() => KubeList)[] = [];
+  listCalls: Query[] = [];
+  sessions: Session[] = [];
+
+  list<T extends KubeObject>(_path: string, query?: Query): Promise<KubeList<T>> {
+    this.listCalls.push(query ?? {});
+    const next = this.lists.shift();
+    if (!next) return Promise.reject(new Error('no list scripted'));
+    // Scripted pages may throw; that becomes the rejection a real request would give.
+    return new Promise((resolve) => resolve(next() as KubeList<T>));
+  }
+
+  watch(_path: string, query: Query, onEvent: (e: WatchEvent) => void, signal?: AbortSignal): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const session: Session = {
+        query,
+        emit: (e) => {
+          try {
+            onEvent(e);
+          } catch (err) {
+            reject(err instanceof Error ? err : new Error(String(err)));
+          }
+        },
+        end: resolve,
+        fail: reject,
+      };
+      signal?.addEventListener('abort', () => resolve(), { once: true });
+      this.sessions.push(session);
+    });
+  }
+}
+
+const obj = (name: string, rv: string): KubeObject => ({ metadata: { name, namespace: 'ns', resourceVersion: rv } });
+const list =
+  (rv: string, ...items: KubeObject[]) =>
+  () => ({ metadata: { resourceVersion: rv }, items });
+
+async function until(probe: () => boolean, what: string, timeoutMs = 2000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!probe()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 2));
+  }
+}
+
+function setup(extra: { resyncPeriodMs?: number; staleAfterMs?: number } = {}) {
+  const api = new FakeApi();
+  const informer = new Informer({
+    client: api,
+    resource: { group: '', version: 'v1', resource: 'configmaps' },
+    backoff: { baseDelayMs: 5, maxDelayMs: 20 },
+    resyncPeriodMs: extra.resyncPeriodMs ?? 0,
+    ...(extra.staleAfterMs ? { staleAfterMs: extra.staleAfterMs } : {}),
+  });
+  const events: string[] = [];
+  informer.on({
+    add: (o) => events.push(`add ${o.metadata.name ?? ''}`),
+    update: (a, b) =>
+      events.push(
+        `update ${b.metadata.name ?? ''} ${a.metadata.resourceVersion ?? ''}→${b.metadata.resourceVersion ?? ''}`,
+      ),
+    delete: (o) => events.push(`delete ${o.metadata.name ?? ''}`),
+  });
+  return { api, informer, events };
+}
+
+describe('Informer', () => {
+  it('follows pagination and watches from the list resourceVersion with bookmarks', async () => {
+    const { api, informer, events } = setup();
+    api.lists.push(() => ({ metadata: { resourceVersion: '10', continue: 'tok' }, items: [obj('a', '5')] }));
+    api.lists.push(list('10', obj('b', '6')));
+    informer.start();
+    await informer.waitForSync();
+    await until(() => api.sessions.length === 1, 'watch');
+    expect(api.listCalls[1]?.continue).toBe('tok');
+    expect(api.sessions[0]?.query).toMatchObject({ resourceVersion: '10', allowWatchBookmarks: true });
+    expect(events).toEqual(['add a', 'add b']);
+    await informer.stop();
+  });
+
+  it('on 410 in the stream relists and emits only real differences', async () => {
+    const { api, informer, events } = setup();
+    api.lists.push(list('10', obj('a', '1'), obj('b', '2'), obj('gone', '3')));
+    api.lists.push(list('20', obj('a', '1'), obj('b', '7'), obj('c', '8')));
+    informer.start();
+    await until(() => api.sessions.length === 1, 'first watch');
+    api.sessions[0]?.emit({
+      type: 'ERROR',
+      object: { kind: 'Status', code: 410, message: 'too old resource version' },
+    });
+    await until(() => api.sessions.length === 2, 'second watch');
+    expect(api.sessions[1]?.query.resourceVersion).toBe('20');
+    expect(events).toEqual(['add a', 'add b', 'add gone', 'delete gone', 'update b 2→7', 'add c']);
+    expect(informer.keys().sort()).toEqual(['ns/a', 'ns/b', 'ns/c']);
+    await informer.stop();
+  });
+
+  it('resumes from the last event or bookmark resourceVersion after a stream ends or fails, without relisting', async () => {
+    const { api, informer, events } = setup();
+    api.lists.push(list('10'));
+    informer.start();
+    await until(() => api.sessions.length === 1, 'first watch');
+    api.sessions[0]?.emit({ type: 'ADDED', object: obj('a', '11') });
+    api.sessions[0]?.emit({ type: 'BOOKMARK', object: { metadata: { resourceVersion: '15' } } });
+    api.sessions[0]?.end();
+    await until(() => api.sessions.length === 2, 'second watch');
+    expect(api.sessions[1]?.query.resourceVersion).toBe('15');
+    api.sessions[1]?.emit({ type: 'MODIFIED', object: obj('a', '16') });
+    api.sessions[1]?.fail(new Error('socket hang up'));
+    await until(() => api.sessions.length === 3, 'third watch after backoff');
+    expect(api.sessions[2]?.query.resourceVersion).toBe('16');
+    api.sessions[2]?.emit({ type: 'DELETED', object: obj('a', '17') });
+    expect(events).toEqual(['add a', 'update a 11→16', 'delete a']);
+    expect(api.listCalls).toHaveLength(1);
+    await informer.stop();
+  });
+
+  it('never stops on list errors (403, 500, network): retries with backoff until a list succeeds', async () => {
+    const { api, informer } = setup();
+    api.lists.push(() => {
+      throw new KubeApiError(403, 'Forbidden', 'configmaps is forbidden', 'GET', '/x');
+    });
+    api.lists.push(() => {
+      throw new Error('ECONNREFUSED');
+    });
+    api.lists.push(list('3', obj('a', '1')));
+    informer.start();
+    await informer.waitForSync();
+    expect(api.listCalls).toHaveLength(3);
+    expect(informer.get('ns/a')).toBeDefined();
+    await informer.stop();
+  });
+
+  it('re-delivers every cached object on resync', async () => {
+    const { api, informer, events } = setup({ resyncPeriodMs: 20 });
+    api.lists.push(list('10', obj('a', '1'), obj('b', '2')));
+    informer.start();
+    await until(() => events.filter((e) => e.startsWith('update')).length >= 2, 'resync');
+    expect(events).toContain('update a 1→1');
+    expect(events).toContain('update b 2→2');
+    await informer.stop();
+  });
+
+  it('isolates a throwing handler from the others and from the loop', async () => {
+    const { api, informer, events } = setup();
+    informer.on({
+      add: () => {
+        throw new Error('handler bug');
+      },
+    });
+    api.lists.push(list('10', obj('a', '1')));
+    informer.start();
+    await until(() => api.sessions.length === 1, 'watch');
+    api.sessions[0]?.emit({ type: 'ADDED', object: obj('b', '11') });
+    expect(events).toEqual(['add a', 'add b']);
+    expect(api.sessions).toHaveLength(1); // the watch itself kept going
+    await informer.stop();
+  });
+
+  it('tears down a watch that went silent (half-open connection) and resumes', async () => {
+    const { api, informer } = setup({ staleAfterMs: 100 });
+    api.lists.push(list('10'));
+    informer.start();
+    await until(() => api.sessions.length === 1, 'first watch');
+    await until(() => api.sessions.length === 2, 'watch restarted by the watchdog', 3000);
+    expect(api.sessions[1]?.query.resourceVersion).toBe('10');
+    await informer.stop();
+  });
+});
