@@ -12,6 +12,7 @@ import type { Registry } from 'prom-client';
 import { silentLogger, type Logger } from '../log.ts';
 import { gauge } from '../metrics.ts';
 import { isConflict, isNotFound, resourcePath, type KubeClient, type KubeObject } from './client.ts';
+import { microTime } from './conditions.ts';
 import { deepEqual } from './json.ts';
 
 const LEASES = { group: 'coordination.k8s.io', version: 'v1', resource: 'leases' };
@@ -46,11 +47,6 @@ export interface LeaderElectorOptions {
   logger?: Logger;
   registry?: Registry;
   now?: () => number;
-}
-
-/** metav1.MicroTime: RFC 3339 with exactly six fractional digits. */
-export function microTime(ms: number): string {
-  return new Date(ms).toISOString().replace(/Z$/, '000Z');
 }
 
 export class LeaderElector {
