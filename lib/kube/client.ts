@@ -112,7 +112,9 @@ export class KubeClient {
     const res = await this.#send(method, path, init, init.timeoutMs ?? this.#defaultTimeoutMs);
     const text = await readBody(res.stream);
     if (res.status < 200 || res.status > 299) throw toApiError(res.status, text, method, path);
-    return (text ? JSON.parse(text) : undefined) as T;
+    if (!text) return undefined as T;
+    // Some endpoints (/healthz, /readyz, logs) answer text/plain.
+    return (res.stream.headers['content-type']?.includes('json') ? JSON.parse(text) : text) as T;
   }
 
   /**

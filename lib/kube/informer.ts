@@ -56,6 +56,8 @@ export function objectKey(obj: KubeObject): string {
   return namespace ? `${namespace}/${name ?? ''}` : (name ?? '');
 }
 
+const RELIST_AFTER_FAILURES = 3;
+
 /** Thrown inside the loop to relist: the watch's resourceVersion is too old. */
 class Expired extends Error {}
 
@@ -201,6 +203,9 @@ export class Informer<T extends KubeObject = KubeObject> {
         }
         const delay = this.#backoff.when('watch');
         this.#metrics.restarts?.inc({ informer: this.name, reason: 'error' });
+        // A watch that keeps failing from the same resourceVersion may be stuck on it (e.g. "too large resource
+        // version" after an etcd restore): start over from a fresh list.
+        if (this.#backoff.failures('watch') >= RELIST_AFTER_FAILURES) this.#resourceVersion = undefined;
         this.#logger.warn('list/watch failed, retrying', {
           err,
           status: err instanceof KubeApiError ? err.status : undefined,

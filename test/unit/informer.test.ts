@@ -147,6 +147,22 @@ describe('Informer', () => {
     await informer.stop();
   });
 
+  it('relists when the watch keeps failing from the same resourceVersion', async () => {
+    const { api, informer } = setup();
+    api.lists.push(list('10', obj('a', '1')));
+    api.lists.push(list('30', obj('a', '1')));
+    informer.start();
+    for (let i = 1; i <= 3; i++) {
+      await until(() => api.sessions.length === i, `watch ${i}`);
+      expect(api.listCalls).toHaveLength(1);
+      api.sessions[i - 1]?.fail(new KubeApiError(504, 'Timeout', 'Too large resource version', 'WATCH', '/x'));
+    }
+    await until(() => api.sessions.length === 4, 'watch after relist');
+    expect(api.listCalls).toHaveLength(2);
+    expect(api.sessions[3]?.query.resourceVersion).toBe('30');
+    await informer.stop();
+  });
+
   it('re-delivers every cached object on resync', async () => {
     const { api, informer, events } = setup({ resyncPeriodMs: 20 });
     api.lists.push(list('10', obj('a', '1'), obj('b', '2')));
