@@ -30,7 +30,7 @@ export interface Lease extends KubeObject {
 }
 
 export interface LeaderElectorOptions {
-  client: KubeClient;
+  client: Pick<KubeClient, 'request'>;
   namespace: string;
   name: string;
   /** Unique per replica (the pod name, plus a random suffix when several electors share a pod). */
@@ -206,7 +206,7 @@ export class LeaderElector {
 
   async #release(): Promise<void> {
     try {
-      const lease = await this.#o.client.get<Lease>(this.#path);
+      const lease = await this.#o.client.request<Lease>('GET', this.#path);
       if (lease.spec?.holderIdentity !== this.#o.identity) return;
       const now = microTime(this.#now());
       await this.#o.client.request('PUT', this.#path, {
