@@ -245,6 +245,7 @@ describe('Controller', () => {
     expect(text).toContain('controller_runtime_reconcile_total{controller="test",result="success"} 1');
     expect(text).toContain('controller_runtime_reconcile_errors_total{controller="test"} 2');
     expect(text).toContain('controller_runtime_reconcile_time_seconds_count{controller="test"} 3');
+    expect(text).toContain('controller_runtime_active_workers{controller="test"} 0');
     await c.stop();
   });
 
