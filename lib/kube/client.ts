@@ -80,7 +80,7 @@ export const CONTENT_TYPE = {
 } as const;
 
 /** How requests authenticate: TLS material fixed at construction, headers fetched per request (tokens rotate). */
-interface Credentials {
+export interface Credentials {
   server: string;
   tls: Pick<RequestOptions, 'ca' | 'cert' | 'key' | 'servername' | 'rejectUnauthorized'>;
   headers(): Promise<Record<string, string>>;
@@ -109,10 +109,18 @@ export class KubeClient {
   }
 
   async request<T>(method: string, path: string, init: RequestInit = {}): Promise<T> {
-    const res = await this.#send(method, path, init, init.timeoutMs ?? this.#defaultTimeoutMs);
+    let res = await this.#send(method, path, init, init.timeoutMs ?? this.#defaultTimeoutMs);
+    // 429 (API Priority and Fairness) means the request was refused before it ran, so any method may be retried.
+    for (let attempt = 1; res.status === 429 && attempt <= THROTTLE_RETRIES; attempt++) {
+      res.stream.resume();
+      await new Promise((r) => setTimeout(r, retryAfterMs(res.stream.headers['retry-after'])));
+      res = await this.#send(method, path, init, init.timeoutMs ?? this.#defaultTimeoutMs);
+    }
     const text = await readBody(res.stream);
     if (res.status < 200 || res.status > 299) throw toApiError(res.status, text, method, path);
-    return (text ? JSON.parse(text) : undefined) as T;
+    if (!text) return undefined as T;
+    // Some endpoints (/healthz, /readyz, logs) answer text/plain.
+    return (res.stream.headers['content-type']?.includes('json') ? JSON.parse(text) : text) as T;
   }
 
   /**
@@ -177,6 +185,15 @@ export class KubeClient {
       req.end(payload);
     });
   }
+}
+
+const THROTTLE_RETRIES = 3;
+
+/** Retry-After in seconds (the API server sends whole seconds), capped so a caller is never stalled for long. */
+export function retryAfterMs(header: string | undefined): number {
+  const seconds = Number(header);
+  if (!header || !Number.isFinite(seconds) || seconds < 0) return 1000;
+  return Math.min(seconds * 1000, 10_000);
 }
 
 async function readBody(stream: AsyncIterable<unknown>): Promise<string> {

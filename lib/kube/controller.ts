@@ -7,7 +7,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Registry } from 'prom-client';
 import { silentLogger, type Logger } from '../log.ts';
-import { DURATION_BUCKETS, counter, histogram } from '../metrics.ts';
+import { DURATION_BUCKETS, counter, gauge, histogram } from '../metrics.ts';
 import { WorkQueue, type BackoffOptions } from './workqueue.ts';
 
 /** An error that retrying cannot fix (invalid spec, forbidden): logged and counted, never requeued. */
@@ -63,6 +63,7 @@ export class Controller {
     errors?: import('prom-client').Counter<'controller'>;
     terminal?: import('prom-client').Counter<'controller'>;
     time?: import('prom-client').Histogram<'controller'>;
+    active?: import('prom-client').Gauge<'controller'>;
   } = {};
 
   constructor(options: ControllerOptions) {
@@ -98,7 +99,13 @@ export class Controller {
           labelNames: ['controller'],
           buckets: DURATION_BUCKETS,
         }),
+        active: gauge(r, {
+          name: 'controller_runtime_active_workers',
+          help: 'Workers currently running a reconcile.',
+          labelNames: ['controller'],
+        }),
       };
+      this.#metrics.active?.set({ controller: this.name }, 0);
     }
   }
 
@@ -130,9 +137,11 @@ export class Controller {
     for (;;) {
       const key = await this.queue.get();
       if (key === undefined) return;
+      this.#metrics.active?.inc({ controller: this.name });
       try {
         await this.#reconcileOne(key);
       } finally {
+        this.#metrics.active?.dec({ controller: this.name });
         this.queue.done(key);
       }
     }

@@ -25,7 +25,7 @@ export interface ObjectReference {
 export type EventType = 'Normal' | 'Warning';
 
 export interface EventRecorderOptions {
-  client: KubeClient;
+  client: Pick<KubeClient, 'request'>;
   /** e.g. 'agentfence.io/operator'. */
   reportingController: string;
   /** This replica, e.g. the pod name. */

@@ -56,6 +56,8 @@ export function objectKey(obj: KubeObject): string {
   return namespace ? `${namespace}/${name ?? ''}` : (name ?? '');
 }
 
+const RELIST_AFTER_FAILURES = 3;
+
 /** Thrown inside the loop to relist: the watch's resourceVersion is too old. */
 class Expired extends Error {}
 
@@ -197,10 +199,17 @@ export class Informer<T extends KubeObject = KubeObject> {
           this.#logger.info('resource version expired, relisting', { resourceVersion: this.#resourceVersion });
           this.#metrics.restarts?.inc({ informer: this.name, reason: 'expired' });
           this.#resourceVersion = undefined;
+          // The first expiry relists at once; expiries with no healthy watch in between back off, so a server
+          // that keeps answering 410 cannot drive a tight relist loop.
+          const delay = this.#backoff.when('watch');
+          if (this.#backoff.failures('watch') > 1) await this.#sleep(delay, signal);
           continue;
         }
         const delay = this.#backoff.when('watch');
         this.#metrics.restarts?.inc({ informer: this.name, reason: 'error' });
+        // A watch that keeps failing from the same resourceVersion may be stuck on it (e.g. "too large resource
+        // version" after an etcd restore): start over from a fresh list.
+        if (this.#backoff.failures('watch') % RELIST_AFTER_FAILURES === 0) this.#resourceVersion = undefined;
         this.#logger.warn('list/watch failed, retrying', {
           err,
           status: err instanceof KubeApiError ? err.status : undefined,
@@ -245,7 +254,8 @@ export class Informer<T extends KubeObject = KubeObject> {
     }
     this.#replace(items);
     this.#resourceVersion = rv;
-    this.#backoff.forget('watch');
+    // The backoff is not reset here but by a healthy watch: a server that lists fine but refuses every watch
+    // (RBAC without the watch verb) must not make us relist every few seconds.
     this.#logger.debug('listed', { objects: items.length, resourceVersion: rv });
     if (!this.#synced) {
       this.#synced = true;

@@ -30,7 +30,7 @@ export interface Lease extends KubeObject {
 }
 
 export interface LeaderElectorOptions {
-  client: KubeClient;
+  client: Pick<KubeClient, 'request'>;
   namespace: string;
   name: string;
   /** Unique per replica (the pod name, plus a random suffix when several electors share a pod). */
@@ -103,7 +103,7 @@ export class LeaderElector {
   async #run(): Promise<void> {
     const stopped = (): boolean => this.#stop.signal.aborted;
     while (!stopped()) {
-      if (!(await this.#tryAcquireOrRenew())) {
+      if (!(await this.#tryAcquireOrRenew(this.#o.renewDeadlineMs))) {
         await this.#sleep(this.#o.retryPeriodMs * (1 + Math.random() * 0.2));
         continue;
       }
@@ -117,7 +117,9 @@ export class LeaderElector {
       while (!stopped()) {
         await this.#sleep(this.#o.retryPeriodMs);
         if (stopped()) break;
-        if (await this.#tryAcquireOrRenew()) {
+        // A hung request must not keep us leading past the renew deadline: bound it by the time left.
+        const left = lastRenew + this.#o.renewDeadlineMs - this.#now();
+        if (await this.#tryAcquireOrRenew(Math.max(100, left))) {
           lastRenew = this.#now();
         } else if (this.#now() - lastRenew >= this.#o.renewDeadlineMs) {
           this.#logger.warn('lost leadership: could not renew within the deadline', {
@@ -138,7 +140,7 @@ export class LeaderElector {
     this.#isLeaderGauge?.set({ lease: `${this.#o.namespace}/${this.#o.name}` }, leader ? 1 : 0);
   }
 
-  async #tryAcquireOrRenew(): Promise<boolean> {
+  async #tryAcquireOrRenew(timeoutMs: number): Promise<boolean> {
     const now = this.#now();
     const id = this.#o.identity;
     const desired = (previous: LeaseSpec): LeaseSpec => {
@@ -154,13 +156,14 @@ export class LeaderElector {
     try {
       let lease: Lease;
       try {
-        lease = await this.#o.client.get<Lease>(this.#path);
+        lease = await this.#o.client.request<Lease>('GET', this.#path, { timeoutMs });
       } catch (err) {
         if (!isNotFound(err)) throw err;
         const created = await this.#o.client.request<Lease>(
           'POST',
           resourcePath(LEASES, { namespace: this.#o.namespace }),
           {
+            timeoutMs,
             body: {
               apiVersion: 'coordination.k8s.io/v1',
               kind: 'Lease',
@@ -179,6 +182,7 @@ export class LeaderElector {
       const observedAt = this.#observed?.at ?? now;
       if (holder && holder !== id && observedAt + durationMs > now) return false;
       const updated = await this.#o.client.request<Lease>('PUT', this.#path, {
+        timeoutMs,
         body: { ...lease, spec: desired(spec) },
       });
       this.#observe(updated.spec ?? {}, now);
@@ -202,7 +206,7 @@ export class LeaderElector {
 
   async #release(): Promise<void> {
     try {
-      const lease = await this.#o.client.get<Lease>(this.#path);
+      const lease = await this.#o.client.request<Lease>('GET', this.#path);
       if (lease.spec?.holderIdentity !== this.#o.identity) return;
       const now = microTime(this.#now());
       await this.#o.client.request('PUT', this.#path, {

@@ -50,10 +50,41 @@ export class ItemBackoff {
   }
 }
 
+/**
+ * An overall token bucket for retries (golang.org/x/time/rate's reservation semantics: tokens may go negative and
+ * the deficit is the delay). Per-key backoff alone lets a mass failure of thousands of keys retry all at once.
+ */
+export class TokenBucket {
+  readonly #qps: number;
+  readonly #burst: number;
+  readonly #now: () => number;
+  #tokens: number;
+  #last: number;
+
+  constructor(qps: number, burst: number, now: () => number = () => performance.now()) {
+    this.#qps = qps;
+    this.#burst = burst;
+    this.#now = now;
+    this.#tokens = burst;
+    this.#last = now();
+  }
+
+  /** Takes one token; returns how long to wait (ms) before using it. */
+  reserve(): number {
+    const now = this.#now();
+    this.#tokens = Math.min(this.#burst, this.#tokens + ((now - this.#last) / 1000) * this.#qps);
+    this.#last = now;
+    this.#tokens -= 1;
+    return this.#tokens >= 0 ? 0 : (-this.#tokens / this.#qps) * 1000;
+  }
+}
+
 export interface WorkQueueOptions {
   name: string;
   registry?: Registry;
   backoff?: BackoffOptions;
+  /** Overall retry rate: the delay is the larger of the per-key backoff and this bucket's. Default 10 qps, burst 100. */
+  retryRate?: { qps: number; burst: number };
   now?: () => number;
 }
 
@@ -69,6 +100,7 @@ export class WorkQueue {
   readonly #waiters: ((key: string | undefined) => void)[] = [];
   readonly #idleWaiters: (() => void)[] = [];
   readonly #backoff: ItemBackoff;
+  readonly #bucket: TokenBucket;
   readonly #now: () => number;
   #shuttingDown = false;
   readonly #metrics: {
@@ -83,6 +115,7 @@ export class WorkQueue {
     this.name = options.name;
     this.#backoff = new ItemBackoff(options.backoff);
     this.#now = options.now ?? (() => performance.now());
+    this.#bucket = new TokenBucket(options.retryRate?.qps ?? 10, options.retryRate?.burst ?? 100, this.#now);
     const r = options.registry;
     if (r) {
       const labelNames = ['name'] as const;
@@ -142,8 +175,9 @@ export class WorkQueue {
   }
 
   addRateLimited(key: string): void {
+    if (this.#shuttingDown) return;
     this.#metrics.retries?.inc({ name: this.name });
-    this.addAfter(key, this.#backoff.when(key));
+    this.addAfter(key, Math.max(this.#backoff.when(key), this.#bucket.reserve()));
   }
 
   forget(key: string): void {

@@ -147,6 +147,39 @@ describe('Informer', () => {
     await informer.stop();
   });
 
+  it('relists when the watch keeps failing from the same resourceVersion', async () => {
+    const { api, informer } = setup();
+    api.lists.push(list('10', obj('a', '1')));
+    api.lists.push(list('30', obj('a', '1')));
+    informer.start();
+    for (let i = 1; i <= 3; i++) {
+      await until(() => api.sessions.length === i, `watch ${i}`);
+      expect(api.listCalls).toHaveLength(1);
+      api.sessions[i - 1]?.fail(new KubeApiError(504, 'Timeout', 'Too large resource version', 'WATCH', '/x'));
+    }
+    await until(() => api.sessions.length === 4, 'watch after relist');
+    expect(api.listCalls).toHaveLength(2);
+    expect(api.sessions[3]?.query.resourceVersion).toBe('30');
+    await informer.stop();
+  });
+
+  it('backs off when expiries repeat without a healthy watch in between', async () => {
+    const { api, informer } = setup();
+    const expired: WatchEvent = { type: 'ERROR', object: { kind: 'Status', code: 410, message: 'too old' } };
+    for (let i = 0; i < 3; i++) api.lists.push(list(String(10 + i)));
+    informer.start();
+    await until(() => api.sessions.length === 1, 'watch 1');
+    api.sessions[0]?.emit(expired);
+    await until(() => api.sessions.length === 2, 'watch 2');
+    const relistedAt = Date.now();
+    api.sessions[1]?.emit(expired);
+    await until(() => api.sessions.length === 3, 'watch 3');
+    // The second consecutive expiry waited for the backoff (5 ms · 2 with jitter) before relisting.
+    expect(Date.now() - relistedAt).toBeGreaterThanOrEqual(9);
+    expect(api.listCalls).toHaveLength(3);
+    await informer.stop();
+  });
+
   it('re-delivers every cached object on resync', async () => {
     const { api, informer, events } = setup({ resyncPeriodMs: 20 });
     api.lists.push(list('10', obj('a', '1'), obj('b', '2')));

@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { Controller, TerminalError, type ReconcileResult } from '../../lib/kube/controller.ts';
-import { ItemBackoff, WorkQueue } from '../../lib/kube/workqueue.ts';
+import { ItemBackoff, TokenBucket, WorkQueue } from '../../lib/kube/workqueue.ts';
 import { createRegistry } from '../../lib/metrics.ts';
 
 const tick = (): Promise<void> => new Promise((r) => setImmediate(r));
@@ -89,6 +89,34 @@ describe('WorkQueue', () => {
     expect(b.when('k')).toBeCloseTo(105);
     const capped = new ItemBackoff({ baseDelayMs: 100, maxDelayMs: 100, jitter: 0.5, random: () => 1 });
     expect(capped.when('k')).toBe(100);
+  });
+
+  it('limits the overall retry rate with a token bucket', () => {
+    let now = 0;
+    const bucket = new TokenBucket(10, 2, () => now);
+    expect([bucket.reserve(), bucket.reserve()]).toEqual([0, 0]); // the burst
+    expect(bucket.reserve()).toBeCloseTo(100); // then one per 100 ms
+    expect(bucket.reserve()).toBeCloseTo(200);
+    now = 1000; // refilled, but never beyond the burst
+    expect([bucket.reserve(), bucket.reserve(), bucket.reserve()].map(Math.round)).toEqual([0, 0, 100]);
+  });
+
+  it('delays a retry by the larger of per-key backoff and the overall bucket', () => {
+    vi.useFakeTimers();
+    const q = new WorkQueue({
+      name: 't',
+      now: () => Date.now(),
+      backoff: { baseDelayMs: 1, jitter: 0 },
+      retryRate: { qps: 10, burst: 1 },
+    });
+    q.addRateLimited('a'); // 1 ms (bucket has a token)
+    q.addRateLimited('b'); // 100 ms (bucket empty), though b's own backoff is 1 ms
+    vi.advanceTimersByTime(1);
+    expect(q.len()).toBe(1);
+    vi.advanceTimersByTime(98);
+    expect(q.len()).toBe(1);
+    vi.advanceTimersByTime(1);
+    expect(q.len()).toBe(2);
   });
 
   it('shutdown drops queued keys, wakes waiting workers and waits for keys in progress', async () => {
@@ -217,6 +245,7 @@ describe('Controller', () => {
     expect(text).toContain('controller_runtime_reconcile_total{controller="test",result="success"} 1');
     expect(text).toContain('controller_runtime_reconcile_errors_total{controller="test"} 2');
     expect(text).toContain('controller_runtime_reconcile_time_seconds_count{controller="test"} 3');
+    expect(text).toContain('controller_runtime_active_workers{controller="test"} 0');
     await c.stop();
   });
 
