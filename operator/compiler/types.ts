@@ -1,0 +1,182 @@
+/**
+ * The compiler's input and output shapes: plain JSON objects as the API server serves them (timestamps are
+ * strings), reduced to the fields the compiler reads or writes.
+ */
+import type { ObjectMeta } from '../../lib/api/meta.ts';
+import type { AgentEntitlement, AgentPolicy, LabelSelector } from '../../lib/api/types.generated.ts';
+
+export interface ContainerPort {
+  name?: string;
+  containerPort: number;
+  protocol?: 'TCP' | 'UDP' | 'SCTP';
+}
+
+export interface Pod {
+  apiVersion?: string;
+  kind?: string;
+  metadata: ObjectMeta;
+  spec?: {
+    serviceAccountName?: string;
+    containers?: { name: string; ports?: ContainerPort[] }[];
+    initContainers?: { name: string; ports?: ContainerPort[] }[];
+  };
+  status?: { podIP?: string; podIPs?: { ip: string }[] };
+}
+
+export interface ServicePort {
+  name?: string;
+  port: number;
+  targetPort?: number | string;
+  protocol?: 'TCP' | 'UDP' | 'SCTP';
+}
+
+export interface Service {
+  apiVersion?: string;
+  kind?: string;
+  metadata: ObjectMeta;
+  spec?: {
+    type?: 'ClusterIP' | 'NodePort' | 'LoadBalancer' | 'ExternalName';
+    selector?: Record<string, string>;
+    clusterIP?: string;
+    clusterIPs?: string[];
+    externalName?: string;
+    ports?: ServicePort[];
+  };
+}
+
+export interface Namespace {
+  apiVersion?: string;
+  kind?: string;
+  metadata: ObjectMeta;
+}
+
+export interface NetworkPolicyPort {
+  protocol: 'TCP' | 'UDP' | 'SCTP';
+  port?: number;
+  endPort?: number;
+}
+
+export interface NetworkPolicyPeer {
+  podSelector?: LabelSelector;
+  namespaceSelector?: LabelSelector;
+  ipBlock?: { cidr: string; except?: string[] };
+}
+
+export interface NetworkPolicyEgressRule {
+  to?: NetworkPolicyPeer[];
+  ports?: NetworkPolicyPort[];
+}
+
+export interface NetworkPolicyIngressRule {
+  from?: NetworkPolicyPeer[];
+  ports?: NetworkPolicyPort[];
+}
+
+export interface NetworkPolicy {
+  apiVersion: 'networking.k8s.io/v1';
+  kind: 'NetworkPolicy';
+  metadata: ObjectMeta & { name: string; namespace: string };
+  spec: {
+    podSelector: LabelSelector;
+    policyTypes: ('Ingress' | 'Egress')[];
+    ingress?: NetworkPolicyIngressRule[];
+    egress?: NetworkPolicyEgressRule[];
+  };
+}
+
+export interface CiliumPortRule {
+  ports: { port: string; endPort?: number; protocol: 'TCP' | 'UDP' | 'SCTP' | 'ANY' }[];
+  rules?: { dns: { matchPattern?: string; matchName?: string }[] };
+}
+
+export interface CiliumEgressRule {
+  toEndpoints?: { matchLabels: Record<string, string> }[];
+  toCIDR?: string[];
+  toFQDNs?: ({ matchName: string } | { matchPattern: string })[];
+  toPorts?: CiliumPortRule[];
+}
+
+export interface CiliumNetworkPolicy {
+  apiVersion: 'cilium.io/v2';
+  kind: 'CiliumNetworkPolicy';
+  metadata: ObjectMeta & { name: string; namespace: string };
+  spec: { endpointSelector: LabelSelector; egress: CiliumEgressRule[] };
+}
+
+/** Where agent pods resolve names: cluster DNS pods by label, or fixed addresses (NodeLocal DNSCache). */
+export type DnsTarget =
+  | { kind: 'pods'; namespace: string; podLabels: Record<string, string>; port?: number }
+  | { kind: 'addresses'; addresses: string[]; port?: number };
+
+export type NetworkProvider = 'kubernetes' | 'cilium';
+
+export interface OperatorEndpoint {
+  namespace: string;
+  podLabels: Record<string, string>;
+  port: number;
+}
+
+export interface CompileOptions {
+  /** The moment grants are judged against (expired policies contribute nothing). */
+  now: Date;
+  trustDomain?: string;
+  /** The cluster's DNS domain for Service host names (default cluster.local). */
+  clusterDomain?: string;
+  dns?: DnsTarget;
+  operator?: OperatorEndpoint;
+  networkProvider?: NetworkProvider;
+}
+
+export interface CompileInput {
+  policies: readonly AgentPolicy[];
+  pods: readonly Pod[];
+  namespaces: readonly Namespace[];
+  services: readonly Service[];
+}
+
+/** Stable, documented reasons; the reconciler turns them into status conditions. */
+export type ProblemReason =
+  | 'FQDNNotEnforcedAtL3'
+  | 'Expired'
+  | 'NoAgentsSelected'
+  | 'ServiceNotFound'
+  | 'ServiceWithoutSelector'
+  | 'ExternalNameService'
+  | 'ServicePortNotFound'
+  | 'NamedPortUnresolved'
+  | 'NamedPortAmbiguous'
+  | 'PodWithoutIP'
+  | 'InvalidCIDR';
+
+export interface Problem {
+  reason: ProblemReason;
+  /** The rule the problem is about, when it is about one. */
+  rule?: string;
+  message: string;
+}
+
+export interface PolicyReport {
+  namespace: string;
+  name: string;
+  /** Agent pods this policy selects (0 when expired). */
+  selectedPods: number;
+  /** Names of the NetworkPolicies and CiliumNetworkPolicies written for this policy, in all namespaces. */
+  networkPolicies: { kind: 'NetworkPolicy' | 'CiliumNetworkPolicy'; namespace: string; name: string }[];
+  problems: Problem[];
+}
+
+export interface SkippedPod {
+  namespace: string;
+  name: string;
+  reason: 'Terminating';
+}
+
+export interface CompileOutput {
+  entitlements: AgentEntitlement[];
+  networkPolicies: NetworkPolicy[];
+  ciliumNetworkPolicies: CiliumNetworkPolicy[];
+  reports: PolicyReport[];
+  skippedPods: SkippedPod[];
+  /** The next moment a grant expires (RFC 3339): the reconciler requeues exactly then. */
+  nextExpiry?: string;
+}
