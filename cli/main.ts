@@ -3,6 +3,7 @@
  * argv and the environment (the only place either is read), then hands over to the component.
  */
 import { localClusterCommand } from './local-cluster.ts';
+import { renderCommand } from './render.ts';
 
 export interface CommandContext {
   argv: string[];
@@ -17,6 +18,10 @@ const COMMANDS: Record<string, { summary: string; run: Command }> = {
   'local-cluster': {
     summary: 'run a real local control plane (etcd, kube-apiserver, kube-controller-manager) with the CRDs installed',
     run: localClusterCommand,
+  },
+  render: {
+    summary: 'compile AgentPolicies against manifests offline; print the AgentEntitlements and NetworkPolicies',
+    run: renderCommand,
   },
   demo: {
     summary: 'run the local control plane, install the CRDs and apply the examples',

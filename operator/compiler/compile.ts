@@ -372,8 +372,8 @@ function compilePolicy(policy: AgentPolicy, index: ClusterIndex, options: Requir
       } else {
         addEgress(
           [
-            { ipBlock: { cidr: '0.0.0.0/0', except: PUBLIC_V4_EXCEPT } },
-            { ipBlock: { cidr: '::/0', except: PUBLIC_V6_EXCEPT } },
+            { ipBlock: { cidr: '0.0.0.0/0', except: [...PUBLIC_V4_EXCEPT] } },
+            { ipBlock: { cidr: '::/0', except: [...PUBLIC_V6_EXCEPT] } },
           ],
           npPorts,
         );

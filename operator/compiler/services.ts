@@ -162,6 +162,13 @@ export function compileServiceTarget(
  * the labels all pods of their group share. When those labels also match another group's pod, the narrowing
  * would be wrong: fall back to the Service selector (a wider grant) and say so.
  */
+function commonLabels(pods: readonly PodView[]): Record<string, string> {
+  const [first, ...rest] = pods;
+  const common: Record<string, string> = {};
+  for (const [k, v] of Object.entries(first?.labels ?? {})) if (rest.every((p) => p.labels[k] === v)) common[k] = v;
+  return common;
+}
+
 function splitPeers(
   groups: { ports: NetworkPolicyPort[]; pods: PodView[] }[],
   selector: Record<string, string>,
@@ -170,11 +177,11 @@ function splitPeers(
   problems: ServiceTarget['problems'],
 ): ServiceTarget['peers'] {
   const result: ServiceTarget['peers'] = [];
+  // Only labels that tell groups apart narrow a peer; labels every backend carries add nothing.
+  const sharedByAll = commonLabels(groups.flatMap((g) => g.pods));
   for (const group of groups) {
-    const [first, ...rest] = group.pods;
-    const common: Record<string, string> = {};
-    for (const [k, v] of Object.entries(first?.labels ?? {})) if (rest.every((p) => p.labels[k] === v)) common[k] = v;
-    const narrowed = { ...common, ...selector };
+    const distinguishing = Object.entries(commonLabels(group.pods)).filter(([k, v]) => sharedByAll[k] !== v);
+    const narrowed = { ...Object.fromEntries(distinguishing), ...selector };
     const matches = compileSelector({ matchLabels: narrowed });
     const others = groups.filter((g) => g !== group).flatMap((g) => g.pods);
     if (others.some((p) => matches(p.labels))) {
