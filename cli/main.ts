@@ -2,9 +2,6 @@
  * The `agentfence` command. Each subcommand is a thin entrypoint: it builds its one typed config object from
  * argv and the environment (the only place either is read), then hands over to the component.
  */
-import { localClusterCommand } from './local-cluster.ts';
-import { operatorCommand } from './operator.ts';
-
 export interface CommandContext {
   argv: string[];
   env: Readonly<Record<string, string | undefined>>;
@@ -14,18 +11,26 @@ export interface CommandContext {
 
 export type Command = (ctx: CommandContext) => Promise<number>;
 
-const COMMANDS: Record<string, { summary: string; run: Command }> = {
-  'local-cluster': {
-    summary: 'run a real local control plane (etcd, kube-apiserver, kube-controller-manager) with the CRDs installed',
-    run: localClusterCommand,
-  },
+// Loaded on demand: the sidecar must not pay (in start-up time and memory) for the operator's modules.
+const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }> = {
   operator: {
     summary: 'run the controller: policy reconciler, admission webhook, identity issuer, entitlement distribution',
-    run: operatorCommand,
+    load: async () => (await import('./operator.ts')).operatorCommand,
+  },
+  render: {
+    summary: 'compile AgentPolicies against manifests offline; print the AgentEntitlements and NetworkPolicies',
+    load: async () => (await import('./render.ts')).renderCommand,
+  },
+  'local-cluster': {
+    summary: 'run a real local control plane (etcd, kube-apiserver, kube-controller-manager) with the CRDs installed',
+    load: async () => (await import('./local-cluster.ts')).localClusterCommand,
   },
   demo: {
     summary: 'run the local control plane, install the CRDs and apply the examples',
-    run: (ctx) => localClusterCommand({ ...ctx, argv: ['--apply-examples', ...ctx.argv] }),
+    load: async () => {
+      const { localClusterCommand } = await import('./local-cluster.ts');
+      return (ctx) => localClusterCommand({ ...ctx, argv: ['--apply-examples', ...ctx.argv] });
+    },
   },
 };
 
@@ -51,7 +56,7 @@ export async function main(argv: string[]): Promise<number> {
     return 2;
   }
   try {
-    return await command.run({ ...ctx, argv: rest });
+    return await (await command.load())({ ...ctx, argv: rest });
   } catch (err) {
     ctx.stderr(`agentfence ${name}: ${err instanceof Error ? err.message : String(err)}\n`);
     return 1;

@@ -1,0 +1,95 @@
+/**
+ * Just enough IP arithmetic for the compiler: parse a CIDR, test containment, and format a single address as a
+ * host CIDR. Addresses are held as bigints so IPv4 and IPv6 share one code path.
+ */
+export interface Cidr {
+  family: 4 | 6;
+  network: bigint;
+  prefix: number;
+}
+
+function parseIPv4(text: string): bigint | undefined {
+  const parts = text.split('.');
+  if (parts.length !== 4) return undefined;
+  let value = 0n;
+  for (const part of parts) {
+    if (!/^\d{1,3}$/.test(part)) return undefined;
+    const octet = Number(part);
+    if (octet > 255) return undefined;
+    value = (value << 8n) | BigInt(octet);
+  }
+  return value;
+}
+
+function parseIPv6(text: string): bigint | undefined {
+  const halves = text.split('::');
+  if (halves.length > 2) return undefined;
+  const groups = (s: string | undefined): string[] => (s === undefined || s === '' ? [] : s.split(':'));
+  const head = groups(halves[0]);
+  const tail = groups(halves[1]);
+  // An embedded IPv4 tail (::ffff:1.2.3.4) counts as two groups.
+  const last = tail.length > 0 ? tail : head;
+  const v4 = last.length > 0 && last[last.length - 1]?.includes('.') ? parseIPv4(last.pop() ?? '') : undefined;
+  if (v4 !== undefined) last.push(((v4 >> 16n) & 0xffffn).toString(16), (v4 & 0xffffn).toString(16));
+  const missing = 8 - head.length - tail.length;
+  if (halves.length === 1 ? missing !== 0 : missing < 1) return undefined;
+  const all = [...head, ...Array<string>(halves.length === 2 ? missing : 0).fill('0'), ...tail];
+  let value = 0n;
+  for (const group of all) {
+    if (!/^[0-9a-fA-F]{1,4}$/.test(group)) return undefined;
+    value = (value << 16n) | BigInt(parseInt(group, 16));
+  }
+  return value;
+}
+
+export function parseIP(text: string): { family: 4 | 6; value: bigint } | undefined {
+  if (text.includes(':')) {
+    const value = parseIPv6(text);
+    return value === undefined ? undefined : { family: 6, value };
+  }
+  const value = parseIPv4(text);
+  return value === undefined ? undefined : { family: 4, value };
+}
+
+export function parseCidr(text: string): Cidr | undefined {
+  const [address, prefixText, extra] = text.split('/');
+  if (address === undefined || prefixText === undefined || extra !== undefined || !/^\d{1,3}$/.test(prefixText)) {
+    return undefined;
+  }
+  const ip = parseIP(address);
+  const prefix = Number(prefixText);
+  if (!ip || prefix > (ip.family === 4 ? 32 : 128)) return undefined;
+  return { family: ip.family, network: ip.value, prefix };
+}
+
+function bits(family: 4 | 6): number {
+  return family === 4 ? 32 : 128;
+}
+
+/** Whether outer contains inner entirely (same family, shorter-or-equal prefix, same leading bits). */
+export function containsCidr(outer: Cidr, inner: Cidr): boolean {
+  if (outer.family !== inner.family || outer.prefix > inner.prefix) return false;
+  const shift = BigInt(bits(outer.family) - outer.prefix);
+  return outer.network >> shift === inner.network >> shift;
+}
+
+/** A single address as a /32 or /128, or undefined when it is not an IP address. */
+export function hostCidr(address: string): string | undefined {
+  const ip = parseIP(address);
+  if (!ip) return undefined;
+  return `${address}/${bits(ip.family)}`;
+}
+
+/**
+ * Ranges that are never granted: link-local (where cloud metadata services live) and the AWS IPv6 metadata
+ * address. The CRD refuses them as grants, but a wider grant (0.0.0.0/0, ::/0) can still contain them.
+ */
+export const NEVER_GRANTED = ['169.254.0.0/16', 'fe80::/10', 'fd00:ec2::254/128'] as const;
+const neverGranted = NEVER_GRANTED.map((c) => ({ text: c, cidr: parseCidr(c) as Cidr }));
+
+/** The never-granted ranges that fall inside cidr, in a stable order (for a NetworkPolicy ipBlock.except). */
+export function metadataExcept(cidr: string): string[] {
+  const parsed = parseCidr(cidr);
+  if (!parsed) return [];
+  return neverGranted.filter((n) => containsCidr(parsed, n.cidr)).map((n) => n.text);
+}

@@ -1,0 +1,27 @@
+/** Names and labels of the objects the compiler writes; the reconciler prunes by these labels. */
+import { createHash } from 'node:crypto';
+import { boundedName } from './canonical.ts';
+
+export const LABEL_POLICY = 'agentfence.io/policy';
+/** On callee-side ingress policies that live outside the AgentPolicy's namespace (no ownerReference possible). */
+export const LABEL_POLICY_NAMESPACE = 'agentfence.io/policy-namespace';
+export const BASELINE_NAME = 'agentfence-baseline';
+
+/** The NetworkPolicy (and CiliumNetworkPolicy) that opens what one AgentPolicy grants, in its namespace. */
+export function policyObjectName(policy: string): string {
+  return boundedName(`agentfence-${policy}`);
+}
+
+/**
+ * The callee-side ingress for one `agents` egress rule, in the callee's namespace. The hash of the caller's
+ * namespace, policy and rule keeps names of different callers apart even when the readable part is cut.
+ */
+export function calleeIngressName(policyNamespace: string, policy: string, rule: string): string {
+  const hash = createHash('sha256').update(`${policyNamespace}/${policy}/${rule}`).digest('hex').slice(0, 8);
+  return `${boundedName(`agentfence-${policy}-${rule}`, 253 - 9)}-${hash}`;
+}
+
+/** Label values are at most 63 characters; longer policy names keep a prefix and a hash. */
+export function labelValue(value: string): string {
+  return boundedName(value, 63);
+}
