@@ -16,6 +16,9 @@ export default defineConfig({
           // One real control plane (etcd + kube-apiserver + kube-controller-manager) for the whole run;
           // every test file works in namespaces of its own.
           globalSetup: ['test/integration/global-setup.ts'],
+          // Files run one at a time: the operator tests run a cluster-wide reconciler that would otherwise
+          // rewrite the AgentEntitlements other files create by hand.
+          fileParallelism: false,
           testTimeout: 60_000,
           hookTimeout: 120_000,
         },

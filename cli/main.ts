@@ -56,7 +56,9 @@ export async function main(argv: string[]): Promise<number> {
     return 2;
   }
   try {
-    return await (await command.load())({ ...ctx, argv: rest });
+    return await (
+      await command.load()
+    )({ ...ctx, argv: rest });
   } catch (err) {
     ctx.stderr(`agentfence ${name}: ${err instanceof Error ? err.message : String(err)}\n`);
     return 1;

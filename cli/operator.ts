@@ -8,6 +8,9 @@ import { isTrustDomain } from '../lib/identity/claims.ts';
 import { parseListen, parseDurationFlag } from './flags.ts';
 import { certificatesFromDir, type ServingCertSource } from '../operator/serving.ts';
 import { startOperator, type RuntimeConfig } from '../operator/runtime.ts';
+import { policyReconcilerTask } from '../operator/reconciler.ts';
+import { caBundleTask } from '../operator/cabundle.ts';
+import { DEFAULT_DNS } from '../operator/compiler/compile.ts';
 
 export interface OperatorConfig {
   runtime: RuntimeConfig;
@@ -172,7 +175,38 @@ export async function operatorCommand(ctx: CommandContext): Promise<number> {
   }
   const certs: ServingCertSource = await certificatesFromDir(config.certDir, logger);
   const registry = createRegistry();
-  const running = await startOperator({ config: config.runtime, client, logger, registry }, certs);
+  const running = await startOperator({ config: config.runtime, client, logger, registry }, certs, {
+    leaderTasks: (ctx) => {
+      const caBundles = caBundleTask({
+        client,
+        pods: ctx.pods,
+        caBundle: () => certs.current().caPem,
+        logger,
+        registry,
+      });
+      certs.onChange(() => caBundles.refresh()); // a rotated CA reaches every agent namespace
+      return [
+        policyReconcilerTask({
+          client,
+          logger,
+          registry,
+          entitlements: ctx.entitlements,
+          compileOptions: {
+            trustDomain: config.runtime.trustDomain,
+            networkProvider: config.networkProvider,
+            dns:
+              config.dns.mode === 'node-local' ? { kind: 'addresses', addresses: [config.dns.ip ?? ''] } : DEFAULT_DNS,
+            operator: {
+              namespace: config.runtime.namespace,
+              podLabels: { 'app.kubernetes.io/name': 'agentfence', 'app.kubernetes.io/component': 'controller' },
+              port: config.runtime.listen.port,
+            },
+          },
+        }),
+        caBundles,
+      ];
+    },
+  });
   logger.info('operator started', {
     listen: running.serving.url,
     admin: running.health.url,

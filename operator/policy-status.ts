@@ -42,13 +42,25 @@ export function policyStatus(policy: AgentPolicy, observed: PolicyObservation, n
     set(CONDITION.NetworkPolicyProgrammed, 'False', 'ApplyFailed', truncate(observed.applyErrors.join('; ')));
   } else {
     const count = observed.report?.networkPolicies.length ?? 0;
-    set(CONDITION.NetworkPolicyProgrammed, 'True', 'Programmed', `${count} network ${count === 1 ? 'policy' : 'policies'} written`);
+    set(
+      CONDITION.NetworkPolicyProgrammed,
+      'True',
+      'Programmed',
+      `${count} network ${count === 1 ? 'policy' : 'policies'} written`,
+    );
   }
 
   if (observed.expired) set(CONDITION.AgentsInSync, 'True', 'Expired', 'the policy has expired and grants nothing');
   else if (selected === 0) set(CONDITION.AgentsInSync, 'True', 'NoAgentsSelected', 'no agent pods match agentSelector');
-  else if (observed.inSync >= selected) set(CONDITION.AgentsInSync, 'True', 'AllInSync', `${selected}/${selected} sidecars enforce the current revision`);
-  else set(CONDITION.AgentsInSync, 'False', 'AgentsPending', `${observed.inSync}/${selected} sidecars enforce the current revision`);
+  else if (observed.inSync >= selected)
+    set(CONDITION.AgentsInSync, 'True', 'AllInSync', `${selected}/${selected} sidecars enforce the current revision`);
+  else
+    set(
+      CONDITION.AgentsInSync,
+      'False',
+      'AgentsPending',
+      `${observed.inSync}/${selected} sidecars enforce the current revision`,
+    );
 
   const degraded: { reason: string; message: string }[] = [];
   if (observed.foreignOverlaps.length > 0) {

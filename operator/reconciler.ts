@@ -15,7 +15,14 @@ import type { AgentPolicy } from '../lib/api/types.generated.ts';
 import type { Logger } from '../lib/log.ts';
 import { gauge } from '../lib/metrics.ts';
 import { applyObject, deleteObject, writeStatus } from '../lib/kube/apply.ts';
-import { CONTENT_TYPE, KubeApiError, resourcePath, type KubeClient, type KubeObject, type ResourceRef } from '../lib/kube/client.ts';
+import {
+  CONTENT_TYPE,
+  KubeApiError,
+  resourcePath,
+  type KubeClient,
+  type KubeObject,
+  type ResourceRef,
+} from '../lib/kube/client.ts';
 import { Controller } from '../lib/kube/controller.ts';
 import type { EventRecorder } from '../lib/kube/events.ts';
 import { Informer, objectKey } from '../lib/kube/informer.ts';
@@ -56,11 +63,15 @@ export interface ReconcilerOptions {
 export function isSubset(desired: unknown, current: unknown): boolean {
   if (desired === current) return true;
   if (Array.isArray(desired)) {
-    return Array.isArray(current) && desired.length === current.length && desired.every((d, i) => isSubset(d, current[i]));
+    return (
+      Array.isArray(current) && desired.length === current.length && desired.every((d, i) => isSubset(d, current[i]))
+    );
   }
   if (desired !== null && typeof desired === 'object') {
     if (current === null || typeof current !== 'object' || Array.isArray(current)) return false;
-    return Object.entries(desired).every(([k, v]) => v === undefined || isSubset(v, (current as Record<string, unknown>)[k]));
+    return Object.entries(desired).every(
+      ([k, v]) => v === undefined || isSubset(v, (current as Record<string, unknown>)[k]),
+    );
   }
   return false;
 }
@@ -70,7 +81,8 @@ function managedView(obj: KubeObject): Record<string, unknown> {
   const { metadata, ...rest } = obj;
   const view: Record<string, unknown> = { ...rest, metadata: {} };
   const meta = view.metadata as Record<string, unknown>;
-  for (const k of ['labels', 'annotations', 'ownerReferences', 'finalizers'] as const) if (metadata[k] !== undefined) meta[k] = metadata[k];
+  for (const k of ['labels', 'annotations', 'ownerReferences', 'finalizers'] as const)
+    if (metadata[k] !== undefined) meta[k] = metadata[k];
   delete view.status;
   delete view.apiVersion;
   delete view.kind;
@@ -81,15 +93,46 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
   const { client, logger, registry, entitlements } = options;
   const provider = options.compileOptions.networkProvider ?? 'kubernetes';
   const managed = `${LABEL_MANAGED_BY}=${MANAGED_BY}`;
-  const policies = new Informer<PolicyObject>({ client, resource: R.policies, name: 'agentpolicies', logger, registry });
+  const policies = new Informer<PolicyObject>({
+    client,
+    resource: R.policies,
+    name: 'agentpolicies',
+    logger,
+    registry,
+  });
   const pods = new Informer<KubeObject & Pod>({ client, resource: R.pods, name: 'pods', logger, registry });
-  const namespaces = new Informer<KubeObject & Namespace>({ client, resource: R.namespaces, name: 'namespaces', logger, registry });
-  const services = new Informer<KubeObject & Service>({ client, resource: R.services, name: 'services', logger, registry });
+  const namespaces = new Informer<KubeObject & Namespace>({
+    client,
+    resource: R.namespaces,
+    name: 'namespaces',
+    logger,
+    registry,
+  });
+  const services = new Informer<KubeObject & Service>({
+    client,
+    resource: R.services,
+    name: 'services',
+    logger,
+    registry,
+  });
   // All NetworkPolicies, not only ours: foreign ones that widen agents' egress are reported.
-  const netpols = new Informer<NetworkPolicyObject>({ client, resource: R.networkPolicies, name: 'networkpolicies', logger, registry });
+  const netpols = new Informer<NetworkPolicyObject>({
+    client,
+    resource: R.networkPolicies,
+    name: 'networkpolicies',
+    logger,
+    registry,
+  });
   const cilium =
     provider === 'cilium'
-      ? new Informer<KubeObject>({ client, resource: R.cilium, labelSelector: managed, name: 'ciliumnetworkpolicies', logger, registry })
+      ? new Informer<KubeObject>({
+          client,
+          resource: R.cilium,
+          labelSelector: managed,
+          name: 'ciliumnetworkpolicies',
+          logger,
+          registry,
+        })
       : undefined;
   const informers = [policies, pods, namespaces, services, netpols, ...(cilium ? [cilium] : [])];
   const managedObjects = gauge(registry, {
@@ -113,7 +156,7 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
       errors.set(policyKey, [...(errors.get(policyKey) ?? []), message]);
     };
 
-    await converge(output, now, fail);
+    await converge(output, fail);
     await writeStatuses(output, errors, now);
 
     managedObjects.set({ kind: 'AgentEntitlement' }, output.entitlements.length);
@@ -125,14 +168,21 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
   };
 
   /** Applies what differs, deletes what is no longer desired. */
-  const converge = async (output: CompileOutput, now: Date, fail: (policy: string | undefined, message: string) => void): Promise<void> => {
+  const converge = async (
+    output: CompileOutput,
+    fail: (policy: string | undefined, message: string) => void,
+  ): Promise<void> => {
     const policyOf = (obj: KubeObject): string | undefined => {
       const owner = obj.metadata.ownerReferences?.find((o) => o.kind === AGENT_POLICY.kind);
       const label = obj.metadata.labels?.['agentfence.io/policy'];
       const ns = obj.metadata.labels?.['agentfence.io/policy-namespace'] ?? obj.metadata.namespace;
       return owner ? `${obj.metadata.namespace ?? ''}/${owner.name}` : label ? `${ns ?? ''}/${label}` : undefined;
     };
-    const write = async (resource: ResourceRef, desired: KubeObject, current: KubeObject | undefined): Promise<void> => {
+    const write = async (
+      resource: ResourceRef,
+      desired: KubeObject,
+      current: KubeObject | undefined,
+    ): Promise<void> => {
       if (current && isSubset(managedView(desired), managedView(current))) return;
       try {
         await applyObject(client, resource, desired);
@@ -146,11 +196,21 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
 
     // Baselines carry the protecting finalizer while their namespace has agent pods.
     const desiredNetpols = output.networkPolicies.map((np) =>
-      np.metadata.name === BASELINE_NAME ? { ...np, metadata: { ...np.metadata, finalizers: [BASELINE_FINALIZER] } } : np,
+      np.metadata.name === BASELINE_NAME
+        ? { ...np, metadata: { ...np.metadata, finalizers: [BASELINE_FINALIZER] } }
+        : np,
     );
-    for (const np of desiredNetpols) await write(R.networkPolicies, np as unknown as KubeObject, netpols.get(objectKey(np as unknown as KubeObject)));
-    for (const ae of output.entitlements) await write(AGENT_ENTITLEMENTS, ae as unknown as KubeObject, entitlements.get(objectKey(ae as unknown as KubeObject)));
-    if (cilium) for (const cnp of output.ciliumNetworkPolicies) await write(R.cilium, cnp as unknown as KubeObject, cilium.get(objectKey(cnp as unknown as KubeObject)));
+    for (const np of desiredNetpols)
+      await write(R.networkPolicies, np as unknown as KubeObject, netpols.get(objectKey(np as unknown as KubeObject)));
+    for (const ae of output.entitlements)
+      await write(
+        AGENT_ENTITLEMENTS,
+        ae as unknown as KubeObject,
+        entitlements.get(objectKey(ae as unknown as KubeObject)),
+      );
+    if (cilium)
+      for (const cnp of output.ciliumNetworkPolicies)
+        await write(R.cilium, cnp as unknown as KubeObject, cilium.get(objectKey(cnp as unknown as KubeObject)));
 
     // Prune: only objects carrying our managed-by label, and only by uid.
     const wanted = (list: readonly { metadata: { namespace?: string; name?: string } }[]): Set<string> =>
@@ -167,9 +227,9 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
     }
     if (cilium) {
       const wantedCnps = wanted(output.ciliumNetworkPolicies);
-      for (const cnp of cilium.list()) if (!wantedCnps.has(objectKey(cnp))) await prune(R.cilium, cnp, fail, policyOf(cnp));
+      for (const cnp of cilium.list())
+        if (!wantedCnps.has(objectKey(cnp))) await prune(R.cilium, cnp, fail, policyOf(cnp));
     }
-    void now;
   };
 
   const prune = async (
@@ -183,16 +243,25 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
       const index = finalizers.indexOf(BASELINE_FINALIZER);
       if (index >= 0) {
         // test-then-remove, so a concurrent change to the list fails instead of removing someone else's entry.
-        await client.request('PATCH', resourcePath(resource, { namespace: obj.metadata.namespace, name: obj.metadata.name }), {
-          contentType: CONTENT_TYPE.jsonPatch,
-          body: [
-            { op: 'test', path: `/metadata/finalizers/${index}`, value: BASELINE_FINALIZER },
-            { op: 'remove', path: `/metadata/finalizers/${index}` },
-          ],
-        });
+        await client.request(
+          'PATCH',
+          resourcePath(resource, { namespace: obj.metadata.namespace, name: obj.metadata.name }),
+          {
+            contentType: CONTENT_TYPE.jsonPatch,
+            body: [
+              { op: 'test', path: `/metadata/finalizers/${index}`, value: BASELINE_FINALIZER },
+              { op: 'remove', path: `/metadata/finalizers/${index}` },
+            ],
+          },
+        );
       }
       if (!obj.metadata.deletionTimestamp) {
-        await deleteObject(client, resource, { namespace: obj.metadata.namespace ?? '', name: obj.metadata.name ?? '' }, obj.metadata.uid ? { uid: obj.metadata.uid } : {});
+        await deleteObject(
+          client,
+          resource,
+          { namespace: obj.metadata.namespace ?? '', name: obj.metadata.name ?? '' },
+          obj.metadata.uid ? { uid: obj.metadata.uid } : {},
+        );
       }
     } catch (err) {
       if (err instanceof KubeApiError && (err.status === 404 || err.status === 409)) return; // gone or changed: next round
@@ -241,15 +310,21 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
     const result = new Map<string, string[]>();
     const selectedBy = new Map<string, string[]>(); // pod key → policy keys
     for (const ae of output.entitlements) {
-      selectedBy.set(`${ae.metadata.namespace ?? ''}/${ae.spec.podName}`, (ae.spec.policies ?? []).map((p) => `${ae.metadata.namespace ?? ''}/${p}`));
+      selectedBy.set(
+        `${ae.metadata.namespace ?? ''}/${ae.spec.podName}`,
+        (ae.spec.policies ?? []).map((p) => `${ae.metadata.namespace ?? ''}/${p}`),
+      );
     }
     for (const np of netpols.list()) {
       if (np.metadata.labels?.[LABEL_MANAGED_BY] === MANAGED_BY) continue;
-      const types = np.spec.policyTypes;
-      const hasEgress = (types ? types.includes('Egress') : false) && (np.spec.egress?.length ?? 0) > 0;
+      const hasEgress = np.spec.policyTypes.includes('Egress') && (np.spec.egress?.length ?? 0) > 0;
       if (!hasEgress) continue;
       for (const pod of pods.list()) {
-        if (pod.metadata.namespace !== np.metadata.namespace || !compileSelector(np.spec.podSelector)(pod.metadata.labels ?? {})) continue;
+        if (
+          pod.metadata.namespace !== np.metadata.namespace ||
+          !compileSelector(np.spec.podSelector)(pod.metadata.labels ?? {})
+        )
+          continue;
         for (const policyKey of selectedBy.get(objectKey(pod)) ?? []) {
           const list = result.get(policyKey) ?? [];
           const name = objectKey(np);
@@ -266,9 +341,15 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
     ready: () => true,
     async run(signal) {
       for (const i of informers) i.start();
-      controller = new Controller({ name: 'agentpolicy', reconcile, informers: [...informers, entitlements], logger, registry });
+      controller = new Controller({
+        name: 'agentpolicy',
+        reconcile,
+        informers: [...informers, entitlements],
+        logger,
+        registry,
+      });
       const offs = [...informers, entitlements].map((i) =>
-        (i as Informer<KubeObject>).on({ add: enqueue, update: enqueue, delete: enqueue }),
+        (i as Informer).on({ add: enqueue, update: enqueue, delete: enqueue }),
       );
       await controller.start();
       enqueue();
@@ -283,6 +364,17 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
 
 function policyRef(obj: KubeObject): { apiVersion: string; kind: string; name: string; namespace?: string } {
   const owner = obj.metadata.ownerReferences?.[0];
-  if (owner) return { apiVersion: owner.apiVersion, kind: owner.kind, name: owner.name, ...(obj.metadata.namespace ? { namespace: obj.metadata.namespace } : {}) };
-  return { apiVersion: obj.apiVersion ?? '', kind: obj.kind ?? '', name: obj.metadata.name ?? '', ...(obj.metadata.namespace ? { namespace: obj.metadata.namespace } : {}) };
+  if (owner)
+    return {
+      apiVersion: owner.apiVersion,
+      kind: owner.kind,
+      name: owner.name,
+      ...(obj.metadata.namespace ? { namespace: obj.metadata.namespace } : {}),
+    };
+  return {
+    apiVersion: obj.apiVersion ?? '',
+    kind: obj.kind ?? '',
+    name: obj.metadata.name ?? '',
+    ...(obj.metadata.namespace ? { namespace: obj.metadata.namespace } : {}),
+  };
 }

@@ -64,8 +64,8 @@ export interface LeaderTask {
 export interface RuntimeExtensions {
   /** The admission handler, mounted at POST /mutate-pods when present. */
   admission?: RequestHandler;
-  /** Leader-only work besides key rotation, e.g. the policy reconciler. */
-  leaderTasks?: LeaderTask[];
+  /** Leader-only work besides key rotation, e.g. the policy reconciler; built with the shared caches. */
+  leaderTasks?: (ctx: RuntimeContext) => LeaderTask[];
 }
 
 export interface RunningOperator {
@@ -73,6 +73,8 @@ export interface RunningOperator {
   health: HealthServer;
   keys: SigningKeyStore;
   hub: EntitlementHub;
+  pods: Informer<AgentPod>;
+  entitlements: Informer<AgentEntitlementObject>;
   isLeader(): boolean;
   stop(): Promise<void>;
 }
@@ -187,7 +189,7 @@ export async function startOperator(
   );
 
   const serving = await startServingServer({ ...config.listen, certs, handler: app, logger });
-  const tasks = extensions.leaderTasks ?? [];
+  const tasks = extensions.leaderTasks?.({ ...ctx, pods, entitlements }) ?? [];
   const elector = new LeaderElector({
     client,
     namespace: config.namespace,
@@ -219,6 +221,8 @@ export async function startOperator(
     health,
     keys,
     hub,
+    pods,
+    entitlements,
     isLeader: () => elector.isLeader(),
     async stop() {
       await elector.stop();

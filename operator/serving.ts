@@ -15,6 +15,8 @@ import type { Logger } from '../lib/log.ts';
 export interface ServingCertificate {
   certPem: string;
   keyPem: string;
+  /** The CA bundle clients (sidecars) need to verify certPem. */
+  caPem: string;
 }
 
 export interface ServingCertSource {
@@ -26,16 +28,18 @@ export interface ServingCertSource {
 
 /** tls.crt / tls.key in a directory (a mounted Secret, as cert-manager writes it); re-read when it changes. */
 export async function certificatesFromDir(dir: string, logger: Logger, pollMs = 30_000): Promise<ServingCertSource> {
-  const read = async (): Promise<ServingCertificate> => ({
-    certPem: await readFile(join(dir, 'tls.crt'), 'utf8'),
-    keyPem: await readFile(join(dir, 'tls.key'), 'utf8'),
-  });
+  const read = async (): Promise<ServingCertificate> => {
+    const certPem = await readFile(join(dir, 'tls.crt'), 'utf8');
+    // cert-manager writes the issuing CA as ca.crt; without it, the chain in tls.crt is what clients trust.
+    const caPem = await readFile(join(dir, 'ca.crt'), 'utf8').catch(() => certPem);
+    return { certPem, keyPem: await readFile(join(dir, 'tls.key'), 'utf8'), caPem };
+  };
   let cert = await read();
   const listeners = new Set<() => void>();
   const reload = (): void => {
     read()
       .then((next) => {
-        if (next.certPem === cert.certPem && next.keyPem === cert.keyPem) return;
+        if (next.certPem === cert.certPem && next.keyPem === cert.keyPem && next.caPem === cert.caPem) return;
         cert = next;
         logger.info('serving certificate reloaded', { dir });
         for (const l of listeners) l();

@@ -32,18 +32,34 @@ function helm(): string {
 }
 
 async function template(values: string[]): Promise<string> {
-  const { stdout } = await run$(helm(), ['template', 'agentfence', chartDir, '--namespace', RELEASE_NS, '--kube-version', '1.36.0', ...values]);
+  const { stdout } = await run$(helm(), [
+    'template',
+    'agentfence',
+    chartDir,
+    '--namespace',
+    RELEASE_NS,
+    '--kube-version',
+    '1.36.0',
+    ...values,
+  ]);
   return stdout;
 }
 
 const CUSTOM = [
-  '--set', 'controller.replicas=3',
-  '--set', 'networkProvider=cilium',
-  '--set', 'dns.mode=node-local',
-  '--set', 'certificates.mode=cert-manager',
-  '--set', 'serviceMonitor.enabled=true',
-  '--set', 'trustDomain=prod.example.com',
-  '--set', 'sidecar.maxStaleness=30s',
+  '--set',
+  'controller.replicas=3',
+  '--set',
+  'networkProvider=cilium',
+  '--set',
+  'dns.mode=node-local',
+  '--set',
+  'certificates.mode=cert-manager',
+  '--set',
+  'serviceMonitor.enabled=true',
+  '--set',
+  'trustDomain=prod.example.com',
+  '--set',
+  'sidecar.maxStaleness=30s',
 ];
 
 function golden(name: string, actual: string): void {
@@ -76,10 +92,16 @@ describe('Helm chart', () => {
   });
 
   it('refuses bad values at install time with a readable message', async () => {
-    const bad = await run$(helm(), ['template', 'agentfence', chartDir, '--kube-version', '1.36.0', '--set', 'networkProvider=calico']).catch(
-      (err: { stderr: string }) => err,
-    );
-    expect('stderr' in bad ? bad.stderr : '').toMatch(/networkProvider/);
+    const bad = await run$(helm(), [
+      'template',
+      'agentfence',
+      chartDir,
+      '--kube-version',
+      '1.36.0',
+      '--set',
+      'networkProvider=calico',
+    ]).catch((err: unknown) => err);
+    expect(String((bad as { stderr?: unknown }).stderr)).toMatch(/networkProvider/);
   });
 });
 
@@ -90,15 +112,23 @@ describe('chart objects on the real API server, and the controller under the cha
   beforeAll(async () => {
     const rendered = await template([]);
     await run(['create', 'namespace', RELEASE_NS]);
-    const docs = parseAllDocuments(rendered).map((d) => d.toJS() as { kind?: string } | null).filter((d): d is { kind: string } => !!d?.kind);
+    const docs = parseAllDocuments(rendered)
+      .map((d) => d.toJS() as { kind?: string } | null)
+      .filter((d): d is { kind: string } => !!d?.kind);
     // Admission configurations would send every labelled pod of the other tests to a controller that is not
     // running here: check them with a server-side dry run; create everything else for real.
     const admission = new Set(['MutatingWebhookConfiguration', 'ValidatingAdmissionPolicyBinding']);
     const real = docs.filter((d) => !admission.has(d.kind) && d.kind !== 'CustomResourceDefinition');
     const dry = docs.filter((d) => admission.has(d.kind));
-    await runOrThrow(['apply', '--server-side', '--field-manager=helm-test', '-f', '-'], real.map((d) => stringify(d)).join('---\n'));
+    await runOrThrow(
+      ['apply', '--server-side', '--field-manager=helm-test', '-f', '-'],
+      real.map((d) => stringify(d)).join('---\n'),
+    );
     if (dry.length > 0) {
-      await runOrThrow(['apply', '--server-side', '--dry-run=server', '-f', '-'], dry.map((d) => stringify(d)).join('---\n'));
+      await runOrThrow(
+        ['apply', '--server-side', '--dry-run=server', '-f', '-'],
+        dry.map((d) => stringify(d)).join('---\n'),
+      );
     }
   });
 
@@ -108,18 +138,27 @@ describe('chart objects on the real API server, and the controller under the cha
   });
 
   it('runs the controller with the chart ServiceAccount token: caches sync, keys are created, it leads', async () => {
-    const res = await kubeRequest('POST', `/api/v1/namespaces/${RELEASE_NS}/serviceaccounts/agentfence-controller/token`, {
-      apiVersion: 'authentication.k8s.io/v1',
-      kind: 'TokenRequest',
-      spec: { expirationSeconds: 3600 },
-    });
+    const res = await kubeRequest(
+      'POST',
+      `/api/v1/namespaces/${RELEASE_NS}/serviceaccounts/agentfence-controller/token`,
+      {
+        apiVersion: 'authentication.k8s.io/v1',
+        kind: 'TokenRequest',
+        spec: { expirationSeconds: 3600 },
+      },
+    );
     expect(res.status).toBe(201);
     const token = (res.body as { status: { token: string } }).status.token;
     const kubeconfig = `${cluster().kubeconfigPath}.chart-sa`;
     writeFileSync(kubeconfig, renderKubeconfig({ server: cluster().server, caPem: cluster().caPem, token }));
     client = await clientFromKubeconfig(kubeconfig);
     const ca = await createCertificateAuthority('chart-test', 1);
-    const serving = await issueCertificate(ca, { commonName: 'c', ipAddresses: ['127.0.0.1'], usage: 'server', validityDays: 1 });
+    const serving = await issueCertificate(ca, {
+      commonName: 'c',
+      ipAddresses: ['127.0.0.1'],
+      usage: 'server',
+      validityDays: 1,
+    });
     const port = await freePort();
     operator = await startOperator(
       {
@@ -137,9 +176,13 @@ describe('chart objects on the real API server, and the controller under the cha
         logger: silentLogger,
         registry: createRegistry({ defaultMetrics: false }),
       },
-      staticCertificates(serving),
+      staticCertificates({ ...serving, caPem: ca.certPem }),
     );
-    await eventually(async () => ((await fetch(`${operator?.health.url ?? ''}/readyz`)).status === 200 ? true : undefined), 'controller ready under chart RBAC', 20_000);
+    await eventually(
+      async () => ((await fetch(`${operator?.health.url ?? ''}/readyz`)).status === 200 ? true : undefined),
+      'controller ready under chart RBAC',
+      20_000,
+    );
     expect(operator.isLeader()).toBe(true);
     const secret = await run(['get', 'secret', 'agentfence-signing-keys', '-n', RELEASE_NS]);
     expect(secret.code).toBe(0);

@@ -81,7 +81,7 @@ beforeAll(async () => {
       logger: silentLogger,
       registry: createRegistry({ defaultMetrics: false }),
     },
-    staticCertificates(serving),
+    staticCertificates({ ...serving, caPem: ca.certPem }),
   );
   dir = await mkdtemp(join(tmpdir(), 'agentfence-runtime-'));
 });
