@@ -10,6 +10,7 @@ import { certificatesFromDir, type ServingCertSource } from '../operator/serving
 import { startOperator, type RuntimeConfig } from '../operator/runtime.ts';
 import { policyReconcilerTask } from '../operator/reconciler.ts';
 import { caBundleTask } from '../operator/cabundle.ts';
+import { EventRecorder } from '../lib/kube/events.ts';
 import { DEFAULT_DNS } from '../operator/compiler/compile.ts';
 
 export interface OperatorConfig {
@@ -175,6 +176,13 @@ export async function operatorCommand(ctx: CommandContext): Promise<number> {
   }
   const certs: ServingCertSource = await certificatesFromDir(config.certDir, logger);
   const registry = createRegistry();
+  const events = new EventRecorder({
+    client,
+    reportingController: 'agentfence.io/operator',
+    reportingInstance: config.runtime.podName,
+    logger,
+    registry,
+  });
   const running = await startOperator({ config: config.runtime, client, logger, registry }, certs, {
     leaderTasks: (ctx) => {
       const caBundles = caBundleTask({

@@ -17,15 +17,19 @@ export interface CommandResult {
 export function kubectl(target: KubectlTarget, args: string[], input?: string): Promise<CommandResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(target.binaries.kubectl, [`--kubeconfig=${target.kubeconfigPath}`, ...args], {
-      stdio: ['pipe', 'pipe', 'pipe'],
+      stdio: [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
     });
     let stdout = '';
     let stderr = '';
-    child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
-    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+    child.stdout?.on('data', (c: Buffer) => (stdout += c.toString()));
+    child.stderr?.on('data', (c: Buffer) => (stderr += c.toString()));
     child.once('error', reject);
     child.once('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
-    child.stdin.end(input ?? '');
+    if (child.stdin) {
+      // kubectl may exit (an error, a command that reads no input) before taking it all: that is its answer, not ours.
+      child.stdin.on('error', () => undefined);
+      child.stdin.end(input);
+    }
   });
 }
 

@@ -213,6 +213,75 @@ describe('policy reconciler', () => {
     }, 'entitlement narrowed to nothing');
   });
 
+  it('reports hostnames as not enforceable at L3, and foreign NetworkPolicies that widen egress', async () => {
+    await runOrThrow(['apply', '-f', '-'], pod('writer-0', 'writer'));
+    await runOrThrow(
+      ['apply', '-f', '-'],
+      policy('writer', 'writer', [{ name: 'llm', to: { hosts: ['api.example.com'] }, ports: [{ port: 443 }] }]),
+    );
+    const degraded = await eventually(async () => {
+      const c = (
+        (await get('agentpolicy', 'writer'))?.status?.conditions as
+          { type: string; status: string; reason: string }[] | undefined
+      )?.find((x) => x.type === 'Degraded');
+      return c?.status === 'True' ? c : undefined;
+    }, 'Degraded condition');
+    expect(degraded.reason).toBe('FQDNNotEnforcedAtL3');
+
+    // Someone else's policy that opens all egress for every pod in the namespace: reported, never touched.
+    await runOrThrow(
+      ['apply', '-f', '-'],
+      JSON.stringify({
+        apiVersion: 'networking.k8s.io/v1',
+        kind: 'NetworkPolicy',
+        metadata: { name: 'allow-all-egress', namespace: ns },
+        spec: { podSelector: {}, policyTypes: ['Egress'], egress: [{}] },
+      }),
+    );
+    const message = await eventually(async () => {
+      const c = (
+        (await get('agentpolicy', 'writer'))?.status?.conditions as { type: string; message: string }[] | undefined
+      )?.find((x) => x.type === 'Degraded');
+      return c?.message.includes(`${ns}/allow-all-egress`) ? c.message : undefined;
+    }, 'ForeignPolicyOverlap reported');
+    expect(message).toContain('not managed by Agentfence');
+    expect((await get('networkpolicy', 'allow-all-egress'))?.spec.egress).toEqual([{}]);
+    await runOrThrow(['delete', 'networkpolicy', 'allow-all-egress', '-n', ns]);
+  });
+
+  it('drops a grant at expiresAt without any other change', async () => {
+    await runOrThrow(['apply', '-f', '-'], pod('temp-0', 'temp'));
+    const expiresAt = new Date(Date.now() + 4000).toISOString().replace(/\.\d{3}Z$/, 'Z');
+    await runOrThrow(
+      ['apply', '-f', '-'],
+      JSON.stringify({
+        apiVersion: 'agentfence.io/v1alpha1',
+        kind: 'AgentPolicy',
+        metadata: { name: 'temp', namespace: ns },
+        spec: {
+          agentSelector: { matchLabels: { 'agentfence.io/agent': 'temp' } },
+          expiresAt,
+          egress: [{ name: 'mirror', to: { cidrs: ['10.60.0.0/16'] }, ports: [{ port: 443 }] }],
+        },
+      }),
+    );
+    await eventually(
+      async () =>
+        JSON.stringify((await get('agententitlement', 'temp-0'))?.spec).includes('10.60.0.0/16') ? true : undefined,
+      'grant present',
+    );
+    const gone = await eventually(
+      async () => {
+        const ae = await get('agententitlement', 'temp-0');
+        return ae && !JSON.stringify(ae.spec).includes('10.60.0.0/16') ? Date.now() : undefined;
+      },
+      'grant dropped at expiry',
+      20_000,
+    );
+    expect(gone).toBeGreaterThanOrEqual(Date.parse(expiresAt));
+    expect(gone - Date.parse(expiresAt)).toBeLessThan(3000);
+  });
+
   it('removes what a deleted policy granted (garbage collection of owned objects)', async () => {
     await runOrThrow(['delete', 'agentpolicy', 'planner', '-n', ns]);
     await eventually(
