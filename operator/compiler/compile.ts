@@ -234,10 +234,10 @@ export class ClusterIndex {
   }
 }
 
-function agentPeerSelectors(
-  policyNamespace: string,
-  peer: { agentSelector: LabelSelector; namespaceSelector?: LabelSelector },
-): NetworkPolicyPeer {
+function agentPeerSelectors(peer: {
+  agentSelector: LabelSelector;
+  namespaceSelector?: LabelSelector;
+}): NetworkPolicyPeer {
   // namespaceSelector and podSelector in ONE peer element: both must hold (two elements would mean either).
   return {
     ...(peer.namespaceSelector ? { namespaceSelector: peer.namespaceSelector } : {}),
@@ -325,7 +325,7 @@ function compilePolicy(policy: AgentPolicy, index: ClusterIndex, options: Requir
           cidrs.push(...callee.ips);
         }
       }
-      addEgress([agentPeerSelectors(namespace, peer)], npPorts);
+      addEgress([agentPeerSelectors(peer)], npPorts);
       // Both ends must allow: the callee's baseline refuses all ingress, so open it from exactly these callers.
       for (const calleeNamespace of byNamespace.keys()) {
         const sameNamespace = calleeNamespace === namespace;
@@ -401,7 +401,7 @@ function compilePolicy(policy: AgentPolicy, index: ClusterIndex, options: Requir
   for (const rule of expired ? [] : [...(spec.ingress ?? [])].sort((a, b) => compareStrings(a.name, b.name))) {
     const from = rule.from;
     const peers: NetworkPolicyPeer[] = from.agents
-      ? [agentPeerSelectors(namespace, from.agents)]
+      ? [agentPeerSelectors(from.agents)]
       : from.pods
         ? [
             {

@@ -150,7 +150,15 @@ export function compileServiceTarget(
   }
   if (headless) {
     // DNS of a headless Service answers with pod IPs: the sidecar must allow those, on the pods' ports.
-    for (const pod of backends) out.cidrs.push(...pod.ips);
+    for (const pod of backends) {
+      if (pod.ips.length === 0) {
+        out.problems.push({
+          reason: 'PodWithoutIP',
+          message: `pod ${namespace}/${pod.name} behind headless Service ${id} has no IP yet`,
+        });
+      }
+      out.cidrs.push(...pod.ips);
+    }
     for (const group of groups.values())
       out.extraPorts.push(...group.ports.map((p) => ({ port: p.port ?? 0, protocol: p.protocol })));
   }

@@ -300,6 +300,13 @@ describe('services', () => {
     );
     const rule = entitlement(out, 'agents', 'caller').spec.egress?.[0];
     expect(rule?.cidrs).toEqual(['10.3.0.7/32']);
+    expect(report(out, 'agents', 'bot').problems).toEqual([
+      {
+        reason: 'PodWithoutIP',
+        rule: 'kafka',
+        message: 'pod agents/kafka-1 behind headless Service agents/kafka has no IP yet',
+      },
+    ]);
     expect(rule?.ports).toEqual([
       { port: 9092, protocol: 'TCP' },
       { port: 9093, protocol: 'TCP' },
