@@ -280,6 +280,38 @@ function compilePolicy(policy: AgentPolicy, index: ClusterIndex, options: Requir
     });
   }
 
+  const calleeIngress = (
+    calleeNamespace: string,
+    ruleName: string,
+    calleeSelector: LabelSelector,
+    ports: NetworkPolicyPort[],
+    serviceName?: string,
+  ): NetworkPolicy => {
+    // Cross-namespace ownerReferences are invalid (the garbage collector treats the owner as absent and
+    // deletes the object): outside the policy's namespace the labels are what ties the object to its policy.
+    const sameNamespace = calleeNamespace === namespace;
+    return {
+      apiVersion: 'networking.k8s.io/v1',
+      kind: 'NetworkPolicy',
+      metadata: {
+        name: calleeIngressName(namespace, name, ruleName, serviceName),
+        namespace: calleeNamespace,
+        labels: sameNamespace ? labels : { ...labels, [LABEL_POLICY_NAMESPACE]: namespace },
+        ...(sameNamespace && owner ? { ownerReferences: owner } : {}),
+      },
+      spec: {
+        podSelector: calleeSelector,
+        policyTypes: ['Ingress'],
+        ingress: [
+          {
+            from: [{ ...(sameNamespace ? {} : { namespaceSelector: namespaceSelectorFor(namespace) }), podSelector }],
+            ports,
+          },
+        ],
+      },
+    };
+  };
+
   const addEgress = (to: NetworkPolicyPeer[], ports: NetworkPolicyPort[]): void => {
     // An egress rule with no peers would mean "every destination": never emit one.
     if (to.length > 0 && ports.length > 0) npEgress.push({ to, ports });
@@ -311,6 +343,19 @@ function compilePolicy(policy: AgentPolicy, index: ClusterIndex, options: Requir
         fqdns.push(...target.fqdns);
         for (const p of target.problems) problem(p.reason, p.message);
         for (const peer of target.peers) addEgress([peer.peer], peer.ports);
+        if (target.agentBackends) {
+          // The Service's pods are agents behind their own baseline: open their side too, on the target ports.
+          const targetPorts = target.peers.flatMap((p) => p.ports);
+          calleePolicies.push(
+            calleeIngress(
+              ref.namespace ?? namespace,
+              rule.name,
+              andLabels({ matchLabels: target.selector }, INJECT),
+              toNetworkPolicyPorts(targetPorts.map((p) => ({ port: p.port ?? 0, protocol: p.protocol }))),
+              ref.name,
+            ),
+          );
+        }
         if (target.extraPorts.length > 0) ports = normalizePorts([...ports, ...target.extraPorts]);
       }
     } else if (rule.to.agents) {
@@ -328,29 +373,7 @@ function compilePolicy(policy: AgentPolicy, index: ClusterIndex, options: Requir
       addEgress([agentPeerSelectors(peer)], npPorts);
       // Both ends must allow: the callee's baseline refuses all ingress, so open it from exactly these callers.
       for (const calleeNamespace of byNamespace.keys()) {
-        const sameNamespace = calleeNamespace === namespace;
-        calleePolicies.push({
-          apiVersion: 'networking.k8s.io/v1',
-          kind: 'NetworkPolicy',
-          metadata: {
-            name: calleeIngressName(namespace, name, rule.name),
-            namespace: calleeNamespace,
-            labels: sameNamespace ? labels : { ...labels, [LABEL_POLICY_NAMESPACE]: namespace },
-            ...(sameNamespace && owner ? { ownerReferences: owner } : {}),
-          },
-          spec: {
-            podSelector: andLabels(peer.agentSelector, INJECT),
-            policyTypes: ['Ingress'],
-            ingress: [
-              {
-                from: [
-                  { ...(sameNamespace ? {} : { namespaceSelector: namespaceSelectorFor(namespace) }), podSelector },
-                ],
-                ports: npPorts,
-              },
-            ],
-          },
-        });
+        calleePolicies.push(calleeIngress(calleeNamespace, rule.name, andLabels(peer.agentSelector, INJECT), npPorts));
       }
     }
 

@@ -362,6 +362,56 @@ describe('services', () => {
   });
 });
 
+describe('services backed by agent pods', () => {
+  it('also opens the callee side, on the target ports, in the Service namespace', () => {
+    const out = compile(
+      {
+        ...empty,
+        pods: [
+          agentPod('a', 'caller', 'caller'),
+          {
+            ...agentPod('tools', 'mcp-0', 'mcp'),
+            spec: { containers: [{ name: 'mcp', ports: [{ name: 'mcp', containerPort: 8082 }] }] },
+          },
+        ],
+        services: [
+          service('tools', 'mcp', {
+            selector: { 'agentfence.io/agent': 'mcp' },
+            clusterIP: '10.96.1.1',
+            ports: [{ port: 80, targetPort: 'mcp' }],
+          }),
+        ],
+        policies: [
+          policy('a', 'caller', {
+            egress: [{ name: 'mcp', to: { services: [{ name: 'mcp', namespace: 'tools' }] }, ports: [{ port: 80 }] }],
+          }),
+        ],
+      },
+      options,
+    );
+    const callee = out.networkPolicies.find(
+      (p) => p.metadata.namespace === 'tools' && p.metadata.name !== 'agentfence-baseline',
+    );
+    expect(callee?.metadata.name).toMatch(/^agentfence-caller-mcp-[0-9a-f]{8}$/);
+    expect(callee?.metadata.labels?.['agentfence.io/policy-namespace']).toBe('a');
+    expect(callee?.spec).toEqual({
+      podSelector: { matchLabels: { 'agentfence.io/agent': 'mcp', 'agentfence.io/inject': 'true' } },
+      policyTypes: ['Ingress'],
+      ingress: [
+        {
+          from: [
+            {
+              namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'a' } },
+              podSelector: { matchLabels: { 'agentfence.io/agent': 'caller', 'agentfence.io/inject': 'true' } },
+            },
+          ],
+          ports: [{ protocol: 'TCP', port: 8082 }],
+        },
+      ],
+    });
+  });
+});
+
 describe('agents rules', () => {
   it('opens caller egress to the callee pods and the callee ingress from the caller, in the callee namespace', () => {
     const out = compile(
