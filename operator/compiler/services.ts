@@ -5,7 +5,7 @@
  */
 import type { LabelSelector, PortRange, ServiceReference } from '../../lib/api/types.generated.ts';
 import { canonicalJSON, compareStrings } from './canonical.ts';
-import type { ClusterIndex, PodView } from './compile.ts';
+import type { ClusterIndex, PodView } from './cluster-index.ts';
 import { compileSelector } from './selectors.ts';
 import { LABEL_INJECT } from '../../lib/api/constants.ts';
 import type { NetworkPolicyPeer, NetworkPolicyPort, ProblemReason, ServicePort } from './types.ts';
