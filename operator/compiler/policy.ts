@@ -5,6 +5,7 @@
 import type { AgentPolicy, EntitlementEgressRule, LabelSelector } from '../../lib/api/types.generated.ts';
 import type { OwnerReference } from '../../lib/api/meta.ts';
 import { API_VERSION, LABEL_INJECT, LABEL_MANAGED_BY, MANAGED_BY } from '../../lib/api/constants.ts';
+import { agentEntitlementSpec } from '../../lib/api/schema.ts';
 import { canonicalJSON, compareStrings, sortedUnique } from './canonical.ts';
 import { ciliumDnsRule, namespaceSelectorFor } from './baseline.ts';
 import type { ClusterIndex, PodView } from './cluster-index.ts';
@@ -28,6 +29,23 @@ import type {
 } from './types.ts';
 
 const INJECT = { [LABEL_INJECT]: 'true' };
+
+/** The CRD's bound on addresses per entitlement rule: more and the API server refuses the whole entitlement. */
+const MAX_RULE_CIDRS = agentEntitlementSpec.properties?.egress?.items?.properties?.cidrs?.maxItems ?? 256;
+
+function boundedCidrs(
+  cidrs: readonly string[],
+  problem: (reason: Problem['reason'], message: string) => void,
+): string[] {
+  const unique = sortedUnique(cidrs);
+  if (unique.length <= MAX_RULE_CIDRS) return unique;
+  // Fail closed for the rest rather than have the API server refuse the pod's whole entitlement.
+  problem(
+    'TooManyAddresses',
+    `${unique.length} addresses exceed the ${MAX_RULE_CIDRS} one rule can hold; only the first ${MAX_RULE_CIDRS} are granted`,
+  );
+  return unique.slice(0, MAX_RULE_CIDRS);
+}
 
 /**
  * Under provider kubernetes a hosts rule can only be opened as "public addresses on these ports": private,
@@ -240,7 +258,7 @@ export function compilePolicy(
       rule: rule.name,
       mode,
       ...(hosts.length > 0 ? { hosts: sortedUnique(hosts) } : {}),
-      ...(cidrs.length > 0 ? { cidrs: sortedUnique(cidrs) } : {}),
+      ...(cidrs.length > 0 ? { cidrs: boundedCidrs(cidrs, problem) } : {}),
       ports,
       ...(rule.http ? { http: rule.http } : {}),
       ...(rule.mcp ? { mcp: rule.mcp } : {}),

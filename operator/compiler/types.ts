@@ -146,7 +146,8 @@ export type ProblemReason =
   | 'NamedPortUnresolved'
   | 'NamedPortAmbiguous'
   | 'PodWithoutIP'
-  | 'InvalidCIDR';
+  | 'InvalidCIDR'
+  | 'TooManyAddresses';
 
 export interface Problem {
   reason: ProblemReason;

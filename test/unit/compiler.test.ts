@@ -1,5 +1,7 @@
 /** The policy compiler as a pure function: entitlements, NetworkPolicies, reports. */
 import { describe, expect, it } from 'vitest';
+import { agentEntitlementSpec } from '../../lib/api/schema.ts';
+import { validateSchema } from '../../lib/api/validate.ts';
 import { compile } from '../../operator/compiler/index.ts';
 import type { CompileInput, CompileOptions, NetworkPolicy } from '../../operator/compiler/types.ts';
 import { NOW, agentPod, backendPod, namespace, policy, service, shuffled } from '../support/compiler-fixtures.ts';
@@ -481,6 +483,34 @@ describe('agents rules', () => {
     expect(report(out, 'team-a', 'orchestrator').networkPolicies.map((r) => r.namespace)).toEqual(['team-a', 'team-b']);
   });
 
+  it('caps a rule at the CRD bound of 256 addresses and reports it instead of producing an invalid entitlement', () => {
+    const callees = Array.from({ length: 300 }, (_, i) =>
+      agentPod('b', `y-${String(i).padStart(3, '0')}`, 'y', { ip: `10.7.${Math.floor(i / 200)}.${(i % 200) + 1}` }),
+    );
+    const out = compile(
+      {
+        ...empty,
+        pods: [agentPod('a', 'x', 'x'), ...callees],
+        policies: [
+          policy('a', 'x', {
+            egress: [
+              {
+                name: 'ys',
+                to: {
+                  agents: { namespaceSelector: {}, agentSelector: { matchLabels: { 'agentfence.io/agent': 'y' } } },
+                },
+                ports: [{ port: 80 }],
+              },
+            ],
+          }),
+        ],
+      },
+      options,
+    );
+    expect(entitlement(out, 'a', 'x').spec.egress?.[0]?.cidrs).toHaveLength(256);
+    expect(report(out, 'a', 'x').problems.map((p) => p.reason)).toEqual(['TooManyAddresses']);
+  });
+
   it('owns the callee-side ingress by the AgentPolicy when caller and callee share the namespace', () => {
     const out = compile(
       {
@@ -798,6 +828,12 @@ describe('determinism', () => {
       };
       expect(JSON.stringify(compile(shuffledInput, { ...options, networkProvider: 'cilium' }))).toBe(reference);
     }
+  });
+
+  it('writes entitlements that satisfy the AgentEntitlement schema', () => {
+    const out = compile(input, options);
+    expect(out.entitlements.length).toBe(3);
+    for (const ae of out.entitlements) expect(validateSchema(agentEntitlementSpec, ae.spec, 'spec')).toEqual([]);
   });
 
   it('keeps names stable and bounded', () => {
