@@ -301,7 +301,7 @@ export function compilePolicy(
       ? {
           apiVersion: 'cilium.io/v2',
           kind: 'CiliumNetworkPolicy',
-          metadata,
+          metadata: { ...metadata, labels: { ...labels } },
           spec: { endpointSelector: podSelector, egress: [ciliumDnsRule(options.dns), ...ciliumEgress] },
         }
       : undefined;

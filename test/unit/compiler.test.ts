@@ -830,6 +830,12 @@ describe('determinism', () => {
     }
   });
 
+  it('never mutates its input', () => {
+    const before = JSON.stringify(input);
+    compile(input, { ...options, networkProvider: 'cilium' });
+    expect(JSON.stringify(input)).toBe(before);
+  });
+
   it('writes entitlements that satisfy the AgentEntitlement schema', () => {
     const out = compile(input, options);
     expect(out.entitlements.length).toBe(3);
