@@ -30,3 +30,14 @@ export function boundedName(name: string, max = 253): string {
   const hash = createHash('sha256').update(name).digest('hex').slice(0, 10);
   return `${name.slice(0, max - 11).replace(/[-.]+$/, '')}-${hash}`;
 }
+
+export function sortedUnique(values: Iterable<string>): string[] {
+  return [...new Set(values)].sort(compareStrings);
+}
+
+export function byNamespaceAndName(a: { metadata: { namespace?: string; name?: string } }, b: typeof a): number {
+  return (
+    compareStrings(a.metadata.namespace ?? '', b.metadata.namespace ?? '') ||
+    compareStrings(a.metadata.name ?? '', b.metadata.name ?? '')
+  );
+}

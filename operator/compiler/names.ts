@@ -13,11 +13,14 @@ export function policyObjectName(policy: string): string {
 }
 
 /**
- * The callee-side ingress for one `agents` egress rule, in the callee's namespace. The hash of the caller's
+ * The callee-side ingress for one `agents` egress rule (or one Service of a `services` rule whose backends are
+ * agent pods), in the callee's namespace. The hash of the caller's
  * namespace, policy and rule keeps names of different callers apart even when the readable part is cut.
  */
-export function calleeIngressName(policyNamespace: string, policy: string, rule: string): string {
-  const hash = createHash('sha256').update(`${policyNamespace}/${policy}/${rule}`).digest('hex').slice(0, 8);
+export function calleeIngressName(policyNamespace: string, policy: string, rule: string, service?: string): string {
+  // The hash input for agents rules is unchanged by the optional Service, so those names stay stable.
+  const key = `${policyNamespace}/${policy}/${rule}${service === undefined ? '' : `/${service}`}`;
+  const hash = createHash('sha256').update(key).digest('hex').slice(0, 8);
   return `${boundedName(`agentfence-${policy}-${rule}`, 253 - 9)}-${hash}`;
 }
 

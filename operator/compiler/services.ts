@@ -5,8 +5,9 @@
  */
 import type { LabelSelector, PortRange, ServiceReference } from '../../lib/api/types.generated.ts';
 import { canonicalJSON, compareStrings } from './canonical.ts';
-import type { ClusterIndex, PodView } from './compile.ts';
+import type { ClusterIndex, PodView } from './cluster-index.ts';
 import { compileSelector } from './selectors.ts';
+import { LABEL_INJECT } from '../../lib/api/constants.ts';
 import type { NetworkPolicyPeer, NetworkPolicyPort, ProblemReason, ServicePort } from './types.ts';
 
 export interface ServiceTarget {
@@ -15,6 +16,10 @@ export interface ServiceTarget {
   /** Names only DNS-aware enforcement can use (ExternalName services). */
   fqdns: string[];
   peers: { peer: NetworkPolicyPeer; ports: NetworkPolicyPort[] }[];
+  /** Some selected pods are agent pods: their baseline refuses ingress, so the callee side must be opened. */
+  agentBackends: boolean;
+  /** The Service's pod selector (when it has one). */
+  selector: Record<string, string>;
   /** Ports the sidecar must also allow: a headless Service is reached on its pods' target ports. */
   extraPorts: PortRange[];
   problems: { reason: ProblemReason; message: string }[];
@@ -53,7 +58,16 @@ export function compileServiceTarget(
 ): ServiceTarget {
   const namespace = ref.namespace ?? policyNamespace;
   const id = `${namespace}/${ref.name}`;
-  const out: ServiceTarget = { hosts: [], cidrs: [], fqdns: [], peers: [], extraPorts: [], problems: [] };
+  const out: ServiceTarget = {
+    hosts: [],
+    cidrs: [],
+    fqdns: [],
+    peers: [],
+    agentBackends: false,
+    selector: {},
+    extraPorts: [],
+    problems: [],
+  };
   const svc = index.services.get(id);
   if (!svc) {
     out.problems.push({
@@ -99,6 +113,8 @@ export function compileServiceTarget(
     return out;
   }
   const backends = index.pods.get(namespace)?.select({ matchLabels: selector }) ?? [];
+  out.selector = selector;
+  out.agentBackends = backends.some((p) => p.labels[LABEL_INJECT] === 'true');
   // Group the backends by the target ports they resolve to.
   const groups = new Map<string, { ports: NetworkPolicyPort[]; pods: PodView[] }>();
   const unresolved: string[] = [];
@@ -150,7 +166,15 @@ export function compileServiceTarget(
   }
   if (headless) {
     // DNS of a headless Service answers with pod IPs: the sidecar must allow those, on the pods' ports.
-    for (const pod of backends) out.cidrs.push(...pod.ips);
+    for (const pod of backends) {
+      if (pod.ips.length === 0) {
+        out.problems.push({
+          reason: 'PodWithoutIP',
+          message: `pod ${namespace}/${pod.name} behind headless Service ${id} has no IP yet`,
+        });
+      }
+      out.cidrs.push(...pod.ips);
+    }
     for (const group of groups.values())
       out.extraPorts.push(...group.ports.map((p) => ({ port: p.port ?? 0, protocol: p.protocol })));
   }

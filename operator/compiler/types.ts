@@ -146,7 +146,8 @@ export type ProblemReason =
   | 'NamedPortUnresolved'
   | 'NamedPortAmbiguous'
   | 'PodWithoutIP'
-  | 'InvalidCIDR';
+  | 'InvalidCIDR'
+  | 'TooManyAddresses';
 
 export interface Problem {
   reason: ProblemReason;
@@ -171,6 +172,11 @@ export interface SkippedPod {
   reason: 'Terminating';
 }
 
+/**
+ * The compiled objects. They share substructure (one policy's grants appear in every pod it selects; http and
+ * mcp profiles are the input policy's objects), which keeps 10,000-pod compiles fast: treat them as read-only
+ * and structuredClone before mutating.
+ */
 export interface CompileOutput {
   entitlements: AgentEntitlement[];
   networkPolicies: NetworkPolicy[];

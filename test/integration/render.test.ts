@@ -13,6 +13,7 @@ import { run, runOrThrow } from '../support/cluster.ts';
 const root = new URL('../../', import.meta.url).pathname;
 const examples = join(root, 'examples');
 const fixtures = join(root, 'test/fixtures/render/cluster.yaml');
+const extraPolicies = join(root, 'test/fixtures/render/policies.yaml');
 
 interface Obj {
   kind: string;
@@ -54,7 +55,7 @@ describe('agentfence render against a real API server', () => {
         .filter((i) => i.kind === 'Pod')
         .map((p) => [`${p.metadata.namespace}/${p.metadata.name}`, p.metadata.uid ?? '']),
     );
-    const result = render(['-f', examples, '-f', join(dir, 'live.json')]);
+    const result = render(['-f', examples, '-f', extraPolicies, '-f', join(dir, 'live.json')]);
     expect(result.code, result.stderr).toBe(0);
     rendered = parseAllDocuments(result.stdout).map((d) => d.toJS() as Obj);
     writeFileSync(join(dir, 'rendered.yaml'), result.stdout);
@@ -62,9 +63,62 @@ describe('agentfence render against a real API server', () => {
 
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
+  it('puts the callee side of a cross-namespace agents rule in the callee namespace, tied by labels', async () => {
+    await runOrThrow(['apply', '-f', join(dir, 'rendered.yaml')]);
+    const out = await runOrThrow([
+      'get',
+      'networkpolicies',
+      '-n',
+      'tools',
+      '-l',
+      'agentfence.io/policy-namespace=agents',
+      '-o',
+      'json',
+    ]);
+    const [callee, ...more] = (JSON.parse(out) as { items: (Obj & { metadata: { labels: Record<string, string> } })[] })
+      .items;
+    expect(more).toEqual([]);
+    expect(callee?.metadata.name).toMatch(/^agentfence-planner-to-triage-triage-[0-9a-f]{8}$/);
+    expect(callee?.metadata.labels['agentfence.io/policy']).toBe('planner-to-triage');
+    expect(callee?.spec.ingress).toEqual([
+      {
+        from: [
+          {
+            namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'agents' } },
+            podSelector: { matchLabels: { 'agentfence.io/agent': 'planner', 'agentfence.io/inject': 'true' } },
+          },
+        ],
+        ports: [{ port: 8443, protocol: 'TCP' }],
+      },
+    ]);
+  });
+
+  it('owns the per-policy NetworkPolicy by the live AgentPolicy when rendered from live objects', async () => {
+    const live = await runOrThrow(['get', 'agentpolicies,pods,services', '-n', 'support', '-o', 'json']);
+    writeFileSync(join(dir, 'support.json'), live);
+    const result = render(['-f', join(dir, 'support.json')]);
+    expect(result.code, result.stderr).toBe(0);
+    const applied = await run(['apply', '-f', '-'], result.stdout);
+    expect(applied.code, applied.stderr).toBe(0);
+    const np = JSON.parse(
+      await runOrThrow(['get', 'networkpolicy', 'agentfence-support-agent', '-n', 'support', '-o', 'json']),
+    ) as Obj;
+    const policy = JSON.parse(await runOrThrow(['get', 'ap', 'support-agent', '-n', 'support', '-o', 'json'])) as Obj;
+    expect(np.metadata.ownerReferences).toEqual([
+      {
+        apiVersion: 'agentfence.io/v1alpha1',
+        kind: 'AgentPolicy',
+        name: 'support-agent',
+        uid: policy.metadata.uid,
+        controller: true,
+        blockOwnerDeletion: true,
+      },
+    ]);
+  });
+
   it('prints objects the API server accepts with kubectl apply', async () => {
     expect(rendered.filter((o) => o.kind === 'AgentEntitlement').length).toBe(5);
-    expect(rendered.filter((o) => o.kind === 'NetworkPolicy').length).toBeGreaterThanOrEqual(9);
+    expect(rendered.filter((o) => o.kind === 'NetworkPolicy').length).toBeGreaterThanOrEqual(11);
     const result = await run(['apply', '-f', join(dir, 'rendered.yaml')]);
     expect(result.stderr).toBe('');
     expect(result.code).toBe(0);

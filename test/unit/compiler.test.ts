@@ -1,5 +1,7 @@
 /** The policy compiler as a pure function: entitlements, NetworkPolicies, reports. */
 import { describe, expect, it } from 'vitest';
+import { agentEntitlementSpec } from '../../lib/api/schema.ts';
+import { validateSchema } from '../../lib/api/validate.ts';
 import { compile } from '../../operator/compiler/index.ts';
 import type { CompileInput, CompileOptions, NetworkPolicy } from '../../operator/compiler/types.ts';
 import { NOW, agentPod, backendPod, namespace, policy, service, shuffled } from '../support/compiler-fixtures.ts';
@@ -300,6 +302,13 @@ describe('services', () => {
     );
     const rule = entitlement(out, 'agents', 'caller').spec.egress?.[0];
     expect(rule?.cidrs).toEqual(['10.3.0.7/32']);
+    expect(report(out, 'agents', 'bot').problems).toEqual([
+      {
+        reason: 'PodWithoutIP',
+        rule: 'kafka',
+        message: 'pod agents/kafka-1 behind headless Service agents/kafka has no IP yet',
+      },
+    ]);
     expect(rule?.ports).toEqual([
       { port: 9092, protocol: 'TCP' },
       { port: 9093, protocol: 'TCP' },
@@ -352,6 +361,56 @@ describe('services', () => {
     const egress = np(out, 'agents', 'agentfence-bot').spec.egress ?? [];
     expect(egress).toHaveLength(1);
     expect(egress[0]?.to?.[0]?.ipBlock?.cidr).toBe('0.0.0.0/0');
+  });
+});
+
+describe('services backed by agent pods', () => {
+  it('also opens the callee side, on the target ports, in the Service namespace', () => {
+    const out = compile(
+      {
+        ...empty,
+        pods: [
+          agentPod('a', 'caller', 'caller'),
+          {
+            ...agentPod('tools', 'mcp-0', 'mcp'),
+            spec: { containers: [{ name: 'mcp', ports: [{ name: 'mcp', containerPort: 8082 }] }] },
+          },
+        ],
+        services: [
+          service('tools', 'mcp', {
+            selector: { 'agentfence.io/agent': 'mcp' },
+            clusterIP: '10.96.1.1',
+            ports: [{ port: 80, targetPort: 'mcp' }],
+          }),
+        ],
+        policies: [
+          policy('a', 'caller', {
+            egress: [{ name: 'mcp', to: { services: [{ name: 'mcp', namespace: 'tools' }] }, ports: [{ port: 80 }] }],
+          }),
+        ],
+      },
+      options,
+    );
+    const callee = out.networkPolicies.find(
+      (p) => p.metadata.namespace === 'tools' && p.metadata.name !== 'agentfence-baseline',
+    );
+    expect(callee?.metadata.name).toMatch(/^agentfence-caller-mcp-[0-9a-f]{8}$/);
+    expect(callee?.metadata.labels?.['agentfence.io/policy-namespace']).toBe('a');
+    expect(callee?.spec).toEqual({
+      podSelector: { matchLabels: { 'agentfence.io/agent': 'mcp', 'agentfence.io/inject': 'true' } },
+      policyTypes: ['Ingress'],
+      ingress: [
+        {
+          from: [
+            {
+              namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'a' } },
+              podSelector: { matchLabels: { 'agentfence.io/agent': 'caller', 'agentfence.io/inject': 'true' } },
+            },
+          ],
+          ports: [{ protocol: 'TCP', port: 8082 }],
+        },
+      ],
+    });
   });
 });
 
@@ -422,6 +481,34 @@ describe('agents rules', () => {
       { reason: 'PodWithoutIP', rule: 'planner', message: 'agent pod team-b/planner-1 has no IP yet' },
     ]);
     expect(report(out, 'team-a', 'orchestrator').networkPolicies.map((r) => r.namespace)).toEqual(['team-a', 'team-b']);
+  });
+
+  it('caps a rule at the CRD bound of 256 addresses and reports it instead of producing an invalid entitlement', () => {
+    const callees = Array.from({ length: 300 }, (_, i) =>
+      agentPod('b', `y-${String(i).padStart(3, '0')}`, 'y', { ip: `10.7.${Math.floor(i / 200)}.${(i % 200) + 1}` }),
+    );
+    const out = compile(
+      {
+        ...empty,
+        pods: [agentPod('a', 'x', 'x'), ...callees],
+        policies: [
+          policy('a', 'x', {
+            egress: [
+              {
+                name: 'ys',
+                to: {
+                  agents: { namespaceSelector: {}, agentSelector: { matchLabels: { 'agentfence.io/agent': 'y' } } },
+                },
+                ports: [{ port: 80 }],
+              },
+            ],
+          }),
+        ],
+      },
+      options,
+    );
+    expect(entitlement(out, 'a', 'x').spec.egress?.[0]?.cidrs).toHaveLength(256);
+    expect(report(out, 'a', 'x').problems.map((p) => p.reason)).toEqual(['TooManyAddresses']);
   });
 
   it('owns the callee-side ingress by the AgentPolicy when caller and callee share the namespace', () => {
@@ -741,6 +828,18 @@ describe('determinism', () => {
       };
       expect(JSON.stringify(compile(shuffledInput, { ...options, networkProvider: 'cilium' }))).toBe(reference);
     }
+  });
+
+  it('never mutates its input', () => {
+    const before = JSON.stringify(input);
+    compile(input, { ...options, networkProvider: 'cilium' });
+    expect(JSON.stringify(input)).toBe(before);
+  });
+
+  it('writes entitlements that satisfy the AgentEntitlement schema', () => {
+    const out = compile(input, options);
+    expect(out.entitlements.length).toBe(3);
+    for (const ae of out.entitlements) expect(validateSchema(agentEntitlementSpec, ae.spec, 'spec')).toEqual([]);
   });
 
   it('keeps names stable and bounded', () => {

@@ -1,0 +1,86 @@
+/** The cluster state a compile reads, indexed once: pods by namespace and label, Services, namespace labels. */
+import { LABEL_INJECT } from '../../lib/api/constants.ts';
+import type { LabelSelector } from '../../lib/api/types.generated.ts';
+import { byNamespaceAndName, compareStrings, sortedUnique } from './canonical.ts';
+import { hostCidr } from './ip.ts';
+import { LabelIndex, compileSelector, type Labels } from './selectors.ts';
+import type { CompileInput, Pod, Service, SkippedPod } from './types.ts';
+
+export const NAMESPACE_NAME_LABEL = 'kubernetes.io/metadata.name';
+
+/** A pod as the compiler sees it, after the fields it needs have been read once. */
+export interface PodView {
+  namespace: string;
+  name: string;
+  uid: string;
+  labels: Labels;
+  /** Host CIDRs (/32, /128) of the pod's IPs; empty before the pod is scheduled. */
+  ips: string[];
+  pod: Pod;
+}
+
+function podView(pod: Pod): PodView {
+  const ips = pod.status?.podIPs?.map((p) => p.ip) ?? (pod.status?.podIP ? [pod.status.podIP] : []);
+  return {
+    namespace: pod.metadata.namespace ?? 'default',
+    name: pod.metadata.name ?? '',
+    uid: pod.metadata.uid ?? '',
+    labels: pod.metadata.labels ?? {},
+    ips: sortedUnique(ips.map(hostCidr).filter((c): c is string => c !== undefined)),
+    pod,
+  };
+}
+
+/** The cluster state, indexed once per compile. */
+export class ClusterIndex {
+  readonly pods = new Map<string, LabelIndex<PodView>>();
+  readonly agents = new Map<string, LabelIndex<PodView>>();
+  readonly services = new Map<string, Service>();
+  readonly namespaceLabels = new Map<string, Labels>();
+  readonly skipped: SkippedPod[] = [];
+
+  constructor(input: CompileInput) {
+    for (const ns of input.namespaces) {
+      const name = ns.metadata.name ?? '';
+      this.namespaceLabels.set(name, { ...ns.metadata.labels, [NAMESPACE_NAME_LABEL]: name });
+    }
+    for (const pod of [...input.pods].sort(byNamespaceAndName)) {
+      const view = podView(pod);
+      this.knowNamespace(view.namespace);
+      const agent = view.labels[LABEL_INJECT] === 'true';
+      if (pod.metadata.deletionTimestamp) {
+        // A terminating pod keeps no grants and serves no traffic worth opening.
+        if (agent) this.skipped.push({ namespace: view.namespace, name: view.name, reason: 'Terminating' });
+        continue;
+      }
+      this.indexFor(this.pods, view.namespace).add(view);
+      if (agent) this.indexFor(this.agents, view.namespace).add(view);
+    }
+    for (const svc of input.services) {
+      const ns = svc.metadata.namespace ?? 'default';
+      this.services.set(`${ns}/${svc.metadata.name ?? ''}`, svc);
+    }
+    for (const p of input.policies) this.knowNamespace(p.metadata.namespace ?? 'default');
+  }
+
+  private knowNamespace(name: string): void {
+    // The API server labels every namespace with its name; a namespace we were not given still has that label.
+    if (!this.namespaceLabels.has(name)) this.namespaceLabels.set(name, { [NAMESPACE_NAME_LABEL]: name });
+  }
+
+  private indexFor(map: Map<string, LabelIndex<PodView>>, ns: string): LabelIndex<PodView> {
+    let index = map.get(ns);
+    if (!index) map.set(ns, (index = new LabelIndex<PodView>()));
+    return index;
+  }
+
+  /** Namespaces a peer's namespaceSelector picks: absent = the policy's own, empty = all. */
+  selectNamespaces(own: string, selector: LabelSelector | undefined): string[] {
+    if (!selector) return [own];
+    const matches = compileSelector(selector);
+    return [...this.namespaceLabels]
+      .filter(([, labels]) => matches(labels))
+      .map(([name]) => name)
+      .sort(compareStrings);
+  }
+}

@@ -1,0 +1,345 @@
+/**
+ * One AgentPolicy compiled: its grant (the entitlement rules every selected pod gets), its NetworkPolicies
+ * (its own, and callee-side ingress in callee namespaces), its CiliumNetworkPolicy, and its report.
+ */
+import type { AgentPolicy, EntitlementEgressRule, LabelSelector } from '../../lib/api/types.generated.ts';
+import type { OwnerReference } from '../../lib/api/meta.ts';
+import { API_VERSION, LABEL_INJECT, LABEL_MANAGED_BY, MANAGED_BY } from '../../lib/api/constants.ts';
+import { agentEntitlementSpec } from '../../lib/api/schema.ts';
+import { canonicalJSON, compareStrings, sortedUnique } from './canonical.ts';
+import { ciliumDnsRule, namespaceSelectorFor } from './baseline.ts';
+import type { ClusterIndex, PodView } from './cluster-index.ts';
+import type { PolicyGrant } from './entitlement.ts';
+import { metadataExcept, parseCidr } from './ip.ts';
+import { LABEL_POLICY, LABEL_POLICY_NAMESPACE, calleeIngressName, labelValue, policyObjectName } from './names.ts';
+import { normalizePorts, parseTTLSeconds, toNetworkPolicyPorts } from './ports.ts';
+import { andLabels, compileSelector } from './selectors.ts';
+import { compileServiceTarget } from './services.ts';
+import type {
+  CiliumEgressRule,
+  CiliumNetworkPolicy,
+  CompileOptions,
+  NetworkPolicy,
+  NetworkPolicyEgressRule,
+  NetworkPolicyIngressRule,
+  NetworkPolicyPeer,
+  NetworkPolicyPort,
+  PolicyReport,
+  Problem,
+} from './types.ts';
+
+const INJECT = { [LABEL_INJECT]: 'true' };
+
+/** The CRD's bound on addresses per entitlement rule: more and the API server refuses the whole entitlement. */
+const MAX_RULE_CIDRS = agentEntitlementSpec.properties?.egress?.items?.properties?.cidrs?.maxItems ?? 256;
+
+function boundedCidrs(
+  cidrs: readonly string[],
+  problem: (reason: Problem['reason'], message: string) => void,
+): string[] {
+  const unique = sortedUnique(cidrs);
+  if (unique.length <= MAX_RULE_CIDRS) return unique;
+  // Fail closed for the rest rather than have the API server refuse the pod's whole entitlement.
+  problem(
+    'TooManyAddresses',
+    `${unique.length} addresses exceed the ${MAX_RULE_CIDRS} one rule can hold; only the first ${MAX_RULE_CIDRS} are granted`,
+  );
+  return unique.slice(0, MAX_RULE_CIDRS);
+}
+
+/**
+ * Under provider kubernetes a hosts rule can only be opened as "public addresses on these ports": private,
+ * shared (CGNAT) and link-local ranges stay closed, so the coarse rule never reaches cluster or metadata addresses.
+ */
+const PUBLIC_V4_EXCEPT = ['10.0.0.0/8', '100.64.0.0/10', '169.254.0.0/16', '172.16.0.0/12', '192.168.0.0/16'];
+const PUBLIC_V6_EXCEPT = ['fc00::/7', 'fe80::/10'];
+
+function ipBlockPeers(cidrs: readonly string[]): NetworkPolicyPeer[] {
+  return cidrs.map((cidr) => {
+    const except = metadataExcept(cidr);
+    return { ipBlock: except.length > 0 ? { cidr, except } : { cidr } };
+  });
+}
+
+function policyOwner(policy: AgentPolicy): OwnerReference[] | undefined {
+  const uid = policy.metadata.uid;
+  if (!uid) return undefined; // rendered from files: there is no object to own it yet
+  return [
+    {
+      apiVersion: API_VERSION,
+      kind: 'AgentPolicy',
+      name: policy.metadata.name ?? '',
+      uid,
+      controller: true,
+      blockOwnerDeletion: true,
+    },
+  ];
+}
+
+function agentPeerSelectors(peer: {
+  agentSelector: LabelSelector;
+  namespaceSelector?: LabelSelector;
+}): NetworkPolicyPeer {
+  // namespaceSelector and podSelector in ONE peer element: both must hold (two elements would mean either).
+  return {
+    ...(peer.namespaceSelector ? { namespaceSelector: peer.namespaceSelector } : {}),
+    podSelector: andLabels(peer.agentSelector, INJECT),
+  };
+}
+
+export interface PolicyResult {
+  grant: PolicyGrant;
+  selected: PodView[];
+  networkPolicies: NetworkPolicy[];
+  cilium?: CiliumNetworkPolicy;
+  report: PolicyReport;
+}
+
+export function compilePolicy(
+  policy: AgentPolicy,
+  index: ClusterIndex,
+  options: Required<CompileOptions>,
+): PolicyResult {
+  const namespace = policy.metadata.namespace ?? 'default';
+  const name = policy.metadata.name ?? '';
+  const spec = policy.spec;
+  const mode = spec.mode ?? 'Enforce';
+  const problems: Problem[] = [];
+  const owner = policyOwner(policy);
+  const labels = { [LABEL_MANAGED_BY]: MANAGED_BY, [LABEL_POLICY]: labelValue(name) };
+  const podSelector = andLabels(spec.agentSelector, INJECT);
+  const expired = spec.expiresAt !== undefined && Date.parse(spec.expiresAt) <= options.now.getTime();
+
+  const egress: EntitlementEgressRule[] = [];
+  const npEgress: NetworkPolicyEgressRule[] = [];
+  const npIngress: NetworkPolicyIngressRule[] = [];
+  const ciliumEgress: CiliumEgressRule[] = [];
+  const calleePolicies: NetworkPolicy[] = [];
+
+  const selected = expired ? [] : (index.agents.get(namespace)?.select(spec.agentSelector) ?? []);
+  if (expired) {
+    problems.push({ reason: 'Expired', message: `the policy expired at ${spec.expiresAt ?? ''}; it grants nothing` });
+  } else if (selected.length === 0) {
+    problems.push({
+      reason: 'NoAgentsSelected',
+      message: 'no running agent pod in the namespace matches agentSelector',
+    });
+  }
+
+  const calleeIngress = (
+    calleeNamespace: string,
+    ruleName: string,
+    calleeSelector: LabelSelector,
+    ports: NetworkPolicyPort[],
+    serviceName?: string,
+  ): NetworkPolicy => {
+    // Cross-namespace ownerReferences are invalid (the garbage collector treats the owner as absent and
+    // deletes the object): outside the policy's namespace the labels are what ties the object to its policy.
+    const sameNamespace = calleeNamespace === namespace;
+    return {
+      apiVersion: 'networking.k8s.io/v1',
+      kind: 'NetworkPolicy',
+      metadata: {
+        name: calleeIngressName(namespace, name, ruleName, serviceName),
+        namespace: calleeNamespace,
+        labels: sameNamespace ? labels : { ...labels, [LABEL_POLICY_NAMESPACE]: namespace },
+        ...(sameNamespace && owner ? { ownerReferences: owner } : {}),
+      },
+      spec: {
+        podSelector: calleeSelector,
+        policyTypes: ['Ingress'],
+        ingress: [
+          {
+            from: [{ ...(sameNamespace ? {} : { namespaceSelector: namespaceSelectorFor(namespace) }), podSelector }],
+            ports,
+          },
+        ],
+      },
+    };
+  };
+
+  const addEgress = (to: NetworkPolicyPeer[], ports: NetworkPolicyPort[]): void => {
+    // An egress rule with no peers would mean "every destination": never emit one.
+    if (to.length > 0 && ports.length > 0) npEgress.push({ to, ports });
+  };
+
+  for (const rule of expired ? [] : [...(spec.egress ?? [])].sort((a, b) => compareStrings(a.name, b.name))) {
+    let ports = normalizePorts(rule.ports);
+    const npPorts = toNetworkPolicyPorts(rule.ports);
+    const hosts: string[] = [];
+    const cidrs: string[] = [];
+    const fqdns: string[] = [];
+    const problem = (reason: Problem['reason'], message: string): void =>
+      void problems.push({ reason, rule: rule.name, message });
+
+    if (rule.to.hosts) {
+      hosts.push(...rule.to.hosts);
+      fqdns.push(...rule.to.hosts);
+    } else if (rule.to.cidrs) {
+      for (const cidr of rule.to.cidrs) {
+        if (parseCidr(cidr)) cidrs.push(cidr);
+        else problem('InvalidCIDR', `'${cidr}' is not a CIDR; it is ignored`);
+      }
+      addEgress(ipBlockPeers(sortedUnique(cidrs)), npPorts);
+    } else if (rule.to.services) {
+      for (const ref of rule.to.services) {
+        const target = compileServiceTarget(ref, namespace, rule.ports, index, options.clusterDomain);
+        hosts.push(...target.hosts);
+        cidrs.push(...target.cidrs);
+        fqdns.push(...target.fqdns);
+        for (const p of target.problems) problem(p.reason, p.message);
+        for (const peer of target.peers) addEgress([peer.peer], peer.ports);
+        if (target.agentBackends) {
+          // The Service's pods are agents behind their own baseline: open their side too, on the target ports.
+          const targetPorts = target.peers.flatMap((p) => p.ports);
+          calleePolicies.push(
+            calleeIngress(
+              ref.namespace ?? namespace,
+              rule.name,
+              andLabels({ matchLabels: target.selector }, INJECT),
+              toNetworkPolicyPorts(targetPorts.map((p) => ({ port: p.port ?? 0, protocol: p.protocol }))),
+              ref.name,
+            ),
+          );
+        }
+        if (target.extraPorts.length > 0) ports = normalizePorts([...ports, ...target.extraPorts]);
+      }
+    } else if (rule.to.agents) {
+      const peer = rule.to.agents;
+      const calleeMatch = compileSelector(peer.agentSelector);
+      const byNamespace = new Map<string, PodView[]>();
+      for (const ns of index.selectNamespaces(namespace, peer.namespaceSelector)) {
+        const callees = index.agents.get(ns)?.select(peer.agentSelector, calleeMatch) ?? [];
+        if (callees.length > 0) byNamespace.set(ns, callees);
+        for (const callee of callees) {
+          if (callee.ips.length === 0) problem('PodWithoutIP', `agent pod ${ns}/${callee.name} has no IP yet`);
+          cidrs.push(...callee.ips);
+        }
+      }
+      addEgress([agentPeerSelectors(peer)], npPorts);
+      // Both ends must allow: the callee's baseline refuses all ingress, so open it from exactly these callers.
+      for (const calleeNamespace of byNamespace.keys()) {
+        calleePolicies.push(calleeIngress(calleeNamespace, rule.name, andLabels(peer.agentSelector, INJECT), npPorts));
+      }
+    }
+
+    if (fqdns.length > 0) {
+      const names = sortedUnique(fqdns);
+      if (options.networkProvider === 'cilium') {
+        ciliumEgress.push({
+          toFQDNs: names.map((h) => (h.startsWith('*') ? { matchPattern: h } : { matchName: h })),
+          toPorts: [
+            {
+              ports: npPorts.map((p) => ({
+                port: String(p.port),
+                ...(p.endPort !== undefined ? { endPort: p.endPort } : {}),
+                protocol: p.protocol,
+              })),
+            },
+          ],
+        });
+      } else {
+        addEgress(
+          [
+            { ipBlock: { cidr: '0.0.0.0/0', except: [...PUBLIC_V4_EXCEPT] } },
+            { ipBlock: { cidr: '::/0', except: [...PUBLIC_V6_EXCEPT] } },
+          ],
+          npPorts,
+        );
+        problem(
+          'FQDNNotEnforcedAtL3',
+          `NetworkPolicy cannot express host names (${names.join(', ')}): the sidecar enforces them; at L3 this rule opens public addresses on its ports`,
+        );
+      }
+    }
+
+    egress.push({
+      policy: name,
+      rule: rule.name,
+      mode,
+      ...(hosts.length > 0 ? { hosts: sortedUnique(hosts) } : {}),
+      ...(cidrs.length > 0 ? { cidrs: boundedCidrs(cidrs, problem) } : {}),
+      ports,
+      ...(rule.http ? { http: rule.http } : {}),
+      ...(rule.mcp ? { mcp: rule.mcp } : {}),
+      ...(rule.audience !== undefined ? { audience: rule.audience } : {}),
+      ...(spec.expiresAt !== undefined ? { expiresAt: spec.expiresAt } : {}),
+    });
+  }
+
+  for (const rule of expired ? [] : [...(spec.ingress ?? [])].sort((a, b) => compareStrings(a.name, b.name))) {
+    const from = rule.from;
+    const peers: NetworkPolicyPeer[] = from.agents
+      ? [agentPeerSelectors(from.agents)]
+      : from.pods
+        ? [
+            {
+              ...(from.pods.namespaceSelector ? { namespaceSelector: from.pods.namespaceSelector } : {}),
+              podSelector: from.pods.podSelector,
+            },
+          ]
+        : ipBlockPeers(sortedUnique((from.cidrs ?? []).filter((c) => parseCidr(c) !== undefined)));
+    if (peers.length > 0) npIngress.push({ from: peers, ports: toNetworkPolicyPorts(rule.ports) });
+  }
+
+  const metadata = { name: policyObjectName(name), namespace, labels, ...(owner ? { ownerReferences: owner } : {}) };
+  const own: NetworkPolicy = {
+    apiVersion: 'networking.k8s.io/v1',
+    kind: 'NetworkPolicy',
+    metadata,
+    spec: {
+      podSelector,
+      // Always both types, explicitly: an omitted Egress type would leave egress unisolated.
+      policyTypes: ['Ingress', 'Egress'],
+      ...(npIngress.length > 0 ? { ingress: npIngress } : {}),
+      ...(npEgress.length > 0 ? { egress: npEgress } : {}),
+    },
+  };
+  const networkPolicies = [own, ...calleePolicies];
+  const cilium: CiliumNetworkPolicy | undefined =
+    ciliumEgress.length > 0
+      ? {
+          apiVersion: 'cilium.io/v2',
+          kind: 'CiliumNetworkPolicy',
+          metadata: { ...metadata, labels: { ...labels } },
+          spec: { endpointSelector: podSelector, egress: [ciliumDnsRule(options.dns), ...ciliumEgress] },
+        }
+      : undefined;
+
+  const ttl = parseTTLSeconds(spec.tokenTTL);
+  return {
+    grant: {
+      name,
+      egress,
+      ...(ttl !== undefined ? { tokenTTLSeconds: ttl } : {}),
+      ...(spec.expiresAt !== undefined ? { expiresAt: spec.expiresAt } : {}),
+    },
+    selected,
+    networkPolicies,
+    ...(cilium ? { cilium } : {}),
+    report: {
+      namespace,
+      name,
+      selectedPods: selected.length,
+      networkPolicies: [
+        ...networkPolicies.map((np) => ({
+          kind: 'NetworkPolicy' as const,
+          namespace: np.metadata.namespace,
+          name: np.metadata.name,
+        })),
+        ...(cilium ? [{ kind: 'CiliumNetworkPolicy' as const, namespace, name: cilium.metadata.name }] : []),
+      ],
+      problems: dedupeProblems(problems),
+    },
+  };
+}
+
+function dedupeProblems(problems: Problem[]): Problem[] {
+  const unique = new Map(problems.map((p) => [canonicalJSON(p), p]));
+  return [...unique.values()].sort(
+    (a, b) =>
+      compareStrings(a.rule ?? '', b.rule ?? '') ||
+      compareStrings(a.reason, b.reason) ||
+      compareStrings(a.message, b.message),
+  );
+}
