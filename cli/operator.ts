@@ -198,6 +198,7 @@ export async function operatorCommand(ctx: CommandContext): Promise<number> {
           client,
           logger,
           registry,
+          events,
           entitlements: ctx.entitlements,
           compileOptions: {
             trustDomain: config.runtime.trustDomain,
