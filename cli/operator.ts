@@ -11,6 +11,8 @@ import { startOperator, type RuntimeConfig } from '../operator/runtime.ts';
 import { policyReconcilerTask } from '../operator/reconciler.ts';
 import { caBundleTask } from '../operator/cabundle.ts';
 import { EventRecorder } from '../lib/kube/events.ts';
+import { createAdmissionRouter } from '../webhook/admission.ts';
+import { PACKAGE_VERSION } from '../lib/paths.ts';
 import { DEFAULT_DNS } from '../operator/compiler/compile.ts';
 
 export interface OperatorConfig {
@@ -184,6 +186,22 @@ export async function operatorCommand(ctx: CommandContext): Promise<number> {
     registry,
   });
   const running = await startOperator({ config: config.runtime, client, logger, registry }, certs, {
+    admission: createAdmissionRouter({
+      config: {
+        version: PACKAGE_VERSION,
+        image: config.sidecar.image,
+        controllerUrl: config.runtime.issuerUrl,
+        logLevel: config.sidecar.logLevel,
+        maxStaleness: `${config.sidecar.maxStalenessSeconds}s`,
+        resources: {
+          cpuRequest: config.sidecar.cpuRequest,
+          memoryRequest: config.sidecar.memoryRequest,
+          memoryLimit: config.sidecar.memoryLimit,
+        },
+      },
+      logger,
+      registry,
+    }),
     leaderTasks: (ctx) => {
       const caBundles = caBundleTask({
         client,

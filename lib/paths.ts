@@ -17,3 +17,8 @@ export function packageRoot(): string {
   }
   throw new Error('cannot find the agentfence package root');
 }
+
+/** The package version (what the injection annotation records). */
+export const PACKAGE_VERSION: string = (
+  JSON.parse(readFileSync(join(packageRoot(), 'package.json'), 'utf8')) as { version: string }
+).version;

@@ -62,7 +62,7 @@ export interface LeaderTask {
 }
 
 export interface RuntimeExtensions {
-  /** The admission handler, mounted at POST /mutate-pods when present. */
+  /** The admission handler (router), mounted at /mutate-pods when present. */
   admission?: RequestHandler;
   /** Leader-only work besides key rotation, e.g. the policy reconciler; built with the shared caches. */
   leaderTasks?: (ctx: RuntimeContext) => LeaderTask[];
@@ -157,7 +157,7 @@ export async function startOperator(
 
   const app = express();
   app.disable('x-powered-by');
-  if (extensions.admission) app.post('/mutate-pods', extensions.admission);
+  if (extensions.admission) app.use('/mutate-pods', extensions.admission);
   app.use((req, res, next) => {
     // Until the signing keys are loaded nothing can be issued or verified: answer 503, not 500.
     if (!keys.ready() && req.path.startsWith('/v1/')) {

@@ -19,3 +19,8 @@ export const MANAGED_BY = 'agentfence';
 export const TOKEN_TTL_MIN_SECONDS = 60;
 export const TOKEN_TTL_MAX_SECONDS = 900;
 export const TOKEN_TTL_DEFAULT_SECONDS = 300;
+
+/** Written by the webhook on every pod it injects: what was injected (version, config hash). */
+export const ANNOTATION_INJECTED = 'agentfence.io/injected';
+/** Audience of the projected service-account token the sidecar exchanges for its identity. */
+export const OPERATOR_AUDIENCE = 'agentfence.io/operator';

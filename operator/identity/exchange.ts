@@ -4,7 +4,13 @@
  * live, injected agent pod it claims to be. Modelled on SPIRE's k8s_psat attestor and istiod's CA.
  */
 import { createHash } from 'node:crypto';
-import { LABEL_AGENT, LABEL_INJECT, TOKEN_TTL_DEFAULT_SECONDS } from '../../lib/api/constants.ts';
+import {
+  ANNOTATION_INJECTED,
+  LABEL_AGENT,
+  LABEL_INJECT,
+  OPERATOR_AUDIENCE,
+  TOKEN_TTL_DEFAULT_SECONDS,
+} from '../../lib/api/constants.ts';
 import type { AgentEntitlement } from '../../lib/api/types.generated.ts';
 import type { ObjectMeta } from '../../lib/api/meta.ts';
 import { agentSpiffeId } from '../../lib/identity/claims.ts';
@@ -12,10 +18,7 @@ import type { AgentIdentity, AgentVerifier } from '../../lib/verify/index.ts';
 import type { IssuedToken, TokenIssuer } from './issuer.ts';
 import { parseDurationSeconds } from '../../lib/api/duration.ts';
 
-/** Audience of the projected token the webhook mounts into the sidecar. */
-export const OPERATOR_AUDIENCE = 'agentfence.io/operator';
-/** Annotation the webhook writes on every pod it injects. */
-export const ANNOTATION_INJECTED = 'agentfence.io/injected';
+export { ANNOTATION_INJECTED, OPERATOR_AUDIENCE };
 
 export type RefusalCode =
   | 'missing_token'

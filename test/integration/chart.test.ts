@@ -19,6 +19,7 @@ import { startOperator, type RunningOperator } from '../../operator/runtime.ts';
 import { staticCertificates } from '../../operator/serving.ts';
 import { cluster, eventually, run, runOrThrow } from '../support/cluster.ts';
 import { kubeRequest } from '../support/kube-request.ts';
+import { mutatingWebhookConfiguration, podIntegrityBinding, podIntegrityPolicy } from '../../webhook/manifests.ts';
 
 const run$ = promisify(execFile);
 const chartDir = new URL('../../charts/agentfence', import.meta.url).pathname;
@@ -89,6 +90,23 @@ describe('Helm chart', () => {
     expect(out).toContain('kind: ServiceMonitor');
     expect(out).toContain('ciliumnetworkpolicies');
     expect(out).toContain('--dns-ip=169.254.20.10');
+  });
+
+  it('renders the admission configuration exactly as webhook/manifests.ts defines it', async () => {
+    const docs = parseAllDocuments(await template([])).map((d) => d.toJS() as { kind?: string });
+    const excludeNamespaces = ['kube-system', 'kube-public', 'kube-node-lease', RELEASE_NS];
+    expect(docs.find((d) => d.kind === 'MutatingWebhookConfiguration')).toEqual(
+      mutatingWebhookConfiguration({
+        clientConfig: {
+          service: { name: 'agentfence-controller', namespace: RELEASE_NS, path: '/mutate-pods', port: 443 },
+        },
+        excludeNamespaces,
+      }),
+    );
+    expect(docs.find((d) => d.kind === 'ValidatingAdmissionPolicy')).toEqual(podIntegrityPolicy());
+    expect(docs.find((d) => d.kind === 'ValidatingAdmissionPolicyBinding')).toEqual(
+      podIntegrityBinding({ excludeNamespaces }),
+    );
   });
 
   it('refuses bad values at install time with a readable message', async () => {

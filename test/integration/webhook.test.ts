@@ -1,0 +1,244 @@
+/**
+ * The API server calls the real webhook over TLS (url + caBundle): labelled pods are injected, unlabelled pods
+ * never reach it, refusals carry their reason to kubectl, dry-run behaves like a real create, and the
+ * ValidatingAdmissionPolicy keeps injected pods injected — all on the real kube-apiserver.
+ */
+import { randomBytes } from 'node:crypto';
+import type { Registry } from 'prom-client';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { stringify } from 'yaml';
+import { clientFromKubeconfig, type KubeClient } from '../../lib/kube/client.ts';
+import { createRegistry } from '../../lib/metrics.ts';
+import { silentLogger } from '../../lib/log.ts';
+import { createCertificateAuthority, issueCertificate } from '../../lib/tls/pki.ts';
+import { freePort } from '../../localcluster/controlplane.ts';
+import { startOperator, type RunningOperator } from '../../operator/runtime.ts';
+import { staticCertificates } from '../../operator/serving.ts';
+import { createAdmissionRouter } from '../../webhook/admission.ts';
+import { mutatingWebhookConfiguration, podIntegrityBinding, podIntegrityPolicy } from '../../webhook/manifests.ts';
+import { cluster, eventually, run, runOrThrow } from '../support/cluster.ts';
+
+const testId = randomBytes(3).toString('hex');
+const scope = { 'agentfence-webhook-test': testId };
+let client: KubeClient;
+let operator: RunningOperator;
+let registry: Registry;
+let ns: string;
+let vapOnly: string;
+
+const named = (obj: Record<string, unknown>, name: string): Record<string, unknown> => ({
+  ...obj,
+  metadata: { ...(obj.metadata as object), name },
+});
+
+function pod(name: string, labels: Record<string, string>, spec: Record<string, unknown> = {}, namespace = ns): string {
+  return stringify({
+    apiVersion: 'v1',
+    kind: 'Pod',
+    metadata: { name, namespace, labels },
+    spec: {
+      serviceAccountName: 'support-agent',
+      containers: [{ name: 'agent', image: 'registry.example/agent:1' }],
+      ...spec,
+    },
+  });
+}
+
+async function admissions(result: string): Promise<number> {
+  const metric = await registry.getSingleMetric('agentfence_webhook_admissions_total')?.get();
+  return (metric?.values ?? []).filter((v) => v.labels.result === result).reduce((s, v) => s + v.value, 0);
+}
+
+async function labelledNamespace(prefix: string): Promise<string> {
+  const name = `${prefix}-${randomBytes(3).toString('hex')}`;
+  await runOrThrow(
+    ['apply', '-f', '-'],
+    stringify({ apiVersion: 'v1', kind: 'Namespace', metadata: { name, labels: scope } }),
+  );
+  await eventually(
+    async () => ((await run(['get', 'serviceaccount', 'default', '-n', name])).code === 0 ? true : undefined),
+    'default SA',
+  );
+  await runOrThrow(['create', 'serviceaccount', 'support-agent', '-n', name]);
+  return name;
+}
+
+beforeAll(async () => {
+  client = await clientFromKubeconfig(cluster().kubeconfigPath);
+  const system = `af-wh-system-${testId}`;
+  await runOrThrow(['create', 'namespace', system]);
+  ns = await labelledNamespace('wh');
+  const ca = await createCertificateAuthority('webhook-test', 1);
+  const serving = await issueCertificate(ca, {
+    commonName: 'c',
+    ipAddresses: ['127.0.0.1'],
+    usage: 'server',
+    validityDays: 1,
+  });
+  const port = await freePort();
+  registry = createRegistry({ defaultMetrics: false });
+  operator = await startOperator(
+    {
+      config: {
+        namespace: system,
+        podName: 'wh-0',
+        listen: { host: '127.0.0.1', port },
+        adminListen: { host: '127.0.0.1', port: 0 },
+        issuerUrl: `https://127.0.0.1:${port}`,
+        trustDomain: 'cluster.local',
+        keysSecretName: 'agentfence-signing-keys',
+        leaseName: 'agentfence-controller',
+      },
+      client,
+      logger: silentLogger,
+      registry,
+    },
+    staticCertificates({ ...serving, caPem: ca.certPem }),
+    {
+      admission: createAdmissionRouter({
+        config: {
+          version: 'test',
+          image: 'ghcr.io/agentfence/agentfence:test',
+          controllerUrl: `https://127.0.0.1:${port}`,
+          logLevel: 'info',
+          maxStaleness: '60s',
+          resources: { cpuRequest: '50m', memoryRequest: '48Mi', memoryLimit: '128Mi' },
+        },
+        logger: silentLogger,
+        registry,
+      }),
+    },
+  );
+  const caBundle = Buffer.from(ca.certPem).toString('base64');
+  const webhook = mutatingWebhookConfiguration({
+    clientConfig: { url: `${operator.serving.url}/mutate-pods` },
+    caBundle,
+    excludeNamespaces: ['kube-system', system],
+    namespaceMatchLabels: scope,
+  });
+  await runOrThrow(['apply', '--server-side', '-f', '-'], JSON.stringify(named(webhook, `agentfence-test-${testId}`)));
+  await runOrThrow(
+    ['apply', '--server-side', '-f', '-'],
+    JSON.stringify(named(podIntegrityPolicy(), `agentfence-pod-integrity-${testId}`)),
+  );
+  const binding = podIntegrityBinding({ excludeNamespaces: ['kube-system', system], namespaceMatchLabels: scope }) as {
+    spec: Record<string, unknown>;
+  };
+  await runOrThrow(
+    ['apply', '--server-side', '-f', '-'],
+    JSON.stringify({
+      ...named(binding, `agentfence-pod-integrity-${testId}`),
+      spec: { ...binding.spec, policyName: `agentfence-pod-integrity-${testId}` },
+    }),
+  );
+  // The API server loads admission configuration asynchronously: wait until a dry-run pod comes back injected.
+  await eventually(
+    async () => {
+      const out = await run(
+        ['create', '--dry-run=server', '-o', 'json', '-f', '-'],
+        pod('canary', { 'agentfence.io/inject': 'true' }),
+      );
+      return out.code === 0 && out.stdout.includes('agentfence-sidecar') ? true : undefined;
+    },
+    'webhook active',
+    30_000,
+  );
+  // A namespace the policy covers but the webhook does not: labelled pods arrive there uninjected.
+  vapOnly = await labelledNamespace('vaponly');
+  await runOrThrow(
+    ['apply', '--server-side', '-f', '-'],
+    JSON.stringify(
+      named(
+        {
+          ...webhook,
+          webhooks: (webhook.webhooks as object[]).map((w) => ({
+            ...w,
+            namespaceSelector: {
+              matchExpressions: [
+                { key: 'kubernetes.io/metadata.name', operator: 'NotIn', values: [vapOnly, 'kube-system', system] },
+              ],
+              matchLabels: scope,
+            },
+          })),
+        },
+        `agentfence-test-${testId}`,
+      ),
+    ),
+  );
+});
+
+afterAll(async () => {
+  await run(['delete', 'mutatingwebhookconfiguration', `agentfence-test-${testId}`]);
+  await run(['delete', 'validatingadmissionpolicybinding', `agentfence-pod-integrity-${testId}`]);
+  await run(['delete', 'validatingadmissionpolicy', `agentfence-pod-integrity-${testId}`]);
+  await operator.stop();
+  client.close();
+});
+
+interface StoredPod {
+  metadata: { labels: Record<string, string>; annotations?: Record<string, string> };
+  spec: {
+    initContainers?: { name: string; restartPolicy?: string }[];
+    containers: { name: string; env?: { name: string; value?: string }[] }[];
+    volumes?: { name: string }[];
+  };
+}
+
+describe('admission webhook on the real API server', () => {
+  it('injects a labelled pod created through the API server', async () => {
+    await runOrThrow(['apply', '-f', '-'], pod('agent-a', { 'agentfence.io/inject': 'true' }));
+    const stored = JSON.parse(await runOrThrow(['get', 'pod', 'agent-a', '-n', ns, '-o', 'json'])) as StoredPod;
+    expect(stored.spec.initContainers?.[0]).toMatchObject({ name: 'agentfence-sidecar', restartPolicy: 'Always' });
+    expect(stored.metadata.labels['agentfence.io/agent']).toBe('support-agent'); // defaulted from the service account
+    expect(stored.metadata.annotations?.['agentfence.io/injected']).toContain('"version":"test"');
+    const env = Object.fromEntries((stored.spec.containers[0]?.env ?? []).map((e) => [e.name, e.value]));
+    expect(env.HTTP_PROXY).toBe('http://127.0.0.1:15001');
+    expect(stored.spec.volumes?.map((v) => v.name)).toEqual(
+      expect.arrayContaining(['agentfence-token', 'agentfence-ca', 'agentfence-scratch']),
+    );
+  });
+
+  it('never sees unlabelled pods', async () => {
+    const before = (await admissions('injected')) + (await admissions('skipped')) + (await admissions('refused'));
+    await runOrThrow(['apply', '-f', '-'], pod('plain', { app: 'web' }));
+    const stored = JSON.parse(await runOrThrow(['get', 'pod', 'plain', '-n', ns, '-o', 'json'])) as StoredPod;
+    expect(stored.spec.initContainers).toBeUndefined();
+    const after = (await admissions('injected')) + (await admissions('skipped')) + (await admissions('refused'));
+    expect(after).toBe(before);
+  });
+
+  it('refuses a hostNetwork agent pod with the reason in kubectl’s error', async () => {
+    const res = await run(['apply', '-f', '-'], pod('host', { 'agentfence.io/inject': 'true' }, { hostNetwork: true }));
+    expect(res.code).not.toBe(0);
+    expect(res.stderr).toContain('agent pods cannot use hostNetwork');
+    expect((await run(['get', 'pod', 'host', '-n', ns])).code).not.toBe(0);
+  });
+
+  it('answers a dry-run create exactly like a real one, and stores nothing', async () => {
+    const dry = await runOrThrow(
+      ['create', '--dry-run=server', '-o', 'json', '-f', '-'],
+      pod('dry', { 'agentfence.io/inject': 'true' }),
+    );
+    expect((JSON.parse(dry) as StoredPod).spec.initContainers?.[0]?.name).toBe('agentfence-sidecar');
+    expect((await run(['get', 'pod', 'dry', '-n', ns])).code).not.toBe(0);
+  });
+
+  it('refuses removing the inject label or changing the agent label of an injected pod (ValidatingAdmissionPolicy)', async () => {
+    const unlabel = await run(['label', 'pod', 'agent-a', '-n', ns, 'agentfence.io/inject-']);
+    expect(unlabel.code).not.toBe(0);
+    expect(unlabel.stderr).toContain('cannot be removed from an injected pod');
+    const rename = await run(['label', 'pod', 'agent-a', '-n', ns, 'agentfence.io/agent=admin', '--overwrite']);
+    expect(rename.code).not.toBe(0);
+    expect(rename.stderr).toContain('cannot change');
+    // Other labels stay editable.
+    await runOrThrow(['label', 'pod', 'agent-a', '-n', ns, 'team=support']);
+  });
+
+  it('refuses a labelled pod that arrives without the sidecar (ValidatingAdmissionPolicy)', async () => {
+    const res = await eventually(async () => {
+      const r = await run(['apply', '-f', '-'], pod('bypass', { 'agentfence.io/inject': 'true' }, {}, vapOnly));
+      return r.code !== 0 ? r : undefined;
+    }, 'refusal of an uninjected labelled pod');
+    expect(res.stderr).toContain('must carry the agentfence-sidecar container');
+  });
+});

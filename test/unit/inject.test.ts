@@ -1,0 +1,200 @@
+/**
+ * Injection golden files: each test/golden/inject/<case>.input.yaml is admitted; our JSONPatch is applied with
+ * an independent implementation (fast-json-patch) and must give <case>.output.yaml; then the output is admitted
+ * again and must come back unchanged (idempotency, reinvocation). UPDATE_GOLDEN=1 rewrites the outputs.
+ */
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import fastJsonPatch from 'fast-json-patch';
+import { describe, expect, it } from 'vitest';
+import { parse, stringify } from 'yaml';
+import { review } from '../../webhook/admission.ts';
+import { inject, type InjectorConfig, type Pod } from '../../webhook/inject.ts';
+
+const dir = new URL('../golden/inject/', import.meta.url).pathname;
+const config: InjectorConfig = {
+  version: '0.1.0',
+  image: 'ghcr.io/agentfence/agentfence:0.1.0',
+  controllerUrl: 'https://agentfence-controller.agentfence-system.svc',
+  logLevel: 'info',
+  maxStaleness: '60s',
+  resources: { cpuRequest: '50m', memoryRequest: '48Mi', memoryLimit: '128Mi' },
+};
+
+function admit(pod: Pod, operation = 'CREATE') {
+  return review({ uid: 'u-1', kind: { group: '', version: 'v1', kind: 'Pod' }, operation, object: pod }, config);
+}
+
+function applyPatch(pod: Pod, patch: string | undefined): Pod {
+  if (!patch) return pod;
+  const ops = JSON.parse(Buffer.from(patch, 'base64').toString()) as fastJsonPatch.Operation[];
+  return fastJsonPatch.applyPatch(structuredClone(pod), ops, true, false).newDocument;
+}
+
+describe('injection golden files', () => {
+  const cases = readdirSync(dir)
+    .filter((f) => f.endsWith('.input.yaml'))
+    .map((f) => f.replace('.input.yaml', ''));
+  it('has the cases', () => expect(cases.length).toBeGreaterThanOrEqual(5));
+
+  it.each(cases)('%s: patch applied independently gives the golden pod, and a second pass changes nothing', (name) => {
+    const input = parse(readFileSync(`${dir}${name}.input.yaml`, 'utf8')) as Pod;
+    const first = admit(input);
+    expect(first.response.allowed).toBe(true);
+    expect(first.response.patchType).toBe('JSONPatch');
+    const output = applyPatch(input, first.response.patch);
+    const goldenPath = `${dir}${name}.output.yaml`;
+    // eslint-disable-next-line no-restricted-properties -- test-only switch to refresh golden files
+    if (process.env.UPDATE_GOLDEN === '1' || !existsSync(goldenPath)) writeFileSync(goldenPath, stringify(output));
+    expect(output).toEqual(parse(readFileSync(goldenPath, 'utf8')));
+
+    const second = admit(output, 'UPDATE');
+    expect(second.response.allowed).toBe(true);
+    expect(second.response.patch).toBeUndefined(); // nothing to change: no duplicate sidecar, volume or env
+    expect(second.result).toBe('unchanged');
+    expect(output.spec.initContainers?.filter((c) => c.name === 'agentfence-sidecar')).toHaveLength(1);
+  });
+});
+
+describe('injection rules', () => {
+  const base = (): Pod => parse(readFileSync(`${dir}plain.input.yaml`, 'utf8')) as Pod;
+
+  it('puts the sidecar first among init containers, as a native sidecar with a startup probe', () => {
+    const pod = parse(readFileSync(`${dir}init-containers.input.yaml`, 'utf8')) as Pod;
+    const out = inject(pod, config);
+    if (!out.allowed) throw new Error(out.message);
+    expect(out.pod.spec.initContainers?.map((c) => c.name)).toEqual(['agentfence-sidecar', 'fetch-prompts']);
+    const sidecar = out.pod.spec.initContainers?.[0];
+    expect(sidecar?.restartPolicy).toBe('Always');
+    expect(sidecar?.startupProbe).toMatchObject({ httpGet: { path: '/ready/startup', port: 15020 } });
+    // The projected token is mounted into the sidecar only.
+    const mounts = (c: object) => JSON.stringify((c as { volumeMounts?: unknown }).volumeMounts ?? []);
+    expect(mounts(sidecar ?? {})).toContain('agentfence-token');
+    for (const c of [...out.pod.spec.containers, ...(out.pod.spec.initContainers ?? []).slice(1)])
+      expect(mounts(c)).not.toContain('agentfence-token');
+    expect(JSON.stringify(out.pod.spec.volumes)).toContain('"audience":"agentfence.io/operator"');
+  });
+
+  it('defaults the agent label from the service account, and refuses an invalid one', () => {
+    const pod = base();
+    delete pod.metadata.labels?.['agentfence.io/agent'];
+    const out = inject(pod, config);
+    expect(out.allowed && out.pod.metadata.labels?.['agentfence.io/agent']).toBe('support-agent');
+    const bad = base();
+    if (bad.metadata.labels) bad.metadata.labels['agentfence.io/agent'] = 'Support_Agent';
+    expect(inject(bad, config)).toMatchObject({ allowed: false, reason: 'InvalidAgentName' });
+  });
+
+  it('replaces a user HTTP(S)_PROXY with a warning and keeps NO_PROXY entries', () => {
+    const pod = parse(readFileSync(`${dir}user-proxy-env.input.yaml`, 'utf8')) as Pod;
+    const out = inject(pod, config);
+    if (!out.allowed) throw new Error(out.message);
+    const env = Object.fromEntries((out.pod.spec.containers[0]?.env ?? []).map((e) => [e.name, e.value]));
+    expect(env.HTTPS_PROXY).toBe('http://127.0.0.1:15001');
+    expect(env.https_proxy).toBe('http://127.0.0.1:15001');
+    expect(env.NO_PROXY).toBe('.svc.cluster.local,10.0.0.0/8,localhost,127.0.0.1,::1');
+    expect(out.warnings.join()).toContain('HTTPS_PROXY replaced');
+    expect(JSON.stringify(out.pod)).not.toContain('corp-proxy');
+  });
+
+  it.each([
+    ['hostNetwork', (p: Pod) => (p.spec.hostNetwork = true), 'HostNetwork', 'hostNetwork'],
+    [
+      'shared process namespace',
+      (p: Pod) => (p.spec.shareProcessNamespace = true),
+      'ShareProcessNamespace',
+      'process namespace',
+    ],
+    [
+      'a container named like the sidecar',
+      (p: Pod) => p.spec.containers.push({ name: 'agentfence-sidecar', image: 'x' }),
+      'ContainerNameConflict',
+      'already named',
+    ],
+    [
+      'an app container as the sidecar UID',
+      (p: Pod) => ((p.spec.containers[0] ?? { name: '' }).securityContext = { runAsUser: 15001 }),
+      'SidecarUIDInUse',
+      'UID 15001',
+    ],
+    [
+      'the sidecar UID pod-wide',
+      (p: Pod) => (p.spec.securityContext = { runAsUser: 15001 }),
+      'SidecarUIDInUse',
+      'UID 15001',
+    ],
+    [
+      'NET_ADMIN',
+      (p: Pod) => ((p.spec.containers[0] ?? { name: '' }).securityContext = { capabilities: { add: ['NET_ADMIN'] } }),
+      'ForbiddenCapability',
+      'NET_ADMIN',
+    ],
+    [
+      'CAP_NET_RAW',
+      (p: Pod) => ((p.spec.containers[0] ?? { name: '' }).securityContext = { capabilities: { add: ['CAP_NET_RAW'] } }),
+      'ForbiddenCapability',
+      'NET_RAW',
+    ],
+    [
+      'a privileged container',
+      (p: Pod) => ((p.spec.containers[0] ?? { name: '' }).securityContext = { privileged: true }),
+      'PrivilegedContainer',
+      'privileged',
+    ],
+    [
+      'a bad memory override',
+      (p: Pod) => (p.metadata.annotations = { 'agentfence.io/sidecar-memory-limit': 'lots' }),
+      'InvalidOverride',
+      'not a resource quantity',
+    ],
+    [
+      'a bad log level',
+      (p: Pod) => (p.metadata.annotations = { 'agentfence.io/sidecar-log-level': 'trace' }),
+      'InvalidOverride',
+      'debug, info, warn, error',
+    ],
+    [
+      'an unknown override (no way to switch enforcement off)',
+      (p: Pod) => (p.metadata.annotations = { 'agentfence.io/sidecar-mode': 'disabled' }),
+      'InvalidOverride',
+      'not a supported override',
+    ],
+  ] as [string, (p: Pod) => unknown, string, string][])(
+    'refuses %s with a message that says why',
+    (_, mutate, reason, words) => {
+      const pod = base();
+      mutate(pod);
+      const out = inject(pod, config);
+      expect(out).toMatchObject({ allowed: false, reason });
+      if (!out.allowed) expect(out.message).toContain(words);
+      const { response } = admit(pod);
+      expect(response).toMatchObject({ allowed: false, status: { code: 403 } });
+      expect(response.status?.message).toContain(words);
+    },
+  );
+
+  it('records what was injected; a changed configuration re-renders in place', () => {
+    const first = inject(base(), config);
+    if (!first.allowed) throw new Error('refused');
+    const annotation = JSON.parse(first.pod.metadata.annotations?.['agentfence.io/injected'] ?? '{}') as {
+      version: string;
+      config: string;
+    };
+    expect(annotation.version).toBe('0.1.0');
+    const newer = inject(first.pod, { ...config, image: 'ghcr.io/agentfence/agentfence:0.2.0' });
+    if (!newer.allowed) throw new Error('refused');
+    expect(newer.pod.spec.initContainers?.filter((c) => c.name === 'agentfence-sidecar').map((c) => c.image)).toEqual([
+      'ghcr.io/agentfence/agentfence:0.2.0',
+    ]);
+    expect(JSON.parse(newer.pod.metadata.annotations?.['agentfence.io/injected'] ?? '{}')).not.toMatchObject({
+      config: annotation.config,
+    });
+  });
+
+  it('leaves unlabelled pods alone and echoes the uid', () => {
+    const pod = base();
+    if (pod.metadata.labels) delete pod.metadata.labels['agentfence.io/inject'];
+    const { response, result } = admit(pod);
+    expect(response).toEqual({ uid: 'u-1', allowed: true });
+    expect(result).toBe('skipped');
+  });
+});

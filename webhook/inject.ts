@@ -1,0 +1,357 @@
+/**
+ * Sidecar injection as a pure function: (pod, injector config) → the injected pod, or a refusal that says why.
+ * No I/O, no clock: admission, dry-run admission and the golden tests all run exactly this.
+ *
+ * Re-rendering is idempotent: a pod that already carries our injection is first stripped of it (the sidecar,
+ * our volumes, our environment entries) and then rendered again, so a second pass, a reinvocation after
+ * another webhook added a container, or a changed configuration never duplicates anything.
+ */
+import { createHash } from 'node:crypto';
+import { ANNOTATION_INJECTED, LABEL_AGENT, LABEL_INJECT, OPERATOR_AUDIENCE } from '../lib/api/constants.ts';
+import type { ObjectMeta } from '../lib/api/meta.ts';
+
+export const SIDECAR_NAME = 'agentfence-sidecar';
+/** The sidecar's fixed UID (also the image's USER); app containers may not use it. */
+export const SIDECAR_UID = 15001;
+export const PROXY_PORT = 15001;
+export const ADMIN_PORT = 15020;
+export const CA_CONFIGMAP = 'agentfence-ca';
+const VOLUME_TOKEN = 'agentfence-token';
+const VOLUME_CA = 'agentfence-ca';
+const VOLUME_SCRATCH = 'agentfence-scratch';
+const TOKEN_DIR = '/var/run/secrets/agentfence.io';
+const CA_DIR = '/var/run/agentfence/ca';
+
+/** Per-pod overrides: resources and verbosity only — nothing here can switch enforcement off. */
+export const OVERRIDES = {
+  cpuRequest: 'agentfence.io/sidecar-cpu-request',
+  memoryRequest: 'agentfence.io/sidecar-memory-request',
+  memoryLimit: 'agentfence.io/sidecar-memory-limit',
+  logLevel: 'agentfence.io/sidecar-log-level',
+} as const;
+
+const PROXY_URL = `http://127.0.0.1:${PROXY_PORT}`;
+const PROXY_VARS = ['HTTP_PROXY', 'HTTPS_PROXY', 'http_proxy', 'https_proxy'] as const;
+const NO_PROXY_VARS = ['NO_PROXY', 'no_proxy'] as const;
+const NO_PROXY_OURS = ['localhost', '127.0.0.1', '::1'];
+
+export interface InjectorConfig {
+  version: string;
+  image: string;
+  controllerUrl: string;
+  logLevel: string;
+  maxStaleness: string;
+  resources: { cpuRequest: string; memoryRequest: string; memoryLimit: string };
+}
+
+export interface EnvVar {
+  name: string;
+  value?: string;
+  valueFrom?: unknown;
+}
+
+export interface Container {
+  name: string;
+  image?: string;
+  env?: EnvVar[];
+  securityContext?: {
+    runAsUser?: number;
+    capabilities?: { add?: string[]; drop?: string[] };
+    privileged?: boolean;
+    [field: string]: unknown;
+  };
+  restartPolicy?: string;
+  [field: string]: unknown;
+}
+
+export interface Pod {
+  apiVersion?: string;
+  kind?: string;
+  metadata: ObjectMeta;
+  spec: {
+    containers: Container[];
+    initContainers?: Container[];
+    volumes?: { name: string; [field: string]: unknown }[];
+    hostNetwork?: boolean;
+    shareProcessNamespace?: boolean;
+    serviceAccountName?: string;
+    securityContext?: { runAsUser?: number };
+    [field: string]: unknown;
+  };
+  [field: string]: unknown;
+}
+
+export type InjectResult =
+  { allowed: true; pod: Pod; warnings: string[] } | { allowed: false; reason: RefusalReason; message: string };
+
+export type RefusalReason =
+  | 'HostNetwork'
+  | 'ShareProcessNamespace'
+  | 'ContainerNameConflict'
+  | 'SidecarUIDInUse'
+  | 'ForbiddenCapability'
+  | 'PrivilegedContainer'
+  | 'InvalidOverride'
+  | 'InvalidAgentName';
+
+const QUANTITY = /^([0-9]+(\.[0-9]+)?)(m|k|Ki|M|Mi|G|Gi)?$/;
+const LOG_LEVELS = new Set(['debug', 'info', 'warn', 'error']);
+const LABEL_VALUE = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
+
+export function configHash(config: InjectorConfig, overrides: Record<string, string>): string {
+  const canonical = JSON.stringify({ config, overrides: Object.fromEntries(Object.entries(overrides).sort()) });
+  return createHash('sha256').update(canonical).digest('hex').slice(0, 16);
+}
+
+function refuse(reason: RefusalReason, message: string): InjectResult {
+  return { allowed: false, reason, message };
+}
+
+/** Injects the sidecar into a pod labelled agentfence.io/inject=true. */
+export function inject(input: Pod, config: InjectorConfig): InjectResult {
+  const pod = strip(structuredClone(input));
+  const spec = pod.spec;
+  if (spec.hostNetwork) {
+    return refuse(
+      'HostNetwork',
+      'agent pods cannot use hostNetwork: the sidecar and NetworkPolicies could not fence the node network',
+    );
+  }
+  if (spec.shareProcessNamespace) {
+    return refuse(
+      'ShareProcessNamespace',
+      'agent pods cannot share a process namespace: the app could read the sidecar’s identity token',
+    );
+  }
+  const appContainers = [...(spec.initContainers ?? []), ...spec.containers];
+  const clash = appContainers.find((c) => c.name === SIDECAR_NAME);
+  if (clash) return refuse('ContainerNameConflict', `a container is already named ${SIDECAR_NAME}; rename it`);
+  for (const c of appContainers) {
+    const uid = c.securityContext?.runAsUser ?? spec.securityContext?.runAsUser;
+    if (uid === SIDECAR_UID) {
+      return refuse(
+        'SidecarUIDInUse',
+        `container ${c.name} runs as UID ${SIDECAR_UID}, which is reserved for the sidecar; use another UID`,
+      );
+    }
+    const added = (c.securityContext?.capabilities?.add ?? []).map((cap) => cap.toUpperCase().replace(/^CAP_/, ''));
+    const forbidden = added.find((cap) => cap === 'NET_ADMIN' || cap === 'NET_RAW' || cap === 'ALL');
+    if (forbidden) {
+      return refuse(
+        'ForbiddenCapability',
+        `container ${c.name} adds ${forbidden}, which could bypass the sidecar; remove the capability`,
+      );
+    }
+    if (c.securityContext?.privileged) {
+      return refuse('PrivilegedContainer', `container ${c.name} is privileged, which could bypass the sidecar`);
+    }
+  }
+
+  const overrides = readOverrides(pod.metadata.annotations ?? {});
+  if ('error' in overrides) return refuse('InvalidOverride', overrides.error);
+
+  const labels = { ...pod.metadata.labels };
+  const warnings: string[] = [];
+  if (!labels[LABEL_AGENT]) {
+    const agent = spec.serviceAccountName ?? 'default';
+    if (!LABEL_VALUE.test(agent)) {
+      return refuse(
+        'InvalidAgentName',
+        `no ${LABEL_AGENT} label, and the service account name '${agent}' is not a valid agent name; set the label`,
+      );
+    }
+    labels[LABEL_AGENT] = agent;
+  } else if (!LABEL_VALUE.test(labels[LABEL_AGENT])) {
+    return refuse('InvalidAgentName', `${LABEL_AGENT} must be a lower-case DNS label (got '${labels[LABEL_AGENT]}')`);
+  }
+
+  // Proxy environment for every app and init container.
+  for (const c of appContainers) {
+    const replaced = setProxyEnv(c);
+    if (replaced.length > 0) {
+      warnings.push(
+        `container ${c.name}: ${replaced.join(', ')} replaced by the Agentfence sidecar address (egress goes through the fence)`,
+      );
+    }
+  }
+
+  const resources = { ...config.resources, ...overrides.values.resources };
+  const logLevel = overrides.values.logLevel ?? config.logLevel;
+  const sidecar = sidecarContainer(config, resources, logLevel);
+  spec.initContainers = [sidecar, ...(spec.initContainers ?? [])];
+  spec.volumes = [
+    ...(spec.volumes ?? []),
+    {
+      name: VOLUME_TOKEN,
+      projected: {
+        sources: [{ serviceAccountToken: { audience: OPERATOR_AUDIENCE, expirationSeconds: 600, path: 'token' } }],
+        defaultMode: 0o440,
+      },
+    },
+    { name: VOLUME_CA, configMap: { name: CA_CONFIGMAP, items: [{ key: 'ca.crt', path: 'ca.crt' }] } },
+    { name: VOLUME_SCRATCH, emptyDir: { medium: 'Memory', sizeLimit: '16Mi' } },
+  ];
+  pod.metadata.labels = labels;
+  pod.metadata.annotations = {
+    ...pod.metadata.annotations,
+    [ANNOTATION_INJECTED]: JSON.stringify({ version: config.version, config: configHash(config, overrides.raw) }),
+  };
+  return { allowed: true, pod, warnings };
+}
+
+function sidecarContainer(config: InjectorConfig, resources: InjectorConfig['resources'], logLevel: string): Container {
+  const probe = (path: string, extra: Record<string, number>): Record<string, unknown> => ({
+    httpGet: { path, port: ADMIN_PORT },
+    ...extra,
+  });
+  return {
+    name: SIDECAR_NAME,
+    image: config.image,
+    // A native sidecar: starts before the app containers, keeps running, and does not hold Jobs open.
+    restartPolicy: 'Always',
+    args: [
+      'sidecar',
+      `--controller=${config.controllerUrl}`,
+      `--token-file=${TOKEN_DIR}/token`,
+      `--ca-file=${CA_DIR}/ca.crt`,
+      `--listen=127.0.0.1:${PROXY_PORT}`,
+      `--admin-listen=0.0.0.0:${ADMIN_PORT}`,
+      `--max-staleness=${config.maxStaleness}`,
+      `--log-level=${logLevel}`,
+    ],
+    env: [
+      { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
+      { name: 'POD_NAMESPACE', valueFrom: { fieldRef: { fieldPath: 'metadata.namespace' } } },
+    ],
+    ports: [{ name: 'agentfence-adm', containerPort: ADMIN_PORT, protocol: 'TCP' }],
+    // App containers start only after this passes: identity obtained and entitlements loaded.
+    startupProbe: probe('/ready/startup', { periodSeconds: 1, failureThreshold: 120 }),
+    readinessProbe: probe('/readyz', { periodSeconds: 5 }),
+    livenessProbe: probe('/healthz', { periodSeconds: 10, failureThreshold: 3 }),
+    resources: {
+      requests: { cpu: resources.cpuRequest, memory: resources.memoryRequest },
+      limits: { memory: resources.memoryLimit },
+    },
+    securityContext: {
+      runAsUser: SIDECAR_UID,
+      runAsGroup: SIDECAR_UID,
+      runAsNonRoot: true,
+      allowPrivilegeEscalation: false,
+      readOnlyRootFilesystem: true,
+      capabilities: { drop: ['ALL'] },
+      seccompProfile: { type: 'RuntimeDefault' },
+    },
+    volumeMounts: [
+      { name: VOLUME_TOKEN, mountPath: TOKEN_DIR, readOnly: true },
+      { name: VOLUME_CA, mountPath: CA_DIR, readOnly: true },
+      { name: VOLUME_SCRATCH, mountPath: '/tmp' },
+    ],
+  };
+}
+
+/**
+ * HTTP(S)_PROXY belong to the fence: a different value is replaced (the caller warns; the old value is not
+ * recorded, it may hold proxy credentials). NO_PROXY keeps every entry the user listed and gains loopback.
+ */
+function setProxyEnv(c: Container): string[] {
+  const env = [...(c.env ?? [])];
+  const replaced: string[] = [];
+  for (const name of PROXY_VARS) {
+    const i = env.findIndex((e) => e.name === name);
+    const ours: EnvVar = { name, value: PROXY_URL };
+    if (i < 0) env.push(ours);
+    else if (env[i]?.value !== PROXY_URL || env[i].valueFrom !== undefined) {
+      replaced.push(name);
+      env[i] = ours;
+    }
+  }
+  // Tools disagree on which spelling they read (curl prefers no_proxy), so both get the same list: every entry
+  // the user wrote in either, then loopback.
+  const userEntries: string[] = [];
+  for (const name of NO_PROXY_VARS) {
+    const value = env.find((e) => e.name === name)?.value ?? '';
+    for (const entry of value.split(',').map((s) => s.trim()))
+      if (entry && !userEntries.includes(entry)) userEntries.push(entry);
+  }
+  const merged = [...userEntries, ...NO_PROXY_OURS.filter((o) => !userEntries.includes(o))].join(',');
+  for (const name of NO_PROXY_VARS) {
+    const i = env.findIndex((e) => e.name === name);
+    if (i < 0) env.push({ name, value: merged });
+    else env[i] = { name, value: merged };
+  }
+  c.env = env;
+  return replaced;
+}
+
+/** Removes a previous injection so that rendering again gives the same pod. */
+function strip(pod: Pod): Pod {
+  if (!pod.metadata.annotations?.[ANNOTATION_INJECTED]) return pod;
+  const spec = pod.spec;
+  const init = (spec.initContainers ?? []).filter((c) => c.name !== SIDECAR_NAME);
+  if (init.length > 0) spec.initContainers = init;
+  else delete spec.initContainers;
+  const ours = new Set([VOLUME_TOKEN, VOLUME_CA, VOLUME_SCRATCH]);
+  const volumes = (spec.volumes ?? []).filter((v) => !ours.has(v.name));
+  if (volumes.length > 0) spec.volumes = volumes;
+  else delete spec.volumes;
+  for (const c of [...(spec.initContainers ?? []), ...spec.containers]) {
+    if (!c.env) continue;
+    // Proxy variables stay where they are (rendering again sets the same value in the same place); only our
+    // NO_PROXY entries come out, to be appended again.
+    const env = c.env
+      .map((e) => {
+        if (!(NO_PROXY_VARS as readonly string[]).includes(e.name) || e.value === undefined) return e;
+        const rest = e.value.split(',').filter((s) => s && !NO_PROXY_OURS.includes(s));
+        return rest.length > 0 ? { ...e, value: rest.join(',') } : undefined;
+      })
+      .filter((e): e is EnvVar => e !== undefined);
+    if (env.length > 0) c.env = env;
+    else delete c.env;
+  }
+  pod.metadata.annotations = Object.fromEntries(
+    Object.entries(pod.metadata.annotations).filter(([key]) => key !== ANNOTATION_INJECTED),
+  );
+  return pod;
+}
+
+interface Overrides {
+  raw: Record<string, string>;
+  values: { resources: Partial<InjectorConfig['resources']>; logLevel?: string };
+}
+
+function readOverrides(annotations: Record<string, string>): Overrides | { error: string } {
+  const raw: Record<string, string> = {};
+  const values: Overrides['values'] = { resources: {} };
+  const quantity = (key: string, value: string): string | undefined =>
+    QUANTITY.test(value)
+      ? undefined
+      : `annotation ${key}: '${value}' is not a resource quantity like 100m, 64Mi or 1Gi`;
+  for (const [field, key] of Object.entries(OVERRIDES) as [keyof typeof OVERRIDES, string][]) {
+    const value = annotations[key];
+    if (value === undefined) continue;
+    raw[key] = value;
+    if (field === 'logLevel') {
+      if (!LOG_LEVELS.has(value))
+        return { error: `annotation ${key}: '${value}' must be one of debug, info, warn, error` };
+      values.logLevel = value;
+      continue;
+    }
+    const problem = quantity(key, value);
+    if (problem) return { error: problem };
+    values.resources[field] = value;
+  }
+  // Any other agentfence.io/sidecar-* annotation is a typo or an attempt to configure what may not be: refuse.
+  for (const key of Object.keys(annotations)) {
+    if (key.startsWith('agentfence.io/sidecar-') && !(Object.values(OVERRIDES) as string[]).includes(key)) {
+      return {
+        error: `annotation ${key} is not a supported override (supported: ${Object.values(OVERRIDES).join(', ')})`,
+      };
+    }
+  }
+  return { raw, values };
+}
+
+/** Whether a pod asks for injection (the webhook's objectSelector already filters; this guards direct calls). */
+export function wantsInjection(pod: Pod): boolean {
+  return pod.metadata.labels?.[LABEL_INJECT] === 'true';
+}
