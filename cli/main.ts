@@ -17,6 +17,10 @@ const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }
     summary: 'run the controller: policy reconciler, admission webhook, identity issuer, entitlement distribution',
     load: async () => (await import('./operator.ts')).operatorCommand,
   },
+  sidecar: {
+    summary: 'run the egress fence: deny-by-default proxy with identity, audit and metrics',
+    load: async () => (await import('./sidecar.ts')).sidecarCommand,
+  },
   render: {
     summary: 'compile AgentPolicies against manifests offline; print the AgentEntitlements and NetworkPolicies',
     load: async () => (await import('./render.ts')).renderCommand,

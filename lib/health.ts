@@ -18,6 +18,8 @@ export interface HealthServerOptions {
   registry: Registry;
   /** Named readiness checks; /readyz is 200 only when all pass. */
   readiness?: Record<string, Check>;
+  /** A JSON document served at /status (e.g. the sidecar's identity and enforced revision). */
+  status?: () => Record<string, unknown>;
   /** Named liveness checks; keep these to "the process is not wedged", never dependencies. */
   liveness?: Record<string, Check>;
   logger?: Logger;
@@ -73,6 +75,13 @@ async function handle(req: IncomingMessage, res: ServerResponse, options: Health
       return;
     case '/readyz':
       await respondChecks(res, options.readiness ?? {});
+      return;
+    case '/status':
+      if (options.status) {
+        res.writeHead(200, { 'content-type': 'application/json' }).end(`${JSON.stringify(options.status())}\n`);
+        return;
+      }
+      res.writeHead(404, { 'content-type': 'text/plain' }).end('not found\n');
       return;
     case '/metrics': {
       const body = await options.registry.metrics();

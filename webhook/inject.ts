@@ -225,7 +225,7 @@ function sidecarContainer(config: InjectorConfig, resources: InjectorConfig['res
     ],
     ports: [{ name: 'agentfence-adm', containerPort: ADMIN_PORT, protocol: 'TCP' }],
     // App containers start only after this passes: identity obtained and entitlements loaded.
-    startupProbe: probe('/ready/startup', { periodSeconds: 1, failureThreshold: 120 }),
+    startupProbe: probe('/readyz', { periodSeconds: 1, failureThreshold: 120 }),
     readinessProbe: probe('/readyz', { periodSeconds: 5 }),
     livenessProbe: probe('/healthz', { periodSeconds: 10, failureThreshold: 3 }),
     resources: {

@@ -3,7 +3,7 @@ import { LABEL_INJECT, LABEL_MANAGED_BY, MANAGED_BY } from '../../lib/api/consta
 import type { LabelSelector } from '../../lib/api/types.generated.ts';
 import { sortedUnique } from './canonical.ts';
 import { NAMESPACE_NAME_LABEL } from './cluster-index.ts';
-import { hostCidr } from './ip.ts';
+import { hostCidr } from '../../lib/ip.ts';
 import { BASELINE_NAME } from './names.ts';
 import type { CiliumEgressRule, CompileOptions, DnsTarget, NetworkPolicy, NetworkPolicyPeer } from './types.ts';
 

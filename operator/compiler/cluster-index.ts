@@ -2,7 +2,7 @@
 import { LABEL_INJECT } from '../../lib/api/constants.ts';
 import type { LabelSelector } from '../../lib/api/types.generated.ts';
 import { byNamespaceAndName, compareStrings, sortedUnique } from './canonical.ts';
-import { hostCidr } from './ip.ts';
+import { hostCidr } from '../../lib/ip.ts';
 import { LabelIndex, compileSelector, type Labels } from './selectors.ts';
 import type { CompileInput, Pod, Service, SkippedPod } from './types.ts';
 

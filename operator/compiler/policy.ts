@@ -10,7 +10,7 @@ import { canonicalJSON, compareStrings, sortedUnique } from './canonical.ts';
 import { ciliumDnsRule, namespaceSelectorFor } from './baseline.ts';
 import type { ClusterIndex, PodView } from './cluster-index.ts';
 import type { PolicyGrant } from './entitlement.ts';
-import { metadataExcept, parseCidr } from './ip.ts';
+import { metadataExcept, parseCidr } from '../../lib/ip.ts';
 import { LABEL_POLICY, LABEL_POLICY_NAMESPACE, calleeIngressName, labelValue, policyObjectName } from './names.ts';
 import { normalizePorts, parseTTLSeconds, toNetworkPolicyPorts } from './ports.ts';
 import { andLabels, compileSelector } from './selectors.ts';

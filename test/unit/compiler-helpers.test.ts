@@ -2,7 +2,7 @@
 import { describe, expect, it } from 'vitest';
 import type { LabelSelector } from '../../lib/api/types.generated.ts';
 import { boundedName, canonicalJSON, sha256Revision } from '../../operator/compiler/canonical.ts';
-import { containsCidr, hostCidr, metadataExcept, parseCidr, parseIP } from '../../operator/compiler/ip.ts';
+import { containsCidr, hostCidr, metadataExcept, parseCidr, parseIP } from '../../lib/ip.ts';
 import { calleeIngressName, labelValue, policyObjectName } from '../../operator/compiler/names.ts';
 import { LabelIndex, andLabels, compileSelector } from '../../operator/compiler/selectors.ts';
 

@@ -65,7 +65,7 @@ describe('injection rules', () => {
     expect(out.pod.spec.initContainers?.map((c) => c.name)).toEqual(['agentfence-sidecar', 'fetch-prompts']);
     const sidecar = out.pod.spec.initContainers?.[0];
     expect(sidecar?.restartPolicy).toBe('Always');
-    expect(sidecar?.startupProbe).toMatchObject({ httpGet: { path: '/ready/startup', port: 15020 } });
+    expect(sidecar?.startupProbe).toMatchObject({ httpGet: { path: '/readyz', port: 15020 } });
     // The projected token is mounted into the sidecar only.
     const mounts = (c: object) => JSON.stringify((c as { volumeMounts?: unknown }).volumeMounts ?? []);
     expect(mounts(sidecar ?? {})).toContain('agentfence-token');

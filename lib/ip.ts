@@ -1,5 +1,5 @@
 /**
- * Just enough IP arithmetic for the compiler: parse a CIDR, test containment, and format a single address as a
+ * Just enough IP arithmetic for the compiler and the sidecar: parse a CIDR, test containment, and format a single address as a
  * host CIDR. Addresses are held as bigints so IPv4 and IPv6 share one code path.
  */
 export interface Cidr {

@@ -1,0 +1,81 @@
+/**
+ * The resolved-address check. A destination name is resolved once; each address is judged; the proxy then
+ * connects to exactly the address it judged (never re-resolving), so DNS rebinding cannot swap a checked public
+ * address for an internal one between check and connect.
+ *
+ * Special-purpose ranges (loopback, private, CGNAT, link-local/metadata, unique-local, unspecified, multicast)
+ * are refused unless the matching rule's `cidrs` contain the address: a host-name grant alone never opens
+ * the inside of the cluster. Link-local and cloud metadata are refused even then.
+ */
+import { lookup } from 'node:dns/promises';
+import { isIP } from 'node:net';
+import { containsCidr, parseCidr, parseIP, type Cidr } from '../lib/ip.ts';
+import type { CompiledRule } from './match.ts';
+
+const cidrs = (list: string[]): Cidr[] => list.map((c) => parseCidr(c)).filter((c): c is Cidr => c !== undefined);
+
+const NEVER = cidrs(['169.254.0.0/16', 'fe80::/10', 'fd00:ec2::254/128']);
+const SPECIAL = cidrs([
+  '0.0.0.0/8',
+  '10.0.0.0/8',
+  '100.64.0.0/10',
+  '127.0.0.0/8',
+  '172.16.0.0/12',
+  '192.0.0.0/24',
+  '192.168.0.0/16',
+  '198.18.0.0/15',
+  '224.0.0.0/3',
+  '::/128',
+  '::1/128',
+  '::ffff:0:0/96',
+  'fc00::/7',
+  'ff00::/8',
+]);
+
+function asCidr(address: string): Cidr | undefined {
+  const ip = parseIP(address);
+  return ip ? { family: ip.family, network: ip.value, prefix: ip.family === 4 ? 32 : 128 } : undefined;
+}
+
+export type AddressVerdict = { ok: true } | { ok: false; reason: 'metadata_address' | 'private_address' };
+
+export function judgeAddress(address: string, rule: CompiledRule): AddressVerdict {
+  const single = asCidr(address);
+  if (!single) return { ok: false, reason: 'private_address' };
+  if (NEVER.some((c) => containsCidr(c, single))) return { ok: false, reason: 'metadata_address' };
+  if (!SPECIAL.some((c) => containsCidr(c, single))) return { ok: true };
+  return rule.cidrs.some((c) => containsCidr(c, single)) ? { ok: true } : { ok: false, reason: 'private_address' };
+}
+
+export type Resolved =
+  | { ok: true; address: string }
+  | { ok: false; reason: 'metadata_address' | 'private_address' | 'dns_failure'; detail: string };
+
+export type Resolver = (host: string) => Promise<string[]>;
+
+export const systemResolver: Resolver = async (host) =>
+  (await lookup(host, { all: true, order: 'verbatim' })).map((a) => a.address);
+
+/** Resolves (unless already an IP) and picks the first address the rule may reach. */
+export async function resolveChecked(host: string, rule: CompiledRule, resolver: Resolver): Promise<Resolved> {
+  let addresses: string[];
+  if (isIP(host)) addresses = [host];
+  else {
+    try {
+      addresses = await resolver(host);
+    } catch {
+      return { ok: false, reason: 'dns_failure', detail: `cannot resolve ${host}` };
+    }
+  }
+  let refusal: 'metadata_address' | 'private_address' = 'private_address';
+  for (const address of addresses) {
+    const verdict = judgeAddress(address, rule);
+    if (verdict.ok) return { ok: true, address };
+    if (verdict.reason === 'metadata_address') refusal = 'metadata_address';
+  }
+  return {
+    ok: false,
+    reason: refusal,
+    detail: `${host} resolves to ${addresses.join(', ') || 'nothing'}; internal and metadata addresses need a rule whose cidrs contain them`,
+  };
+}

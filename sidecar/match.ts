@@ -1,0 +1,270 @@
+/**
+ * The sidecar's policy engine: an AgentEntitlement compiled once per snapshot into lookup structures, and a pure
+ * decision per request. Deny by default: a request is allowed only by a rule whose destination (host pattern or
+ * CIDR), port, and — for plain HTTP — method, path and MCP tool all match.
+ *
+ * Host patterns: `api.example.com` exact, `*.example.com` exactly one label more, `**.example.com` one or
+ * more labels. Hosts are compared lower-case, without a trailing dot, IDNs in punycode. IP-literal
+ * destinations match `cidrs` only; DNS names match `hosts` only.
+ */
+import { domainToASCII } from 'node:url';
+import { isIP } from 'node:net';
+import type { AgentEntitlement, EntitlementEgressRule } from '../lib/api/types.generated.ts';
+import { containsCidr, parseCidr, parseIP, type Cidr } from '../lib/ip.ts';
+
+export type Mode = 'Enforce' | 'Audit';
+
+export interface CompiledRule {
+  policy: string;
+  rule: string;
+  mode: Mode;
+  cidrs: Cidr[];
+  ports: { from: number; to: number }[];
+  /** Undefined: no HTTP profile (any method and path). */
+  http?: { methods?: Set<string>; exact: Set<string>; prefixes: string[] }[];
+  mcp?: { path: string; tools: Set<string> };
+  audience?: string;
+  expiresAt?: number;
+}
+
+export interface Destination {
+  /** Normalized host: a DNS name or an IP literal (no brackets). */
+  host: string;
+  port: number;
+}
+
+export interface HttpRequestFacts extends Destination {
+  method: string;
+  /** Normalized path (see normalizePath), no query. */
+  path: string;
+}
+
+export type Decision =
+  | { allow: true; rule: CompiledRule; needsMcpCheck: boolean }
+  | { allow: false; reason: DenyReason; missing: string; rule?: CompiledRule };
+
+export type DenyReason =
+  | 'no_rule_for_destination'
+  | 'method_not_allowed'
+  | 'path_not_allowed'
+  | 'l7_rule_needs_plain_http'
+  | 'mcp_tool_not_allowed';
+
+interface HostIndex {
+  exact: Map<string, CompiledRule[]>;
+  /** `*.suffix` → rules (one extra label). */
+  oneLabel: Map<string, CompiledRule[]>;
+  /** `**.suffix` → rules (one or more extra labels). */
+  anyDepth: Map<string, CompiledRule[]>;
+}
+
+export class Matcher {
+  readonly revision: string;
+  readonly rules: readonly CompiledRule[];
+  /** All rules come from Audit-mode policies: denials are forwarded and logged as would_deny. */
+  readonly auditOnly: boolean;
+  private readonly hosts: HostIndex = { exact: new Map(), oneLabel: new Map(), anyDepth: new Map() };
+  private readonly cidrRules: CompiledRule[] = [];
+
+  constructor(entitlement: AgentEntitlement | undefined) {
+    this.revision = entitlement?.spec.revision ?? '';
+    const rules = (entitlement?.spec.egress ?? []).map(compileRule);
+    this.rules = rules;
+    this.auditOnly = rules.length > 0 && rules.every((r) => r.mode === 'Audit');
+    for (const [i, raw] of (entitlement?.spec.egress ?? []).entries()) {
+      const rule = rules[i];
+      if (!rule) continue;
+      for (const pattern of raw.hosts ?? []) {
+        const lower = pattern.toLowerCase();
+        const [bucket, key] = lower.startsWith('**.')
+          ? [this.hosts.anyDepth, lower.slice(3)]
+          : lower.startsWith('*.')
+            ? [this.hosts.oneLabel, lower.slice(2)]
+            : [this.hosts.exact, lower];
+        const list = bucket.get(key);
+        if (list) list.push(rule);
+        else bucket.set(key, [rule]);
+      }
+      if (rule.cidrs.length > 0) this.cidrRules.push(rule);
+    }
+  }
+
+  /** Rules whose destination and port match, still valid at `now` (ms). */
+  candidates(dest: Destination, now: number): CompiledRule[] {
+    const out: CompiledRule[] = [];
+    const take = (rules: CompiledRule[] | undefined): void => {
+      for (const r of rules ?? [])
+        if (portMatches(r, dest.port) && (r.expiresAt === undefined || r.expiresAt > now)) out.push(r);
+    };
+    if (isIP(dest.host)) {
+      const ip = parseIP(dest.host);
+      if (ip) {
+        const single: Cidr = { family: ip.family, network: ip.value, prefix: ip.family === 4 ? 32 : 128 };
+        take(this.cidrRules.filter((r) => r.cidrs.some((c) => containsCidr(c, single))));
+      }
+      return out;
+    }
+    take(this.hosts.exact.get(dest.host));
+    const dot = dest.host.indexOf('.');
+    if (dot > 0) take(this.hosts.oneLabel.get(dest.host.slice(dot + 1)));
+    for (let i = dot; i > 0; i = dest.host.indexOf('.', i + 1)) take(this.hosts.anyDepth.get(dest.host.slice(i + 1)));
+    return out;
+  }
+
+  /** A CONNECT tunnel: only host and port can be checked, so rules with an HTTP or MCP profile do not apply. */
+  decideConnect(dest: Destination, now: number): Decision {
+    const candidates = this.candidates(dest, now);
+    const plain = candidates.find((r) => !r.http && !r.mcp);
+    if (plain) return { allow: true, rule: plain, needsMcpCheck: false };
+    if (candidates.length > 0) {
+      return {
+        allow: false,
+        reason: 'l7_rule_needs_plain_http',
+        missing: `rules for ${dest.host}:${dest.port} restrict methods, paths or tools, which cannot be checked inside a CONNECT tunnel; use plain HTTP or a rule without an http/mcp profile`,
+        rule: candidates[0],
+      };
+    }
+    return {
+      allow: false,
+      reason: 'no_rule_for_destination',
+      missing: `no egress rule allows ${dest.host}:${dest.port}`,
+    };
+  }
+
+  /** A plain-HTTP request: destination, then method and path; MCP rules need the body checked afterwards. */
+  decideHttp(req: HttpRequestFacts, now: number): Decision {
+    const candidates = this.candidates(req, now);
+    if (candidates.length === 0) {
+      return {
+        allow: false,
+        reason: 'no_rule_for_destination',
+        missing: `no egress rule allows ${req.host}:${req.port}`,
+      };
+    }
+    let methodSeen = false;
+    for (const rule of candidates) {
+      if (rule.mcp) {
+        if (req.path === rule.mcp.path && req.method === 'POST') return { allow: true, rule, needsMcpCheck: true };
+        if (req.path === rule.mcp.path) return { allow: true, rule, needsMcpCheck: false }; // GET (SSE stream), DELETE (session end)
+        continue;
+      }
+      if (!rule.http) return { allow: true, rule, needsMcpCheck: false };
+      for (const h of rule.http) {
+        if (h.methods && !h.methods.has(req.method)) continue;
+        methodSeen = true;
+        if (pathAllowed(h, req.path)) return { allow: true, rule, needsMcpCheck: false };
+      }
+    }
+    return methodSeen
+      ? {
+          allow: false,
+          reason: 'path_not_allowed',
+          missing: `no rule for ${req.host}:${req.port} allows path ${req.path}`,
+          rule: candidates[0],
+        }
+      : {
+          allow: false,
+          reason: 'method_not_allowed',
+          missing: `no rule for ${req.host}:${req.port} allows ${req.method} ${req.path}`,
+          rule: candidates[0],
+        };
+  }
+}
+
+function compileRule(rule: EntitlementEgressRule): CompiledRule {
+  const compiled: CompiledRule = {
+    policy: rule.policy,
+    rule: rule.rule,
+    mode: rule.mode,
+    cidrs: (rule.cidrs ?? []).map(parseCidr).filter((c): c is Cidr => c !== undefined),
+    ports: rule.ports.map((p) => ({ from: p.port, to: p.endPort ?? p.port })),
+  };
+  if (rule.http && rule.http.length > 0) {
+    compiled.http = rule.http.map((h) => {
+      const exact = new Set<string>();
+      const prefixes: string[] = [];
+      for (const p of h.paths ?? []) {
+        if (p.type === 'Exact') exact.add(p.value);
+        else prefixes.push(p.value);
+      }
+      // No paths listed: any path.
+      if ((h.paths ?? []).length === 0) prefixes.push('/');
+      return { ...(h.methods ? { methods: new Set<string>(h.methods) } : {}), exact, prefixes };
+    });
+  }
+  if (rule.mcp) compiled.mcp = { path: rule.mcp.path ?? '/mcp', tools: new Set(rule.mcp.tools) };
+  if (rule.audience) compiled.audience = rule.audience;
+  if (rule.expiresAt) compiled.expiresAt = Date.parse(rule.expiresAt);
+  return compiled;
+}
+
+function portMatches(rule: CompiledRule, port: number): boolean {
+  for (const p of rule.ports) if (port >= p.from && port <= p.to) return true;
+  return false;
+}
+
+/** Prefixes match on segment boundaries: `/v1/orders` matches `/v1/orders` and `/v1/orders/7`, not `/v1/ordersX`. */
+function pathAllowed(h: { exact: Set<string>; prefixes: string[] }, path: string): boolean {
+  if (h.exact.has(path)) return true;
+  for (const prefix of h.prefixes) {
+    if (prefix === '/' || path === prefix) return true;
+    if (path.startsWith(prefix) && (prefix.endsWith('/') || path.charCodeAt(prefix.length) === 47)) return true;
+  }
+  return false;
+}
+
+/**
+ * Normalizes a host for matching: lower case, trailing dot removed, IDN to punycode, IPv6 brackets removed.
+ * Returns undefined for anything that is not a valid DNS name or IP literal.
+ */
+export function normalizeHost(raw: string): string | undefined {
+  let host = raw.trim();
+  if (host.startsWith('[') && host.endsWith(']')) host = host.slice(1, -1);
+  if (isIP(host)) return host.toLowerCase();
+  if (host.endsWith('.')) host = host.slice(0, -1);
+  const ascii = domainToASCII(host);
+  if (!ascii || ascii.length > 253) return undefined;
+  if (!/^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)*[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(ascii)) return undefined;
+  return ascii;
+}
+
+/**
+ * Normalizes a request path before matching, so that encodings cannot smuggle a path past a rule:
+ * the query is dropped, percent-encodings are decoded (including %2F and %2E), `\` counts as `/`,
+ * repeated slashes collapse and dot segments are resolved. Undefined for malformed input.
+ */
+export function normalizePath(raw: string): string | undefined {
+  const q = raw.search(/[?#]/);
+  let path = q >= 0 ? raw.slice(0, q) : raw;
+  if (!path.startsWith('/')) return undefined;
+  try {
+    path = decodeURIComponent(path);
+  } catch {
+    return undefined;
+  }
+  if (path.includes('\0')) return undefined;
+  const out: string[] = [];
+  for (const segment of path.replace(/\\/g, '/').split('/')) {
+    if (segment === '' || segment === '.') continue;
+    if (segment === '..') out.pop();
+    else out.push(segment);
+  }
+  const trailing = path.endsWith('/') && out.length > 0 ? '/' : '';
+  return `/${out.join('/')}${trailing}`;
+}
+
+/**
+ * Checks an MCP JSON-RPC body: `tools/call` only for listed tools; other methods (initialize, tools/list,
+ * notifications…) pass. Batches are checked element by element. Returns the first refused tool, or undefined.
+ */
+export function refusedMcpTool(body: unknown, tools: Set<string>): string | undefined {
+  const messages = Array.isArray(body) ? body : [body];
+  for (const m of messages) {
+    if (typeof m !== 'object' || m === null) return '(malformed JSON-RPC message)';
+    const { method, params } = m as { method?: unknown; params?: { name?: unknown } };
+    if (method !== 'tools/call') continue;
+    const name = typeof params?.name === 'string' ? params.name : '';
+    if (!tools.has(name)) return name || '(unnamed tool)';
+  }
+  return undefined;
+}

@@ -1,0 +1,193 @@
+import { describe, expect, it } from 'vitest';
+import type { AgentEntitlement, EntitlementEgressRule } from '../../lib/api/types.generated.ts';
+import { Matcher, normalizeHost, normalizePath, refusedMcpTool } from '../../sidecar/match.ts';
+import { judgeAddress } from '../../sidecar/addresses.ts';
+
+const rule = (over: Partial<EntitlementEgressRule>): EntitlementEgressRule => ({
+  policy: 'p',
+  rule: 'r',
+  mode: 'Enforce',
+  ports: [{ port: 443, protocol: 'TCP' }],
+  ...over,
+});
+const ent = (egress: EntitlementEgressRule[]): AgentEntitlement => ({
+  apiVersion: 'agentfence.io/v1alpha1',
+  kind: 'AgentEntitlement',
+  metadata: { name: 'pod', namespace: 'ns' },
+  spec: { podName: 'pod', podUID: 'u', agent: 'a', spiffeID: 's', revision: 'sha256:1', egress },
+});
+const NOW = Date.parse('2026-11-22T00:00:00Z');
+
+describe('host matching', () => {
+  const m = new Matcher(
+    ent([
+      rule({ rule: 'exact', hosts: ['api.example.com'] }),
+      rule({ rule: 'one', hosts: ['*.one.example'] }),
+      rule({ rule: 'any', hosts: ['**.any.example'] }),
+    ]),
+  );
+  const host = (h: string): string | undefined => {
+    const n = normalizeHost(h);
+    if (!n) return undefined;
+    const d = m.decideConnect({ host: n, port: 443 }, NOW);
+    return d.allow ? d.rule.rule : undefined;
+  };
+  it.each([
+    ['api.example.com', 'exact'],
+    ['API.Example.COM', 'exact'],
+    ['api.example.com.', 'exact'],
+    ['x.api.example.com', undefined],
+    ['a.one.example', 'one'],
+    ['a.b.one.example', undefined],
+    ['one.example', undefined],
+    ['a.any.example', 'any'],
+    ['a.b.c.any.example', 'any'],
+    ['any.example', undefined],
+    ['evilany.example', undefined],
+    ['api.example.com.evil.net', undefined],
+  ])('%s → %s', (h, expected) => expect(host(h)).toBe(expected));
+
+  it('matches IDNs in punycode and refuses invalid hosts', () => {
+    const idn = new Matcher(ent([rule({ hosts: ['xn--bcher-kva.example'] })]));
+    expect(idn.decideConnect({ host: normalizeHost('bücher.example') ?? '', port: 443 }, NOW).allow).toBe(true);
+    expect(normalizeHost('bad_host!.com')).toBeUndefined();
+    expect(normalizeHost('[::1]')).toBe('::1');
+  });
+
+  it('matches IP literals only through cidrs, never through host patterns', () => {
+    const cm = new Matcher(
+      ent([rule({ rule: 'c', cidrs: ['10.40.0.0/16'] }), rule({ rule: 'h', hosts: ['api.example.com'] })]),
+    );
+    expect(cm.decideConnect({ host: '10.40.1.2', port: 443 }, NOW)).toMatchObject({ allow: true, rule: { rule: 'c' } });
+    expect(cm.decideConnect({ host: '10.41.1.2', port: 443 }, NOW).allow).toBe(false);
+  });
+});
+
+describe('ports, methods, paths, expiry, modes', () => {
+  it('checks ports and port ranges', () => {
+    const m = new Matcher(
+      ent([rule({ hosts: ['a.example'], ports: [{ port: 8000, endPort: 8010, protocol: 'TCP' }] })]),
+    );
+    expect(m.decideConnect({ host: 'a.example', port: 8005 }, NOW).allow).toBe(true);
+    expect(m.decideConnect({ host: 'a.example', port: 8011 }, NOW)).toMatchObject({
+      allow: false,
+      reason: 'no_rule_for_destination',
+    });
+  });
+
+  it('checks methods and paths for plain HTTP, on segment boundaries, after normalization', () => {
+    const m = new Matcher(
+      ent([
+        rule({
+          hosts: ['orders.svc'],
+          ports: [{ port: 80, protocol: 'TCP' }],
+          http: [
+            {
+              methods: ['GET'],
+              paths: [
+                { type: 'PathPrefix', value: '/v1/orders' },
+                { type: 'Exact', value: '/health' },
+              ],
+            },
+          ],
+        }),
+      ]),
+    );
+    const d = (method: string, raw: string) =>
+      m.decideHttp({ host: 'orders.svc', port: 80, method, path: normalizePath(raw) ?? '!' }, NOW);
+    expect(d('GET', '/v1/orders').allow).toBe(true);
+    expect(d('GET', '/v1/orders/7?x=1').allow).toBe(true);
+    expect(d('GET', '/v1/ordersX')).toMatchObject({ allow: false, reason: 'path_not_allowed' });
+    expect(d('GET', '/health').allow).toBe(true);
+    expect(d('GET', '/health/x').allow).toBe(false);
+    expect(d('POST', '/v1/orders/7')).toMatchObject({ allow: false, reason: 'method_not_allowed' });
+    expect(d('GET', '/v1/orders/..%2F..%2Fadmin').allow).toBe(false);
+    expect(d('GET', '/v1//orders/./7').allow).toBe(true);
+    expect(d('GET', '/v1/orders/%2e%2e/%2e%2e/admin').allow).toBe(false);
+    expect(d('GET', '/v1\\orders\\7').allow).toBe(true);
+  });
+
+  it('refuses a CONNECT to a destination whose rules need L7 checks', () => {
+    const m = new Matcher(ent([rule({ hosts: ['docs.example'], http: [{ methods: ['GET'] }] })]));
+    expect(m.decideConnect({ host: 'docs.example', port: 443 }, NOW)).toMatchObject({
+      allow: false,
+      reason: 'l7_rule_needs_plain_http',
+    });
+  });
+
+  it('ignores expired rules', () => {
+    const m = new Matcher(ent([rule({ hosts: ['a.example'], expiresAt: '2026-11-21T00:00:00Z' })]));
+    expect(m.decideConnect({ host: 'a.example', port: 443 }, NOW).allow).toBe(false);
+  });
+
+  it('is audit-only only when every rule comes from an Audit policy', () => {
+    expect(new Matcher(ent([rule({ mode: 'Audit', hosts: ['a.example'] })])).auditOnly).toBe(true);
+    expect(
+      new Matcher(ent([rule({ mode: 'Audit', hosts: ['a.example'] }), rule({ hosts: ['b.example'] })])).auditOnly,
+    ).toBe(false);
+    expect(new Matcher(ent([])).auditOnly).toBe(false);
+  });
+});
+
+describe('path normalization', () => {
+  it.each([
+    ['/a/b', '/a/b'],
+    ['/a//b/', '/a/b/'],
+    ['/a/./b/../c', '/a/c'],
+    ['/a/%2e%2e/b', '/b'],
+    ['/a%2Fb', '/a/b'],
+    ['/../../x', '/x'],
+    ['/a?q=1#f', '/a'],
+  ])('%s → %s', (raw, normalized) => expect(normalizePath(raw)).toBe(normalized));
+  it('refuses malformed encodings, NUL and relative paths', () => {
+    expect(normalizePath('/a%zz')).toBeUndefined();
+    expect(normalizePath('/a%00b')).toBeUndefined();
+    expect(normalizePath('a/b')).toBeUndefined();
+  });
+});
+
+describe('MCP tool filtering', () => {
+  const tools = new Set(['search_issues', 'get_issue']);
+  it('allows listed tools and non-call methods, refuses others, checks batches element-wise', () => {
+    expect(
+      refusedMcpTool({ jsonrpc: '2.0', method: 'tools/call', params: { name: 'search_issues' } }, tools),
+    ).toBeUndefined();
+    expect(refusedMcpTool({ jsonrpc: '2.0', method: 'tools/list' }, tools)).toBeUndefined();
+    expect(refusedMcpTool({ jsonrpc: '2.0', method: 'tools/call', params: { name: 'delete_repo' } }, tools)).toBe(
+      'delete_repo',
+    );
+    expect(
+      refusedMcpTool(
+        [
+          { method: 'tools/call', params: { name: 'get_issue' } },
+          { method: 'tools/call', params: { name: 'merge_pr' } },
+        ],
+        tools,
+      ),
+    ).toBe('merge_pr');
+    expect(refusedMcpTool('nonsense', tools)).toBe('(malformed JSON-RPC message)');
+  });
+});
+
+describe('resolved-address check', () => {
+  const hostOnly = new Matcher(ent([rule({ hosts: ['a.example'] })])).rules[0];
+  const withCidr = new Matcher(ent([rule({ hosts: ['a.example'], cidrs: ['10.0.0.0/8', '0.0.0.0/0'] })])).rules[0];
+  it.each([
+    ['8.8.8.8', true],
+    ['10.1.2.3', false],
+    ['127.0.0.1', false],
+    ['100.64.0.1', false],
+    ['169.254.169.254', false],
+    ['::1', false],
+    ['fd12::1', false],
+    ['::ffff:127.0.0.1', false],
+  ])('host-only rule: %s allowed=%s', (address, ok) => {
+    if (!hostOnly) throw new Error('no rule');
+    expect(judgeAddress(address, hostOnly).ok).toBe(ok);
+  });
+  it('opens internal addresses only through cidrs, and metadata never', () => {
+    if (!withCidr) throw new Error('no rule');
+    expect(judgeAddress('10.1.2.3', withCidr).ok).toBe(true);
+    expect(judgeAddress('169.254.169.254', withCidr)).toEqual({ ok: false, reason: 'metadata_address' });
+  });
+});
