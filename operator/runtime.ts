@@ -41,6 +41,8 @@ export interface RuntimeConfig {
   trustDomain: string;
   keysSecretName: string;
   leaseName: string;
+  /** Entitlement stream heartbeat (default 15 s); sidecars fail closed after their staleness bound. */
+  heartbeatMs?: number;
 }
 
 /** What the leader-only and admission parts get to work with. */
@@ -107,7 +109,7 @@ export async function startOperator(
     logger,
     registry,
   });
-  const hub = new EntitlementHub();
+  const hub = new EntitlementHub(config.heartbeatMs);
   entitlements.on({
     add: (ae) => hub.upsert(ae),
     update: (_, ae) => hub.upsert(ae),
