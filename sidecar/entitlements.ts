@@ -9,7 +9,6 @@
 import { readFile } from 'node:fs/promises';
 import { watch, watchFile, unwatchFile, type FSWatcher } from 'node:fs';
 import { request } from 'node:https';
-import { parse } from 'yaml';
 import { API_VERSION, AGENT_ENTITLEMENT } from '../lib/api/constants.ts';
 import { agentEntitlementSpec } from '../lib/api/schema.ts';
 import type { AgentEntitlement } from '../lib/api/types.generated.ts';
@@ -17,10 +16,11 @@ import { validateSchema } from '../lib/api/validate.ts';
 import type { Logger } from '../lib/log.ts';
 
 /** Parses and validates one AgentEntitlement; errors name the source and the field. */
-export function parseEntitlement(text: string, source: string): AgentEntitlement {
+export async function parseEntitlement(text: string, source: string): Promise<AgentEntitlement> {
   let doc: unknown;
   try {
-    doc = parse(text);
+    // JSON needs no YAML parser; the yaml module (~12 MB resident) is loaded only for YAML files.
+    doc = /^\s*[{[]/.test(text) ? JSON.parse(text) : (await import('yaml')).parse(text);
   } catch (err) {
     throw new Error(`${source}: not valid YAML or JSON: ${err instanceof Error ? err.message : String(err)}`, {
       cause: err,
@@ -72,7 +72,7 @@ export function staticEntitlements(options: {
     }
     if (text === lastText) return;
     try {
-      const entitlement = parseEntitlement(text, options.file);
+      const entitlement = await parseEntitlement(text, options.file);
       lastText = text;
       options.onSnapshot(entitlement);
       options.logger.info('entitlements loaded', {

@@ -86,6 +86,8 @@ export class FenceProxy {
   readonly #upstreamErrors;
   readonly #tunnelsOpen;
   readonly #decisionCounters = new Map<string, { inc(): void }>();
+  readonly #httpDuration: { observe(v: number): void };
+  readonly #connectDuration: { observe(v: number): void };
 
   constructor(options: ProxyOptions) {
     this.#o = options;
@@ -103,6 +105,8 @@ export class FenceProxy {
       labelNames: ['kind'],
       buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30],
     });
+    this.#httpDuration = this.#duration.labels({ kind: 'http' });
+    this.#connectDuration = this.#duration.labels({ kind: 'connect' });
     this.#upstreamErrors = counter(r, {
       name: 'agentfence_sidecar_upstream_errors_total',
       help: 'Upstream connection or protocol errors.',
@@ -275,7 +279,7 @@ export class FenceProxy {
         mode: 'Enforce',
       });
       audit({ decision: 'deny', reason, status }, rule);
-      this.#duration.labels({ kind: 'http' }).observe((performance.now() - started) / 1000);
+      this.#httpDuration.observe((performance.now() - started) / 1000);
     };
 
     if (!matcher) {
@@ -372,14 +376,17 @@ export class FenceProxy {
     });
     upstream.on('response', (up) => {
       res.writeHead(up.statusCode ?? 502, up.statusMessage, filterResponseHeaders(up.rawHeaders));
-      up.on('data', (chunk: Buffer) => (bytesOut += chunk.length));
+      // Count bytes without a per-chunk listener when the length is declared (the common case).
+      const declared = Number(up.headers['content-length']);
+      if (Number.isFinite(declared)) bytesOut = declared;
+      else up.on('data', (chunk: Buffer) => (bytesOut += chunk.length));
       up.pipe(res);
       up.on('end', () => {
         audit(
           { decision: decisionLabel, reason: reasonLabel, status: up.statusCode ?? 0, bytesIn, bytesOut },
           rule === NO_RULE ? undefined : rule,
         );
-        this.#duration.labels({ kind: 'http' }).observe((performance.now() - started) / 1000);
+        this.#httpDuration.observe((performance.now() - started) / 1000);
       });
     });
     upstream.on('error', (err) => {
@@ -394,7 +401,9 @@ export class FenceProxy {
     });
     if (body) upstream.end(body);
     else {
-      req.on('data', (chunk: Buffer) => (bytesIn += chunk.length));
+      const declared = Number(req.headers['content-length'] ?? 0);
+      if (Number.isFinite(declared) && !req.headers['transfer-encoding']) bytesIn = declared;
+      else req.on('data', (chunk: Buffer) => (bytesIn += chunk.length));
       req.pipe(upstream);
     }
   }
@@ -488,7 +497,7 @@ export class FenceProxy {
         rule === NO_RULE ? undefined : rule,
         matcher.revision,
       );
-      this.#duration.labels({ kind: 'connect' }).observe((performance.now() - started) / 1000);
+      this.#connectDuration.observe((performance.now() - started) / 1000);
     };
     this.#tunnels.add(tunnel);
     this.#tunnelsOpen.inc();
