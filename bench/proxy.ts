@@ -7,7 +7,9 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, chmodSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createServer } from 'node:net';
+import { connect, createServer } from 'node:net';
+
+const connectTo = (port: number) => connect(port, '127.0.0.1');
 import { stringify } from 'yaml';
 
 const here = new URL('.', import.meta.url).pathname;
@@ -32,24 +34,23 @@ function startNode(script: string): Promise<{ child: ChildProcess; port: number 
   const child = spawn(process.execPath, [script], { stdio: ['ignore', 'pipe', 'inherit'] });
   children.push(child);
   return new Promise((resolve) =>
-    child.stdout?.once('data', (d: Buffer) => resolve({ child, port: Number(d.toString().trim()) })),
+    child.stdout.once('data', (d: Buffer) => resolve({ child, port: Number(d.toString().trim()) })),
   );
 }
 async function waitPort(port: number): Promise<void> {
   for (let i = 0; i < 100; i++) {
     const ok = await new Promise<boolean>((resolve) => {
-      const s = require_connect(port);
-      s.once('connect', () => (s.destroy(), resolve(true)));
+      const s = connectTo(port);
+      s.once('connect', () => {
+        s.destroy();
+        resolve(true);
+      });
       s.once('error', () => resolve(false));
     });
     if (ok) return;
     await new Promise((r) => setTimeout(r, 100));
   }
   throw new Error(`nothing listening on ${port}`);
-}
-import { connect as require_connect_impl } from 'node:net';
-function require_connect(port: number) {
-  return require_connect_impl(port, '127.0.0.1');
 }
 function rssMB(pid: number | undefined): number {
   const status = readFileSync(`/proc/${pid ?? 0}/status`, 'utf8');
