@@ -30,11 +30,8 @@ const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }
     load: async () => (await import('./local-cluster.ts')).localClusterCommand,
   },
   demo: {
-    summary: 'run the local control plane, install the CRDs and apply the examples',
-    load: async () => {
-      const { localClusterCommand } = await import('./local-cluster.ts');
-      return (ctx) => localClusterCommand({ ...ctx, argv: ['--apply-examples', ...ctx.argv] });
-    },
+    summary: 'run Agentfence end to end on the local control plane and narrate it (npm run demo)',
+    load: async () => (await import('./demo.ts')).demoCommand,
   },
 };
 

@@ -180,9 +180,8 @@ export class FenceProxy {
       t.upstream.destroy();
       closed++;
     }
+    // Upstream pools are kept: they hold connections to addresses, and every request is decided anew anyway.
     this.server.closeIdleConnections();
-    for (const pool of this.#pools.values()) pool.destroy();
-    this.#pools.clear();
     if (closed > 0) this.#o.logger.info('tunnels closed after revocation', { closed });
   }
 

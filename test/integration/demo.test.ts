@@ -1,0 +1,37 @@
+/** `npm run demo` as a user runs it (non-interactive): every step of the narration happens, and it exits cleanly. */
+import { spawn } from 'node:child_process';
+import { describe, expect, it } from 'vitest';
+import { cluster } from '../support/cluster.ts';
+
+const cli = new URL('../../bin/agentfence.mjs', import.meta.url).pathname;
+
+describe('agentfence demo', () => {
+  it('injects, issues identities, allows and denies, shows status and audit, narrows live, and exits', async () => {
+    const binDir = cluster().binaries.kubectl.replace(/\/kubectl$/, '');
+    const { code, stdout, stderr } = await new Promise<{ code: number | null; stdout: string; stderr: string }>(
+      (resolve) => {
+        const child = spawn(process.execPath, [cli, 'demo', '--once', '--no-build'], {
+          // eslint-disable-next-line no-restricted-properties -- passes the test's environment on
+          env: { ...process.env, KUBEBUILDER_ASSETS: binDir },
+        });
+        let out = '';
+        let err = '';
+        child.stdout.on('data', (c: Buffer) => (out += c.toString()));
+        child.stderr.on('data', (c: Buffer) => (err += c.toString()));
+        child.once('exit', (c) => resolve({ code: c, stdout: out, stderr: err }));
+      },
+    );
+    expect(stderr).not.toContain('agentfence demo:');
+    expect(code).toBe(0);
+    expect(stdout).toMatch(/support-agent-0 created through the API server → injected: agentfence-sidecar/);
+    expect(stdout).toMatch(
+      /support-agent\s+GET\s+:\d+\/v1\/orders\/42 → 200 .*"verifiedCaller":"spiffe:\/\/cluster\.local\/ns\/demo\/agent\/support-agent"/,
+    );
+    expect(stdout).toMatch(/support-agent\s+POST\s+:\d+\/v1\/orders\/42 → 403 method_not_allowed/);
+    expect(stdout).toMatch(/research-agent\s+GET\s+:\d+\/v1\/orders\/42 → 403 no_rule_for_destination/);
+    expect(stdout).toMatch(/agentpolicy\.agentfence\.io\/support-agent\s+True\s+Enforce\s+1\s+1/);
+    expect(stdout).toContain('networkpolicy.networking.k8s.io/agentfence-baseline');
+    expect(stdout).toMatch(/"decision":"deny","reason":"method_not_allowed"/);
+    expect(stdout).toMatch(/enforced \d+ ms after kubectl apply[\s\S]*→ 403 no_rule_for_destination/);
+  }, 120_000);
+});
