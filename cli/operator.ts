@@ -7,6 +7,7 @@ import { createRegistry } from '../lib/metrics.ts';
 import { isTrustDomain } from '../lib/identity/claims.ts';
 import { parseListen, parseDurationFlag } from './flags.ts';
 import { certificatesFromDir, type ServingCertSource } from '../operator/serving.ts';
+import { selfManagedCertificates } from '../operator/selfcerts.ts';
 import { startOperator, type RuntimeConfig } from '../operator/runtime.ts';
 import { policyReconcilerTask } from '../operator/reconciler.ts';
 import { caBundleTask } from '../operator/cabundle.ts';
@@ -171,12 +172,17 @@ export async function operatorCommand(ctx: CommandContext): Promise<number> {
     'kubeconfigPath' in config.kube
       ? await clientFromKubeconfig(config.kube.kubeconfigPath)
       : await clientInCluster(config.kube.inCluster);
-  if (!config.certDir) {
-    throw new Error(
-      'serving certificates: pass --cert-dir (self-managed certificates via --cert-secret are not available in this build)',
-    );
-  }
-  const certs: ServingCertSource = await certificatesFromDir(config.certDir, logger);
+  const selfManaged = config.certDir
+    ? undefined
+    : await selfManagedCertificates({
+        client,
+        namespace: config.runtime.namespace,
+        secretName: config.certSecret ?? 'agentfence-serving-cert',
+        serviceName: config.serviceName,
+        webhookConfigName: config.webhookConfigName,
+        logger,
+      });
+  const certs: ServingCertSource = selfManaged ?? (await certificatesFromDir(config.certDir ?? '', logger));
   const registry = createRegistry();
   const events = new EventRecorder({
     client,
@@ -212,6 +218,7 @@ export async function operatorCommand(ctx: CommandContext): Promise<number> {
       });
       certs.onChange(() => caBundles.refresh()); // a rotated CA reaches every agent namespace
       return [
+        ...(selfManaged ? [selfManaged.leaderTask()] : []),
         policyReconcilerTask({
           client,
           logger,

@@ -122,3 +122,15 @@ function toPem(label: string, der: ArrayBuffer): string {
 function pemWithNewline(pem: string): string {
   return pem.endsWith('\n') ? pem : `${pem}\n`;
 }
+
+/** A CA from its PEM certificate and PKCS#8 key (as createCertificateAuthority wrote them), to issue more leaves. */
+export async function loadCertificateAuthority(certPem: string, keyPem: string): Promise<CertificateAuthority> {
+  const der = Buffer.from(keyPem.replace(/-----[^-]+-----/g, '').replace(/\s+/g, ''), 'base64');
+  const privateKey = await webcrypto.subtle.importKey('pkcs8', der, SIGNING, true, ['sign']);
+  const cert = new x509.X509Certificate(certPem);
+  // Only the private key signs; the public half comes from the certificate when something needs it.
+  const publicKey: CryptoKey = await webcrypto.subtle.importKey('spki', cert.publicKey.rawData, SIGNING, true, [
+    'verify',
+  ]);
+  return { cert, certPem: pemWithNewline(certPem), keyPem, keys: { privateKey, publicKey } };
+}
