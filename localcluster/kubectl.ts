@@ -43,11 +43,19 @@ export async function kubectlOrThrow(target: KubectlTarget, args: string[], inpu
 export async function installCRDs(target: KubectlTarget): Promise<void> {
   const dir = join(packageRoot(), 'crds');
   await kubectlOrThrow(target, ['apply', '--server-side', '--field-manager=agentfence-install', '-f', dir]);
-  await kubectlOrThrow(target, [
-    'wait',
-    '--for=condition=Established',
-    '--timeout=30s',
-    'crd/agentpolicies.agentfence.io',
-    'crd/agententitlements.agentfence.io',
-  ]);
+  // A CRD that was just created may have no status yet, and `kubectl wait` then fails at once ("accessor error")
+  // instead of waiting: retry until it waits properly.
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    const result = await kubectl(target, [
+      'wait',
+      '--for=condition=Established',
+      '--timeout=30s',
+      'crd/agentpolicies.agentfence.io',
+      'crd/agententitlements.agentfence.io',
+    ]);
+    if (result.code === 0) return;
+    if (Date.now() > deadline) throw new Error(`the CRDs did not become Established: ${result.stderr.trim()}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
 }
