@@ -4,20 +4,18 @@
  * run with the chart's own ServiceAccount token (TokenRequest) and RBAC — proving those permissions suffice.
  * Refresh the golden files with UPDATE_GOLDEN=1.
  */
+import { policyReconcilerTask } from '../../operator/reconciler.ts';
+import { startTestOperator } from '../support/operator.ts';
 import { execFile } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseAllDocuments, stringify } from 'yaml';
 import { KubeClient, clientFromKubeconfig } from '../../lib/kube/client.ts';
-import { createRegistry } from '../../lib/metrics.ts';
 import { silentLogger } from '../../lib/log.ts';
-import { createCertificateAuthority, issueCertificate } from '../../lib/tls/pki.ts';
-import { freePort } from '../../localcluster/controlplane.ts';
 import { renderKubeconfig } from '../../localcluster/kubeconfig.ts';
-import { startOperator, type RunningOperator } from '../../operator/runtime.ts';
-import { staticCertificates } from '../../operator/serving.ts';
-import { cluster, eventually, run, runOrThrow } from '../support/cluster.ts';
+import { type RunningOperator } from '../../operator/runtime.ts';
+import { cluster, createNamespace, eventually, run, runOrThrow } from '../support/cluster.ts';
 import { kubeRequest } from '../support/kube-request.ts';
 import { mutatingWebhookConfiguration, podIntegrityBinding, podIntegrityPolicy } from '../../webhook/manifests.ts';
 
@@ -170,32 +168,26 @@ describe('chart objects on the real API server, and the controller under the cha
     const kubeconfig = `${cluster().kubeconfigPath}.chart-sa`;
     writeFileSync(kubeconfig, renderKubeconfig({ server: cluster().server, caPem: cluster().caPem, token }));
     client = await clientFromKubeconfig(kubeconfig);
-    const ca = await createCertificateAuthority('chart-test', 1);
-    const serving = await issueCertificate(ca, {
-      commonName: 'c',
-      ipAddresses: ['127.0.0.1'],
-      usage: 'server',
-      validityDays: 1,
-    });
-    const port = await freePort();
-    operator = await startOperator(
-      {
-        config: {
-          namespace: RELEASE_NS,
-          podName: 'agentfence-controller-0',
-          listen: { host: '127.0.0.1', port },
-          adminListen: { host: '127.0.0.1', port: 0 },
-          issuerUrl: `https://127.0.0.1:${port}`,
-          trustDomain: 'cluster.local',
-          keysSecretName: 'agentfence-signing-keys',
-          leaseName: 'agentfence-controller',
-        },
-        client,
-        logger: silentLogger,
-        registry: createRegistry({ defaultMetrics: false }),
-      },
-      staticCertificates({ ...serving, caPem: ca.certPem }),
-    );
+    const sa = client;
+    // The whole controller — reconciler included — under the chart's ServiceAccount and RBAC.
+    operator = (
+      await startTestOperator({
+        client: sa,
+        namespace: RELEASE_NS,
+        podName: 'agentfence-controller-0',
+        extensions: (registry) => ({
+          leaderTasks: (ctx) => [
+            policyReconcilerTask({
+              client: sa,
+              logger: silentLogger,
+              registry,
+              entitlements: ctx.entitlements,
+              compileOptions: { trustDomain: 'cluster.local' },
+            }),
+          ],
+        }),
+      })
+    ).operator;
     await eventually(
       async () => ((await fetch(`${operator?.health.url ?? ''}/readyz`)).status === 200 ? true : undefined),
       'controller ready under chart RBAC',
@@ -204,6 +196,47 @@ describe('chart objects on the real API server, and the controller under the cha
     expect(operator.isLeader()).toBe(true);
     const secret = await run(['get', 'secret', 'agentfence-signing-keys', '-n', RELEASE_NS]);
     expect(secret.code).toBe(0);
+    // It can do its job: a policy and an agent pod become a NetworkPolicy and an AgentEntitlement.
+    const ns = await createNamespace('chart-rbac');
+    await runOrThrow(
+      ['apply', '-f', '-'],
+      JSON.stringify({
+        apiVersion: 'v1',
+        kind: 'Pod',
+        metadata: {
+          name: 'agent-0',
+          namespace: ns,
+          labels: { 'agentfence.io/inject': 'true', 'agentfence.io/agent': 'a' },
+        },
+        spec: { containers: [{ name: 'app', image: 'x' }] },
+      }),
+    );
+    await runOrThrow(
+      ['apply', '-f', '-'],
+      JSON.stringify({
+        apiVersion: 'agentfence.io/v1alpha1',
+        kind: 'AgentPolicy',
+        metadata: { name: 'a', namespace: ns },
+        spec: {
+          agentSelector: { matchLabels: { 'agentfence.io/agent': 'a' } },
+          egress: [{ name: 'r', to: { cidrs: ['10.9.0.0/16'] }, ports: [{ port: 443 }] }],
+        },
+      }),
+    );
+    await eventually(
+      async () => ((await run(['get', 'networkpolicy', 'agentfence-a', '-n', ns])).code === 0 ? true : undefined),
+      'NetworkPolicy written under chart RBAC',
+    );
+    await eventually(
+      async () => ((await run(['get', 'agententitlement', 'agent-0', '-n', ns])).code === 0 ? true : undefined),
+      'AgentEntitlement written under chart RBAC',
+    );
+    await eventually(async () => {
+      const ap = JSON.parse(await runOrThrow(['get', 'ap', 'a', '-n', ns, '-o', 'json'])) as {
+        status?: { observedGeneration?: number };
+      };
+      return ap.status?.observedGeneration === 1 ? true : undefined;
+    }, 'status written under chart RBAC');
     // And the RBAC is least privilege: the controller cannot read Secrets outside its namespace.
     const forbidden = await kubeRequest('GET', '/api/v1/namespaces/default/secrets', undefined, token);
     expect(forbidden.status).toBe(403);

@@ -4,6 +4,7 @@
  * enforces it and presents the agent's identity, the example orders API verifies it; a policy edit narrows
  * access live (measured); and when the controller goes away the sidecar fails closed.
  */
+import { startTestOperator } from '../support/operator.ts';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { once } from 'node:events';
@@ -15,13 +16,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { clientFromKubeconfig, type KubeClient } from '../../lib/kube/client.ts';
 import { createRegistry } from '../../lib/metrics.ts';
 import { silentLogger } from '../../lib/log.ts';
-import { createCertificateAuthority, issueCertificate } from '../../lib/tls/pki.ts';
 import { createAgentVerifier } from '../../lib/verify/index.ts';
 import { fetchWithCA } from '../../lib/verify/fetch-with-ca.ts';
-import { freePort } from '../../localcluster/controlplane.ts';
-import { startOperator, type RunningOperator } from '../../operator/runtime.ts';
+import { type RunningOperator } from '../../operator/runtime.ts';
 import { policyReconcilerTask } from '../../operator/reconciler.ts';
-import { staticCertificates } from '../../operator/serving.ts';
 import { startSidecar, type RunningSidecar } from '../../sidecar/runtime.ts';
 import type { AuditRecord } from '../../sidecar/audit.ts';
 import { createOrdersApi } from '../../examples/resource-server/orders-api.ts';
@@ -79,36 +77,12 @@ beforeAll(async () => {
   ns = await createNamespace('fence');
   await runOrThrow(['create', 'serviceaccount', 'support-agent', '-n', ns]);
   dir = await mkdtemp(join(tmpdir(), 'agentfence-e2e-'));
-  const ca = await createCertificateAuthority('e2e', 1);
-  const serving = await issueCertificate(ca, {
-    commonName: 'c',
-    ipAddresses: ['127.0.0.1'],
-    usage: 'server',
-    validityDays: 1,
-  });
-  await writeFile(join(dir, 'ca.crt'), ca.certPem);
-  const port = await freePort();
-  const registry = createRegistry({ defaultMetrics: false });
-  const issuerUrl = `https://127.0.0.1:${port}`;
-  operator = await startOperator(
-    {
-      config: {
-        namespace: system,
-        podName: 'e2e-0',
-        listen: { host: '127.0.0.1', port },
-        adminListen: { host: '127.0.0.1', port: 0 },
-        issuerUrl,
-        trustDomain: 'cluster.local',
-        keysSecretName: 'agentfence-signing-keys',
-        leaseName: 'agentfence-controller',
-        heartbeatMs: 500,
-      },
-      client,
-      logger: silentLogger,
-      registry,
-    },
-    staticCertificates({ ...serving, caPem: ca.certPem }),
-    {
+  const started = await startTestOperator({
+    client,
+    namespace: system,
+    podName: 'e2e-0',
+    heartbeatMs: 500,
+    extensions: (registry) => ({
       leaderTasks: (ctx) => [
         policyReconcilerTask({
           client,
@@ -118,8 +92,12 @@ beforeAll(async () => {
           compileOptions: { trustDomain: 'cluster.local' },
         }),
       ],
-    },
-  );
+    }),
+  });
+  operator = started.operator;
+  const issuerUrl = started.issuerUrl;
+  const ca = { certPem: started.caPem };
+  await writeFile(join(dir, 'ca.crt'), ca.certPem);
   const verifier = createAgentVerifier({
     issuer: issuerUrl,
     audience: 'orders-api',

@@ -3,18 +3,16 @@
  * real pod-bound token from a sidecar identity client, streams the pod its AgentEntitlement and records the
  * sidecar's acknowledged revision in the AgentEntitlement status.
  */
+import { startTestOperator } from '../support/operator.ts';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { request as httpsRequest } from 'node:https';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { clientFromKubeconfig, type KubeClient } from '../../lib/kube/client.ts';
-import { createRegistry } from '../../lib/metrics.ts';
 import { silentLogger } from '../../lib/log.ts';
-import { createCertificateAuthority, issueCertificate } from '../../lib/tls/pki.ts';
 import { fetchWithCA } from '../../lib/verify/fetch-with-ca.ts';
-import { startOperator, type RunningOperator } from '../../operator/runtime.ts';
-import { staticCertificates } from '../../operator/serving.ts';
+import { type RunningOperator } from '../../operator/runtime.ts';
 import { IdentityClient } from '../../sidecar/identity-client.ts';
 import { cluster, createNamespace, eventually, runOrThrow } from '../support/cluster.ts';
 import { createAgentPod, serviceAccountToken } from '../support/identity-server.ts';
@@ -54,35 +52,9 @@ beforeAll(async () => {
   system = await createNamespace('af-system');
   ns = await createNamespace('runtime');
   await runOrThrow(['create', 'serviceaccount', 'support-agent', '-n', ns]);
-  const ca = await createCertificateAuthority('runtime-test-ca', 1);
-  caPem = ca.certPem;
-  const serving = await issueCertificate(ca, {
-    commonName: 'controller',
-    ipAddresses: ['127.0.0.1'],
-    usage: 'server',
-    validityDays: 1,
-  });
-  // The issuer URL must be known before the server has a port: reserve one.
-  const { freePort } = await import('../../localcluster/controlplane.ts');
-  const port = await freePort();
-  operator = await startOperator(
-    {
-      config: {
-        namespace: system,
-        podName: 'controller-0',
-        listen: { host: '127.0.0.1', port },
-        adminListen: { host: '127.0.0.1', port: 0 },
-        issuerUrl: `https://127.0.0.1:${port}`,
-        trustDomain: 'cluster.local',
-        keysSecretName: 'agentfence-signing-keys',
-        leaseName: 'agentfence-controller',
-      },
-      client,
-      logger: silentLogger,
-      registry: createRegistry({ defaultMetrics: false }),
-    },
-    staticCertificates({ ...serving, caPem: ca.certPem }),
-  );
+  const started = await startTestOperator({ client, namespace: system });
+  operator = started.operator;
+  caPem = started.caPem;
   dir = await mkdtemp(join(tmpdir(), 'agentfence-runtime-'));
 });
 

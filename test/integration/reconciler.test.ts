@@ -3,15 +3,12 @@
  * policies become NetworkPolicies and per-pod AgentEntitlements, follow edits, go with deletion; hand edits are
  * reverted; the baseline is protected and recreated; status tracks every generation.
  */
+import { startTestOperator } from '../support/operator.ts';
 import type { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { clientFromKubeconfig, type KubeClient } from '../../lib/kube/client.ts';
-import { createRegistry } from '../../lib/metrics.ts';
 import { silentLogger } from '../../lib/log.ts';
-import { createCertificateAuthority, issueCertificate } from '../../lib/tls/pki.ts';
-import { freePort } from '../../localcluster/controlplane.ts';
-import { startOperator, type RunningOperator } from '../../operator/runtime.ts';
-import { staticCertificates } from '../../operator/serving.ts';
+import { type RunningOperator } from '../../operator/runtime.ts';
 import { policyReconcilerTask } from '../../operator/reconciler.ts';
 import { cluster, createNamespace, eventually, run, runOrThrow } from '../support/cluster.ts';
 
@@ -64,39 +61,16 @@ beforeAll(async () => {
   client = await clientFromKubeconfig(cluster().kubeconfigPath);
   const system = await createNamespace('af-rec-system');
   ns = await createNamespace('rec');
-  const ca = await createCertificateAuthority('rec', 1);
-  const serving = await issueCertificate(ca, {
-    commonName: 'c',
-    ipAddresses: ['127.0.0.1'],
-    usage: 'server',
-    validityDays: 1,
-  });
-  const port = await freePort();
-  registry = createRegistry({ defaultMetrics: false });
-  operator = await startOperator(
-    {
-      config: {
-        namespace: system,
-        podName: 'rec-0',
-        listen: { host: '127.0.0.1', port },
-        adminListen: { host: '127.0.0.1', port: 0 },
-        issuerUrl: `https://127.0.0.1:${port}`,
-        trustDomain: 'cluster.local',
-        keysSecretName: 'agentfence-signing-keys',
-        leaseName: 'agentfence-controller',
-      },
-      client,
-      logger: silentLogger,
-      registry,
-    },
-    staticCertificates({ ...serving, caPem: ca.certPem }),
-    {
-      // The reconciler shares the runtime's AgentEntitlement cache.
+  const started = await startTestOperator({
+    client,
+    namespace: system,
+    // The reconciler shares the runtime's AgentEntitlement cache.
+    extensions: (r) => ({
       leaderTasks: (ctx) => [
         policyReconcilerTask({
           client,
           logger: silentLogger,
-          registry,
+          registry: r,
           entitlements: ctx.entitlements,
           compileOptions: {
             trustDomain: 'cluster.local',
@@ -104,8 +78,10 @@ beforeAll(async () => {
           },
         }),
       ],
-    },
-  );
+    }),
+  });
+  operator = started.operator;
+  registry = started.registry;
 });
 
 afterAll(async () => {

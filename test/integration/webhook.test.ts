@@ -3,17 +3,14 @@
  * never reach it, refusals carry their reason to kubectl, dry-run behaves like a real create, and the
  * ValidatingAdmissionPolicy keeps injected pods injected — all on the real kube-apiserver.
  */
+import { startTestOperator } from '../support/operator.ts';
 import { randomBytes } from 'node:crypto';
 import type { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
 import { clientFromKubeconfig, type KubeClient } from '../../lib/kube/client.ts';
-import { createRegistry } from '../../lib/metrics.ts';
 import { silentLogger } from '../../lib/log.ts';
-import { createCertificateAuthority, issueCertificate } from '../../lib/tls/pki.ts';
-import { freePort } from '../../localcluster/controlplane.ts';
-import { startOperator, type RunningOperator } from '../../operator/runtime.ts';
-import { staticCertificates } from '../../operator/serving.ts';
+import { type RunningOperator } from '../../operator/runtime.ts';
 import { createAdmissionRouter } from '../../webhook/admission.ts';
 import { mutatingWebhookConfiguration, podIntegrityBinding, podIntegrityPolicy } from '../../webhook/manifests.ts';
 import { cluster, eventually, run, runOrThrow } from '../support/cluster.ts';
@@ -68,47 +65,28 @@ beforeAll(async () => {
   const system = `af-wh-system-${testId}`;
   await runOrThrow(['create', 'namespace', system]);
   ns = await labelledNamespace('wh');
-  const ca = await createCertificateAuthority('webhook-test', 1);
-  const serving = await issueCertificate(ca, {
-    commonName: 'c',
-    ipAddresses: ['127.0.0.1'],
-    usage: 'server',
-    validityDays: 1,
-  });
-  const port = await freePort();
-  registry = createRegistry({ defaultMetrics: false });
-  operator = await startOperator(
-    {
-      config: {
-        namespace: system,
-        podName: 'wh-0',
-        listen: { host: '127.0.0.1', port },
-        adminListen: { host: '127.0.0.1', port: 0 },
-        issuerUrl: `https://127.0.0.1:${port}`,
-        trustDomain: 'cluster.local',
-        keysSecretName: 'agentfence-signing-keys',
-        leaseName: 'agentfence-controller',
-      },
-      client,
-      logger: silentLogger,
-      registry,
-    },
-    staticCertificates({ ...serving, caPem: ca.certPem }),
-    {
+  const started = await startTestOperator({
+    client,
+    namespace: system,
+    podName: 'wh-0',
+    extensions: (r) => ({
       admission: createAdmissionRouter({
         config: {
           version: 'test',
           image: 'ghcr.io/agentfence/agentfence:test',
-          controllerUrl: `https://127.0.0.1:${port}`,
+          controllerUrl: 'https://127.0.0.1:1',
           logLevel: 'info',
           maxStaleness: '60s',
           resources: { cpuRequest: '50m', memoryRequest: '48Mi', memoryLimit: '128Mi' },
         },
         logger: silentLogger,
-        registry,
+        registry: r,
       }),
-    },
-  );
+    }),
+  });
+  operator = started.operator;
+  registry = started.registry;
+  const ca = { certPem: started.caPem };
   const caBundle = Buffer.from(ca.certPem).toString('base64');
   const webhook = mutatingWebhookConfiguration({
     clientConfig: { url: `${operator.serving.url}/mutate-pods` },

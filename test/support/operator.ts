@@ -1,0 +1,60 @@
+/**
+ * A real controller runtime for integration tests: its own CA and serving certificate for 127.0.0.1, a free
+ * port (the issuer URL must be known before the server listens), and the caller's extensions.
+ */
+import type { Registry } from 'prom-client';
+import type { KubeClient } from '../../lib/kube/client.ts';
+import { createRegistry } from '../../lib/metrics.ts';
+import { silentLogger } from '../../lib/log.ts';
+import { createCertificateAuthority, issueCertificate } from '../../lib/tls/pki.ts';
+import { freePort } from '../../localcluster/controlplane.ts';
+import { startOperator, type RunningOperator, type RuntimeExtensions } from '../../operator/runtime.ts';
+import { staticCertificates } from '../../operator/serving.ts';
+
+export interface TestOperator {
+  operator: RunningOperator;
+  issuerUrl: string;
+  caPem: string;
+  registry: Registry;
+}
+
+export async function startTestOperator(options: {
+  client: KubeClient;
+  namespace: string;
+  podName?: string;
+  heartbeatMs?: number;
+  registry?: Registry;
+  extensions?: (registry: Registry) => RuntimeExtensions;
+}): Promise<TestOperator> {
+  const ca = await createCertificateAuthority('agentfence-test-controller-ca', 1);
+  const serving = await issueCertificate(ca, {
+    commonName: 'controller',
+    ipAddresses: ['127.0.0.1'],
+    usage: 'server',
+    validityDays: 1,
+  });
+  const port = await freePort();
+  const issuerUrl = `https://127.0.0.1:${port}`;
+  const registry = options.registry ?? createRegistry({ defaultMetrics: false });
+  const operator = await startOperator(
+    {
+      config: {
+        namespace: options.namespace,
+        podName: options.podName ?? 'controller-0',
+        listen: { host: '127.0.0.1', port },
+        adminListen: { host: '127.0.0.1', port: 0 },
+        issuerUrl,
+        trustDomain: 'cluster.local',
+        keysSecretName: 'agentfence-signing-keys',
+        leaseName: 'agentfence-controller',
+        ...(options.heartbeatMs ? { heartbeatMs: options.heartbeatMs } : {}),
+      },
+      client: options.client,
+      logger: silentLogger,
+      registry,
+    },
+    staticCertificates({ ...serving, caPem: ca.certPem }),
+    options.extensions?.(registry) ?? {},
+  );
+  return { operator, issuerUrl, caPem: ca.certPem, registry };
+}
