@@ -20,6 +20,7 @@ const scope = { 'agentfence-webhook-test': testId };
 let client: KubeClient;
 let operator: RunningOperator;
 let registry: Registry;
+let webhookStopped = false;
 let ns: string;
 let vapOnly: string;
 
@@ -149,7 +150,7 @@ afterAll(async () => {
   await run(['delete', 'mutatingwebhookconfiguration', `agentfence-test-${testId}`]);
   await run(['delete', 'validatingadmissionpolicybinding', `agentfence-pod-integrity-${testId}`]);
   await run(['delete', 'validatingadmissionpolicy', `agentfence-pod-integrity-${testId}`]);
-  await operator.stop();
+  if (!webhookStopped) await operator.stop();
   client.close();
 });
 
@@ -218,5 +219,17 @@ describe('admission webhook on the real API server', () => {
       return r.code !== 0 ? r : undefined;
     }, 'refusal of an uninjected labelled pod');
     expect(res.stderr).toContain('must carry the agentfence-sidecar container');
+  });
+
+  // Last: it stops the webhook.
+  it('with the webhook down, refuses labelled pods and still creates unlabelled ones (failurePolicy: Fail, objectSelector)', async () => {
+    await operator.stop();
+    webhookStopped = true;
+    const labelled = await run(['apply', '-f', '-'], pod('while-down', { 'agentfence.io/inject': 'true' }));
+    expect(labelled.code).not.toBe(0);
+    expect(labelled.stderr).toMatch(/failed calling webhook|connection refused/);
+    expect((await run(['get', 'pod', 'while-down', '-n', ns])).code).not.toBe(0);
+    const plain = await run(['apply', '-f', '-'], pod('plain-while-down', { app: 'web' }));
+    expect(plain.code).toBe(0);
   });
 });

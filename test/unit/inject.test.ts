@@ -198,3 +198,22 @@ describe('injection rules', () => {
     expect(result).toBe('skipped');
   });
 });
+
+describe('refusal golden files', () => {
+  const refusedDir = new URL('../golden/inject-refused/', import.meta.url).pathname;
+  const cases = readdirSync(refusedDir)
+    .filter((f) => f.endsWith('.input.yaml'))
+    .map((f) => f.replace('.input.yaml', ''));
+  it.each(cases)('%s: refused with the recorded reason and a message, and no patch', (name) => {
+    const input = parse(readFileSync(`${refusedDir}${name}.input.yaml`, 'utf8')) as Pod;
+    const expected = readFileSync(`${refusedDir}${name}.reason`, 'utf8').trim();
+    const { response, reason } = admit(input);
+    expect(reason).toBe(expected);
+    expect(response.allowed).toBe(false);
+    expect(response.patch).toBeUndefined();
+    expect(response.status?.message).toMatch(/^agentfence: .{20,}/);
+  });
+  it('has, with the injected cases, at least 15 golden cases', () => {
+    expect(cases.length + readdirSync(dir).filter((f) => f.endsWith('.input.yaml')).length).toBeGreaterThanOrEqual(15);
+  });
+});

@@ -191,3 +191,118 @@ describe('resolved-address check', () => {
     expect(judgeAddress('169.254.169.254', withCidr)).toEqual({ ok: false, reason: 'metadata_address' });
   });
 });
+
+describe('decision table', () => {
+  const m = new Matcher(
+    ent([
+      rule({ rule: 'llm', hosts: ['api.openai.com'], ports: [{ port: 443, protocol: 'TCP' }] }),
+      rule({
+        rule: 'docs',
+        hosts: ['**.docs.example.org', 'docs.example.org'],
+        ports: [{ port: 80, protocol: 'TCP' }],
+        http: [{ methods: ['GET', 'HEAD'], paths: [{ type: 'PathPrefix', value: '/docs/' }] }],
+      }),
+      rule({
+        rule: 'orders',
+        hosts: ['orders.commerce.svc'],
+        cidrs: ['10.0.0.12/32'],
+        ports: [{ port: 8080, protocol: 'TCP' }],
+        http: [
+          { methods: ['GET'], paths: [{ type: 'PathPrefix', value: '/v1/orders/' }] },
+          { methods: ['POST'], paths: [{ type: 'Exact', value: '/v1/refund-requests' }] },
+        ],
+      }),
+      rule({
+        rule: 'db',
+        hosts: ['postgres.commerce.svc'],
+        cidrs: ['10.0.0.13/32'],
+        ports: [{ port: 5432, protocol: 'TCP' }],
+      }),
+      rule({
+        rule: 'mirror',
+        cidrs: ['10.40.0.0/16', '2001:db8::/32'],
+        ports: [
+          { port: 443, protocol: 'TCP' },
+          { port: 8000, endPort: 8100, protocol: 'TCP' },
+        ],
+      }),
+      rule({
+        rule: 'mcp',
+        hosts: ['github-mcp.tools.svc'],
+        ports: [{ port: 8080, protocol: 'TCP' }],
+        mcp: { path: '/mcp', tools: ['search_issues'] },
+      }),
+    ]),
+  );
+  const http = (method: string, host: string, port: number, path: string) => {
+    const d = m.decideHttp({ method, host: normalizeHost(host) ?? '!', port, path: normalizePath(path) ?? '!' }, NOW);
+    return d.allow ? `allow:${d.rule.rule}${d.needsMcpCheck ? '+mcp' : ''}` : `deny:${d.reason}`;
+  };
+  const tunnel = (host: string, port: number) => {
+    const d = m.decideConnect({ host: normalizeHost(host) ?? '!', port }, NOW);
+    return d.allow ? `allow:${d.rule.rule}` : `deny:${d.reason}`;
+  };
+  it.each([
+    ['CONNECT api.openai.com:443', () => tunnel('api.openai.com', 443), 'allow:llm'],
+    ['CONNECT API.OPENAI.COM.:443', () => tunnel('API.OPENAI.COM.', 443), 'allow:llm'],
+    ['CONNECT api.openai.com:8443', () => tunnel('api.openai.com', 8443), 'deny:no_rule_for_destination'],
+    ['CONNECT api.openai.com.evil.io:443', () => tunnel('api.openai.com.evil.io', 443), 'deny:no_rule_for_destination'],
+    ['CONNECT docs.example.org:80 (L7 rule)', () => tunnel('docs.example.org', 80), 'deny:l7_rule_needs_plain_http'],
+    ['GET docs.example.org/docs/a', () => http('GET', 'docs.example.org', 80, '/docs/a'), 'allow:docs'],
+    ['HEAD v2.docs.example.org/docs/', () => http('HEAD', 'v2.docs.example.org', 80, '/docs/'), 'allow:docs'],
+    ['GET a.b.docs.example.org/docs/x', () => http('GET', 'a.b.docs.example.org', 80, '/docs/x'), 'allow:docs'],
+    ['POST docs.example.org/docs/a', () => http('POST', 'docs.example.org', 80, '/docs/a'), 'deny:method_not_allowed'],
+    ['GET docs.example.org/admin', () => http('GET', 'docs.example.org', 80, '/admin'), 'deny:path_not_allowed'],
+    [
+      'GET docs.example.org/docs/../admin',
+      () => http('GET', 'docs.example.org', 80, '/docs/../admin'),
+      'deny:path_not_allowed',
+    ],
+    [
+      'GET docs.example.org/docs%2F..%2Fadmin',
+      () => http('GET', 'docs.example.org', 80, '/docs%2F..%2Fadmin'),
+      'deny:path_not_allowed',
+    ],
+    ['GET docs.example.org/docs', () => http('GET', 'docs.example.org', 80, '/docs'), 'deny:path_not_allowed'],
+    [
+      'GET xdocs.example.org/docs/',
+      () => http('GET', 'xdocs.example.org', 80, '/docs/'),
+      'deny:no_rule_for_destination',
+    ],
+    ['GET orders /v1/orders/7', () => http('GET', 'orders.commerce.svc', 8080, '/v1/orders/7'), 'allow:orders'],
+    ['GET 10.0.0.12 /v1/orders/7 (cluster IP)', () => http('GET', '10.0.0.12', 8080, '/v1/orders/7'), 'allow:orders'],
+    [
+      'POST orders /v1/refund-requests',
+      () => http('POST', 'orders.commerce.svc', 8080, '/v1/refund-requests'),
+      'allow:orders',
+    ],
+    [
+      'POST orders /v1/refund-requests/9',
+      () => http('POST', 'orders.commerce.svc', 8080, '/v1/refund-requests/9'),
+      'deny:path_not_allowed',
+    ],
+    [
+      'DELETE orders /v1/orders/7',
+      () => http('DELETE', 'orders.commerce.svc', 8080, '/v1/orders/7'),
+      'deny:method_not_allowed',
+    ],
+    ['CONNECT postgres:5432', () => tunnel('postgres.commerce.svc', 5432), 'allow:db'],
+    ['CONNECT 10.0.0.13:5432', () => tunnel('10.0.0.13', 5432), 'allow:db'],
+    ['CONNECT 10.0.0.14:5432', () => tunnel('10.0.0.14', 5432), 'deny:no_rule_for_destination'],
+    ['CONNECT 10.40.9.9:443', () => tunnel('10.40.9.9', 443), 'allow:mirror'],
+    ['CONNECT 10.40.9.9:8050 (range)', () => tunnel('10.40.9.9', 8050), 'allow:mirror'],
+    ['CONNECT 10.40.9.9:8101', () => tunnel('10.40.9.9', 8101), 'deny:no_rule_for_destination'],
+    ['CONNECT [2001:db8::5]:443', () => tunnel('[2001:db8::5]', 443), 'allow:mirror'],
+    ['CONNECT [2001:db9::5]:443', () => tunnel('[2001:db9::5]', 443), 'deny:no_rule_for_destination'],
+    ['POST mcp /mcp', () => http('POST', 'github-mcp.tools.svc', 8080, '/mcp'), 'allow:mcp+mcp'],
+    ['GET mcp /mcp (stream)', () => http('GET', 'github-mcp.tools.svc', 8080, '/mcp'), 'allow:mcp'],
+    ['POST mcp /other', () => http('POST', 'github-mcp.tools.svc', 8080, '/other'), 'deny:method_not_allowed'],
+    [
+      'GET 169.254.169.254 /latest/meta-data',
+      () => http('GET', '169.254.169.254', 80, '/latest/meta-data'),
+      'deny:no_rule_for_destination',
+    ],
+  ] as [string, () => string, string][])('%s', (_, run, expected) => {
+    expect(run()).toBe(expected);
+  });
+});
