@@ -8,18 +8,14 @@ import { LABEL_MANAGED_BY, MANAGED_BY } from '../lib/api/constants.ts';
 import type { Logger } from '../lib/log.ts';
 import type { Registry } from 'prom-client';
 import { applyObject, deleteObject } from '../lib/kube/apply.ts';
-import type { KubeClient, KubeObject } from '../lib/kube/client.ts';
+import type { KubeClient } from '../lib/kube/client.ts';
 import { Controller } from '../lib/kube/controller.ts';
 import { Informer } from '../lib/kube/informer.ts';
 import { untilAborted, type AgentPod, type LeaderTask } from './runtime.ts';
+import { RESOURCES, type DataObject } from '../lib/kube/resources.ts';
 
 export const CA_BUNDLE_CONFIGMAP = 'agentfence-ca';
 export const CA_BUNDLE_KEY = 'ca.crt';
-const CONFIGMAPS = { group: '', version: 'v1', resource: 'configmaps' };
-
-interface ConfigMap extends KubeObject {
-  data?: Record<string, string>;
-}
 
 export function caBundleTask(options: {
   client: KubeClient;
@@ -29,9 +25,9 @@ export function caBundleTask(options: {
   registry: Registry;
 }): LeaderTask & { refresh(): void } {
   const { client, pods, logger, registry } = options;
-  const published = new Informer<ConfigMap>({
+  const published = new Informer<DataObject>({
     client,
-    resource: CONFIGMAPS,
+    resource: RESOURCES.configmaps,
     fieldSelector: `metadata.name=${CA_BUNDLE_CONFIGMAP}`,
     labelSelector: `${LABEL_MANAGED_BY}=${MANAGED_BY}`,
     name: 'ca-bundles',
@@ -54,7 +50,7 @@ export function caBundleTask(options: {
       if (current)
         await deleteObject(
           client,
-          CONFIGMAPS,
+          RESOURCES.configmaps,
           { namespace, name: CA_BUNDLE_CONFIGMAP },
           current.metadata.uid ? { uid: current.metadata.uid } : {},
         );
@@ -62,7 +58,7 @@ export function caBundleTask(options: {
     }
     const bundle = options.caBundle();
     if (current?.data?.[CA_BUNDLE_KEY] === bundle) return {};
-    await applyObject(client, CONFIGMAPS, {
+    await applyObject(client, RESOURCES.configmaps, {
       apiVersion: 'v1',
       kind: 'ConfigMap',
       metadata: { name: CA_BUNDLE_CONFIGMAP, namespace, labels: { [LABEL_MANAGED_BY]: MANAGED_BY } },

@@ -10,7 +10,7 @@
  * An unchanged world therefore costs one compile and zero writes.
  */
 import type { Registry } from 'prom-client';
-import { GROUP, LABEL_MANAGED_BY, MANAGED_BY, VERSION, AGENT_POLICY } from '../lib/api/constants.ts';
+import { LABEL_MANAGED_BY, MANAGED_BY, AGENT_POLICY } from '../lib/api/constants.ts';
 import type { AgentPolicy } from '../lib/api/types.generated.ts';
 import type { Logger } from '../lib/log.ts';
 import { gauge } from '../lib/metrics.ts';
@@ -31,19 +31,20 @@ import { BASELINE_NAME } from './compiler/names.ts';
 import { compileSelector } from './compiler/selectors.ts';
 import type { CompileOptions, CompileOutput, Namespace, NetworkPolicy, Pod, Service } from './compiler/types.ts';
 import { policyStatus } from './policy-status.ts';
-import { AGENT_ENTITLEMENTS, untilAborted, type AgentEntitlementObject, type LeaderTask } from './runtime.ts';
+import { untilAborted, type AgentEntitlementObject, type LeaderTask } from './runtime.ts';
+import { RESOURCES } from '../lib/kube/resources.ts';
 
 export const BASELINE_FINALIZER = 'agentfence.io/protect-baseline';
 const KEY = 'cluster';
 
 const R = {
-  policies: { group: GROUP, version: VERSION, resource: AGENT_POLICY.plural },
-  pods: { group: '', version: 'v1', resource: 'pods' },
-  namespaces: { group: '', version: 'v1', resource: 'namespaces' },
-  services: { group: '', version: 'v1', resource: 'services' },
-  networkPolicies: { group: 'networking.k8s.io', version: 'v1', resource: 'networkpolicies' },
-  cilium: { group: 'cilium.io', version: 'v2', resource: 'ciliumnetworkpolicies' },
-} satisfies Record<string, ResourceRef>;
+  policies: RESOURCES.agentPolicies,
+  pods: RESOURCES.pods,
+  namespaces: RESOURCES.namespaces,
+  services: RESOURCES.services,
+  networkPolicies: RESOURCES.networkPolicies,
+  cilium: RESOURCES.ciliumNetworkPolicies,
+};
 
 type PolicyObject = KubeObject & AgentPolicy;
 type NetworkPolicyObject = KubeObject & NetworkPolicy;
@@ -204,7 +205,7 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
       await write(R.networkPolicies, np as unknown as KubeObject, netpols.get(objectKey(np as unknown as KubeObject)));
     for (const ae of output.entitlements)
       await write(
-        AGENT_ENTITLEMENTS,
+        RESOURCES.agentEntitlements,
         ae as unknown as KubeObject,
         entitlements.get(objectKey(ae as unknown as KubeObject)),
       );
@@ -223,7 +224,7 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
     const wantedAEs = wanted(output.entitlements);
     for (const ae of entitlements.list()) {
       if (ae.metadata.labels?.[LABEL_MANAGED_BY] !== MANAGED_BY || wantedAEs.has(objectKey(ae))) continue;
-      await prune(AGENT_ENTITLEMENTS, ae, fail, undefined);
+      await prune(RESOURCES.agentEntitlements, ae, fail, undefined);
     }
     if (cilium) {
       const wantedCnps = wanted(output.ciliumNetworkPolicies);

@@ -6,7 +6,7 @@
  */
 import express, { type RequestHandler } from 'express';
 import type { Registry } from 'prom-client';
-import { AGENT_ENTITLEMENT, GROUP, LABEL_INJECT, VERSION } from '../lib/api/constants.ts';
+import { LABEL_INJECT } from '../lib/api/constants.ts';
 import type { AgentEntitlement } from '../lib/api/types.generated.ts';
 import type { Logger } from '../lib/log.ts';
 import { counter } from '../lib/metrics.ts';
@@ -25,9 +25,7 @@ import { TokenIssuer } from './identity/issuer.ts';
 import { publicJwks, type KeySet } from './identity/keys.ts';
 import { SigningKeyStore } from './identity/keystore.ts';
 import { startServingServer, type ServingCertSource, type ServingServer } from './serving.ts';
-
-export const AGENT_ENTITLEMENTS = { group: GROUP, version: VERSION, resource: AGENT_ENTITLEMENT.plural };
-export const PODS = { group: '', version: 'v1', resource: 'pods' };
+import { RESOURCES } from '../lib/kube/resources.ts';
 
 export type AgentPod = KubeObject & PodView;
 export type AgentEntitlementObject = KubeObject & AgentEntitlement;
@@ -89,7 +87,7 @@ export async function startOperator(
   const { config, client, logger, registry } = ctx;
   const pods = new Informer<AgentPod>({
     client,
-    resource: PODS,
+    resource: RESOURCES.pods,
     labelSelector: `${LABEL_INJECT}=true`,
     name: 'agent-pods',
     logger,
@@ -97,7 +95,7 @@ export async function startOperator(
   });
   const entitlements = new Informer<AgentEntitlementObject>({
     client,
-    resource: AGENT_ENTITLEMENTS,
+    resource: RESOURCES.agentEntitlements,
     name: 'agententitlements',
     logger,
     registry,
@@ -277,5 +275,5 @@ async function recordAck(
     enforcedRevision: revision,
     inSync: revision === current.spec.revision,
   };
-  await writeStatus(client, AGENT_ENTITLEMENTS, current, status);
+  await writeStatus(client, RESOURCES.agentEntitlements, current, status);
 }

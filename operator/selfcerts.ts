@@ -24,15 +24,10 @@ import { Informer } from '../lib/kube/informer.ts';
 import { X509Certificate } from 'node:crypto';
 import type { ServingCertSource, ServingCertificate } from './serving.ts';
 import { untilAborted, type LeaderTask } from './runtime.ts';
+import { RESOURCES, type DataObject } from '../lib/kube/resources.ts';
 
-const SECRETS = { group: '', version: 'v1', resource: 'secrets' };
-const WEBHOOKS = { group: 'admissionregistration.k8s.io', version: 'v1', resource: 'mutatingwebhookconfigurations' };
 const CA_DAYS = 3650;
 const LEAF_DAYS = 90;
-
-interface Secret extends KubeObject {
-  data?: Record<string, string>;
-}
 
 export interface SelfManagedOptions {
   client: KubeClient;
@@ -55,7 +50,7 @@ function dnsNames(o: SelfManagedOptions): string[] {
   ];
 }
 
-function fromSecret(secret: Secret): ServingCertificate | undefined {
+function fromSecret(secret: DataObject): ServingCertificate | undefined {
   const d = secret.data;
   if (!d?.['tls.crt'] || !d['tls.key'] || !d['ca.crt']) return undefined;
   return { certPem: unb64(d['tls.crt']), keyPem: unb64(d['tls.key']), caPem: unb64(d['ca.crt']) };
@@ -81,16 +76,16 @@ async function generate(o: SelfManagedOptions, ca?: CertificateAuthority): Promi
 export async function selfManagedCertificates(
   o: SelfManagedOptions,
 ): Promise<ServingCertSource & { leaderTask(): LeaderTask }> {
-  const path = resourcePath(SECRETS, { namespace: o.namespace, name: o.secretName });
-  let secret: Secret | undefined;
+  const path = resourcePath(RESOURCES.secrets, { namespace: o.namespace, name: o.secretName });
+  let secret: DataObject | undefined;
   try {
-    secret = await o.client.get<Secret>(path);
+    secret = await o.client.get<DataObject>(path);
   } catch (err) {
     if (!isNotFound(err)) throw err;
   }
   if (!secret || !fromSecret(secret)) {
     try {
-      secret = await o.client.request<Secret>('POST', resourcePath(SECRETS, { namespace: o.namespace }), {
+      secret = await o.client.request<DataObject>('POST', resourcePath(RESOURCES.secrets, { namespace: o.namespace }), {
         body: {
           apiVersion: 'v1',
           kind: 'Secret',
@@ -102,21 +97,21 @@ export async function selfManagedCertificates(
       o.logger.info('serving certificate created', { secret: o.secretName });
     } catch (err) {
       if (!isConflict(err)) throw err;
-      secret = await o.client.get<Secret>(path); // another replica created it first
+      secret = await o.client.get<DataObject>(path); // another replica created it first
     }
   }
   let current = fromSecret(secret);
   if (!current) throw new Error(`Secret ${o.namespace}/${o.secretName} lacks tls.crt, tls.key or ca.crt`);
   const listeners = new Set<() => void>();
-  const informer = new Informer<Secret>({
+  const informer = new Informer<DataObject>({
     client: o.client,
-    resource: SECRETS,
+    resource: RESOURCES.secrets,
     namespace: o.namespace,
     fieldSelector: `metadata.name=${o.secretName}`,
     name: 'serving-cert',
     logger: o.logger,
   });
-  const load = (s: Secret): void => {
+  const load = (s: DataObject): void => {
     const next = fromSecret(s);
     if (!next || (next.certPem === current?.certPem && next.caPem === current.caPem)) return;
     current = next;
@@ -127,7 +122,7 @@ export async function selfManagedCertificates(
   informer.start();
 
   const renewIfDue = async (): Promise<void> => {
-    const s = await o.client.get<Secret>(path);
+    const s = await o.client.get<DataObject>(path);
     const cert = fromSecret(s);
     if (!cert) return;
     const x = new X509Certificate(cert.certPem);
@@ -146,7 +141,7 @@ export async function selfManagedCertificates(
   const patchCaBundle = async (): Promise<void> => {
     if (!current) return;
     const wh = await o.client.get<KubeObject & { webhooks?: { name: string; clientConfig?: { caBundle?: string } }[] }>(
-      resourcePath(WEBHOOKS, { name: o.webhookConfigName }),
+      resourcePath(RESOURCES.mutatingWebhookConfigurations, { name: o.webhookConfigName }),
     );
     const bundle = b64(current.caPem);
     const ops = (wh.webhooks ?? []).flatMap((w, i) =>
@@ -155,10 +150,14 @@ export async function selfManagedCertificates(
         : [{ op: 'add', path: `/webhooks/${i}/clientConfig/caBundle`, value: bundle }],
     );
     if (ops.length === 0) return;
-    await o.client.request('PATCH', resourcePath(WEBHOOKS, { name: o.webhookConfigName }), {
-      contentType: CONTENT_TYPE.jsonPatch,
-      body: ops,
-    });
+    await o.client.request(
+      'PATCH',
+      resourcePath(RESOURCES.mutatingWebhookConfigurations, { name: o.webhookConfigName }),
+      {
+        contentType: CONTENT_TYPE.jsonPatch,
+        body: ops,
+      },
+    );
     o.logger.info('webhook caBundle updated', { webhook: o.webhookConfigName });
   };
 

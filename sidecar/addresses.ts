@@ -9,12 +9,12 @@
  */
 import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
-import { containsCidr, parseCidr, parseIP, type Cidr } from '../lib/ip.ts';
+import { NEVER_GRANTED, containsCidr, parseCidr, parseIP, type Cidr } from '../lib/ip.ts';
 import type { CompiledRule } from './match.ts';
 
 const cidrs = (list: string[]): Cidr[] => list.map((c) => parseCidr(c)).filter((c): c is Cidr => c !== undefined);
 
-const NEVER = cidrs(['169.254.0.0/16', 'fe80::/10', 'fd00:ec2::254/128']);
+const NEVER = cidrs([...NEVER_GRANTED]);
 const SPECIAL = cidrs([
   '0.0.0.0/8',
   '10.0.0.0/8',

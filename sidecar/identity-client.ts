@@ -7,6 +7,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import type { Logger } from '../lib/log.ts';
+import { CodedError } from '../lib/errors.ts';
 
 export interface IdentityClientOptions {
   /** The controller's base URL, e.g. https://agentfence-controller.agentfence-system.svc:8443 */
@@ -44,14 +45,7 @@ interface TokenResponse {
   revision?: string;
 }
 
-export class IdentityError extends Error {
-  readonly code: string;
-  constructor(code: string, message: string) {
-    super(message);
-    this.name = 'IdentityError';
-    this.code = code;
-  }
-}
+export class IdentityError extends CodedError {}
 
 export class IdentityClient {
   private readonly options: IdentityClientOptions;

@@ -1,8 +1,10 @@
-/** Parses the API's duration strings ('90s', '5m'), the form the CRD admits for tokenTTL. */
-export function parseDurationSeconds(value: string): number {
-  const match = /^([1-9][0-9]{0,3})(s|m)$/.exec(value);
-  if (!match) throw new Error(`invalid duration '${value}': expected whole seconds or minutes like '90s' or '5m'`);
-  return Number(match[1]) * (match[2] === 'm' ? 60 : 1);
+/** The API's duration strings ('90s', '5m'): the only form the CRD admits for tokenTTL. */
+const DURATION = /^([1-9][0-9]{0,3})(s|m)$/;
+
+/** Seconds, or undefined for anything the CRD would not admit. */
+export function parseDurationSeconds(value: string | undefined): number | undefined {
+  const match = value === undefined ? null : DURATION.exec(value);
+  return match ? Number(match[1]) * (match[2] === 'm' ? 60 : 1) : undefined;
 }
 
 export function formatDurationSeconds(seconds: number): string {

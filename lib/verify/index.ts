@@ -14,6 +14,7 @@ import {
   type JWTVerifyGetKey,
 } from 'jose';
 import { AGENT_CLAIM, TOKEN_ALGORITHM, parseAgentSpiffeId, type AgentClaim } from '../identity/claims.ts';
+import { CodedError } from '../errors.ts';
 
 export { AGENT_TOKEN_HEADER } from '../identity/claims.ts';
 
@@ -72,14 +73,7 @@ export type AgentTokenErrorCode =
   | 'jwks_unavailable';
 
 /** A refusal with a stable code; the message never contains the token. */
-export class AgentTokenError extends Error {
-  readonly code: AgentTokenErrorCode;
-  constructor(code: AgentTokenErrorCode, message: string) {
-    super(message);
-    this.name = 'AgentTokenError';
-    this.code = code;
-  }
-}
+export class AgentTokenError extends CodedError<AgentTokenErrorCode> {}
 
 export interface AgentVerifier {
   verify(token: string | undefined): Promise<AgentIdentity>;

@@ -9,7 +9,7 @@ import {
 } from '../../lib/api/constants.ts';
 import { sha256Revision } from './canonical.ts';
 import type { PodView } from './cluster-index.ts';
-import { formatTTL } from './ports.ts';
+import { formatDurationSeconds } from '../../lib/api/duration.ts';
 import type { CompileOptions } from './types.ts';
 
 /** One policy's contribution to each pod it selects. */
@@ -58,7 +58,7 @@ export function entitlementFor(
       serviceAccountName,
       spiffeID: `spiffe://${options.trustDomain}/ns/${pod.namespace}/agent/${agent}`,
       revision,
-      tokenTTL: formatTTL(ttl),
+      tokenTTL: formatDurationSeconds(ttl),
       ...(expiresAt !== undefined ? { expiresAt } : {}),
       policies: grants.map((g) => g.name),
       egress,

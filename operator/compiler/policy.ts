@@ -12,7 +12,8 @@ import type { ClusterIndex, PodView } from './cluster-index.ts';
 import type { PolicyGrant } from './entitlement.ts';
 import { metadataExcept, parseCidr } from '../../lib/ip.ts';
 import { LABEL_POLICY, LABEL_POLICY_NAMESPACE, calleeIngressName, labelValue, policyObjectName } from './names.ts';
-import { normalizePorts, parseTTLSeconds, toNetworkPolicyPorts } from './ports.ts';
+import { normalizePorts, toNetworkPolicyPorts } from './ports.ts';
+import { parseDurationSeconds } from '../../lib/api/duration.ts';
 import { andLabels, compileSelector } from './selectors.ts';
 import { compileServiceTarget } from './services.ts';
 import type {
@@ -306,7 +307,7 @@ export function compilePolicy(
         }
       : undefined;
 
-  const ttl = parseTTLSeconds(spec.tokenTTL);
+  const ttl = parseDurationSeconds(spec.tokenTTL);
   return {
     grant: {
       name,

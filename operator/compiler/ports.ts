@@ -35,13 +35,3 @@ export function toNetworkPolicyPorts(ports: readonly PortRange[]): NetworkPolicy
     ...(p.endPort !== undefined ? { endPort: p.endPort } : {}),
   }));
 }
-
-export function parseTTLSeconds(ttl: string | undefined): number | undefined {
-  const match = ttl === undefined ? null : /^([1-9][0-9]{0,3})(s|m)$/.exec(ttl);
-  if (!match) return undefined;
-  return Number(match[1]) * (match[2] === 'm' ? 60 : 1);
-}
-
-export function formatTTL(seconds: number): string {
-  return seconds % 60 === 0 ? `${seconds / 60}m` : `${seconds}s`;
-}

@@ -17,6 +17,7 @@ import { agentSpiffeId } from '../../lib/identity/claims.ts';
 import type { AgentIdentity, AgentVerifier } from '../../lib/verify/index.ts';
 import type { IssuedToken, TokenIssuer } from './issuer.ts';
 import { parseDurationSeconds } from '../../lib/api/duration.ts';
+import { CodedError } from '../../lib/errors.ts';
 
 export { ANNOTATION_INJECTED, OPERATOR_AUDIENCE };
 
@@ -57,14 +58,9 @@ const STATUS: Record<RefusalCode, number> = {
   review_unavailable: 503,
 };
 
-export class Refusal extends Error {
-  readonly code: RefusalCode;
-  readonly status: number;
-  constructor(code: RefusalCode, message: string) {
-    super(message);
-    this.name = 'Refusal';
-    this.code = code;
-    this.status = STATUS[code];
+export class Refusal extends CodedError<RefusalCode> {
+  get status(): number {
+    return STATUS[this.code];
   }
 }
 
@@ -246,9 +242,7 @@ export class IdentityExchange {
     if (audience !== issuerUrl && !entitlement.spec.egress?.some((rule) => rule.audience === audience)) {
       throw new Refusal('audience_not_entitled', `no entitlement of this pod names audience ${audience}`);
     }
-    const ttlSeconds = entitlement.spec.tokenTTL
-      ? parseDurationSeconds(entitlement.spec.tokenTTL)
-      : TOKEN_TTL_DEFAULT_SECONDS;
+    const ttlSeconds = parseDurationSeconds(entitlement.spec.tokenTTL) ?? TOKEN_TTL_DEFAULT_SECONDS;
     const issued = await issuer.issue({
       namespace: subject.namespace,
       agent,

@@ -6,16 +6,8 @@
  */
 import { Gauge, type Registry } from 'prom-client';
 import { LABEL_MANAGED_BY, MANAGED_BY } from '../../lib/api/constants.ts';
-import type { ObjectMeta } from '../../lib/api/meta.ts';
 import type { Logger } from '../../lib/log.ts';
-import {
-  CONTENT_TYPE,
-  isConflict,
-  isNotFound,
-  resourcePath,
-  type KubeClient,
-  type KubeObject,
-} from '../../lib/kube/client.ts';
+import { CONTENT_TYPE, isConflict, isNotFound, resourcePath, type KubeClient } from '../../lib/kube/client.ts';
 import { Informer } from '../../lib/kube/informer.ts';
 import {
   DEFAULT_ROTATION,
@@ -26,15 +18,9 @@ import {
   type KeySet,
   type RotationPolicy,
 } from './keys.ts';
+import { RESOURCES, type DataObject } from '../../lib/kube/resources.ts';
 
 export const KEYS_DATA_KEY = 'keys.json';
-const SECRETS = { group: '', version: 'v1', resource: 'secrets' };
-
-interface Secret extends KubeObject {
-  metadata: ObjectMeta;
-  type?: string;
-  data?: Record<string, string>;
-}
 
 export interface KeyStoreOptions {
   client: KubeClient;
@@ -47,16 +33,16 @@ export interface KeyStoreOptions {
 }
 
 export class SigningKeyStore {
-  readonly informer: Informer<Secret>;
+  readonly informer: Informer<DataObject>;
   readonly #o: KeyStoreOptions;
   #keys: KeySet | undefined;
   #loadedFrom: string | undefined;
 
   constructor(options: KeyStoreOptions) {
     this.#o = options;
-    this.informer = new Informer<Secret>({
+    this.informer = new Informer<DataObject>({
       client: options.client,
-      resource: SECRETS,
+      resource: RESOURCES.secrets,
       namespace: options.namespace,
       fieldSelector: `metadata.name=${options.secretName}`,
       name: 'signing-keys',
@@ -102,7 +88,7 @@ export class SigningKeyStore {
     return this.#keys;
   }
 
-  #load(secret: Secret): void {
+  #load(secret: DataObject): void {
     const encoded = secret.data?.[KEYS_DATA_KEY];
     if (!encoded || secret.metadata.resourceVersion === this.#loadedFrom) return;
     try {
@@ -120,10 +106,10 @@ export class SigningKeyStore {
    */
   async rotate(): Promise<number> {
     const { client, namespace, secretName } = this.#o;
-    const path = resourcePath(SECRETS, { namespace, name: secretName });
-    let current: Secret | undefined;
+    const path = resourcePath(RESOURCES.secrets, { namespace, name: secretName });
+    let current: DataObject | undefined;
     try {
-      current = await client.get<Secret>(path);
+      current = await client.get<DataObject>(path);
     } catch (err) {
       if (!isNotFound(err)) throw err;
     }
@@ -148,7 +134,7 @@ export class SigningKeyStore {
             body: { metadata: { resourceVersion: current.metadata.resourceVersion }, data },
           });
         } else {
-          await client.request('POST', resourcePath(SECRETS, { namespace }), {
+          await client.request('POST', resourcePath(RESOURCES.secrets, { namespace }), {
             body: {
               apiVersion: 'v1',
               kind: 'Secret',
