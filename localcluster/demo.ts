@@ -15,19 +15,17 @@ import { stringify } from 'yaml';
 import { clientFromKubeconfig } from '../lib/kube/client.ts';
 import { createRegistry } from '../lib/metrics.ts';
 import { silentLogger, type Logger } from '../lib/log.ts';
-import { createCertificateAuthority, issueCertificate } from '../lib/tls/pki.ts';
 import { createAgentVerifier } from '../lib/verify/index.ts';
 import { agentOf, requireAgent } from '../lib/verify/express.ts';
 import { fetchWithCA } from '../lib/verify/fetch-with-ca.ts';
-import { startOperator } from '../operator/runtime.ts';
 import { policyReconcilerTask } from '../operator/reconciler.ts';
-import { staticCertificates } from '../operator/serving.ts';
 import { createAdmissionRouter } from '../webhook/admission.ts';
 import { mutatingWebhookConfiguration, podIntegrityBinding, podIntegrityPolicy } from '../webhook/manifests.ts';
 import { startSidecar, type RunningSidecar } from '../sidecar/runtime.ts';
 import type { AuditRecord } from '../sidecar/audit.ts';
 import type { Binaries } from './binaries.ts';
-import { freePort, startControlPlane } from './controlplane.ts';
+import { startControlPlane } from './controlplane.ts';
+import { startLocalController } from './controller.ts';
 import { installCRDs, kubectlOrThrow } from './kubectl.ts';
 
 export interface DemoOptions {
@@ -100,43 +98,19 @@ export async function runDemo(options: DemoOptions): Promise<void> {
     cleanup.push(() => rm(dir, { recursive: true, force: true }));
 
     // The controller: reconciler, webhook, identity issuer and entitlement distribution, on one TLS port.
-    const ca = await createCertificateAuthority('agentfence-demo-ca', 1);
-    const serving = await issueCertificate(ca, {
-      commonName: 'agentfence-controller',
-      ipAddresses: ['127.0.0.1'],
-      dnsNames: ['localhost'],
-      usage: 'server',
-      validityDays: 1,
-    });
-    await writeFile(join(dir, 'ca.crt'), ca.certPem);
-    const port = await freePort();
-    const issuerUrl = `https://127.0.0.1:${port}`;
-    const registry = createRegistry({ defaultMetrics: false });
     await k(['create', 'namespace', 'agentfence-system']);
-    const operator = await startOperator(
-      {
-        config: {
-          namespace: 'agentfence-system',
-          podName: 'agentfence-controller-0',
-          listen: { host: '127.0.0.1', port },
-          adminListen: { host: '127.0.0.1', port: 0 },
-          issuerUrl,
-          trustDomain: 'cluster.local',
-          keysSecretName: 'agentfence-signing-keys',
-          leaseName: 'agentfence-controller',
-          heartbeatMs: 5000,
-        },
-        client,
-        logger: options.logger,
-        registry,
-      },
-      staticCertificates({ ...serving, caPem: ca.certPem }),
-      {
+    const { operator, issuerUrl, caPem } = await startLocalController({
+      client,
+      namespace: 'agentfence-system',
+      podName: 'agentfence-controller-0',
+      heartbeatMs: 5000,
+      logger: options.logger,
+      extensions: ({ registry, issuerUrl: controllerUrl }) => ({
         admission: createAdmissionRouter({
           config: {
             version: 'demo',
             image: 'ghcr.io/agentfence/agentfence:0.1.0',
-            controllerUrl: issuerUrl,
+            controllerUrl,
             logLevel: 'info',
             maxStaleness: '60s',
             resources: { cpuRequest: '50m', memoryRequest: '48Mi', memoryLimit: '128Mi' },
@@ -153,8 +127,10 @@ export async function runDemo(options: DemoOptions): Promise<void> {
             compileOptions: { trustDomain: 'cluster.local' },
           }),
         ],
-      },
-    );
+      }),
+    });
+    const ca = { certPem: caPem };
+    await writeFile(join(dir, 'ca.crt'), caPem);
     cleanup.push(() => operator.stop());
     const caBundle = Buffer.from(ca.certPem).toString('base64');
     const exclude = ['kube-system', 'kube-public', 'kube-node-lease', 'agentfence-system'];

@@ -5,7 +5,7 @@
  * Refresh the golden files with UPDATE_GOLDEN=1.
  */
 import { policyReconcilerTask } from '../../operator/reconciler.ts';
-import { startTestOperator } from '../support/operator.ts';
+import { startLocalController } from '../../localcluster/controller.ts';
 import { execFile } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { promisify } from 'node:util';
@@ -171,11 +171,11 @@ describe('chart objects on the real API server, and the controller under the cha
     const sa = client;
     // The whole controller — reconciler included — under the chart's ServiceAccount and RBAC.
     operator = (
-      await startTestOperator({
+      await startLocalController({
         client: sa,
         namespace: RELEASE_NS,
         podName: 'agentfence-controller-0',
-        extensions: (registry) => ({
+        extensions: ({ registry }) => ({
           leaderTasks: (ctx) => [
             policyReconcilerTask({
               client: sa,

@@ -4,7 +4,7 @@
  * enforces it and presents the agent's identity, the example orders API verifies it; a policy edit narrows
  * access live (measured); and when the controller goes away the sidecar fails closed.
  */
-import { startTestOperator } from '../support/operator.ts';
+import { startLocalController } from '../../localcluster/controller.ts';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { connect, createServer as createTcpServer, type Server as TcpServer } from 'node:net';
 import { once } from 'node:events';
@@ -80,12 +80,12 @@ beforeAll(async () => {
   ns = await createNamespace('fence');
   await runOrThrow(['create', 'serviceaccount', 'support-agent', '-n', ns]);
   dir = await mkdtemp(join(tmpdir(), 'agentfence-e2e-'));
-  const started = await startTestOperator({
+  const started = await startLocalController({
     client,
     namespace: system,
     podName: 'e2e-0',
     heartbeatMs: 500,
-    extensions: (registry) => ({
+    extensions: ({ registry }) => ({
       leaderTasks: (ctx) => [
         policyReconcilerTask({
           client,

@@ -3,7 +3,7 @@
  * real pod-bound token from a sidecar identity client, streams the pod its AgentEntitlement and records the
  * sidecar's acknowledged revision in the AgentEntitlement status.
  */
-import { startTestOperator } from '../support/operator.ts';
+import { startLocalController } from '../../localcluster/controller.ts';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { request as httpsRequest } from 'node:https';
@@ -52,7 +52,7 @@ beforeAll(async () => {
   system = await createNamespace('af-system');
   ns = await createNamespace('runtime');
   await runOrThrow(['create', 'serviceaccount', 'support-agent', '-n', ns]);
-  const started = await startTestOperator({ client, namespace: system });
+  const started = await startLocalController({ client, namespace: system });
   operator = started.operator;
   caPem = started.caPem;
   dir = await mkdtemp(join(tmpdir(), 'agentfence-runtime-'));

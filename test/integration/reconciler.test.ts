@@ -3,7 +3,7 @@
  * policies become NetworkPolicies and per-pod AgentEntitlements, follow edits, go with deletion; hand edits are
  * reverted; the baseline is protected and recreated; status tracks every generation.
  */
-import { startTestOperator } from '../support/operator.ts';
+import { startLocalController } from '../../localcluster/controller.ts';
 import type { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { clientFromKubeconfig, type KubeClient } from '../../lib/kube/client.ts';
@@ -61,11 +61,11 @@ beforeAll(async () => {
   client = await clientFromKubeconfig(cluster().kubeconfigPath);
   const system = await createNamespace('af-rec-system');
   ns = await createNamespace('rec');
-  const started = await startTestOperator({
+  const started = await startLocalController({
     client,
     namespace: system,
     // The reconciler shares the runtime's AgentEntitlement cache.
-    extensions: (r) => ({
+    extensions: ({ registry: r }) => ({
       leaderTasks: (ctx) => [
         policyReconcilerTask({
           client,

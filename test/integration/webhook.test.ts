@@ -3,7 +3,7 @@
  * never reach it, refusals carry their reason to kubectl, dry-run behaves like a real create, and the
  * ValidatingAdmissionPolicy keeps injected pods injected — all on the real kube-apiserver.
  */
-import { startTestOperator } from '../support/operator.ts';
+import { startLocalController } from '../../localcluster/controller.ts';
 import { randomBytes } from 'node:crypto';
 import type { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -66,11 +66,11 @@ beforeAll(async () => {
   const system = `af-wh-system-${testId}`;
   await runOrThrow(['create', 'namespace', system]);
   ns = await labelledNamespace('wh');
-  const started = await startTestOperator({
+  const started = await startLocalController({
     client,
     namespace: system,
     podName: 'wh-0',
-    extensions: (r) => ({
+    extensions: ({ registry: r }) => ({
       admission: createAdmissionRouter({
         config: {
           version: 'test',

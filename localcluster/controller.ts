@@ -1,31 +1,33 @@
 /**
- * A real controller runtime for integration tests: its own CA and serving certificate for 127.0.0.1, a free
- * port (the issuer URL must be known before the server listens), and the caller's extensions.
+ * The controller runtime on loopback, for the demo and the integration tests: its own CA and serving
+ * certificate for 127.0.0.1, a free port (the issuer URL must be known before the server listens), and the
+ * caller's extensions.
  */
 import type { Registry } from 'prom-client';
-import type { KubeClient } from '../../lib/kube/client.ts';
-import { createRegistry } from '../../lib/metrics.ts';
-import { silentLogger } from '../../lib/log.ts';
-import { createCertificateAuthority, issueCertificate } from '../../lib/tls/pki.ts';
-import { freePort } from '../../localcluster/controlplane.ts';
-import { startOperator, type RunningOperator, type RuntimeExtensions } from '../../operator/runtime.ts';
-import { staticCertificates } from '../../operator/serving.ts';
+import type { KubeClient } from '../lib/kube/client.ts';
+import { createRegistry } from '../lib/metrics.ts';
+import { silentLogger, type Logger } from '../lib/log.ts';
+import { createCertificateAuthority, issueCertificate } from '../lib/tls/pki.ts';
+import { freePort } from './controlplane.ts';
+import { startOperator, type RunningOperator, type RuntimeExtensions } from '../operator/runtime.ts';
+import { staticCertificates } from '../operator/serving.ts';
 
-export interface TestOperator {
+export interface LocalController {
   operator: RunningOperator;
   issuerUrl: string;
   caPem: string;
   registry: Registry;
 }
 
-export async function startTestOperator(options: {
+export async function startLocalController(options: {
   client: KubeClient;
   namespace: string;
   podName?: string;
   heartbeatMs?: number;
   registry?: Registry;
-  extensions?: (registry: Registry) => RuntimeExtensions;
-}): Promise<TestOperator> {
+  logger?: Logger;
+  extensions?: (env: { registry: Registry; issuerUrl: string }) => RuntimeExtensions;
+}): Promise<LocalController> {
   const ca = await createCertificateAuthority('agentfence-test-controller-ca', 1);
   const serving = await issueCertificate(ca, {
     commonName: 'controller',
@@ -50,11 +52,11 @@ export async function startTestOperator(options: {
         ...(options.heartbeatMs ? { heartbeatMs: options.heartbeatMs } : {}),
       },
       client: options.client,
-      logger: silentLogger,
+      logger: options.logger ?? silentLogger,
       registry,
     },
     staticCertificates({ ...serving, caPem: ca.certPem }),
-    options.extensions?.(registry) ?? {},
+    options.extensions?.({ registry, issuerUrl }) ?? {},
   );
   return { operator, issuerUrl, caPem: ca.certPem, registry };
 }
