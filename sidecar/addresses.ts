@@ -53,8 +53,26 @@ export type Resolved =
 
 export type Resolver = (host: string) => Promise<string[]>;
 
-export const systemResolver: Resolver = async (host) =>
-  (await lookup(host, { all: true, order: 'verbatim' })).map((a) => a.address);
+/**
+ * The system resolver with a short cache: getaddrinfo runs on libuv's small thread pool and caches nothing, so
+ * resolving on every request would queue the data path behind it. Caching is safe for the rebinding check:
+ * whatever the cache holds is judged, and the proxy connects to exactly the judged address.
+ */
+export function cachingResolver(ttlMs = 5_000, maxEntries = 1_024, now: () => number = Date.now): Resolver {
+  const cache = new Map<string, { addresses: Promise<string[]>; until: number }>();
+  return (host) => {
+    const hit = cache.get(host);
+    if (hit && hit.until > now()) return hit.addresses;
+    const addresses = lookup(host, { all: true, order: 'verbatim' }).then((list) => list.map((a) => a.address));
+    // Failures are not cached: the next request asks again.
+    addresses.catch(() => cache.delete(host));
+    if (cache.size >= maxEntries) cache.delete(cache.keys().next().value ?? '');
+    cache.set(host, { addresses, until: now() + ttlMs });
+    return addresses;
+  };
+}
+
+export const systemResolver: Resolver = cachingResolver();
 
 /** Resolves (unless already an IP) and picks the first address the rule may reach. */
 export async function resolveChecked(host: string, rule: CompiledRule, resolver: Resolver): Promise<Resolved> {

@@ -374,7 +374,7 @@ export class FenceProxy {
       setHost: false,
     });
     upstream.on('response', (up) => {
-      res.writeHead(up.statusCode ?? 502, up.statusMessage, filterResponseHeaders(up.rawHeaders));
+      res.writeHead(up.statusCode ?? 502, up.statusMessage, endToEnd(up.rawHeaders));
       // Count bytes without a per-chunk listener when the length is declared (the common case).
       const declared = Number(up.headers['content-length']);
       if (Number.isFinite(declared)) bytesOut = declared;
@@ -569,33 +569,36 @@ function splitAuthority(authority: string): [string | undefined, string | undefi
   return colon < 0 ? [authority, undefined] : [authority.slice(0, colon), authority.slice(colon + 1)];
 }
 
-/** Request headers for upstream: hop-by-hop headers, those the Connection header names, and proxy credentials removed. */
-function forwardHeaders(raw: string[]): Record<string, string> {
-  const drop = new Set(HOP_BY_HOP);
+/**
+ * rawHeaders without hop-by-hop headers, proxy credentials, our identity header, and whatever the Connection
+ * header names. The common Connection values (keep-alive, close) name nothing new, so no set is built then.
+ */
+function endToEnd(raw: string[]): string[] {
+  let named: Set<string> | undefined;
   for (let i = 0; i < raw.length; i += 2) {
-    if (raw[i]?.toLowerCase() === 'connection')
-      for (const n of (raw[i + 1] ?? '').split(',')) drop.add(n.trim().toLowerCase());
+    if (raw[i]?.toLowerCase() !== 'connection') continue;
+    for (const token of (raw[i + 1] ?? '').split(',')) {
+      const t = token.trim().toLowerCase();
+      if (t && !HOP_BY_HOP.has(t)) (named ??= new Set()).add(t);
+    }
   }
-  const out: Record<string, string> = {};
+  const out: string[] = [];
   for (let i = 0; i < raw.length; i += 2) {
     const name = (raw[i] ?? '').toLowerCase();
-    if (drop.has(name)) continue;
-    const value = raw[i + 1] ?? '';
-    out[name] =
-      out[name] === undefined ? value : name === 'cookie' ? `${out[name]}; ${value}` : `${out[name]}, ${value}`;
+    if (!HOP_BY_HOP.has(name) && !named?.has(name)) out.push(name, raw[i + 1] ?? '');
   }
   return out;
 }
 
-function filterResponseHeaders(raw: string[]): string[] {
-  const drop = new Set(HOP_BY_HOP);
-  for (let i = 0; i < raw.length; i += 2) {
-    if (raw[i]?.toLowerCase() === 'connection')
-      for (const n of (raw[i + 1] ?? '').split(',')) drop.add(n.trim().toLowerCase());
-  }
-  const out: string[] = [];
-  for (let i = 0; i < raw.length; i += 2) {
-    if (!drop.has((raw[i] ?? '').toLowerCase())) out.push(raw[i] ?? '', raw[i + 1] ?? '');
+/** Request headers for upstream, as an object (repeated headers joined as HTTP allows; cookies with '; '). */
+function forwardHeaders(raw: string[]): Record<string, string> {
+  const kept = endToEnd(raw);
+  const out: Record<string, string> = {};
+  for (let i = 0; i < kept.length; i += 2) {
+    const name = kept[i] ?? '';
+    const value = kept[i + 1] ?? '';
+    const prior = out[name];
+    out[name] = prior === undefined ? value : name === 'cookie' ? `${prior}; ${value}` : `${prior}, ${value}`;
   }
   return out;
 }
