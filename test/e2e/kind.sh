@@ -19,7 +19,7 @@ trap cleanup EXIT
 fail() { echo "e2e: FAIL: $*"; exit 1; }
 step() { echo "e2e: $*"; }
 
-step "creating kind cluster $CLUSTER (kindnet enforces NetworkPolicy since kind v0.24)"
+step "creating kind cluster $CLUSTER (the isolation check below needs a CNI that enforces NetworkPolicy)"
 kind create cluster --name "$CLUSTER" --wait 120s
 step "building and loading the image"
 docker build -t "$IMAGE" .

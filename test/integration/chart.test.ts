@@ -64,10 +64,12 @@ const CUSTOM = [
 function golden(name: string, actual: string): void {
   const path = `${goldenDir}${name}`;
   // eslint-disable-next-line no-restricted-properties -- test-only switch to refresh golden files
-  if (process.env.UPDATE_GOLDEN === '1' || !existsSync(path)) {
+  if (process.env.UPDATE_GOLDEN === '1') {
     mkdirSync(goldenDir, { recursive: true });
     writeFileSync(path, actual);
   }
+  // A missing golden file is a failure, not a fresh baseline: refresh deliberately with UPDATE_GOLDEN=1.
+  expect(existsSync(path), `${path} is missing; run with UPDATE_GOLDEN=1`).toBe(true);
   expect(actual).toBe(readFileSync(path, 'utf8'));
 }
 

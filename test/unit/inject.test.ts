@@ -44,7 +44,9 @@ describe('injection golden files', () => {
     const output = applyPatch(input, first.response.patch);
     const goldenPath = `${dir}${name}.output.yaml`;
     // eslint-disable-next-line no-restricted-properties -- test-only switch to refresh golden files
-    if (process.env.UPDATE_GOLDEN === '1' || !existsSync(goldenPath)) writeFileSync(goldenPath, stringify(output));
+    if (process.env.UPDATE_GOLDEN === '1') writeFileSync(goldenPath, stringify(output));
+    // A missing golden file is a failure, not a fresh baseline.
+    expect(existsSync(goldenPath), `${goldenPath} is missing; run with UPDATE_GOLDEN=1`).toBe(true);
     expect(output).toEqual(parse(readFileSync(goldenPath, 'utf8')));
 
     const second = admit(output, 'UPDATE');
