@@ -5,8 +5,4 @@ import { existsSync } from 'node:fs';
 
 const compiled = new URL('../dist/cli/main.js', import.meta.url);
 const { main } = await import(existsSync(compiled) ? compiled.href : new URL('../cli/main.ts', import.meta.url).href);
-const code = await main(process.argv.slice(2));
-process.exitCode = code;
-// Every command has stopped what it started by now; a stray handle (a keep-alive socket, a timer in a
-// dependency) must not keep a finished command alive.
-setTimeout(() => process.exit(code), 3000).unref();
+process.exitCode = await main(process.argv.slice(2));

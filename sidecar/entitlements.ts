@@ -116,6 +116,7 @@ export function controllerEntitlements(options: {
   let stopped = false;
   // Read through a function: stop() flips it while the loop awaits, which TypeScript's narrowing cannot see.
   const isStopped = (): boolean => stopped;
+  let wake: (() => void) | undefined; // ends the reconnect wait at once on stop()
   let current: ReturnType<typeof request> | undefined;
   let failures = 0;
   const base = options.controllerUrl.replace(/\/$/, '');
@@ -178,7 +179,13 @@ export function controllerEntitlements(options: {
       failures++;
       // The stream ends normally when the token that opened it expires: reconnect at once the first time.
       const delay = failures <= 1 ? 0 : Math.min(10_000, 250 * 2 ** Math.min(failures, 6));
-      await new Promise((r) => setTimeout(r, delay));
+      await new Promise<void>((r) => {
+        const timer = setTimeout(r, delay);
+        wake = () => {
+          clearTimeout(timer);
+          r();
+        };
+      });
     }
   };
 
@@ -190,6 +197,7 @@ export function controllerEntitlements(options: {
     stop() {
       stopped = true;
       current?.destroy();
+      wake?.();
     },
     ack(revision) {
       return new Promise((resolve) => {
