@@ -26,6 +26,7 @@ export interface BinariesConfig {
 }
 
 const BUILD_SCRIPT = fileURLToPath(new URL('../hack/build-k8s-binaries.sh', import.meta.url));
+const NODE_BUILD_SCRIPT = fileURLToPath(new URL('../hack/build-node-binaries.sh', import.meta.url));
 
 function executable(path: string): boolean {
   try {
@@ -37,10 +38,11 @@ function executable(path: string): boolean {
 }
 
 /** Runs the build script (a no-op when everything is cached) and returns the bin directory it prints. */
-async function cachedBinDir(config: BinariesConfig): Promise<string> {
+async function cachedBinDir(config: BinariesConfig, script = BUILD_SCRIPT): Promise<string> {
   const args = config.build ? [] : ['--check'];
+  const what = script === BUILD_SCRIPT ? 'control-plane' : 'node';
   return new Promise((resolve, reject) => {
-    const child = spawn(BUILD_SCRIPT, args, {
+    const child = spawn(script, args, {
       stdio: ['ignore', 'pipe', 'inherit'],
       env: { ...process.env, AGENTFENCE_CACHE: config.cacheDir }, // eslint-disable-line no-restricted-properties -- child inherits the environment
     });
@@ -53,8 +55,8 @@ async function cachedBinDir(config: BinariesConfig): Promise<string> {
         reject(
           new Error(
             config.build
-              ? `building the control-plane binaries failed (exit ${code ?? 'signal'}); see the output above`
-              : 'control-plane binaries are not built yet: run hack/build-k8s-binaries.sh, or set KUBEBUILDER_ASSETS',
+              ? `building the ${what} binaries failed (exit ${code ?? 'signal'}); see the output above`
+              : `${what} binaries are not built yet: run hack/${script === BUILD_SCRIPT ? 'build-k8s-binaries.sh, or set KUBEBUILDER_ASSETS' : 'build-node-binaries.sh'}`,
           ),
         );
     });
@@ -102,4 +104,9 @@ export async function resolveBinaries(config: BinariesConfig): Promise<Binaries>
     kubeControllerManager: join(dir, 'kube-controller-manager'),
     helm: join(dir, 'helm'),
   };
+}
+
+/** The bin directory of hack/build-node-binaries.sh (kubelet, kube-scheduler, containerd, kube-router, pause). */
+export function resolveNodeBinDir(config: BinariesConfig): Promise<string> {
+  return cachedBinDir(config, NODE_BUILD_SCRIPT);
 }

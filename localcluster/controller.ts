@@ -23,27 +23,30 @@ export async function startLocalController(options: {
   client: KubeClient;
   namespace: string;
   podName?: string;
+  /** The address to serve on and put in the issuer URL (default 127.0.0.1; a local node's pods use its IP). */
+  host?: string;
   heartbeatMs?: number;
   registry?: Registry;
   logger?: Logger;
   extensions?: (env: { registry: Registry; issuerUrl: string }) => RuntimeExtensions;
 }): Promise<LocalController> {
+  const host = options.host ?? '127.0.0.1';
   const ca = await createCertificateAuthority('agentfence-test-controller-ca', 1);
   const serving = await issueCertificate(ca, {
     commonName: 'controller',
-    ipAddresses: ['127.0.0.1'],
+    ipAddresses: [host],
     usage: 'server',
     validityDays: 1,
   });
   const port = await freePort();
-  const issuerUrl = `https://127.0.0.1:${port}`;
+  const issuerUrl = `https://${host}:${port}`;
   const registry = options.registry ?? createRegistry({ defaultMetrics: false });
   const operator = await startOperator(
     {
       config: {
         namespace: options.namespace,
         podName: options.podName ?? 'controller-0',
-        listen: { host: '127.0.0.1', port },
+        listen: { host, port },
         adminListen: { host: '127.0.0.1', port: 0 },
         issuerUrl,
         trustDomain: 'cluster.local',

@@ -29,7 +29,21 @@ export interface ControlPlaneOptions {
   kubeconfigPath?: string;
   /** Default 60 s. */
   startTimeoutMs?: number;
+  /**
+   * Prepare for a real node (localcluster/node.ts): the API server reaches kubelets by InternalIP with the
+   * admin client certificate, and the controller manager also runs node lifecycle (lifts the not-ready taint),
+   * node IPAM (assigns spec.podCIDR from clusterCidr) and the Deployment/ReplicaSet controllers.
+   */
+  node?: { clusterCidr: string; nodeCidrMaskSize: number };
 }
+
+/** The controllers a real node needs on top of the default four (see ControlPlaneOptions.node). */
+export const NODE_CONTROLLERS = [
+  'node-lifecycle-controller',
+  'node-ipam-controller',
+  'deployment-controller',
+  'replicaset-controller',
+];
 
 export interface ControlPlane {
   /** The temporary directory holding PKI, etcd data and logs. */
@@ -173,6 +187,8 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
       saPub: join(pki, 'sa.pub'),
       saKey: join(pki, 'sa.key'),
       kubeconfig: join(dir, 'admin.kubeconfig'),
+      adminCert: join(pki, 'admin.crt'),
+      adminKey: join(pki, 'admin.key'),
     };
     await Promise.all([
       writeFile(files.servingCert, serving.certPem + servingCA.certPem),
@@ -181,6 +197,8 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
       writeFile(files.clientCA, clientCA.certPem),
       writeFile(files.saPub, await publicKeyPem(saKeys.publicKey)),
       writeFile(files.saKey, await privateKeyPem(saKeys.privateKey), { mode: 0o600 }),
+      writeFile(files.adminCert, admin.certPem),
+      writeFile(files.adminKey, admin.keyPem, { mode: 0o600 }),
     ]);
     const kubeconfig = renderKubeconfig({
       server,
@@ -242,6 +260,13 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
           '--endpoint-reconciler-type=none',
           // Without the controller manager nothing creates default service accounts, so pods could not be admitted.
           ...(binaries.kubeControllerManager ? [] : ['--disable-admission-plugins=ServiceAccount']),
+          ...(options.node
+            ? [
+                '--kubelet-preferred-address-types=InternalIP',
+                `--kubelet-client-certificate=${files.adminCert}`,
+                `--kubelet-client-key=${files.adminKey}`,
+              ]
+            : []),
           '--v=0',
         ],
         join(logs, 'kube-apiserver.log'),
@@ -268,7 +293,15 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
             '--bind-address=127.0.0.1',
             `--secure-port=${kcmPort}`,
             '--leader-elect=false',
-            '--controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller,root-ca-certificate-publisher-controller',
+            `--controllers=${['garbage-collector-controller', 'namespace-controller', 'serviceaccount-controller', 'root-ca-certificate-publisher-controller', ...(options.node ? NODE_CONTROLLERS : [])].join(',')}`,
+            ...(options.node
+              ? [
+                  '--allocate-node-cidrs=true',
+                  `--cluster-cidr=${options.node.clusterCidr}`,
+                  `--node-cidr-mask-size=${options.node.nodeCidrMaskSize}`,
+                  '--service-cluster-ip-range=10.0.0.0/24',
+                ]
+              : []),
             `--root-ca-file=${files.servingCA}`,
             `--service-account-private-key-file=${files.saKey}`,
             '--use-service-account-credentials=false',

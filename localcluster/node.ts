@@ -1,0 +1,549 @@
+/**
+ * A real node for the local control plane (root only): containerd, kubelet, kube-scheduler, a CNI bridge with
+ * no uplink and kube-router enforcing NetworkPolicy. Pods run for real, from images imported into containerd
+ * (no registry). Traffic stays on the machine: the bridge has no uplink, the CNI plugin neither masquerades nor
+ * enables forwarding, pods get no default route, and their resolv.conf names 127.0.0.1.
+ *
+ * One node per machine (the kubelet port, the bridge and a few paths are fixed). stop() removes everything the
+ * node added — processes, mounts, network namespaces, the bridge, iptables chains, ipsets, cgroups, sysctls
+ * the kubelet changed, state directories — judged against a snapshot of the host taken before it started.
+ */
+import { existsSync, readdirSync, readlinkSync } from 'node:fs';
+import { mkdir, mkdtemp, rm, writeFile, copyFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { ControlPlane } from './controlplane.ts';
+import { freePort, httpsGet } from './controlplane.ts';
+import { ManagedProcess } from './process.ts';
+import { kubectl } from './kubectl.ts';
+import type { Logger } from '../lib/log.ts';
+import {
+  FIXED_PATHS,
+  cgroupDirs,
+  cgroupProcs,
+  host,
+  hostOrThrow,
+  linkExists,
+  mountPoints,
+  processesRunning,
+  removeCgroupTree,
+  removeNewChains,
+  removeNewIpsets,
+  snapshotHost,
+  type HostSnapshot,
+} from './host.ts';
+
+export const NODE_NAME = 'agentfence-node';
+/** The bridge's own address is the node's InternalIP (this kernel has no dummy interfaces). */
+export const NODE_NETWORK = {
+  bridge: 'agentfence0',
+  nodeIp: '10.244.0.1',
+  clusterCidr: '10.244.0.0/24',
+  nodeCidrMaskSize: 24,
+} as const;
+export const PAUSE_IMAGE = 'localhost/agentfence/pause:1';
+/** Fixed because the kubelet, containerd shims and CNI need short, stable paths; one node per machine. */
+export const NODE_STATE_DIR = '/var/lib/agentfence-node';
+export const NODE_RUN_DIR = '/run/agentfence-node';
+
+export interface NodeBinaries {
+  kubelet: string;
+  kubeScheduler: string;
+  containerd: string;
+  ctr: string;
+  shim: string;
+  kubeRouter: string;
+  pause: string;
+}
+
+export function nodeBinariesIn(dir: string): NodeBinaries {
+  return {
+    kubelet: join(dir, 'kubelet'),
+    kubeScheduler: join(dir, 'kube-scheduler'),
+    containerd: join(dir, 'containerd'),
+    ctr: join(dir, 'ctr'),
+    shim: join(dir, 'containerd-shim-runc-v2'),
+    kubeRouter: join(dir, 'kube-router'),
+    pause: join(dir, 'pause'),
+  };
+}
+
+export interface NodeOptions {
+  plane: ControlPlane;
+  binaries: NodeBinaries;
+  logger: Logger;
+  /** Default 120 s. */
+  startTimeoutMs?: number;
+}
+
+export interface LocalNode {
+  readonly name: string;
+  readonly ip: string;
+  readonly containerdSocket: string;
+  readonly binaries: NodeBinaries;
+  readonly logsDir: string;
+  readonly processes: readonly ManagedProcess[];
+  /** `ctr -n k8s.io images import` of an OCI archive. */
+  importImage(archive: string): Promise<void>;
+  stop(): Promise<void>;
+}
+
+const HACK = fileURLToPath(new URL('../hack/', import.meta.url));
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Why this machine cannot run a node, or undefined when it can (the binaries are checked separately). */
+export function nodeUnsupportedReason(): string | undefined {
+  if (process.platform !== 'linux') return 'a local node needs Linux';
+  if (process.getuid?.() !== 0) return 'a local node needs root (it runs containerd, the kubelet and iptables)';
+  for (const tool of [
+    '/usr/sbin/runc',
+    '/usr/lib/cni/bridge',
+    '/usr/sbin/iptables',
+    '/usr/sbin/ipset',
+    '/usr/bin/tar',
+  ]) {
+    if (!existsSync(tool))
+      return `${tool} is missing (hack/build-node-binaries.sh installs runc, CNI plugins, iptables, ipset)`;
+  }
+  return undefined;
+}
+
+function containerdConfig(paths: { root: string; state: string; socket: string; cniConf: string }): string {
+  return `version = 3
+root = "${paths.root}"
+state = "${paths.state}"
+
+[grpc]
+  address = "${paths.socket}"
+
+[ttrpc]
+  address = "${paths.socket}.ttrpc"
+
+[debug]
+  address = ""
+
+[plugins."io.containerd.cri.v1.images"]
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    sandbox = "${PAUSE_IMAGE}"
+
+[plugins."io.containerd.cri.v1.runtime"]
+  # This VM lacks CAP_SYS_RESOURCE: a negative oom_score_adj (the pause container's -998) would make runc fail.
+  restrict_oom_score_adj = true
+  disable_apparmor = true
+  netns_mounts_under_state_dir = true
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = ["/usr/lib/cni"]
+    conf_dir = "${paths.cniConf}"
+    max_conf_num = 1
+  [plugins."io.containerd.cri.v1.runtime".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+        BinaryName = "/usr/sbin/runc"
+        Root = "${paths.state}/runc"
+        SystemdCgroup = false
+
+[plugins."io.containerd.grpc.v1.cri"]
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+`;
+}
+
+/** Bridge with no uplink: no gateway role (the plugin would enable forwarding), no masquerade, no routes. */
+function cniConfig(ipamDir: string): string {
+  return JSON.stringify(
+    {
+      cniVersion: '1.0.0',
+      name: 'agentfence',
+      plugins: [
+        {
+          type: 'bridge',
+          bridge: NODE_NETWORK.bridge,
+          isGateway: false,
+          isDefaultGateway: false,
+          ipMasq: false,
+          hairpinMode: false,
+          ipam: {
+            type: 'host-local',
+            dataDir: ipamDir,
+            ranges: [[{ subnet: NODE_NETWORK.clusterCidr, rangeStart: '10.244.0.10', rangeEnd: '10.244.0.250' }]],
+          },
+        },
+        { type: 'loopback' },
+      ],
+    },
+    null,
+    2,
+  );
+}
+
+function kubeletConfig(paths: { clientCA: string; socket: string; resolvConf: string; podLogs: string }): string {
+  return JSON.stringify(
+    {
+      apiVersion: 'kubelet.config.k8s.io/v1beta1',
+      kind: 'KubeletConfiguration',
+      // This machine mounts cgroup v1 controllers; kubelet 1.36 refuses v1 unless told otherwise.
+      failCgroupV1: false,
+      cgroupDriver: 'cgroupfs',
+      containerRuntimeEndpoint: `unix://${paths.socket}`,
+      address: NODE_NETWORK.nodeIp,
+      port: 10250,
+      readOnlyPort: 0,
+      healthzBindAddress: '127.0.0.1',
+      healthzPort: 10248,
+      authentication: {
+        anonymous: { enabled: false },
+        webhook: { enabled: true },
+        x509: { clientCAFile: paths.clientCA },
+      },
+      authorization: { mode: 'Webhook' },
+      resolvConf: paths.resolvConf,
+      clusterDomain: 'cluster.local',
+      podLogsDir: paths.podLogs,
+      failSwapOn: false,
+      serializeImagePulls: false,
+      maxPods: 50,
+      evictionHard: { 'memory.available': '50Mi', 'nodefs.available': '1%', 'imagefs.available': '1%' },
+      imageGCHighThresholdPercent: 100,
+      imageGCLowThresholdPercent: 99,
+      syncFrequency: '5s',
+      nodeStatusUpdateFrequency: '4s',
+      fileCheckFrequency: '0s',
+      registerNode: true,
+      enableServer: true,
+    },
+    null,
+    2,
+  );
+}
+
+export async function startNode(options: NodeOptions): Promise<LocalNode> {
+  const unsupported = nodeUnsupportedReason();
+  if (unsupported) throw new Error(unsupported);
+  const { plane, binaries, logger } = options;
+  const deadline = Date.now() + (options.startTimeoutMs ?? 120_000);
+  for (const leftover of [NODE_STATE_DIR, NODE_RUN_DIR]) {
+    if (existsSync(leftover)) {
+      throw new Error(
+        `${leftover} exists: another local node is running, or one was killed without cleanup (stop it, or remove ${NODE_STATE_DIR} and ${NODE_RUN_DIR} after unmounting what is below them)`,
+      );
+    }
+  }
+  if (linkExists(NODE_NETWORK.bridge)) throw new Error(`network interface ${NODE_NETWORK.bridge} already exists`);
+
+  const before = await snapshotHost();
+  const processes: ManagedProcess[] = [];
+  const state = NODE_STATE_DIR;
+  const run = NODE_RUN_DIR;
+  const paths = {
+    root: join(state, 'containerd'),
+    state: join(run, 'containerd'),
+    socket: join(run, 'containerd.sock'),
+    cniConf: join(state, 'cni', 'net.d'),
+    ipam: join(state, 'cni', 'ipam'),
+    kubeletRoot: join(state, 'kubelet'),
+    podLogs: join(state, 'pod-logs'),
+    certDir: join(state, 'pki'),
+    logs: join(state, 'logs'),
+    resolvConf: join(state, 'resolv.conf'),
+    clientCA: join(plane.dir, 'pki', 'client-ca.crt'),
+  };
+  const ctr = (args: string[]): Promise<string> =>
+    hostOrThrow(binaries.ctr, ['--address', paths.socket, '-n', 'k8s.io', ...args]);
+
+  let stopped = false;
+  const stop = async (): Promise<void> => {
+    if (stopped) return;
+    stopped = true;
+    await teardown({ plane, binaries, processes, before, paths, logger });
+  };
+
+  try {
+    await Promise.all(
+      [paths.cniConf, paths.ipam, paths.kubeletRoot, paths.podLogs, paths.certDir, paths.logs, paths.state].map((d) =>
+        mkdir(d, { recursive: true, mode: 0o700 }),
+      ),
+    );
+    await mkdir(join(state, 'volume-plugins'), { recursive: true });
+    // The bridge first: its address is the node IP the kubelet binds to.
+    await hostOrThrow('ip', ['link', 'add', NODE_NETWORK.bridge, 'type', 'bridge']);
+    await hostOrThrow('ip', ['addr', 'add', `${NODE_NETWORK.nodeIp}/24`, 'dev', NODE_NETWORK.bridge]);
+    await hostOrThrow('ip', ['link', 'set', NODE_NETWORK.bridge, 'up']);
+    await writeFile(join(paths.cniConf, '10-agentfence.conflist'), cniConfig(paths.ipam));
+    await writeFile(paths.resolvConf, 'nameserver 127.0.0.1\n');
+    await writeFile(
+      join(state, 'containerd.toml'),
+      containerdConfig({ root: paths.root, state: paths.state, socket: paths.socket, cniConf: paths.cniConf }),
+    );
+
+    processes.push(
+      ManagedProcess.start(
+        'containerd',
+        binaries.containerd,
+        ['--config', join(state, 'containerd.toml'), '--log-level', 'warn'],
+        join(paths.logs, 'containerd.log'),
+      ),
+    );
+    await waitFor(
+      'containerd',
+      deadline,
+      processes,
+      async () => (await host(binaries.ctr, ['--address', paths.socket, 'version'])).code === 0,
+    );
+
+    // The sandbox image: the static pause binary as a one-file image.
+    const pauseRoot = await mkdtemp(join(tmpdir(), 'agentfence-pause-'));
+    try {
+      await copyFile(binaries.pause, join(pauseRoot, 'pause'));
+      const archive = join(state, 'pause.tar');
+      await hostOrThrow(join(HACK, 'oci-image.sh'), [pauseRoot, PAUSE_IMAGE, archive, '65535:65535', '["/pause"]']);
+      await ctr(['images', 'import', archive]);
+    } finally {
+      await rm(pauseRoot, { recursive: true, force: true });
+    }
+
+    await writeFile(
+      join(state, 'kubelet.json'),
+      kubeletConfig({
+        clientCA: paths.clientCA,
+        socket: paths.socket,
+        resolvConf: paths.resolvConf,
+        podLogs: paths.podLogs,
+      }),
+    );
+    processes.push(
+      ManagedProcess.start(
+        'kubelet',
+        binaries.kubelet,
+        [
+          `--config=${join(state, 'kubelet.json')}`,
+          `--kubeconfig=${plane.kubeconfigPath}`,
+          `--root-dir=${paths.kubeletRoot}`,
+          `--cert-dir=${paths.certDir}`,
+          `--hostname-override=${NODE_NAME}`,
+          `--node-ip=${NODE_NETWORK.nodeIp}`,
+          `--volume-plugin-dir=${join(state, 'volume-plugins')}`,
+          '--v=1',
+        ],
+        join(paths.logs, 'kubelet.log'),
+      ),
+    );
+    const schedulerPort = await freePort();
+    processes.push(
+      ManagedProcess.start(
+        'kube-scheduler',
+        binaries.kubeScheduler,
+        [
+          `--kubeconfig=${plane.kubeconfigPath}`,
+          `--authentication-kubeconfig=${plane.kubeconfigPath}`,
+          `--authorization-kubeconfig=${plane.kubeconfigPath}`,
+          '--bind-address=127.0.0.1',
+          `--secure-port=${schedulerPort}`,
+          '--leader-elect=false',
+          '--v=0',
+        ],
+        join(paths.logs, 'kube-scheduler.log'),
+      ),
+    );
+    processes.push(
+      ManagedProcess.start(
+        'kube-router',
+        binaries.kubeRouter,
+        [
+          '--run-firewall=true',
+          '--run-router=false',
+          '--run-service-proxy=false',
+          `--hostname-override=${NODE_NAME}`,
+          `--kubeconfig=${plane.kubeconfigPath}`,
+          '--health-port=0',
+          '--iptables-sync-period=10s',
+          '--v=1',
+        ],
+        join(paths.logs, 'kube-router.log'),
+      ),
+    );
+
+    const admin = { caPem: plane.caPem, certPem: plane.admin.certPem, keyPem: plane.admin.keyPem };
+    await waitFor(`node ${NODE_NAME} Ready with a pod CIDR and no taints`, deadline, processes, async () => {
+      const res = await httpsGet(`${plane.server}/api/v1/nodes/${NODE_NAME}`, admin);
+      if (res.status !== 200) return false;
+      const node = JSON.parse(res.body) as {
+        spec?: { podCIDR?: string; taints?: unknown[] };
+        status?: { conditions?: { type: string; status: string }[] };
+      };
+      const ready = node.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True');
+      return Boolean(ready && node.spec?.podCIDR && (node.spec.taints ?? []).length === 0);
+    });
+    // kube-router's firewall is programmed once its chains exist (policies apply within a second after that).
+    await waitFor('kube-router firewall chains', deadline, processes, async () => {
+      const out = await host('iptables-save', ['-t', 'filter']);
+      return out.stdout.includes(':KUBE-ROUTER-FORWARD');
+    });
+    logger.info('local node ready', { node: NODE_NAME, ip: NODE_NETWORK.nodeIp });
+
+    return {
+      name: NODE_NAME,
+      ip: NODE_NETWORK.nodeIp,
+      containerdSocket: paths.socket,
+      binaries,
+      logsDir: paths.logs,
+      processes,
+      importImage: async (archive) => {
+        await ctr(['images', 'import', archive]);
+      },
+      stop,
+    };
+  } catch (err) {
+    const tails = processes.map((p) => `--- ${p.name}\n${p.logTail(15)}`).join('\n');
+    await stop();
+    throw new Error(`${err instanceof Error ? err.message : String(err)}\n${tails}`, { cause: err });
+  }
+}
+
+async function waitFor(
+  what: string,
+  deadline: number,
+  processes: readonly ManagedProcess[],
+  probe: () => Promise<boolean>,
+): Promise<void> {
+  let lastError = '';
+  while (Date.now() < deadline) {
+    const dead = processes.find((p) => !p.running);
+    if (dead) throw new Error(`${dead.name} exited while waiting for ${what}:\n${dead.logTail()}`);
+    try {
+      if (await probe()) return;
+    } catch (err) {
+      lastError = err instanceof Error ? err.message : String(err);
+    }
+    await sleep(250);
+  }
+  throw new Error(`timed out waiting for ${what}${lastError ? ` (last error: ${lastError})` : ''}`);
+}
+
+interface TeardownInput {
+  plane: ControlPlane;
+  binaries: NodeBinaries;
+  processes: ManagedProcess[];
+  before: HostSnapshot;
+  paths: { podLogs: string; socket: string };
+  logger: Logger;
+}
+
+/** Each step runs whatever the previous ones did; a failure is logged, never stops the rest. */
+async function teardown(input: TeardownInput): Promise<void> {
+  const { binaries, processes, before, logger } = input;
+  const step = async (name: string, fn: () => Promise<void> | void): Promise<void> => {
+    try {
+      await fn();
+    } catch (err) {
+      logger.warn('node teardown step failed', { step: name, error: err instanceof Error ? err.message : String(err) });
+    }
+  };
+  const byName = (name: string): ManagedProcess | undefined => processes.find((p) => p.name === name);
+
+  // 1. Gracefully: delete every pod so the kubelet stops sandboxes (CNI DEL, netns removal) itself.
+  await step('delete pods', async () => {
+    const kubelet = byName('kubelet');
+    if (!kubelet?.running || !input.plane.processes.every((p) => p.running)) return;
+    await kubectl(input.plane, [
+      'delete',
+      'deployments,replicasets,daemonsets,statefulsets,jobs',
+      '--all',
+      '-A',
+      '--wait=false',
+    ]);
+    await kubectl(input.plane, ['delete', 'pods', '--all', '-A', '--grace-period=1', '--wait=false']);
+    const deadline = Date.now() + 30_000;
+    while (Date.now() < deadline) {
+      const res = await kubectl(input.plane, ['get', 'pods', '-A', '-o', 'name']);
+      if (res.code !== 0 || res.stdout.trim() === '') break;
+      await sleep(500);
+    }
+  });
+  // 2. The node's own processes (their process groups).
+  for (const name of ['kube-router', 'kube-scheduler', 'kubelet']) {
+    await step(`stop ${name}`, async () => {
+      await byName(name)?.stop(5_000);
+    });
+  }
+  // 3. Whatever still runs in the pod cgroups (containers are not children of containerd: their shims are).
+  await step('kill pod processes', async () => {
+    for (let attempt = 0; attempt < 20; attempt++) {
+      const pids = cgroupDirs('kubepods')
+        .filter((d) => !before.cgroups.includes(d))
+        .flatMap(cgroupProcs);
+      if (pids.length === 0) return;
+      for (const pid of pids) {
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          // Already gone.
+        }
+      }
+      await sleep(250);
+    }
+  });
+  await step('stop containerd shims', () => {
+    for (const { pid } of processesRunning([binaries.shim])) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // Already gone.
+      }
+    }
+  });
+  await step('stop containerd', async () => {
+    await byName('containerd')?.stop(5_000);
+  });
+  for (const p of processes) await step(`stop ${p.name}`, () => p.stop(2_000).then(() => undefined));
+
+  // 4. Mounts under our directories (volumes, netns pins, overlay rootfs), deepest first.
+  await step('unmount', async () => {
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const ours = mountPoints()
+        .filter((m) => [NODE_STATE_DIR, NODE_RUN_DIR].some((d) => m === d || m.startsWith(`${d}/`)))
+        .sort((a, b) => b.length - a.length);
+      if (ours.length === 0) return;
+      for (const m of ours) {
+        if ((await host('umount', [m])).code !== 0) await host('umount', ['-l', m]);
+      }
+    }
+  });
+  await step('remove pod cgroups', () => {
+    for (const dir of cgroupDirs('kubepods')) if (!before.cgroups.includes(dir)) removeCgroupTree(dir);
+  });
+  // 5. Network: the bridge (the pods' veths went with their namespaces), iptables, ipsets.
+  await step('remove bridge', async () => {
+    if (linkExists(NODE_NETWORK.bridge)) await hostOrThrow('ip', ['link', 'del', NODE_NETWORK.bridge]);
+  });
+  await step('remove iptables chains', () => removeNewChains(before.chains));
+  await step('remove ipsets', () => removeNewIpsets(before.ipsets));
+  // 6. Sysctls the kubelet changed, and files it or containerd wrote to fixed paths.
+  await step('restore sysctls', async () => {
+    for (const [name, value] of Object.entries(before.sysctls)) await writeFile(`/proc/sys/${name}`, value);
+  });
+  await step('remove container log links', () => removeLogLinks(input.paths.podLogs));
+  await step('remove state', async () => {
+    for (const path of FIXED_PATHS)
+      if (!before.existing.includes(path)) await rm(path, { recursive: true, force: true });
+    await rm(NODE_STATE_DIR, { recursive: true, force: true });
+    await rm(NODE_RUN_DIR, { recursive: true, force: true });
+  });
+}
+
+/** The kubelet links /var/log/containers/* (a fixed path) to our pod logs. */
+function removeLogLinks(podLogs: string): Promise<void> {
+  const dir = '/var/log/containers';
+  if (!existsSync(dir)) return Promise.resolve();
+  const removals: Promise<void>[] = [];
+  for (const entry of readdirSync(dir)) {
+    try {
+      if (readlinkSync(join(dir, entry)).startsWith(podLogs)) removals.push(rm(join(dir, entry), { force: true }));
+    } catch {
+      // Not a link.
+    }
+  }
+  return Promise.all(removals).then(() => undefined);
+}

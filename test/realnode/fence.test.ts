@@ -1,0 +1,386 @@
+/**
+ * The fence on a real node: the webhook injects the real sidecar container into a Deployment's pods, the
+ * kubelet runs it with the volumes, user and environment the webhook gave it, the app container talks through
+ * it, and kube-router enforces the NetworkPolicies the operator wrote on real connections between pods.
+ *
+ * The controller runs in this process, serving on the node's IP (pods reach the host directly; this node has
+ * no Service proxy and no cluster DNS), so the agent namespace gets one extra NetworkPolicy allowing egress
+ * to that address and port — in a cluster the baseline's operator rule covers it.
+ */
+import { spawn } from 'node:child_process';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { stringify } from 'yaml';
+import { startLocalController } from '../../localcluster/controller.ts';
+import { clientFromKubeconfig, type KubeClient } from '../../lib/kube/client.ts';
+import { silentLogger } from '../../lib/log.ts';
+import type { RunningOperator } from '../../operator/runtime.ts';
+import { policyReconcilerTask } from '../../operator/reconciler.ts';
+import { createAdmissionRouter } from '../../webhook/admission.ts';
+import { mutatingWebhookConfiguration } from '../../webhook/manifests.ts';
+import {
+  createNamespace,
+  eventually,
+  execNode,
+  getPod,
+  realnode,
+  run,
+  runOrThrow,
+  skipReason,
+  waitPodReady,
+  type PodStatus,
+} from './support.ts';
+
+const reason = skipReason();
+const HTTP_PORT = 8080;
+const ECHO_PORT = 9000;
+const APP_UID = 1000;
+const MAX_STALENESS_S = 5;
+
+/** A plain HTTP server naming itself, plus a TCP echo: what upstreams and agent apps run. */
+const SERVE = `const http=require('node:http'),net=require('node:net');
+http.createServer((q,s)=>s.end(JSON.stringify({me:process.env.ME,path:q.url}))).listen(${HTTP_PORT});
+net.createServer((c)=>c.pipe(c)).listen(${ECHO_PORT});`;
+
+/** A GET through the sidecar's proxy (absolute-form), from inside the app container. */
+const proxyGet = (url: string): string => `const net=require('node:net');
+const u=new URL(${JSON.stringify(url)});const s=net.connect(15001,'127.0.0.1');let out='';
+const done=(r)=>{console.log(JSON.stringify(r));process.exit(0)};
+setTimeout(()=>done({error:'timeout'}),8000);
+s.on('connect',()=>s.write('GET '+u.href+' HTTP/1.1\\r\\nhost: '+u.host+'\\r\\nconnection: close\\r\\n\\r\\n'));
+s.on('data',(c)=>out+=c);s.on('error',(e)=>done({error:e.code}));
+s.on('end',()=>done({status:Number((/^HTTP\\/1\\.1 (\\d{3})/.exec(out)||[])[1]||0),body:out.slice(out.indexOf('\\r\\n\\r\\n')+4)}));`;
+
+/** A direct TCP connection, around the proxy. */
+const directConnect = (host: string, port: number): string => `const net=require('node:net');
+const s=net.connect(${port},${JSON.stringify(host)});const done=(r)=>{console.log(JSON.stringify(r));process.exit(0)};
+setTimeout(()=>done({connected:false,error:'timeout'}),4000);
+s.on('connect',()=>done({connected:true}));s.on('error',(e)=>done({connected:false,error:e.code}));`;
+
+interface ProxyResult {
+  status?: number;
+  body?: string;
+  error?: string;
+}
+interface DirectResult {
+  connected: boolean;
+  error?: string;
+}
+
+let client: KubeClient;
+let operator: RunningOperator | undefined;
+let system: string;
+let agents: string;
+let upstreams: string;
+const ips: Record<string, string> = {};
+const pods: Record<string, string> = {};
+
+function upstreamPod(name: string): string {
+  return JSON.stringify({
+    apiVersion: 'v1',
+    kind: 'Pod',
+    metadata: { name, namespace: upstreams, labels: { app: name } },
+    spec: {
+      containers: [
+        {
+          name: 'server',
+          image: realnode().image,
+          imagePullPolicy: 'Never',
+          command: ['node', '-e', SERVE],
+          env: [{ name: 'ME', value: name }],
+          securityContext: { runAsUser: APP_UID, runAsGroup: APP_UID, allowPrivilegeEscalation: false },
+        },
+      ],
+      terminationGracePeriodSeconds: 1,
+    },
+  });
+}
+
+function agentDeployment(agent: string, inject = true): string {
+  const labels = { app: agent, 'agentfence.io/agent': agent, ...(inject ? { 'agentfence.io/inject': 'true' } : {}) };
+  return JSON.stringify({
+    apiVersion: 'apps/v1',
+    kind: 'Deployment',
+    metadata: { name: agent, namespace: agents },
+    spec: {
+      replicas: 1,
+      selector: { matchLabels: { app: agent } },
+      template: {
+        metadata: { labels },
+        spec: {
+          serviceAccountName: agent,
+          terminationGracePeriodSeconds: 1,
+          containers: [
+            {
+              name: 'app',
+              image: realnode().image,
+              imagePullPolicy: 'Never',
+              command: ['node', '-e', SERVE],
+              env: [{ name: 'ME', value: agent }],
+              securityContext: { runAsUser: APP_UID, runAsGroup: APP_UID, allowPrivilegeEscalation: false },
+            },
+          ],
+        },
+      },
+    },
+  });
+}
+
+function alphaPolicy(rules: { echo: boolean; beta: boolean }): string {
+  const egress: unknown[] = [
+    { name: 'allowed-http', to: { cidrs: [`${ips.allowed}/32`] }, ports: [{ port: HTTP_PORT }] },
+  ];
+  if (rules.echo)
+    egress.push({ name: 'allowed-echo', to: { cidrs: [`${ips.allowed}/32`] }, ports: [{ port: ECHO_PORT }] });
+  if (rules.beta) {
+    egress.push({
+      name: 'to-beta',
+      to: { agents: { agentSelector: { matchLabels: { 'agentfence.io/agent': 'beta' } } } },
+      ports: [{ port: HTTP_PORT }],
+    });
+  }
+  return stringify({
+    apiVersion: 'agentfence.io/v1alpha1',
+    kind: 'AgentPolicy',
+    metadata: { name: 'alpha', namespace: agents },
+    spec: { agentSelector: { matchLabels: { 'agentfence.io/agent': 'alpha' } }, egress },
+  });
+}
+
+async function podOf(app: string): Promise<PodStatus> {
+  const name = await eventually(async () => {
+    const out = await runOrThrow([
+      'get',
+      'pods',
+      '-n',
+      agents,
+      '-l',
+      `app=${app}`,
+      '-o',
+      'jsonpath={.items[*].metadata.name}',
+    ]);
+    const names = out.split(' ').filter(Boolean);
+    return names.length === 1 ? names[0] : undefined;
+  }, `one pod of deployment ${app}`);
+  return waitPodReady(agents, name);
+}
+
+const viaProxy = (from: string, url: string): Promise<ProxyResult> => execNode(agents, from, 'app', proxyGet(url));
+const direct = (ns: string, from: string, container: string, host: string, port: number): Promise<DirectResult> =>
+  execNode(ns, from, container, directConnect(host, port));
+
+describe.skipIf(reason)('the fence on a real node', () => {
+  beforeAll(async () => {
+    const info = realnode();
+    client = await clientFromKubeconfig(info.kubeconfigPath);
+    system = await createNamespace('af-system');
+    agents = await createNamespace('agents');
+    upstreams = await createNamespace('upstreams');
+    const started = await startLocalController({
+      client,
+      namespace: system,
+      podName: 'realnode-controller-0',
+      host: info.nodeIp,
+      heartbeatMs: 500,
+      extensions: ({ registry, issuerUrl }) => ({
+        admission: createAdmissionRouter({
+          config: {
+            version: 'realnode',
+            image: info.image,
+            controllerUrl: issuerUrl,
+            logLevel: 'info',
+            maxStaleness: `${MAX_STALENESS_S}s`,
+            resources: { cpuRequest: '50m', memoryRequest: '48Mi', memoryLimit: '128Mi' },
+          },
+          logger: silentLogger,
+          registry,
+        }),
+        leaderTasks: (ctx) => [
+          policyReconcilerTask({
+            client,
+            logger: silentLogger,
+            registry,
+            entitlements: ctx.entitlements,
+            compileOptions: { trustDomain: 'cluster.local' },
+          }),
+        ],
+      }),
+    });
+    operator = started.operator;
+    const controllerPort = Number(new URL(started.issuerUrl).port);
+    await runOrThrow(
+      ['apply', '--server-side', '-f', '-'],
+      JSON.stringify(
+        mutatingWebhookConfiguration({
+          clientConfig: { url: `${started.issuerUrl}/mutate-pods` },
+          caBundle: Buffer.from(started.caPem).toString('base64'),
+          excludeNamespaces: ['kube-system', 'kube-public', 'kube-node-lease', system, upstreams],
+        }),
+      ),
+    );
+    // What the operator's CA-bundle task and the baseline's operator rule provide in a cluster.
+    await runOrThrow(['create', 'configmap', 'agentfence-ca', '-n', agents, `--from-literal=ca.crt=${started.caPem}`]);
+    await runOrThrow(
+      ['apply', '-f', '-'],
+      JSON.stringify({
+        apiVersion: 'networking.k8s.io/v1',
+        kind: 'NetworkPolicy',
+        metadata: { name: 'controller-on-the-host', namespace: agents },
+        spec: {
+          podSelector: { matchLabels: { 'agentfence.io/inject': 'true' } },
+          policyTypes: ['Egress'],
+          egress: [
+            { to: [{ ipBlock: { cidr: `${info.nodeIp}/32` } }], ports: [{ protocol: 'TCP', port: controllerPort }] },
+          ],
+        },
+      }),
+    );
+
+    for (const name of ['allowed', 'other']) await runOrThrow(['apply', '-f', '-'], upstreamPod(name));
+    for (const name of ['allowed', 'other']) {
+      const pod = await waitPodReady(upstreams, name);
+      ips[name] = pod.status.podIP ?? '';
+    }
+    for (const sa of ['alpha', 'beta']) await runOrThrow(['create', 'serviceaccount', sa, '-n', agents]);
+    await runOrThrow(['apply', '-f', '-'], alphaPolicy({ echo: true, beta: false }));
+    for (const agent of ['alpha', 'beta']) await runOrThrow(['apply', '-f', '-'], agentDeployment(agent));
+    for (const agent of ['alpha', 'beta']) {
+      const pod = await podOf(agent);
+      pods[agent] = pod.metadata.name;
+      ips[agent] = pod.status.podIP ?? '';
+    }
+  });
+
+  afterAll(async () => {
+    await operator?.stop();
+    client.close();
+    for (const ns of [agents, upstreams, system]) if (ns) await run(['delete', 'namespace', ns, '--wait=false']);
+    await run(['delete', 'mutatingwebhookconfiguration', 'agentfence-sidecar-injector', '--ignore-not-found']);
+  });
+
+  it('injects the sidecar into the Deployment’s pods; the kubelet runs it, it reads its token and becomes ready before the app', async () => {
+    const pod = await getPod(agents, pods.alpha ?? '');
+    expect(pod.spec.initContainers?.map((c) => c.name)).toContain('agentfence-sidecar');
+    const sidecar = pod.status.initContainerStatuses?.find((c) => c.name === 'agentfence-sidecar');
+    expect(sidecar).toMatchObject({ ready: true, started: true, restartCount: 0 });
+    expect(sidecar?.state?.running).toBeDefined();
+    // The sidecar holds its identity: its own log says so, and the entitlement reports it in sync.
+    await eventually(async () => {
+      const ae = JSON.parse(await runOrThrow(['get', 'ae', pods.alpha ?? '', '-n', agents, '-o', 'json'])) as {
+        status?: { inSync?: boolean };
+      };
+      return ae.status?.inSync ? true : undefined;
+    }, 'AgentEntitlement of alpha in sync');
+  });
+
+  it('lets the app reach the entitled upstream through the sidecar and refuses it elsewhere', async () => {
+    const ok = await viaProxy(pods.alpha ?? '', `http://${ips.allowed}:${HTTP_PORT}/hello`);
+    expect(ok.status).toBe(200);
+    expect(JSON.parse(ok.body ?? '{}')).toMatchObject({ me: 'allowed', path: '/hello' });
+    const denied = await viaProxy(pods.alpha ?? '', `http://${ips.other}:${HTTP_PORT}/hello`);
+    expect(denied.status).toBe(403);
+  });
+
+  it('refuses the app’s direct connection around the proxy at L3 (kube-router enforcing the operator’s NetworkPolicies)', async () => {
+    // Control: the same connection from a pod without policies gets through, so the refusal is the policy.
+    expect(await direct(upstreams, 'allowed', 'server', ips.other ?? '', HTTP_PORT)).toEqual({ connected: true });
+    const bypass = await direct(agents, pods.alpha ?? '', 'app', ips.other ?? '', HTTP_PORT);
+    expect(bypass.connected).toBe(false);
+  });
+
+  it('keeps two agents of one namespace apart, in both directions, until a grant opens one path', async () => {
+    expect((await direct(agents, pods.alpha ?? '', 'app', ips.beta ?? '', HTTP_PORT)).connected).toBe(false);
+    expect((await direct(agents, pods.beta ?? '', 'app', ips.alpha ?? '', HTTP_PORT)).connected).toBe(false);
+    // Ingress too: a pod without policies cannot reach an agent (the baseline refuses all ingress).
+    expect((await direct(upstreams, 'allowed', 'server', ips.beta ?? '', HTTP_PORT)).connected).toBe(false);
+    expect((await viaProxy(pods.alpha ?? '', `http://${ips.beta}:${HTTP_PORT}/`)).status).toBe(403);
+
+    await runOrThrow(['apply', '-f', '-'], alphaPolicy({ echo: true, beta: true }));
+    const granted = await eventually(async () => {
+      const res = await viaProxy(pods.alpha ?? '', `http://${ips.beta}:${HTTP_PORT}/from-alpha`);
+      return res.status === 200 ? res : undefined;
+    }, 'alpha → beta through the sidecar after the grant');
+    expect(JSON.parse(granted.body ?? '{}')).toMatchObject({ me: 'beta', path: '/from-alpha' });
+    // One way only: beta was granted nothing.
+    expect((await direct(agents, pods.beta ?? '', 'app', ips.alpha ?? '', HTTP_PORT)).connected).toBe(false);
+  });
+
+  it('cuts an open tunnel of a real pod when the policy is narrowed', async () => {
+    // A CONNECT tunnel to the echo port, held open and exercised every 50 ms until it closes.
+    const script = `const net=require('node:net');const s=net.connect(15001,'127.0.0.1');let open=false;
+s.on('connect',()=>s.write('CONNECT ${ips.allowed}:${ECHO_PORT} HTTP/1.1\\r\\nhost: ${ips.allowed}:${ECHO_PORT}\\r\\n\\r\\n'));
+s.on('data',(c)=>{if(!open&&/^HTTP\\/1\\.1 200/.test(String(c))){open=true;console.log(JSON.stringify({open:true}));setInterval(()=>s.write('x'),50)}});
+const end=()=>{console.log(JSON.stringify({closedAt:Date.now(),open}));process.exit(0)};s.on('close',end);s.on('error',end);
+setTimeout(end,60000);`;
+    const exec = spawn(realnode().binaries.kubectl, [
+      `--kubeconfig=${realnode().kubeconfigPath}`,
+      'exec',
+      pods.alpha ?? '',
+      '-n',
+      agents,
+      '-c',
+      'app',
+      '--',
+      'node',
+      '-e',
+      script,
+    ]);
+    let out = '';
+    exec.stdout.on('data', (c: Buffer) => (out += c.toString()));
+    const finished = new Promise<void>((resolve) => exec.once('close', () => resolve()));
+    try {
+      await eventually(() => (out.includes('"open":true') ? true : undefined), 'tunnel open', 30_000);
+      const appliedAt = Date.now();
+      await runOrThrow(['apply', '-f', '-'], alphaPolicy({ echo: false, beta: true }));
+      await finished;
+      const closed = JSON.parse(out.trim().split('\n').pop() ?? '{}') as { closedAt?: number; open?: boolean };
+      expect(closed.open).toBe(true);
+      expect(closed.closedAt).toBeGreaterThan(appliedAt);
+      process.stderr.write(
+        `realnode: narrowing → open tunnel closed in a real pod ${(closed.closedAt ?? 0) - appliedAt} ms after kubectl apply started\n`,
+      );
+      // And a new attempt is refused by the sidecar.
+      const script2 = `const net=require('node:net');const s=net.connect(15001,'127.0.0.1');let out='';
+s.on('connect',()=>s.write('CONNECT ${ips.allowed}:${ECHO_PORT} HTTP/1.1\\r\\nhost: ${ips.allowed}:${ECHO_PORT}\\r\\n\\r\\n'));
+s.on('data',(c)=>{out+=c;console.log(JSON.stringify({status:Number((/^HTTP\\/1\\.1 (\\d{3})/.exec(out)||[])[1]||0)}));process.exit(0)});
+s.on('error',(e)=>{console.log(JSON.stringify({error:e.code}));process.exit(0)});`;
+      expect(await execNode<{ status: number }>(agents, pods.alpha ?? '', 'app', script2)).toEqual({ status: 403 });
+    } finally {
+      exec.kill();
+    }
+  });
+
+  it('reports the sidecar container’s memory from the kubelet’s own stats', async () => {
+    const summary = JSON.parse(
+      await runOrThrow(['get', '--raw', `/api/v1/nodes/${realnode().nodeName}/proxy/stats/summary`]),
+    ) as {
+      pods: { podRef: { name: string }; containers: { name: string; memory?: { workingSetBytes?: number } }[] }[];
+    };
+    const sidecars = summary.pods
+      .filter((p) => Object.values(pods).includes(p.podRef.name))
+      .map((p) => p.containers.find((c) => c.name === 'agentfence-sidecar')?.memory?.workingSetBytes ?? 0);
+    expect(sidecars.length).toBe(2);
+    for (const bytes of sidecars) expect(bytes).toBeGreaterThan(0);
+    process.stderr.write(
+      `realnode: sidecar working set (kubelet stats): ${sidecars.map((b) => `${(b / 2 ** 20).toFixed(1)} MiB`).join(', ')}\n`,
+    );
+  });
+
+  it('fails closed in a real pod when the controller is gone longer than the staleness bound', async () => {
+    expect((await viaProxy(pods.alpha ?? '', `http://${ips.allowed}:${HTTP_PORT}/`)).status).toBe(200);
+    await operator?.stop();
+    operator = undefined;
+    const refused = await eventually(
+      async () => {
+        const res = await viaProxy(pods.alpha ?? '', `http://${ips.allowed}:${HTTP_PORT}/`);
+        return res.status !== 200 ? res : undefined;
+      },
+      'the sidecar refusing once its snapshot is stale',
+      (MAX_STALENESS_S + 30) * 1000,
+    );
+    expect(refused.status).toBeGreaterThanOrEqual(403);
+  });
+});
+
+describe.skipIf(!reason)('the fence on a real node (skipped)', () => {
+  it.skip(`skipped on this machine: ${reason ?? ''}`, () => undefined);
+});

@@ -1,0 +1,119 @@
+/** Helpers for the real-node suite: the shared cluster and node, skipping with a reason, pods and exec. */
+import { randomBytes } from 'node:crypto';
+import { inject } from 'vitest';
+import type { Binaries } from '../../localcluster/binaries.ts';
+import { kubectl, kubectlOrThrow, type CommandResult } from '../../localcluster/kubectl.ts';
+
+export interface RealNodeInfo {
+  server: string;
+  caPem: string;
+  admin: { certPem: string; keyPem: string };
+  kubeconfigPath: string;
+  serviceAccountIssuer: string;
+  binaries: Binaries;
+  nodeName: string;
+  nodeIp: string;
+  image: string;
+}
+
+/** Why the suite is skipped here, or undefined when a node runs. */
+export function skipReason(): string | undefined {
+  const provided = inject('realnode');
+  return 'skip' in provided ? provided.skip : undefined;
+}
+
+export function realnode(): RealNodeInfo {
+  const provided = inject('realnode');
+  if ('skip' in provided) throw new Error(`no real node: ${provided.skip}`);
+  return provided;
+}
+
+export function run(args: string[], input?: string): Promise<CommandResult> {
+  return kubectl(realnode(), args, input);
+}
+
+export function runOrThrow(args: string[], input?: string): Promise<string> {
+  return kubectlOrThrow(realnode(), args, input);
+}
+
+export async function createNamespace(prefix: string): Promise<string> {
+  const name = `${prefix}-${randomBytes(3).toString('hex')}`;
+  await runOrThrow(['create', 'namespace', name]);
+  return name;
+}
+
+export async function eventually<T>(
+  probe: () => T | undefined | Promise<T | undefined>,
+  what: string,
+  timeoutMs = 60_000,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let lastError: unknown;
+  while (Date.now() < deadline) {
+    try {
+      const value = await probe();
+      if (value !== undefined) return value;
+    } catch (err) {
+      lastError = err;
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new Error(`timed out waiting for ${what}${lastError instanceof Error ? `: ${lastError.message}` : ''}`);
+}
+
+export interface PodStatus {
+  metadata: { name: string; namespace: string; uid: string };
+  spec: { initContainers?: { name: string }[]; containers: { name: string }[] };
+  status: {
+    phase?: string;
+    podIP?: string;
+    conditions?: { type: string; status: string }[];
+    initContainerStatuses?: ContainerStatus[];
+    containerStatuses?: ContainerStatus[];
+  };
+}
+
+interface ContainerStatus {
+  name: string;
+  ready: boolean;
+  started?: boolean;
+  restartCount: number;
+  state?: { running?: object; waiting?: { reason?: string }; terminated?: { reason?: string; exitCode?: number } };
+}
+
+export async function getPod(ns: string, name: string): Promise<PodStatus> {
+  return JSON.parse(await runOrThrow(['get', 'pod', name, '-n', ns, '-o', 'json'])) as PodStatus;
+}
+
+export function podReady(pod: PodStatus): boolean {
+  return pod.status.conditions?.some((c) => c.type === 'Ready' && c.status === 'True') ?? false;
+}
+
+/** Waits until the pod is Ready; on timeout the error names each container's state (and the sidecar's log). */
+export async function waitPodReady(ns: string, name: string, timeoutMs = 90_000): Promise<PodStatus> {
+  try {
+    return await eventually(
+      async () => {
+        const pod = await getPod(ns, name);
+        return podReady(pod) && pod.status.podIP ? pod : undefined;
+      },
+      `pod ${ns}/${name} Ready`,
+      timeoutMs,
+    );
+  } catch (err) {
+    const pod = await getPod(ns, name).catch(() => undefined);
+    const states = [...(pod?.status.initContainerStatuses ?? []), ...(pod?.status.containerStatuses ?? [])]
+      .map((c) => `${c.name}: ${JSON.stringify(c.state)} restarts=${c.restartCount}`)
+      .join('; ');
+    const logs = await run(['logs', name, '-n', ns, '--all-containers', '--tail=20']);
+    throw new Error(`${err instanceof Error ? err.message : String(err)}\n${states}\n${logs.stdout}${logs.stderr}`, {
+      cause: err,
+    });
+  }
+}
+
+/** Runs a Node.js one-liner in a container; the script prints one JSON line. */
+export async function execNode<T>(ns: string, pod: string, container: string, script: string): Promise<T> {
+  const out = await runOrThrow(['exec', pod, '-n', ns, '-c', container, '--', 'node', '-e', script]);
+  return JSON.parse(out.trim().split('\n').pop() ?? 'null') as T;
+}

@@ -1,0 +1,140 @@
+/**
+ * A node leaves nothing behind: the host after `stop()` equals the host before start — processes, mounts,
+ * network interfaces, network namespaces, every iptables rule and chain (IPv4 and IPv6), ipsets, pod cgroups,
+ * the sysctls the kubelet changes, and the fixed paths kubelet/containerd/CNI write to. The same snapshot is
+ * checked while the node runs with a pod and a NetworkPolicy, so the comparison is known to see the changes.
+ */
+import { existsSync, readdirSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { resolveBinaries, resolveNodeBinDir } from '../../localcluster/binaries.ts';
+import { startControlPlane } from '../../localcluster/controlplane.ts';
+import { kubectlOrThrow } from '../../localcluster/kubectl.ts';
+import {
+  FIXED_PATHS,
+  KUBELET_SYSCTLS,
+  cgroupDirs,
+  ipsets,
+  iptablesRules,
+  linkExists,
+  mountPoints,
+  processesRunning,
+  readSysctls,
+} from '../../localcluster/host.ts';
+import {
+  NODE_NETWORK,
+  NODE_RUN_DIR,
+  NODE_STATE_DIR,
+  PAUSE_IMAGE,
+  nodeBinariesIn,
+  nodeUnsupportedReason,
+  startNode,
+} from '../../localcluster/node.ts';
+import { createLogger } from '../../lib/log.ts';
+
+const reason = nodeUnsupportedReason();
+if (reason) process.stderr.write(`\nrealnode-teardown: SKIPPED on this machine: ${reason}\n\n`);
+
+async function hostState(binaries: string[]): Promise<Record<string, unknown>> {
+  return {
+    processes: processesRunning(binaries).map((p) => p.exe),
+    mounts: mountPoints().filter((m) => /kubelet|containerd|netns|agentfence/.test(m)),
+    bridge: linkExists(NODE_NETWORK.bridge),
+    links: readdirSync('/sys/class/net').sort(),
+    iptables: await iptablesRules('iptables'),
+    ip6tables: await iptablesRules('ip6tables'),
+    ipsets: await ipsets(),
+    cgroups: cgroupDirs('kubepods'),
+    sysctls: readSysctls(KUBELET_SYSCTLS),
+    paths: [...FIXED_PATHS, NODE_STATE_DIR, NODE_RUN_DIR].filter((p) => existsSync(p)),
+  };
+}
+
+describe.skipIf(reason)('local node teardown', () => {
+  it('leaves the host exactly as it found it, after running a pod with volumes under a NetworkPolicy', async () => {
+    /* eslint-disable no-restricted-properties -- the test reads where the binaries are cached */
+    const config = {
+      cacheDir: process.env.AGENTFENCE_CACHE ?? join(homedir(), '.cache', 'agentfence'),
+      build: process.env.AGENTFENCE_NO_BUILD !== '1',
+    };
+    /* eslint-enable no-restricted-properties */
+    const binaries = await resolveBinaries(config);
+    const nodeBinaries = nodeBinariesIn(await resolveNodeBinDir(config));
+    const nb = nodeBinaries;
+    const ours = [nb.containerd, nb.shim, nb.kubelet, nb.kubeScheduler, nb.kubeRouter, nb.pause, binaries.etcd];
+    const before = await hostState(ours);
+
+    const logger = createLogger({ level: 'warn', fields: { component: 'realnode-teardown' } });
+    const plane = await startControlPlane({ binaries, logger, node: NODE_NETWORK });
+    let during: Record<string, unknown>;
+    try {
+      const node = await startNode({ plane, binaries: nodeBinaries, logger });
+      try {
+        const k = (args: string[], input?: string): Promise<string> => kubectlOrThrow(plane, args, input);
+        await k(
+          ['apply', '-f', '-'],
+          JSON.stringify({
+            apiVersion: 'v1',
+            kind: 'Pod',
+            metadata: { name: 'sleeper', namespace: 'default', labels: { app: 'sleeper' } },
+            spec: {
+              terminationGracePeriodSeconds: 1,
+              containers: [
+                {
+                  name: 'pause',
+                  image: PAUSE_IMAGE,
+                  imagePullPolicy: 'Never',
+                  volumeMounts: [
+                    { name: 'scratch', mountPath: '/scratch' },
+                    { name: 'token', mountPath: '/token' },
+                  ],
+                },
+              ],
+              volumes: [
+                { name: 'scratch', emptyDir: { medium: 'Memory' } },
+                {
+                  name: 'token',
+                  projected: { sources: [{ serviceAccountToken: { path: 'token', expirationSeconds: 600 } }] },
+                },
+              ],
+            },
+          }),
+        );
+        await k(
+          ['apply', '-f', '-'],
+          JSON.stringify({
+            apiVersion: 'networking.k8s.io/v1',
+            kind: 'NetworkPolicy',
+            metadata: { name: 'deny-all', namespace: 'default' },
+            spec: { podSelector: { matchLabels: { app: 'sleeper' } }, policyTypes: ['Ingress', 'Egress'] },
+          }),
+        );
+        await k(['wait', '--for=condition=Ready', 'pod/sleeper', '--timeout=90s']);
+        // kube-router programs the policy for the running pod (its per-pod chain appears).
+        const deadline = Date.now() + 30_000;
+        while (Date.now() < deadline && !(await iptablesRules('iptables')).some((r) => r.includes('KUBE-POD-FW-')))
+          await new Promise((r) => setTimeout(r, 250));
+        during = await hostState(ours);
+      } finally {
+        await node.stop();
+      }
+    } finally {
+      await plane.stop();
+    }
+
+    // The snapshot sees a running node: otherwise "equal afterwards" would prove nothing.
+    expect(during.bridge).toBe(true);
+    expect(during.iptables).not.toEqual(before.iptables);
+    expect(during.ipsets).not.toEqual(before.ipsets);
+    expect(during.mounts).not.toEqual(before.mounts);
+    expect(during.cgroups).not.toEqual(before.cgroups);
+    expect(during.processes).not.toEqual(before.processes);
+
+    expect(await hostState(ours)).toEqual(before);
+  });
+});
+
+describe.skipIf(!reason)('local node teardown (skipped)', () => {
+  it.skip(`skipped on this machine: ${reason ?? ''}`, () => undefined);
+});
