@@ -347,6 +347,18 @@ export async function startNode(options: NodeOptions): Promise<LocalNode> {
         join(paths.logs, 'kube-scheduler.log'),
       ),
     );
+    const admin = { caPem: plane.caPem, certPem: plane.admin.certPem, keyPem: plane.admin.keyPem };
+    await waitFor(`node ${NODE_NAME} Ready with a pod CIDR and no taints`, deadline, processes, async () => {
+      const res = await httpsGet(`${plane.server}/api/v1/nodes/${NODE_NAME}`, admin);
+      if (res.status !== 200) return false;
+      const node = JSON.parse(res.body) as {
+        spec?: { podCIDR?: string; taints?: unknown[] };
+        status?: { conditions?: { type: string; status: string }[] };
+      };
+      const ready = node.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True');
+      return Boolean(ready && node.spec?.podCIDR && (node.spec.taints ?? []).length === 0);
+    });
+    // kube-router identifies itself by its Node object and reads its podCIDR: start it once both exist.
     processes.push(
       ManagedProcess.start(
         'kube-router',
@@ -365,17 +377,6 @@ export async function startNode(options: NodeOptions): Promise<LocalNode> {
       ),
     );
 
-    const admin = { caPem: plane.caPem, certPem: plane.admin.certPem, keyPem: plane.admin.keyPem };
-    await waitFor(`node ${NODE_NAME} Ready with a pod CIDR and no taints`, deadline, processes, async () => {
-      const res = await httpsGet(`${plane.server}/api/v1/nodes/${NODE_NAME}`, admin);
-      if (res.status !== 200) return false;
-      const node = JSON.parse(res.body) as {
-        spec?: { podCIDR?: string; taints?: unknown[] };
-        status?: { conditions?: { type: string; status: string }[] };
-      };
-      const ready = node.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True');
-      return Boolean(ready && node.spec?.podCIDR && (node.spec.taints ?? []).length === 0);
-    });
     // kube-router's firewall is programmed once its chains exist (policies apply within a second after that).
     await waitFor('kube-router firewall chains', deadline, processes, async () => {
       const out = await host('iptables-save', ['-t', 'filter']);

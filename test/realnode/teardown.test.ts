@@ -62,7 +62,8 @@ describe.skipIf(reason)('local node teardown', () => {
     const binaries = await resolveBinaries(config);
     const nodeBinaries = nodeBinariesIn(await resolveNodeBinDir(config));
     const nb = nodeBinaries;
-    const ours = [nb.containerd, nb.shim, nb.kubelet, nb.kubeScheduler, nb.kubeRouter, nb.pause, binaries.etcd];
+    // Only the node's binaries: other test runs on this machine may run etcd and kube-apiserver meanwhile.
+    const ours = [nb.containerd, nb.shim, nb.kubelet, nb.kubeScheduler, nb.kubeRouter, nb.pause];
     const before = await hostState(ours);
 
     const logger = createLogger({ level: 'warn', fields: { component: 'realnode-teardown' } });
@@ -135,6 +136,6 @@ describe.skipIf(reason)('local node teardown', () => {
   });
 });
 
-describe.skipIf(!reason)('local node teardown (skipped)', () => {
-  it.skip(`skipped on this machine: ${reason ?? ''}`, () => undefined);
-});
+// Reported as skipped, with the reason in its name, only where the suite cannot run.
+if (reason)
+  describe('local node teardown (skipped)', () => it.skip(`skipped on this machine: ${reason}`, () => undefined));
