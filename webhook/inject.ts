@@ -185,7 +185,12 @@ export function inject(input: Pod, config: InjectorConfig): InjectResult {
       name: VOLUME_TOKEN,
       projected: {
         sources: [{ serviceAccountToken: { audience: OPERATOR_AUDIENCE, expirationSeconds: 600, path: 'token' } }],
-        defaultMode: 0o440,
+        // Readable by the sidecar's UID: unless every container runs as one UID (never: app containers may not
+        // use the sidecar's) or the pod sets fsGroup, the kubelet writes this file as root:root with this mode,
+        // so 0440 made it unreadable (token_file_unreadable, pod stuck Init:0/1 — found on a real node). Only
+        // the sidecar mounts this volume, so "other" here means no one else; with a pod fsGroup the kubelet
+        // uses 0600 + group fsGroup instead, which the sidecar also reads (fsGroup is in every container's groups).
+        defaultMode: 0o444,
       },
     },
     { name: VOLUME_CA, configMap: { name: CA_CONFIGMAP, items: [{ key: 'ca.crt', path: 'ca.crt' }] } },

@@ -76,6 +76,20 @@ describe('injection rules', () => {
     expect(JSON.stringify(out.pod.spec.volumes)).toContain('"audience":"agentfence.io/operator"');
   });
 
+  it('makes the token readable by the sidecar UID when the kubelet writes it as root:root', () => {
+    // Without a pod fsGroup, and with app containers on other UIDs than the sidecar, the kubelet (1.36,
+    // FsUserFrom) writes projected files as root:root with defaultMode: only the "other" bits reach UID 15001.
+    // The real-node suite proves it on a kubelet; this pins the mode for every shape of input pod.
+    for (const file of ['plain', 'multi-container', 'init-containers', 'existing-volumes', 'job-pod']) {
+      const out = inject(parse(readFileSync(`${dir}${file}.input.yaml`, 'utf8')) as Pod, config);
+      if (!out.allowed) throw new Error(out.message);
+      const token = out.pod.spec.volumes?.find((v) => v.name === 'agentfence-token') as
+        { projected: { defaultMode: number } } | undefined;
+      expect(token?.projected.defaultMode ?? 0, file).toSatisfy((mode: number) => (mode & 0o004) !== 0);
+      expect(token?.projected.defaultMode ?? 0, file).toSatisfy((mode: number) => (mode & 0o222) === 0);
+    }
+  });
+
   it('defaults the agent label from the service account, and refuses an invalid one', () => {
     const pod = base();
     delete pod.metadata.labels?.['agentfence.io/agent'];
