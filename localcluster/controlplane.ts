@@ -31,8 +31,9 @@ export interface ControlPlaneOptions {
   startTimeoutMs?: number;
   /**
    * Prepare for a real node (localcluster/node.ts): the API server reaches kubelets by InternalIP with the
-   * admin client certificate, and the controller manager also runs node lifecycle (lifts the not-ready taint),
-   * node IPAM (assigns spec.podCIDR from clusterCidr) and the Deployment/ReplicaSet controllers.
+   * admin client certificate and calls webhooks behind Services at their endpoints (there is no Service proxy),
+   * and the controller manager also runs node lifecycle (lifts the not-ready taint), node IPAM (assigns
+   * spec.podCIDR from clusterCidr), the Deployment/ReplicaSet and EndpointSlice controllers.
    */
   node?: { clusterCidr: string; nodeCidrMaskSize: number };
 }
@@ -43,6 +44,8 @@ export const NODE_CONTROLLERS = [
   'node-ipam-controller',
   'deployment-controller',
   'replicaset-controller',
+  // The API server reaches webhooks behind Services through their EndpointSlices (no Service proxy here).
+  'endpointslice-controller',
 ];
 
 export interface ControlPlane {
@@ -263,6 +266,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
           ...(options.node
             ? [
                 '--kubelet-preferred-address-types=InternalIP',
+                '--enable-aggregator-routing=true',
                 `--kubelet-client-certificate=${files.adminCert}`,
                 `--kubelet-client-key=${files.adminKey}`,
               ]

@@ -10,6 +10,7 @@
  */
 import { existsSync, readdirSync, readlinkSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile, copyFile } from 'node:fs/promises';
+import { createServer, connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -43,6 +44,12 @@ export const NODE_NETWORK = {
   nodeCidrMaskSize: 24,
 } as const;
 export const PAUSE_IMAGE = 'localhost/agentfence/pause:1';
+/**
+ * The `kubernetes` Service's cluster IP (first of the control plane's 10.0.0.0/24; its serving certificate
+ * names it). There is no Service proxy: the node holds this address on the bridge and forwards port 443 to the
+ * API server on loopback, so in-cluster clients (the chart's controller) work unchanged.
+ */
+export const KUBERNETES_SERVICE_IP = '10.0.0.1';
 /** Fixed because the kubelet, containerd shims and CNI need short, stable paths; one node per machine. */
 export const NODE_STATE_DIR = '/var/lib/agentfence-node';
 export const NODE_RUN_DIR = '/run/agentfence-node';
@@ -168,7 +175,18 @@ function cniConfig(ipamDir: string): string {
           ipam: {
             type: 'host-local',
             dataDir: ipamDir,
-            ranges: [[{ subnet: NODE_NETWORK.clusterCidr, rangeStart: '10.244.0.10', rangeEnd: '10.244.0.250' }]],
+            ranges: [
+              [
+                {
+                  subnet: NODE_NETWORK.clusterCidr,
+                  rangeStart: '10.244.0.10',
+                  rangeEnd: '10.244.0.250',
+                  gateway: NODE_NETWORK.nodeIp,
+                },
+              ],
+            ],
+            // The one route pods get: to the API server's service address, held by the node itself.
+            routes: [{ dst: `${KUBERNETES_SERVICE_IP}/32`, gw: NODE_NETWORK.nodeIp }],
           },
         },
         { type: 'loopback' },
@@ -253,10 +271,12 @@ export async function startNode(options: NodeOptions): Promise<LocalNode> {
   const ctr = (args: string[]): Promise<string> =>
     hostOrThrow(binaries.ctr, ['--address', paths.socket, '-n', 'k8s.io', ...args]);
 
+  let apiForwarder: { close(): Promise<void> } | undefined;
   let stopped = false;
   const stop = async (): Promise<void> => {
     if (stopped) return;
     stopped = true;
+    await apiForwarder?.close();
     await teardown({ plane, binaries, processes, before, paths, logger });
   };
 
@@ -270,7 +290,9 @@ export async function startNode(options: NodeOptions): Promise<LocalNode> {
     // The bridge first: its address is the node IP the kubelet binds to.
     await hostOrThrow('ip', ['link', 'add', NODE_NETWORK.bridge, 'type', 'bridge']);
     await hostOrThrow('ip', ['addr', 'add', `${NODE_NETWORK.nodeIp}/24`, 'dev', NODE_NETWORK.bridge]);
+    await hostOrThrow('ip', ['addr', 'add', `${KUBERNETES_SERVICE_IP}/32`, 'dev', NODE_NETWORK.bridge]);
     await hostOrThrow('ip', ['link', 'set', NODE_NETWORK.bridge, 'up']);
+    apiForwarder = await forwardApiServer(new URL(plane.server));
     await writeFile(join(paths.cniConf, '10-agentfence.conflist'), cniConfig(paths.ipam));
     await writeFile(paths.resolvConf, 'nameserver 127.0.0.1\n');
     await writeFile(
@@ -532,6 +554,32 @@ async function teardown(input: TeardownInput): Promise<void> {
     await rm(NODE_STATE_DIR, { recursive: true, force: true });
     await rm(NODE_RUN_DIR, { recursive: true, force: true });
   });
+}
+
+/** KUBERNETES_SERVICE_IP:443 → the API server on loopback; a failed connection closes its peer, never throws. */
+async function forwardApiServer(api: URL): Promise<{ close(): Promise<void> }> {
+  const connections = new Set<Socket>();
+  const server = createServer((inbound) => {
+    const outbound = connect(Number(api.port), api.hostname);
+    for (const s of [inbound, outbound]) {
+      connections.add(s);
+      s.once('close', () => connections.delete(s));
+    }
+    inbound.on('error', () => outbound.destroy());
+    outbound.on('error', () => inbound.destroy());
+    inbound.pipe(outbound).pipe(inbound);
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(443, KUBERNETES_SERVICE_IP, () => resolve());
+  });
+  return {
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const s of connections) s.destroy();
+        server.close(() => resolve());
+      }),
+  };
 }
 
 /** The kubelet links /var/log/containers/* (a fixed path) to our pod logs. */
