@@ -285,6 +285,9 @@ describe.skipIf(reason)('the fence on a real node', () => {
     expect(await direct(upstreams, 'allowed', 'server', ips.other ?? '', HTTP_PORT)).toEqual({ connected: true });
     const bypass = await direct(agents, pods.alpha ?? '', 'app', ips.other ?? '', HTTP_PORT);
     expect(bypass.connected).toBe(false);
+    // The documented limit: NetworkPolicy selects pods, not containers, so the app container reaches what its
+    // sidecar is entitled to at L3 directly too (only the L7 profile — methods, paths, identity — is lost).
+    expect(await direct(agents, pods.alpha ?? '', 'app', ips.allowed ?? '', HTTP_PORT)).toEqual({ connected: true });
   });
 
   it('keeps two agents of one namespace apart, in both directions, until a grant opens one path', async () => {

@@ -11,16 +11,10 @@ import type { TestProject } from 'vitest/node';
 import { resolveBinaries, resolveNodeBinDir } from '../../localcluster/binaries.ts';
 import { startControlPlane, type ControlPlane } from '../../localcluster/controlplane.ts';
 import { installCRDs } from '../../localcluster/kubectl.ts';
-import {
-  NODE_NETWORK,
-  nodeBinariesIn,
-  nodeUnsupportedReason,
-  startNode,
-  type LocalNode,
-} from '../../localcluster/node.ts';
+import { NODE_NETWORK, nodeBinariesIn, startNode, type LocalNode } from '../../localcluster/node.ts';
 import { createLogger } from '../../lib/log.ts';
 import { packageRoot } from '../../lib/paths.ts';
-import type { RealNodeInfo } from './support.ts';
+import { machineSkipReason, type RealNodeInfo } from './support.ts';
 
 declare module 'vitest' {
   export interface ProvidedContext {
@@ -51,18 +45,18 @@ function buildImage(node: LocalNode): Promise<string> {
 export const IMAGE = 'localhost/agentfence/agentfence:realnode';
 
 export async function setup(project: TestProject): Promise<void> {
-  const reason = nodeUnsupportedReason();
-  if (reason) {
-    process.stderr.write(`\nrealnode: every real-node test is SKIPPED on this machine: ${reason}\n\n`);
-    project.provide('realnode', { skip: reason });
-    return;
-  }
   /* eslint-disable no-restricted-properties -- the test harness entrypoint reads its environment here */
   const config = {
     cacheDir: process.env.AGENTFENCE_CACHE ?? join(homedir(), '.cache', 'agentfence'),
     build: process.env.AGENTFENCE_NO_BUILD !== '1',
   };
   /* eslint-enable no-restricted-properties */
+  const reason = await machineSkipReason(config);
+  if (reason) {
+    process.stderr.write(`\nrealnode: every real-node test is SKIPPED on this machine: ${reason}\n\n`);
+    project.provide('realnode', { skip: reason });
+    return;
+  }
   const binaries = await resolveBinaries(config);
   const nodeBinaries = nodeBinariesIn(await resolveNodeBinDir(config));
   const logger = createLogger({ level: 'warn', fields: { component: 'realnode-harness' } });

@@ -1,7 +1,9 @@
 /** Helpers for the real-node suite: the shared cluster and node, skipping with a reason, pods and exec. */
+import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { inject } from 'vitest';
-import type { Binaries } from '../../localcluster/binaries.ts';
+import { resolveNodeBinDir, type Binaries, type BinariesConfig } from '../../localcluster/binaries.ts';
+import { nodeUnsupportedReason } from '../../localcluster/node.ts';
 import { kubectl, kubectlOrThrow, type CommandResult } from '../../localcluster/kubectl.ts';
 
 export interface RealNodeInfo {
@@ -116,4 +118,24 @@ export async function waitPodReady(ns: string, name: string, timeoutMs = 90_000)
 export async function execNode<T>(ns: string, pod: string, container: string, script: string): Promise<T> {
   const out = await runOrThrow(['exec', pod, '-n', ns, '-c', container, '--', 'node', '-e', script]);
   return JSON.parse(out.trim().split('\n').pop() ?? 'null') as T;
+}
+
+/**
+ * Why this machine cannot run the real-node suites, or undefined: not root / not Linux / packages missing
+ * (nodeUnsupportedReason), or the node binaries neither cached nor buildable (no Go, or AGENTFENCE_NO_BUILD=1).
+ * A build that starts and fails is an error, not a skip.
+ */
+export async function machineSkipReason(config: BinariesConfig): Promise<string | undefined> {
+  const unsupported = nodeUnsupportedReason();
+  if (unsupported) return unsupported;
+  const cached = await resolveNodeBinDir({ ...config, build: false }).then(
+    () => true,
+    () => false,
+  );
+  if (cached) return undefined;
+  if (!config.build) return 'the node binaries are not built and AGENTFENCE_NO_BUILD=1 forbids building them';
+  const go = await new Promise<boolean>((resolve) => {
+    execFile('go', ['version'], (err) => resolve(!err));
+  });
+  return go ? undefined : 'the node binaries are not built and Go is not on PATH to build them';
 }

@@ -28,12 +28,18 @@ import {
   NODE_STATE_DIR,
   PAUSE_IMAGE,
   nodeBinariesIn,
-  nodeUnsupportedReason,
   startNode,
 } from '../../localcluster/node.ts';
+import { machineSkipReason } from './support.ts';
 import { createLogger } from '../../lib/log.ts';
 
-const reason = nodeUnsupportedReason();
+/* eslint-disable no-restricted-properties -- the test reads where the binaries are cached */
+const config = {
+  cacheDir: process.env.AGENTFENCE_CACHE ?? join(homedir(), '.cache', 'agentfence'),
+  build: process.env.AGENTFENCE_NO_BUILD !== '1',
+};
+/* eslint-enable no-restricted-properties */
+const reason = await machineSkipReason(config);
 if (reason) process.stderr.write(`\nrealnode-teardown: SKIPPED on this machine: ${reason}\n\n`);
 
 async function hostState(binaries: string[]): Promise<Record<string, unknown>> {
@@ -53,12 +59,6 @@ async function hostState(binaries: string[]): Promise<Record<string, unknown>> {
 
 describe.skipIf(reason)('local node teardown', () => {
   it('leaves the host exactly as it found it, after running a pod with volumes under a NetworkPolicy', async () => {
-    /* eslint-disable no-restricted-properties -- the test reads where the binaries are cached */
-    const config = {
-      cacheDir: process.env.AGENTFENCE_CACHE ?? join(homedir(), '.cache', 'agentfence'),
-      build: process.env.AGENTFENCE_NO_BUILD !== '1',
-    };
-    /* eslint-enable no-restricted-properties */
     const binaries = await resolveBinaries(config);
     const nodeBinaries = nodeBinariesIn(await resolveNodeBinDir(config));
     const nb = nodeBinaries;
