@@ -7,7 +7,9 @@
 import { existsSync, readdirSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
+import type { Binaries } from '../../localcluster/binaries.ts';
+import type { NodeBinaries } from '../../localcluster/node.ts';
 import { resolveBinaries, resolveNodeBinDir } from '../../localcluster/binaries.ts';
 import { startControlPlane } from '../../localcluster/controlplane.ts';
 import { kubectlOrThrow } from '../../localcluster/kubectl.ts';
@@ -58,9 +60,15 @@ async function hostState(binaries: string[]): Promise<Record<string, unknown>> {
 }
 
 describe.skipIf(reason)('local node teardown', () => {
+  let binaries: Binaries;
+  let nodeBinaries: NodeBinaries;
+  // A cold cache builds the binaries here (minutes on 2 cores), outside the test's own timeout.
+  beforeAll(async () => {
+    binaries = await resolveBinaries(config);
+    nodeBinaries = nodeBinariesIn(await resolveNodeBinDir(config));
+  }, 60 * 60_000);
+
   it('leaves the host exactly as it found it, after running a pod with volumes under a NetworkPolicy', async () => {
-    const binaries = await resolveBinaries(config);
-    const nodeBinaries = nodeBinariesIn(await resolveNodeBinDir(config));
     const nb = nodeBinaries;
     // Only the node's binaries: other test runs on this machine may run etcd and kube-apiserver meanwhile.
     const ours = [nb.containerd, nb.shim, nb.kubelet, nb.kubeScheduler, nb.kubeRouter, nb.pause];
