@@ -121,21 +121,23 @@ export async function execNode<T>(ns: string, pod: string, container: string, sc
 }
 
 /**
- * Why this machine cannot run the real-node suites, or undefined: not root / not Linux / packages missing
- * (nodeUnsupportedReason), or the node binaries neither cached nor buildable (no Go, or AGENTFENCE_NO_BUILD=1).
- * A build that starts and fails is an error, not a skip.
+ * Why this machine cannot run the real-node suites, or undefined: not root or not Linux, or the node binaries
+ * and packages neither present nor installable (no Go, or AGENTFENCE_NO_BUILD=1). As root with Go, a missing
+ * piece is built and installed here (hack/build-node-binaries.sh, apt-get for the Debian packages), and a build
+ * that fails is an error, not a skip.
  */
 export async function machineSkipReason(config: BinariesConfig): Promise<string | undefined> {
-  const unsupported = nodeUnsupportedReason();
-  if (unsupported) return unsupported;
-  const cached = await resolveNodeBinDir({ ...config, build: false }).then(
+  if (process.platform !== 'linux' || process.getuid?.() !== 0) return nodeUnsupportedReason();
+  const ready = await resolveNodeBinDir({ ...config, build: false }).then(
     () => true,
     () => false,
   );
-  if (cached) return undefined;
+  if (ready) return nodeUnsupportedReason();
   if (!config.build) return 'the node binaries are not built and AGENTFENCE_NO_BUILD=1 forbids building them';
   const go = await new Promise<boolean>((resolve) => {
     execFile('go', ['version'], (err) => resolve(!err));
   });
-  return go ? undefined : 'the node binaries are not built and Go is not on PATH to build them';
+  if (!go) return 'the node binaries are not built and Go is not on PATH to build them';
+  await resolveNodeBinDir(config);
+  return nodeUnsupportedReason();
 }
