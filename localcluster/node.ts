@@ -2,7 +2,8 @@
  * A real node for the local control plane (root only): containerd, kubelet, kube-scheduler, a CNI bridge with
  * no uplink and kube-router enforcing NetworkPolicy. Pods run for real, from images imported into containerd
  * (no registry). Traffic stays on the machine: the bridge has no uplink, the CNI plugin neither masquerades nor
- * enables forwarding, pods get no default route, and their resolv.conf names 127.0.0.1.
+ * enables forwarding, pods get no default route (their one route is to the `kubernetes` Service address, which
+ * the node itself holds), and their resolv.conf names 127.0.0.1. No Service proxy, no cluster DNS.
  *
  * One node per machine (the kubelet port, the bridge and a few paths are fixed). stop() removes everything the
  * node added — processes, mounts, network namespaces, the bridge, iptables chains, ipsets, cgroups, sysctls
