@@ -83,8 +83,12 @@ export function forwardHttp(
           connection: 'close',
         })
         .end(text);
-    } else res.destroy();
-    finish('upstream_error', 502);
+      finish('upstream_error', 502);
+    } else {
+      // The response had begun: the client sees it cut short.
+      res.destroy();
+      finish('upstream_aborted', res.statusCode);
+    }
   });
   // The agent going away (a cancelled LLM stream) ends the upstream request too, and is audited.
   res.on('close', () => {

@@ -58,6 +58,7 @@ export interface Upstream {
 /** Node's http server, recording; `/stream` streams slowly, `/reset` resets the connection mid-response. */
 export async function nodeUpstream(): Promise<Upstream> {
   const received: Received[] = [];
+  const upgraded = new Set<Socket>();
   const server: Server = createServer((req: IncomingMessage, res) => {
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
@@ -100,8 +101,11 @@ export async function nodeUpstream(): Promise<Upstream> {
       body: '',
     });
     socket.on('error', () => undefined);
+    upgraded.add(socket);
+    socket.on('close', () => upgraded.delete(socket));
     socket.write('HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n');
     socket.on('data', (d: Buffer) => socket.write(`echo:${d.toString()}`));
+    socket.on('end', () => socket.end());
   });
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
@@ -111,6 +115,7 @@ export async function nodeUpstream(): Promise<Upstream> {
     received,
     sync: () => Promise.resolve(),
     close: async () => {
+      for (const s of upgraded) s.destroy();
       server.closeAllConnections();
       server.close();
       await once(server, 'close').catch(() => undefined);
