@@ -82,7 +82,7 @@ export function canonicalPath(raw: string): string | TargetError {
         return ambiguous('a double percent-encoding (%25 followed by hex digits)');
       else segment += pct(byte);
     } else if (code === 92) return ambiguous('a backslash, which some servers read as /');
-    else if (code < 128 && PCHAR[code]) segment += raw[i];
+    else if (code < 128 && PCHAR[code]) segment += String.fromCharCode(code);
     else if (code < 32 || code === 127 || code > 255)
       return { error: 'malformed_target', detail: 'a control character in the path' };
     else segment += pct(code);
@@ -115,7 +115,7 @@ export function canonicalQuery(raw: string): string | TargetError {
         i += 2;
       }
     } else if (code === 35) return { error: 'malformed_target', detail: 'a fragment (#) in the request target' };
-    else if ((code < 128 && PCHAR[code]) || code === 47 || code === 63) out += raw[i];
+    else if ((code < 128 && PCHAR[code]) || code === 47 || code === 63) out += String.fromCharCode(code);
     else if (code < 32 || code === 127 || code > 255)
       return { error: 'malformed_target', detail: 'a control character in the query' };
     else out += pct(code);

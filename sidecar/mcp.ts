@@ -14,6 +14,7 @@ export type Json = null | boolean | string | { num: string } | Json[] | { obj: [
 class Refusal extends Error {}
 
 const NUMBER = /-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?/y;
+// eslint-disable-next-line no-control-regex -- JSON forbids raw control characters inside strings
 const STRING = /"(?:[^"\\\u0000-\u001f]|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*"/y;
 const WS = /[ \t\n\r]*/y;
 /** The JSON-RPC member names: any other spelling of them is refused. */

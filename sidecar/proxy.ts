@@ -21,7 +21,7 @@ import {
   type ServerResponse,
 } from 'node:http';
 import { once } from 'node:events';
-import type { AddressInfo, Socket } from 'node:net';
+import { Socket, type AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Registry } from 'prom-client';
 import { AGENT_TOKEN_HEADER } from '../lib/identity/claims.ts';
@@ -525,9 +525,9 @@ export class FenceProxy {
       };
       req.on('data', (chunk: Buffer) => {
         size += chunk.length;
-        if (size > limit) return stop('too_large');
-        if (declared === undefined && !reserve(chunk.length)) return stop('budget');
-        chunks.push(chunk);
+        if (size > limit) stop('too_large');
+        else if (declared === undefined && !reserve(chunk.length)) stop('budget');
+        else chunks.push(chunk);
       });
       req.on('end', () => resolve(Buffer.concat(chunks, size)));
       req.on('close', () => resolve(Buffer.concat(chunks, size)));
@@ -689,7 +689,7 @@ export class FenceProxy {
     this.#count(grant.decision, grant.reason);
     this.#core.track(tunnel, grant.rule);
     client.on('close', () => tunnel.close(grant.reason));
-    (client as Socket).setTimeout?.(this.#core.idleMs, () => tunnel.close('idle_timeout'));
+    if (client instanceof Socket) client.setTimeout(this.#core.idleMs, () => tunnel.close('idle_timeout'));
     client.write('HTTP/1.1 200 Connection Established\r\n\r\n');
     const start = (first: Buffer): void => {
       const kind = sniff(first[0] ?? 0);
@@ -700,7 +700,8 @@ export class FenceProxy {
         tunnel.close('l7_rule_needs_plain_http');
         return;
       }
-      (client as Socket).setTimeout?.(0);
+      // Idle requests inside are bounded by the inner server's own timeouts from here on.
+      if (client instanceof Socket) client.setTimeout(0);
       client.pause();
       client.unshift(first);
       this.#targets.set(client, target);

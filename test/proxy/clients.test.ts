@@ -10,7 +10,7 @@ import type { AddressInfo } from 'node:net';
 import { promisify } from 'node:util';
 import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import {
   buildGo,
   entitlement,
@@ -22,6 +22,8 @@ import {
 } from '../support/proxy-harness.ts';
 
 const run = promisify(execFile);
+// Each test starts client processes (Python, Node, Go): slow on a loaded machine.
+vi.setConfig({ testTimeout: 60_000 });
 let up: Upstream;
 let mcp: Server;
 let mcpPort: number;
@@ -78,14 +80,14 @@ beforeAll(async () => {
 }, 300_000);
 
 afterAll(async () => {
-  await proxy?.close();
-  await up?.close();
-  mcp?.closeAllConnections();
-  mcp?.close();
+  await proxy.close();
+  await up.close();
+  mcp.closeAllConnections();
+  mcp.close();
 });
 
 const env = (): NodeJS.ProcessEnv => ({
-  ...process.env,
+  ...process.env, // eslint-disable-line no-restricted-properties -- the clients inherit the test's environment
   HTTP_PROXY: proxyUrl,
   HTTPS_PROXY: proxyUrl,
   http_proxy: proxyUrl,

@@ -48,8 +48,8 @@ beforeAll(async () => {
   proxy = await startProxy(entitlement(rules()));
 });
 afterAll(async () => {
-  await proxy?.close();
-  await up?.close();
+  await proxy.close();
+  await up.close();
 });
 
 /** Opens a connection, sends the parts, waits until `until` is seen (if given), then resets it (TCP RST). */
@@ -284,6 +284,25 @@ describe('the budget of buffered bodies', () => {
       }, 'the expected event');
     } finally {
       await small.close();
+    }
+  });
+});
+
+describe('IPv6 literal destinations', () => {
+  it('forwards Host with brackets, the authority that was checked', async () => {
+    const v6 = await nodeUpstream('::1');
+    const p6 = await startProxy(
+      entitlement([rule({ rule: 'v6', cidrs: ['::1/128'], ports: [{ port: v6.port, protocol: 'TCP' }] })]),
+    );
+    try {
+      const raw = await exchange(p6.port, [
+        `GET http://[::1]:${v6.port}/x HTTP/1.1\r\nhost: [::1]\r\nconnection: close\r\n\r\n`,
+      ]);
+      expect(statuses(raw)).toEqual([200]);
+      expect(v6.received.at(-1)).toMatchObject({ uri: '/x', host: `[::1]:${v6.port}` });
+    } finally {
+      await p6.close();
+      await v6.close();
     }
   });
 });

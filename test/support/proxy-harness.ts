@@ -32,6 +32,7 @@ export function buildGo(name: string): string {
   mkdirSync(dir, { recursive: true });
   const built = spawnSync(GO, ['build', '-o', out, source], {
     encoding: 'utf8',
+    // eslint-disable-next-line no-restricted-properties -- go build inherits the test's environment
     env: { ...process.env, GOFLAGS: '-mod=mod', GO111MODULE: 'on', GOTOOLCHAIN: 'local', CGO_ENABLED: '0' },
   });
   if (built.status !== 0) throw new Error(`go build ${name} failed: ${built.stderr}`);
@@ -56,7 +57,7 @@ export interface Upstream {
 }
 
 /** Node's http server, recording; `/stream` streams slowly, `/reset` resets the connection mid-response. */
-export async function nodeUpstream(): Promise<Upstream> {
+export async function nodeUpstream(host = '127.0.0.1'): Promise<Upstream> {
   const received: Received[] = [];
   const upgraded = new Set<Socket>();
   const server: Server = createServer((req: IncomingMessage, res) => {
@@ -107,7 +108,7 @@ export async function nodeUpstream(): Promise<Upstream> {
     socket.on('data', (d: Buffer) => socket.write(`echo:${d.toString()}`));
     socket.on('end', () => socket.end());
   });
-  server.listen(0, '127.0.0.1');
+  server.listen(0, host);
   await once(server, 'listening');
   return {
     name: 'node',
@@ -125,8 +126,9 @@ export async function nodeUpstream(): Promise<Upstream> {
 
 /** Go's net/http server (test/support/go-upstream), recording through its stdout. */
 export async function goUpstream(binary: string): Promise<Upstream> {
-  const child: ChildProcess = spawn(binary, [], { stdio: ['ignore', 'pipe', 'inherit'] });
-  const lines = createInterface({ input: child.stdout! });
+  const child: ChildProcess = spawn(binary, [], { stdio: ['pipe', 'pipe', 'inherit'] });
+  if (!child.stdout) throw new Error('go upstream has no stdout');
+  const lines = createInterface({ input: child.stdout });
   const received: Received[] = [];
   let port = 0;
   const waiters: { uri: string; resolve: () => void }[] = [];
@@ -141,7 +143,7 @@ export async function goUpstream(binary: string): Promise<Upstream> {
         method: string;
         uri: string;
         host: string;
-        headers: Record<string, string[]>;
+        headers: Record<string, string[]> | null;
         body: string;
       };
       const w = waiters.findIndex((x) => x.uri === r.uri);
@@ -242,7 +244,7 @@ export async function startProxy(ent: AgentEntitlement, extra: Partial<ProxyOpti
  * Sends exact bytes (one write per element) on a fresh connection and collects everything until the proxy
  * closes the connection, or until `quietMs` pass without data (connections kept alive).
  */
-export function exchange(port: number, parts: (string | Buffer)[], quietMs = 400): Promise<string> {
+export function exchange(port: number, parts: (string | Buffer)[], quietMs = 3000): Promise<string> {
   return new Promise((resolve) => {
     const s = connect(port, '127.0.0.1');
     let out = '';
@@ -256,13 +258,15 @@ export function exchange(port: number, parts: (string | Buffer)[], quietMs = 400
       clearTimeout(timer);
       timer = setTimeout(done, quietMs);
     };
-    s.on('connect', async () => {
-      for (const p of parts) {
-        if (s.destroyed) break;
-        s.write(p);
-        await new Promise((r) => setTimeout(r, 15));
-      }
-      arm();
+    s.on('connect', () => {
+      void (async () => {
+        for (const p of parts) {
+          if (s.destroyed) break;
+          s.write(p);
+          await new Promise((r) => setTimeout(r, 15));
+        }
+        arm();
+      })();
     });
     s.on('data', (c: Buffer) => {
       out += c.toString('latin1');

@@ -280,8 +280,11 @@ describe('decision table', () => {
 });
 
 describe('IPv4 embedded in IPv6', () => {
-  const wide = (cidrs: string[]) =>
-    new Matcher(ent([rule({ cidrs, ports: [{ port: 80, protocol: 'TCP' }] })])).rules[0]!;
+  const wide = (cidrs: string[]) => {
+    const compiled = new Matcher(ent([rule({ cidrs, ports: [{ port: 80, protocol: 'TCP' }] })])).rules[0];
+    if (!compiled) throw new Error('no rule');
+    return compiled;
+  };
   it.each([
     ['::ffff:127.0.0.1', 'private_address'],
     ['::ffff:7f00:1', 'private_address'],

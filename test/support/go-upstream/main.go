@@ -50,6 +50,11 @@ func main() {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	// The test process holds our stdin: when it goes away (even killed), so do we.
+	go func() {
+		_, _ = io.Copy(io.Discard, os.Stdin)
+		os.Exit(0)
+	}()
 	fmt.Printf("PORT %d\n", ln.Addr().(*net.TCPAddr).Port)
 	_ = http.Serve(ln, handler)
 }
