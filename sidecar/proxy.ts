@@ -12,14 +12,7 @@
  * Data-path care (PERFORMANCE.md): matchers are compiled once per snapshot; upstream connections are pooled per
  * address; tunnels are piped at the socket level; audit writes are batched and never block.
  */
-import {
-  Agent,
-  createServer,
-  request as httpRequest,
-  type IncomingMessage,
-  type Server,
-  type ServerResponse,
-} from 'node:http';
+import { Agent, createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { once } from 'node:events';
 import { Socket, type AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -29,23 +22,15 @@ import type { Logger } from '../lib/log.ts';
 import { counter, gauge, histogram } from '../lib/metrics.ts';
 import { systemResolver, type Resolver } from './addresses.ts';
 import type { AuditSink } from './audit.ts';
-import {
-  canonicalAuthority,
-  canonicalPath,
-  canonicalQuery,
-  endToEnd,
-  framingOf,
-  parseAbsoluteHttp,
-  queryOverridesMethod,
-  requestHead,
-  splitAuthority,
-} from './canonical.ts';
+import { canonicalAuthority, splitAuthority } from './canonical.ts';
 import { ignore, startTiming, type AuditFacts, type Core, type Timing, type Tunnel } from './core.ts';
 import { forwardHttp } from './forward.ts';
+import { forwardUpgrade } from './upgrade.ts';
+import { canonicalRequest, type TunnelTarget } from './request.ts';
 import { normalizeHost, type CompiledRule, type Matcher } from './match.ts';
 import { admit, type Admission, type CanonicalRequest } from './pipeline.ts';
 import { sendRefusal, writeRawRefusal, type Refusal } from './respond.ts';
-import { TLS_HANDSHAKE_FAILURE, blindTunnel, sniff, splice } from './tunnel.ts';
+import { TLS_HANDSHAKE_FAILURE, blindTunnel, sniff } from './tunnel.ts';
 
 export interface AgentView {
   sub: string;
@@ -74,15 +59,8 @@ export interface ProxyOptions {
   tunnelIdleMs?: number;
 }
 
-/** The destination a tunnel was opened to: requests inside an inspected tunnel are for it. */
-interface TunnelTarget {
-  host: string;
-  port: number;
-}
-
 type Denied = Extract<Admission, { allow: false }>;
 
-const BODYLESS = new Set(['HEAD', 'TRACE']);
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
 export class FenceProxy {
@@ -158,9 +136,15 @@ export class FenceProxy {
       requestTimeout: 300_000,
       keepAliveTimeout: 30_000,
       requireHostHeader: false,
+      // How often the header and request timeouts are checked (Node's default, 30 s, lets a slow client
+      // hold a connection up to 40 s past a 10 s header timeout).
+      connectionsCheckingInterval: 2_000,
     };
     this.server = createServer(serverOptions);
     this.#inner = createServer(serverOptions);
+    // Node tracks connections (headers and request timeouts, closeAllConnections) from 'listening' on; the
+    // inner server never listens, so it is told it does: slow clients inside a tunnel are timed out too.
+    this.#inner.emit('listening');
     for (const server of [this.server, this.#inner]) {
       const target = (req: IncomingMessage): TunnelTarget | undefined =>
         server === this.#inner ? this.#targets.get(req.socket) : undefined;
@@ -207,6 +191,7 @@ export class FenceProxy {
     for (const t of [...this.#tunnels]) t.close('shutdown');
     this.server.close();
     this.server.closeAllConnections();
+    this.#inner.close();
     this.#inner.closeAllConnections();
     for (const pool of this.#pools.values()) pool.destroy();
     await once(this.server, 'close').catch(() => undefined);
@@ -325,100 +310,6 @@ export class FenceProxy {
     if (facts.method !== 'CONNECT') this.#core.observe('http', t);
   }
 
-  /**
-   * The canonical request of an HTTP request (plain, inside a tunnel, or an upgrade), or the refusal that
-   * answers it.
-   */
-  #canonical(
-    req: IncomingMessage,
-    tunnel: TunnelTarget | undefined,
-    kind: 'http' | 'upgrade',
-  ):
-    | { ok: true; request: CanonicalRequest; headers: Record<string, string> }
-    | { ok: false; facts: AuditFacts; status: number; reason: string; missing: string } {
-    const method = req.method ?? 'GET';
-    const url = req.url ?? '';
-    let target = parseAbsoluteHttp(url);
-    if (tunnel && url.startsWith('/')) {
-      const q = url.search(/[?#]/);
-      target = {
-        host: tunnel.host,
-        port: tunnel.port,
-        path: q < 0 ? url : url.slice(0, q),
-        query: q < 0 ? '' : url.slice(q),
-      };
-    }
-    const unknown = { method, host: tunnel?.host ?? '', port: tunnel?.port ?? 0, path: '' };
-    if (!target) {
-      return {
-        ok: false,
-        facts: unknown,
-        status: 400,
-        reason: 'not_a_proxy_request',
-        missing: url.startsWith('https://')
-          ? 'use CONNECT for https:// destinations (set HTTPS_PROXY)'
-          : 'this is a forward proxy: send absolute-form requests (http://host/path), e.g. by setting HTTP_PROXY',
-      };
-    }
-    const host = normalizeHost(target.host);
-    if (!host || (tunnel && (host !== tunnel.host || target.port !== tunnel.port))) {
-      return {
-        ok: false,
-        facts: unknown,
-        status: 400,
-        reason: 'malformed_target',
-        missing: tunnel
-          ? `inside a tunnel to ${tunnel.host}:${tunnel.port} every request must be for that destination`
-          : 'the request target has an invalid host',
-      };
-    }
-    const path = canonicalPath(target.path);
-    const query = typeof path === 'string' ? canonicalQuery(target.query) : '';
-    const facts = {
-      method,
-      host,
-      port: target.port,
-      path: typeof path === 'string' ? path : target.path.slice(0, 256),
-    };
-    if (typeof path !== 'string' || typeof query !== 'string') {
-      const err = typeof path !== 'string' ? path : (query as Exclude<typeof query, string>);
-      return { ok: false, facts, status: 400, reason: err.error, missing: `the path was refused: ${err.detail}` };
-    }
-    const authority = canonicalAuthority(host, target.port);
-    const head = requestHead(req.rawHeaders, authority);
-    if (typeof head === 'string') {
-      return { ok: false, facts, status: 400, reason: 'bad_connection_header', missing: head };
-    }
-    const te = req.headers['transfer-encoding'];
-    if (te !== undefined && te.trim().toLowerCase() !== 'chunked') {
-      // Other codings would be lost on re-framing (the proxy forwards the de-chunked body, chunked anew).
-      return {
-        ok: false,
-        facts,
-        status: 400,
-        reason: 'unsupported_transfer_encoding',
-        missing: `Transfer-Encoding ${te} is not forwarded; only chunked`,
-      };
-    }
-    const framing = framingOf(req.headers);
-    const hasBody = framing.kind === 'chunked' || (framing.kind === 'length' && framing.length > 0);
-    if (hasBody && (BODYLESS.has(method) || kind === 'upgrade')) {
-      return {
-        ok: false,
-        facts,
-        status: 400,
-        reason: 'body_not_allowed',
-        missing: `a ${method} request carries no body`,
-      };
-    }
-    const overrides = queryOverridesMethod(query) ? [...head.overrides, '?'] : head.overrides;
-    return {
-      ok: true,
-      request: { kind, method, host, port: target.port, path, query, authority, overrides, framing },
-      headers: head.headers,
-    };
-  }
-
   #onRequest(req: IncomingMessage, res: ServerResponse, tunnel: TunnelTarget | undefined, expect: boolean): void {
     const socket = req.socket;
     this.#inFlight.set(socket, (this.#inFlight.get(socket) ?? 0) + 1);
@@ -449,7 +340,7 @@ export class FenceProxy {
 
   async #handle(req: IncomingMessage, res: ServerResponse, tunnel: TunnelTarget | undefined, expect: boolean) {
     const t = startTiming();
-    const c = this.#canonical(req, tunnel, 'http');
+    const c = canonicalRequest(req, tunnel, 'http');
     const unread = (): boolean => !req.complete;
     if (!c.ok) {
       this.#deny({ res, close: unread() }, c.facts, { ...c, rule: undefined }, t);
@@ -536,7 +427,7 @@ export class FenceProxy {
 
   async #onUpgrade(req: IncomingMessage, client: Duplex, head: Buffer, tunnel: TunnelTarget | undefined) {
     const t = startTiming();
-    const c = this.#canonical(req, tunnel, 'upgrade');
+    const c = canonicalRequest(req, tunnel, 'upgrade');
     if (!c.ok) {
       this.#deny({ socket: client }, c.facts, { ...c, rule: undefined }, t);
       return;
@@ -553,59 +444,9 @@ export class FenceProxy {
       this.#deny({ socket: client }, facts, adm, t);
       return;
     }
-    headers.connection = 'upgrade';
-    headers.upgrade = req.headers.upgrade ?? '';
-    const grant = { decision: adm.decision, reason: adm.reason, rule: adm.rule, revision: adm.revision };
-    this.#count(adm.decision, adm.reason);
-    const upstream = httpRequest({
-      host: adm.address,
-      port: request.port,
-      method: request.method,
-      path: request.path + request.query,
-      headers,
-      agent: false,
-      setHost: false,
-    });
-    upstream.on('upgrade', (up: IncomingMessage, socket: Socket, upHead: Buffer) => {
-      socket.on('error', ignore);
-      const lines = [`HTTP/1.1 101 ${up.statusMessage || 'Switching Protocols'}`];
-      const kept = endToEnd(up.rawHeaders);
-      for (let i = 0; i < kept.length; i += 2) lines.push(`${kept[i]}: ${kept[i + 1]}`);
-      lines.push('connection: upgrade', `upgrade: ${up.headers.upgrade ?? ''}`);
-      client.write(`${lines.join('\r\n')}\r\n\r\n`);
-      if (upHead.length > 0) client.write(upHead);
-      if (head.length > 0) socket.write(head);
-      splice(this.#core, 'http', client, socket, facts, grant, t, 101, { in: head.length, out: upHead.length });
-    });
-    upstream.on('response', (up: IncomingMessage) => {
-      // The upstream declined the upgrade: relay its answer and close.
-      up.on('error', ignore);
-      const lines = [`HTTP/1.1 ${up.statusCode ?? 502} ${up.statusMessage ?? ''}`];
-      const kept = endToEnd(up.rawHeaders).filter((_, i, a) => i % 2 === 1 || a[i] !== 'content-length');
-      for (let i = 0; i < kept.length; i += 2) lines.push(`${kept[i]}: ${kept[i + 1]}`);
-      lines.push('connection: close');
-      client.write(`${lines.join('\r\n')}\r\n\r\n`);
-      up.pipe(client);
-      up.on('end', () => {
-        this.#audit(
-          facts,
-          { decision: adm.decision, reason: adm.reason, status: up.statusCode ?? 0 },
-          adm.rule,
-          adm.revision,
-          t,
-        );
-      });
-    });
-    upstream.on('error', () => {
-      this.#upstreamErrors.inc();
-      writeRawRefusal(
-        client,
-        this.#refusal(facts, 502, 'upstream_error', `upstream ${request.host}:${request.port} failed`, adm.revision),
-      );
-      this.#audit(facts, { decision: adm.decision, reason: 'upstream_error', status: 502 }, adm.rule, adm.revision, t);
-    });
-    client.once('close', () => upstream.destroy());
-    upstream.end();
+    const refusal = (status: number, reason: string, missing: string): Refusal =>
+      this.#refusal(facts, status, reason, missing, adm.revision);
+    forwardUpgrade(this.#core, client, head, request, req.headers.upgrade ?? '', headers, adm, t, refusal);
   }
 
   async #onConnect(req: IncomingMessage, client: Duplex, head: Buffer): Promise<void> {
@@ -700,8 +541,6 @@ export class FenceProxy {
         tunnel.close('l7_rule_needs_plain_http');
         return;
       }
-      // Idle requests inside are bounded by the inner server's own timeouts from here on.
-      if (client instanceof Socket) client.setTimeout(0);
       client.pause();
       client.unshift(first);
       this.#targets.set(client, target);

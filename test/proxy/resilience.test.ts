@@ -214,6 +214,19 @@ describe('tunnels', () => {
     }
   });
 
+  it('times out a slow client inside an inspected tunnel like one outside', async () => {
+    const s: Socket = connect(proxy.port, '127.0.0.1');
+    s.on('error', () => undefined);
+    await once(s, 'connect');
+    s.write(`CONNECT orders.test:${P()} HTTP/1.1\r\n\r\n`);
+    await once(s, 'data');
+    let got = '';
+    s.on('data', (c: Buffer) => (got += c.toString()));
+    s.write('GET /v1/orders/1 HTTP/1.1\r\nhost: x\r\n');
+    await once(s, 'close');
+    expect(got).toMatch(/^HTTP\/1\.1 408 /);
+  }, 30_000);
+
   it('closes idle tunnels', async () => {
     const idle = await startProxy(entitlement(rules()), { tunnelIdleMs: 200 });
     try {
