@@ -24,6 +24,8 @@ export interface CanonicalRequest {
   authority: string;
   /** Methods claimed by override headers; '?' for a `_method` parameter (value unknown). */
   overrides: string[];
+  /** An HTML form body, which may carry a `_method` field (an override Rails, Laravel and others honour). */
+  form?: 'urlencoded' | 'multipart';
   framing: Framing;
 }
 
@@ -67,6 +69,27 @@ const NO_RULE: CompiledRule = { policy: '', rule: '', mode: 'Audit', cidrs: [], 
 const hasBody = (f: Framing): boolean => f.kind === 'chunked' || (f.kind === 'length' && f.length > 0);
 const profiled = (rule: CompiledRule): boolean => rule.http !== undefined || rule.mcp !== undefined;
 
+/** Methods a form body claims through `_method` fields ('?' when the value cannot be read reliably). */
+export function formOverrides(body: Buffer, form: 'urlencoded' | 'multipart'): string[] {
+  const text = body.toString('latin1');
+  if (form === 'multipart') return /name\s*=\s*"?_method/i.test(text) ? ['?'] : [];
+  const claims: string[] = [];
+  for (const pair of text.split('&')) {
+    const [rawKey = '', rawValue = ''] = pair.split('=', 2);
+    let key: string;
+    let value: string;
+    try {
+      key = decodeURIComponent(rawKey.replace(/\+/g, ' '));
+      value = decodeURIComponent(rawValue.replace(/\+/g, ' '));
+    } catch {
+      if (/_method|%5f/i.test(rawKey)) claims.push('?');
+      continue;
+    }
+    if (key.trim().toLowerCase() === '_method') claims.push(value.trim().toUpperCase() || '?');
+  }
+  return claims;
+}
+
 export async function admit(req: CanonicalRequest, ctx: PipelineContext): Promise<Admission> {
   const { matcher } = ctx;
   const revision = matcher?.revision ?? '';
@@ -97,9 +120,10 @@ export async function admit(req: CanonicalRequest, ctx: PipelineContext): Promis
       rule: decision.rule,
     };
   }
-  if (decision.allow && req.overrides.length > 0 && profiled(decision.rule)) {
+  const judgeOverrides = (claims: string[]): void => {
     // A method override is judged as the method it claims; one whose value is unknown cannot be.
-    for (const claimed of req.overrides) {
+    for (const claimed of claims) {
+      if (!decision.allow) return;
       const again = claimed === '?' ? undefined : matcher.decideHttp({ ...req, method: claimed }, ctx.now);
       if (!again?.allow) {
         decision = {
@@ -108,17 +132,22 @@ export async function admit(req: CanonicalRequest, ctx: PipelineContext): Promis
           missing: `the request claims method ${claimed === '?' ? 'via _method' : claimed} through an override, which no rule for ${req.host}:${req.port} allows on ${req.path}`,
           rule: decision.rule,
         };
-        break;
       }
     }
-  }
-  if (decision.allow && decision.needsMcpCheck && hasBody(req.framing) && decision.rule.mcp) {
+  };
+  if (decision.allow && req.overrides.length > 0 && profiled(decision.rule)) judgeOverrides(req.overrides);
+  const inspectBody =
+    decision.allow &&
+    hasBody(req.framing) &&
+    ((decision.needsMcpCheck && decision.rule.mcp !== undefined) ||
+      (req.form !== undefined && profiled(decision.rule)));
+  if (decision.allow && inspectBody) {
     const read = ctx.body ? await ctx.body(ctx.maxMcpBodyBytes) : 'too_large';
     if (read === 'too_large') {
       return refuse(
         413,
-        'mcp_body_too_large',
-        `MCP requests larger than ${ctx.maxMcpBodyBytes} bytes are not inspected and therefore refused`,
+        'body_too_large',
+        `request bodies judged by this rule (MCP messages, forms) larger than ${ctx.maxMcpBodyBytes} bytes are not inspected and therefore refused`,
         decision.rule,
       );
     }
@@ -131,18 +160,20 @@ export async function admit(req: CanonicalRequest, ctx: PipelineContext): Promis
         1,
       );
     }
-    const verdict = judgeMcpBody(read, decision.rule.mcp.tools);
-    if (verdict.ok) body = verdict.body;
-    else {
-      // Audit-only: the original bytes go on (nothing is enforced); they were refused as a message.
-      body = read;
-      decision = {
-        allow: false,
-        reason: verdict.reason,
-        missing: `${verdict.detail} (rule ${decision.rule.rule})`,
-        rule: decision.rule,
-      };
-    }
+    body = read;
+    if (decision.needsMcpCheck && decision.rule.mcp) {
+      const verdict = judgeMcpBody(read, decision.rule.mcp.tools);
+      if (verdict.ok) body = verdict.body;
+      else {
+        // Audit-only: the original bytes go on (nothing is enforced); they were refused as a message.
+        decision = {
+          allow: false,
+          reason: verdict.reason,
+          missing: `${verdict.detail} (rule ${decision.rule.rule})`,
+          rule: decision.rule,
+        };
+      }
+    } else if (req.form) judgeOverrides(formOverrides(read, req.form));
   }
   let wouldDeny: string | undefined;
   if (!decision.allow) {

@@ -25,6 +25,13 @@ export interface TunnelTarget {
 
 const BODYLESS = new Set(['HEAD', 'TRACE']);
 
+function formOf(req: IncomingMessage): { form?: 'urlencoded' | 'multipart' } {
+  const type = (req.headers['content-type'] ?? '').trim().toLowerCase();
+  if (type.startsWith('application/x-www-form-urlencoded')) return { form: 'urlencoded' };
+  if (type.startsWith('multipart/form-data')) return { form: 'multipart' };
+  return {};
+}
+
 export type Canonicalized =
   | { ok: true; request: CanonicalRequest; headers: Record<string, string> }
   | { ok: false; facts: AuditFacts; status: number; reason: string; missing: string };
@@ -115,7 +122,7 @@ export function canonicalRequest(
   const overrides = queryOverridesMethod(query) ? [...head.overrides, '?'] : head.overrides;
   return {
     ok: true,
-    request: { kind, method, host, port: target.port, path, query, authority, overrides, framing },
+    request: { kind, method, host, port: target.port, path, query, authority, overrides, framing, ...formOf(req) },
     headers: head.headers,
   };
 }

@@ -365,6 +365,50 @@ const cases: Case[] = [
     parts: get('open.test', '/x', 'x-http-method-override: DELETE'),
     expect: { statuses: [200], forwarded: ['GET /x'] },
   },
+  {
+    name: 'a form body claiming _method=DELETE',
+    parts: withBody(
+      'POST',
+      'orders.test',
+      '/v1/refund-requests',
+      'content-type: application/x-www-form-urlencoded\ncontent-length: 22',
+      'a=1&_method=DELETE&b=2',
+    ),
+    expect: { statuses: [403], phrase: 'method_override_not_allowed', forwarded: [] },
+  },
+  {
+    name: 'a form body claiming %5Fmethod=delete (encoded key)',
+    parts: withBody(
+      'POST',
+      'orders.test',
+      '/v1/refund-requests',
+      'content-type: application/x-www-form-urlencoded; charset=utf-8\ntransfer-encoding: chunked',
+      chunked('%5Fmethod=delete'),
+    ),
+    expect: { statuses: [403], forwarded: [] },
+  },
+  {
+    name: 'a multipart form with a _method field',
+    parts: withBody(
+      'POST',
+      'orders.test',
+      '/v1/refund-requests',
+      'content-type: multipart/form-data; boundary=XX\ncontent-length: 62',
+      '--XX\r\ncontent-disposition: form-data; name="_method"\r\n\r\nDELETE',
+    ),
+    expect: { statuses: [403], forwarded: [] },
+  },
+  {
+    name: 'a form body without an override: the judged bytes are forwarded',
+    parts: withBody(
+      'POST',
+      'orders.test',
+      '/v1/refund-requests',
+      'content-type: application/x-www-form-urlencoded\ntransfer-encoding: chunked',
+      chunked('a=1&', 'method=x'),
+    ),
+    expect: { statuses: [200], forwarded: ['POST /v1/refund-requests'], body: 'a=1&method=x' },
+  },
   // MCP: parsed strictly, judged, forwarded canonically, whatever the method.
   {
     name: 'MCP allowed tool, formatted: forwarded canonically',

@@ -8,6 +8,7 @@ import {
   queryOverridesMethod,
   requestHead,
 } from '../../sidecar/canonical.ts';
+import { formOverrides } from '../../sidecar/pipeline.ts';
 
 describe('canonical path', () => {
   it.each([
@@ -143,5 +144,20 @@ describe('forwarded headers', () => {
       'x-c',
       '2',
     ]);
+  });
+});
+
+describe('method overrides in form bodies', () => {
+  it.each([
+    ['a=1&_method=DELETE', 'urlencoded', ['DELETE']],
+    ['%5Fmethod=put', 'urlencoded', ['PUT']],
+    ['_method+=patch', 'urlencoded', ['PATCH']],
+    ['_method=%zz', 'urlencoded', ['?']],
+    ['_method=', 'urlencoded', ['?']],
+    ['a=1&method=x', 'urlencoded', []],
+    ['--b\r\ncontent-disposition: form-data; name="_method"\r\n\r\nDELETE', 'multipart', ['?']],
+    ['--b\r\ncontent-disposition: form-data; name="file"\r\n\r\nx', 'multipart', []],
+  ] as const)('%s (%s) claims %j', (body, form, claims) => {
+    expect(formOverrides(Buffer.from(body), form)).toEqual(claims);
   });
 });
