@@ -45,10 +45,28 @@ function encodedByte(text: string, i: number): number {
 const ambiguous = (detail: string): TargetError => ({ error: 'ambiguous_path', detail });
 
 /**
+ * The common case, checked in one pass without building anything: only raw path characters, no encoding,
+ * no empty segment, no segment starting with a dot (so no dot segment). Such a path is its own canonical form.
+ */
+function isPlainCanonical(raw: string): boolean {
+  if (raw.charCodeAt(0) !== 47) return false;
+  let prev = 47;
+  for (let i = 1; i < raw.length; i++) {
+    const code = raw.charCodeAt(i);
+    if (code === 47) {
+      if (prev === 47) return false;
+    } else if (code >= 128 || !PCHAR[code] || (code === 46 && prev === 47)) return false;
+    prev = code;
+  }
+  return true;
+}
+
+/**
  * The canonical path of a request path (no query). `raw` holds one character per byte (Node decodes the
  * request line as latin1).
  */
 export function canonicalPath(raw: string): string | TargetError {
+  if (isPlainCanonical(raw)) return raw;
   if (raw.charCodeAt(0) !== 47) return { error: 'malformed_target', detail: 'the path must start with /' };
   const out: string[] = [];
   let segment = '';
