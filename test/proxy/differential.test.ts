@@ -667,7 +667,11 @@ describe.each(['node', 'go'] as const)('differential: %s upstream', (which) => {
       expect(r.headers['agentfence-identity']).toBeUndefined();
       // What it got is what the audit line describes, and what the policy allows.
       const line = audits.find((a) => a.decision === 'allow' && a.method === r.method && a.path === path);
-      expect(line, `audit line for ${r.method} ${r.uri}`).toMatchObject({ host, port: up.port });
+      expect(line, `audit line for ${r.method} ${r.uri}`).toMatchObject({
+        host,
+        port: up.port,
+        bytesIn: Buffer.byteLength(r.body),
+      });
       const decision = matcher.decideHttp({ method: r.method, host, port: up.port, path }, Date.now());
       expect(decision.allow).toBe(true);
       if (decision.allow && decision.rule.mcp && r.body !== '') {
