@@ -6,7 +6,8 @@ export default defineConfig({
       {
         test: {
           name: 'unit',
-          include: ['test/unit/**/*.test.ts'],
+          // test/proxy: the sidecar's data path on loopback sockets (no control plane needed).
+          include: ['test/unit/**/*.test.ts', 'test/proxy/**/*.test.ts'],
         },
       },
       {

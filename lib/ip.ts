@@ -93,3 +93,32 @@ export function metadataExcept(cidr: string): string[] {
   if (!parsed) return [];
   return neverGranted.filter((n) => containsCidr(parsed, n.cidr)).map((n) => n.text);
 }
+
+const v6 = (text: string): Cidr => parseCidr(text) as Cidr;
+/** IPv6 ranges that carry an IPv4 address, and where: the IPv4 is what a packet to them finally reaches. */
+const EMBEDDING: { cidr: Cidr; extract: (value: bigint) => bigint }[] = [
+  // IPv4-mapped ::ffff:a.b.c.d, NAT64 well-known 64:ff9b::/96, IPv4-compatible ::a.b.c.d (deprecated, but
+  // still routed by some stacks), IPv4-translated ::ffff:0:a.b.c.d: the last 32 bits.
+  { cidr: v6('::ffff:0:0/96'), extract: (v) => v & 0xffffffffn },
+  { cidr: v6('64:ff9b::/96'), extract: (v) => v & 0xffffffffn },
+  { cidr: v6('::/96'), extract: (v) => v & 0xffffffffn },
+  { cidr: v6('::ffff:0:0:0/96'), extract: (v) => v & 0xffffffffn },
+  // NAT64 local-use 64:ff9b:1::/48 (RFC 8215): prefix lengths vary; the /96 form puts it last.
+  { cidr: v6('64:ff9b:1::/48'), extract: (v) => v & 0xffffffffn },
+  // 6to4 2002:a.b.c.d::/48: bits 16..48.
+  { cidr: v6('2002::/16'), extract: (v) => (v >> 80n) & 0xffffffffn },
+  // Teredo 2001:0::/32: the client's IPv4 is the last 32 bits, inverted.
+  { cidr: v6('2001::/32'), extract: (v) => ~v & 0xffffffffn },
+];
+
+/**
+ * The IPv4 address an IPv6 address embeds (IPv4-mapped, IPv4-compatible, NAT64, 6to4, Teredo), or undefined.
+ * `::` and `::1` embed nothing. Checks on IPv4 ranges must also apply to this address: otherwise
+ * `[::ffff:169.254.169.254]` reaches the metadata service under an IPv6 grant.
+ */
+export function embeddedIPv4(ip: { family: 4 | 6; value: bigint }): bigint | undefined {
+  if (ip.family !== 6 || ip.value <= 1n) return undefined;
+  const single: Cidr = { family: 6, network: ip.value, prefix: 128 };
+  for (const e of EMBEDDING) if (containsCidr(e.cidr, single)) return e.extract(ip.value);
+  return undefined;
+}

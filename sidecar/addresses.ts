@@ -9,7 +9,7 @@
  */
 import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
-import { NEVER_GRANTED, containsCidr, parseCidr, parseIP, type Cidr } from '../lib/ip.ts';
+import { NEVER_GRANTED, containsCidr, embeddedIPv4, parseCidr, parseIP, type Cidr } from '../lib/ip.ts';
 import type { CompiledRule } from './match.ts';
 
 const cidrs = (list: string[]): Cidr[] => list.map((c) => parseCidr(c)).filter((c): c is Cidr => c !== undefined);
@@ -32,19 +32,25 @@ const SPECIAL = cidrs([
   'ff00::/8',
 ]);
 
-function asCidr(address: string): Cidr | undefined {
-  const ip = parseIP(address);
-  return ip ? { family: ip.family, network: ip.value, prefix: ip.family === 4 ? 32 : 128 } : undefined;
-}
-
 export type AddressVerdict = { ok: true } | { ok: false; reason: 'metadata_address' | 'private_address' };
 
-export function judgeAddress(address: string, rule: CompiledRule): AddressVerdict {
-  const single = asCidr(address);
-  if (!single) return { ok: false, reason: 'private_address' };
+function judgeOne(single: Cidr, rule: CompiledRule): AddressVerdict {
   if (NEVER.some((c) => containsCidr(c, single))) return { ok: false, reason: 'metadata_address' };
   if (!SPECIAL.some((c) => containsCidr(c, single))) return { ok: true };
   return rule.cidrs.some((c) => containsCidr(c, single)) ? { ok: true } : { ok: false, reason: 'private_address' };
+}
+
+/**
+ * Judges an address for a rule. An IPv6 address that embeds an IPv4 one (mapped, compatible, NAT64, 6to4,
+ * Teredo) is judged twice: as itself and as the IPv4 address it reaches; both must pass.
+ */
+export function judgeAddress(address: string, rule: CompiledRule): AddressVerdict {
+  const ip = parseIP(address);
+  if (!ip) return { ok: false, reason: 'private_address' };
+  const verdict = judgeOne({ family: ip.family, network: ip.value, prefix: ip.family === 4 ? 32 : 128 }, rule);
+  const v4 = embeddedIPv4(ip);
+  if (!verdict.ok || v4 === undefined) return verdict;
+  return judgeOne({ family: 4, network: v4, prefix: 32 }, rule);
 }
 
 export type Resolved =

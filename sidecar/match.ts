@@ -11,6 +11,7 @@ import { domainToASCII } from 'node:url';
 import { isIP } from 'node:net';
 import type { AgentEntitlement, EntitlementEgressRule } from '../lib/api/types.generated.ts';
 import { containsCidr, parseCidr, parseIP, type Cidr } from '../lib/ip.ts';
+import { canonicalPath } from './canonical.ts';
 
 export type Mode = 'Enforce' | 'Audit';
 
@@ -35,12 +36,13 @@ export interface Destination {
 
 export interface HttpRequestFacts extends Destination {
   method: string;
-  /** Normalized path (see normalizePath), no query. */
+  /** Canonical path (see canonicalPath), no query. */
   path: string;
 }
 
 export type Decision =
-  | { allow: true; rule: CompiledRule; needsMcpCheck: boolean }
+  /** needsMcpCheck: a body sent to the rule's MCP path must be judged; inspect: a tunnel whose requests must be judged one by one. */
+  | { allow: true; rule: CompiledRule; needsMcpCheck: boolean; inspect?: boolean }
   | { allow: false; reason: DenyReason; missing: string; rule?: CompiledRule };
 
 export type DenyReason =
@@ -48,7 +50,10 @@ export type DenyReason =
   | 'method_not_allowed'
   | 'path_not_allowed'
   | 'l7_rule_needs_plain_http'
-  | 'mcp_tool_not_allowed';
+  | 'mcp_tool_not_allowed'
+  | 'mcp_message_invalid'
+  | 'method_override_not_allowed'
+  | 'upgrade_needs_rule_without_l7';
 
 interface HostIndex {
   exact: Map<string, CompiledRule[]>;
@@ -111,19 +116,17 @@ export class Matcher {
     return out;
   }
 
-  /** A CONNECT tunnel: only host and port can be checked, so rules with an HTTP or MCP profile do not apply. */
+  /**
+   * A CONNECT tunnel. A rule without an HTTP or MCP profile allows a blind tunnel; when only rules with a
+   * profile match, the tunnel is allowed for inspection: every request inside it is judged like a plain one
+   * (and bytes that are not plain HTTP are refused).
+   */
   decideConnect(dest: Destination, now: number): Decision {
     const candidates = this.candidates(dest, now);
     const plain = candidates.find((r) => !r.http && !r.mcp);
     if (plain) return { allow: true, rule: plain, needsMcpCheck: false };
-    if (candidates.length > 0) {
-      return {
-        allow: false,
-        reason: 'l7_rule_needs_plain_http',
-        missing: `rules for ${dest.host}:${dest.port} restrict methods, paths or tools, which cannot be checked inside a CONNECT tunnel; use plain HTTP or a rule without an http/mcp profile`,
-        rule: candidates[0],
-      };
-    }
+    const first = candidates[0];
+    if (first) return { allow: true, rule: first, needsMcpCheck: false, inspect: true };
     return {
       allow: false,
       reason: 'no_rule_for_destination',
@@ -144,8 +147,8 @@ export class Matcher {
     let methodSeen = false;
     for (const rule of candidates) {
       if (rule.mcp) {
-        if (req.path === rule.mcp.path && req.method === 'POST') return { allow: true, rule, needsMcpCheck: true };
-        if (req.path === rule.mcp.path) return { allow: true, rule, needsMcpCheck: false }; // GET (SSE stream), DELETE (session end)
+        // Any method: a body (whatever the method) is judged; GET (SSE stream) and DELETE (session end) have none.
+        if (req.path === rule.mcp.path) return { allow: true, rule, needsMcpCheck: true };
         continue;
       }
       if (!rule.http) return { allow: true, rule, needsMcpCheck: false };
@@ -184,18 +187,26 @@ function compileRule(rule: EntitlementEgressRule): CompiledRule {
       const exact = new Set<string>();
       const prefixes: string[] = [];
       for (const p of h.paths ?? []) {
-        if (p.type === 'Exact') exact.add(p.value);
-        else prefixes.push(p.value);
+        // Rule paths are compared in the canonical form requests are brought to.
+        const value = canonical(p.value);
+        if (p.type === 'Exact') exact.add(value);
+        else prefixes.push(value);
       }
       // No paths listed: any path.
       if ((h.paths ?? []).length === 0) prefixes.push('/');
       return { ...(h.methods ? { methods: new Set<string>(h.methods) } : {}), exact, prefixes };
     });
   }
-  if (rule.mcp) compiled.mcp = { path: rule.mcp.path ?? '/mcp', tools: new Set(rule.mcp.tools) };
+  if (rule.mcp) compiled.mcp = { path: canonical(rule.mcp.path ?? '/mcp'), tools: new Set(rule.mcp.tools) };
   if (rule.audience) compiled.audience = rule.audience;
   if (rule.expiresAt) compiled.expiresAt = Date.parse(rule.expiresAt);
   return compiled;
+}
+
+/** A rule path in canonical form; one that cannot be canonicalized is kept as written (and matches nothing odd). */
+function canonical(path: string): string {
+  const c = canonicalPath(path);
+  return typeof c === 'string' ? c : path;
 }
 
 function portMatches(rule: CompiledRule, port: number): boolean {
@@ -226,45 +237,4 @@ export function normalizeHost(raw: string): string | undefined {
   if (!ascii || ascii.length > 253) return undefined;
   if (!/^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)*[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(ascii)) return undefined;
   return ascii;
-}
-
-/**
- * Normalizes a request path before matching, so that encodings cannot smuggle a path past a rule:
- * the query is dropped, percent-encodings are decoded (including %2F and %2E), `\` counts as `/`,
- * repeated slashes collapse and dot segments are resolved. Undefined for malformed input.
- */
-export function normalizePath(raw: string): string | undefined {
-  const q = raw.search(/[?#]/);
-  let path = q >= 0 ? raw.slice(0, q) : raw;
-  if (!path.startsWith('/')) return undefined;
-  try {
-    path = decodeURIComponent(path);
-  } catch {
-    return undefined;
-  }
-  if (path.includes('\0')) return undefined;
-  const out: string[] = [];
-  for (const segment of path.replace(/\\/g, '/').split('/')) {
-    if (segment === '' || segment === '.') continue;
-    if (segment === '..') out.pop();
-    else out.push(segment);
-  }
-  const trailing = path.endsWith('/') && out.length > 0 ? '/' : '';
-  return `/${out.join('/')}${trailing}`;
-}
-
-/**
- * Checks an MCP JSON-RPC body: `tools/call` only for listed tools; other methods (initialize, tools/list,
- * notifications…) pass. Batches are checked element by element. Returns the first refused tool, or undefined.
- */
-export function refusedMcpTool(body: unknown, tools: Set<string>): string | undefined {
-  const messages = Array.isArray(body) ? body : [body];
-  for (const m of messages) {
-    if (typeof m !== 'object' || m === null) return '(malformed JSON-RPC message)';
-    const { method, params } = m as { method?: unknown; params?: { name?: unknown } };
-    if (method !== 'tools/call') continue;
-    const name = typeof params?.name === 'string' ? params.name : '';
-    if (!tools.has(name)) return name || '(unnamed tool)';
-  }
-  return undefined;
 }

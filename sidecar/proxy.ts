@@ -1,32 +1,36 @@
 /**
- * The egress fence: an explicit forward proxy for plain HTTP (absolute-form requests) and CONNECT tunnels.
- * Deny by default. For every request: decide on the destination (and for plain HTTP method, path and MCP tool),
- * resolve and check the address, then connect to exactly that address through a keep-alive pool. Denials answer
- * 403 with a JSON body naming what was missing and never touch the destination. One audit line per decision.
+ * The egress fence: an explicit forward proxy for plain HTTP (absolute-form requests), CONNECT tunnels and
+ * protocol upgrades. Deny by default. Every request is brought to its canonical form (canonical.ts), judged by
+ * the one admission pipeline (pipeline.ts), and — only if admitted — that canonical form is what is forwarded
+ * (forward.ts, tunnel.ts). Denials answer with the reason (refusals never touch the destination). One audit
+ * line per decision. No network event ends the process: every socket and stream has its errors handled.
+ *
+ * A CONNECT to a destination whose rules need L7 checks is inspected: its first bytes are looked at; plain
+ * HTTP/1.x is parsed by an inner HTTP server and every request in the tunnel is judged like a plain one; TLS
+ * is refused (it cannot be inspected here).
  *
  * Data-path care (PERFORMANCE.md): matchers are compiled once per snapshot; upstream connections are pooled per
- * address; CONNECT is piped at the socket level; audit writes are batched and never block.
+ * address; tunnels are piped at the socket level; audit writes are batched and never block.
  */
-import { randomUUID } from 'node:crypto';
-import {
-  Agent,
-  createServer,
-  request as httpRequest,
-  type IncomingMessage,
-  type Server,
-  type ServerResponse,
-} from 'node:http';
-import { connect, type Socket } from 'node:net';
+import { Agent, createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { once } from 'node:events';
-import type { AddressInfo } from 'node:net';
+import { Socket, type AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Registry } from 'prom-client';
 import { AGENT_TOKEN_HEADER } from '../lib/identity/claims.ts';
 import type { Logger } from '../lib/log.ts';
 import { counter, gauge, histogram } from '../lib/metrics.ts';
-import { resolveChecked, systemResolver, type Resolver } from './addresses.ts';
-import type { AuditRecord, AuditSink } from './audit.ts';
-import { normalizeHost, normalizePath, refusedMcpTool, type CompiledRule, type Matcher } from './match.ts';
+import { systemResolver, type Resolver } from './addresses.ts';
+import type { AuditSink } from './audit.ts';
+import { canonicalAuthority, splitAuthority } from './canonical.ts';
+import { ignore, startTiming, type AuditFacts, type Core, type Timing, type Tunnel } from './core.ts';
+import { forwardHttp } from './forward.ts';
+import { forwardUpgrade } from './upgrade.ts';
+import { canonicalRequest, type TunnelTarget } from './request.ts';
+import { normalizeHost, type CompiledRule, type Matcher } from './match.ts';
+import { admit, type Admission, type CanonicalRequest } from './pipeline.ts';
+import { sendRefusal, writeRawRefusal, type Refusal } from './respond.ts';
+import { TLS_HANDSHAKE_FAILURE, blindTunnel, sniff } from './tunnel.ts';
 
 export interface AgentView {
   sub: string;
@@ -49,45 +53,37 @@ export interface ProxyOptions {
   now?: () => number;
   /** Largest MCP request body inspected; larger ones are refused (default 1 MiB). */
   maxMcpBodyBytes?: number;
+  /** All request bodies buffered for inspection at once; past it, 503 + Retry-After (default 16 MiB). */
+  maxBufferedBodyBytes?: number;
+  /** A tunnel (CONNECT, upgrade) with no bytes either way for this long is closed (default 10 min). */
+  tunnelIdleMs?: number;
 }
 
-const HOP_BY_HOP = new Set([
-  'connection',
-  'proxy-connection',
-  'keep-alive',
-  'te',
-  'trailer',
-  'transfer-encoding',
-  'upgrade',
-  'proxy-authorization',
-  'proxy-authenticate',
-  AGENT_TOKEN_HEADER,
-]);
+type Denied = Extract<Admission, { allow: false }>;
 
-/** No rule, no snapshot: an empty rule for the address check of would-deny (audit) traffic. */
-const NO_RULE: CompiledRule = { policy: '', rule: '', mode: 'Audit', cidrs: [], ports: [] };
-
-interface Tunnel {
-  host: string;
-  port: number;
-  client: Duplex;
-  upstream: Socket;
-}
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 export class FenceProxy {
   readonly server: Server;
+  /** Parses plain HTTP inside inspected CONNECT tunnels; never listens itself. */
+  readonly #inner: Server;
   readonly #o: ProxyOptions;
   readonly #pools = new Map<string, Agent>();
   readonly #tunnels = new Set<Tunnel>();
+  readonly #targets = new WeakMap<object, TunnelTarget>();
+  /** Requests in flight per client socket: a parse error there must not write a second response. */
+  readonly #inFlight = new WeakMap<object, number>();
+  /** Connections whose parser failed while a request was in flight: closed once its response is done. */
+  readonly #closeWhenIdle = new WeakSet<object>();
   readonly #resolver: Resolver;
   readonly #now: () => number;
+  readonly #core: Core;
   readonly #requests;
-  readonly #duration;
-  readonly #upstreamErrors;
   readonly #tunnelsOpen;
+  readonly #upstreamErrors;
   readonly #decisionCounters = new Map<string, { inc(): void }>();
-  readonly #httpDuration: { observe(v: number): void };
-  readonly #connectDuration: { observe(v: number): void };
+  readonly #durations: Record<'http' | 'connect', { observe(v: number): void }>;
+  #buffered = 0;
 
   constructor(options: ProxyOptions) {
     this.#o = options;
@@ -99,14 +95,13 @@ export class FenceProxy {
       help: 'Egress decisions, by decision (allow, deny, would_deny) and reason.',
       labelNames: ['decision', 'reason'],
     });
-    this.#duration = histogram(r, {
+    const duration = histogram(r, {
       name: 'agentfence_sidecar_request_duration_seconds',
-      help: 'Time from request to response end (plain HTTP) or tunnel close (CONNECT), by kind.',
+      help: 'Time from request to response end (plain HTTP) or tunnel close (CONNECT, upgrade), by kind.',
       labelNames: ['kind'],
       buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30],
     });
-    this.#httpDuration = this.#duration.labels({ kind: 'http' });
-    this.#connectDuration = this.#duration.labels({ kind: 'connect' });
+    this.#durations = { http: duration.labels({ kind: 'http' }), connect: duration.labels({ kind: 'connect' }) };
     this.#upstreamErrors = counter(r, {
       name: 'agentfence_sidecar_upstream_errors_total',
       help: 'Upstream connection or protocol errors.',
@@ -117,33 +112,71 @@ export class FenceProxy {
       help: 'Open CONNECT tunnels.',
       labelNames: [],
     });
-    this.server = createServer({
+    this.#core = {
+      audit: (facts, outcome, rule, revision, t) => this.#audit(facts, outcome, rule, revision, t),
+      count: (decision, reason) => this.#count(decision, reason),
+      observe: (kind, t) => this.#durations[kind].observe((performance.now() - t.started) / 1000),
+      upstreamError: () => this.#upstreamErrors.inc(),
+      pool: (address, port) => this.#pool(address, port),
+      track: (tunnel, rule) => {
+        this.#tunnels.add(tunnel);
+        this.#tunnelsOpen.inc();
+        this.#armExpiry(tunnel, rule);
+      },
+      untrack: (tunnel) => {
+        if (!this.#tunnels.delete(tunnel)) return;
+        this.#tunnelsOpen.dec();
+        if (tunnel.expiry) clearTimeout(tunnel.expiry);
+      },
+      idleMs: options.tunnelIdleMs ?? 600_000,
+    };
+    const serverOptions = {
       maxHeaderSize: 16 * 1024,
       headersTimeout: 10_000,
       requestTimeout: 300_000,
       keepAliveTimeout: 30_000,
       requireHostHeader: false,
-    });
-    this.server.on('request', (req, res) => {
-      this.#onRequest(req, res).catch((err: unknown) => this.#fail(res, err));
-    });
+      // How often the header and request timeouts are checked (Node's default, 30 s, lets a slow client
+      // hold a connection up to 40 s past a 10 s header timeout).
+      connectionsCheckingInterval: 2_000,
+    };
+    this.server = createServer(serverOptions);
+    this.#inner = createServer(serverOptions);
+    // Node tracks connections (headers and request timeouts, closeAllConnections) from 'listening' on; the
+    // inner server never listens, so it is told it does: slow clients inside a tunnel are timed out too.
+    this.#inner.emit('listening');
+    for (const server of [this.server, this.#inner]) {
+      const target = (req: IncomingMessage): TunnelTarget | undefined =>
+        server === this.#inner ? this.#targets.get(req.socket) : undefined;
+      server.on('request', (req: IncomingMessage, res: ServerResponse) =>
+        this.#onRequest(req, res, target(req), false),
+      );
+      // Expect: 100-continue is answered only once the request is admitted (forward.ts, #readBody).
+      server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) =>
+        this.#onRequest(req, res, target(req), true),
+      );
+      server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+        socket.on('error', ignore);
+        // Held until admitted: nothing the client sends is read (or lost) before the decision.
+        socket.pause();
+        this.#onUpgrade(req, socket, head, target(req)).catch((err: unknown) => {
+          options.logger.error('upgrade failed', { err });
+          socket.destroy();
+        });
+      });
+      server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => this.#onClientError(err, socket));
+    }
     this.server.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+      socket.on('error', ignore);
+      socket.pause();
       this.#onConnect(req, socket, head).catch((err: unknown) => {
         options.logger.error('tunnel failed', { err });
         socket.destroy();
       });
     });
-    // Malformed request lines, oversized headers, smuggling attempts, slow clients: answer and close this
-    // connection only; everything else keeps working.
-    this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
-      const code = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
-      const text = code === 431 ? 'Request Header Fields Too Large' : code === 408 ? 'Request Timeout' : 'Bad Request';
-      const body = JSON.stringify({ error: 'bad_request', message: `${text}: ${err.code ?? 'malformed request'}` });
-      if (socket.writable) {
-        socket.end(
-          `HTTP/1.1 ${code} ${text}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
-        );
-      } else socket.destroy();
+    this.#inner.on('connect', (_req: IncomingMessage, socket: Duplex) => {
+      socket.on('error', ignore);
+      socket.destroy();
     });
   }
 
@@ -155,12 +188,11 @@ export class FenceProxy {
   }
 
   async close(): Promise<void> {
-    for (const t of this.#tunnels) {
-      t.client.destroy();
-      t.upstream.destroy();
-    }
+    for (const t of [...this.#tunnels]) t.close('shutdown');
     this.server.close();
     this.server.closeAllConnections();
+    this.#inner.close();
+    this.#inner.closeAllConnections();
     for (const pool of this.#pools.values()) pool.destroy();
     await once(this.server, 'close').catch(() => undefined);
   }
@@ -171,18 +203,35 @@ export class FenceProxy {
    * finish; every new request is decided under the new snapshot.
    */
   revoke(): void {
-    const matcher = this.#o.matcher();
-    const now = this.#now();
     let closed = 0;
-    for (const t of this.#tunnels) {
-      if (matcher?.decideConnect(t, now).allow) continue;
-      t.client.destroy();
-      t.upstream.destroy();
+    for (const t of [...this.#tunnels]) {
+      if (this.#stillEntitled(t)) continue;
+      t.close('revoked');
       closed++;
     }
     // Upstream pools are kept: they hold connections to addresses, and every request is decided anew anyway.
     this.server.closeIdleConnections();
+    this.#inner.closeIdleConnections();
     if (closed > 0) this.#o.logger.info('tunnels closed after revocation', { closed });
+  }
+
+  #stillEntitled(t: Tunnel): CompiledRule | false {
+    const decision = this.#o.matcher()?.decideConnect(t, this.#now());
+    return decision?.allow ? decision.rule : false;
+  }
+
+  /** A tunnel opened under a rule with an expiry is re-judged when that expiry comes (static mode has no push). */
+  #armExpiry(t: Tunnel, rule: CompiledRule | undefined): void {
+    if (rule?.expiresAt === undefined) return;
+    const wait = Math.min(Math.max(rule.expiresAt - this.#now() + 1, 0), MAX_TIMER_MS);
+    t.expiry = setTimeout(() => {
+      t.expiry = undefined;
+      if (!this.#tunnels.has(t)) return;
+      const next = this.#stillEntitled(t);
+      if (next) this.#armExpiry(t, next);
+      else t.close('grant_expired');
+    }, wait);
+    t.expiry.unref();
   }
 
   #count(decision: string, reason: string): void {
@@ -205,425 +254,324 @@ export class FenceProxy {
     return pool;
   }
 
-  #record(
-    partial: Partial<AuditRecord> & Pick<AuditRecord, 'decision' | 'reason' | 'method' | 'host' | 'port' | 'path'>,
-    started: number,
-    id: string,
+  #audit(
+    facts: AuditFacts,
+    outcome: Parameters<Core['audit']>[1],
     rule: CompiledRule | undefined,
     revision: string,
+    t: Timing,
   ): void {
     const agent = this.#o.agent();
     this.#o.audit.write({
-      time: new Date(started).toISOString(),
-      requestId: id,
+      time: new Date(t.at).toISOString(),
+      requestId: t.id,
       agent: agent.sub,
       pod: agent.pod,
       namespace: agent.namespace,
+      ...facts,
       policy: rule?.policy ?? '',
       rule: rule?.rule ?? '',
       revision,
-      mode: rule?.mode ?? (this.#o.matcher()?.auditOnly ? 'Audit' : 'Enforce'),
-      status: 0,
+      mode: rule?.mode || (this.#o.matcher()?.auditOnly ? 'Audit' : 'Enforce'),
       bytesIn: 0,
       bytesOut: 0,
-      durationMs: Math.round((performance.now() - started) * 1000) / 1000,
-      ...partial,
+      durationMs: Math.round((performance.now() - t.started) * 1000) / 1000,
+      ...outcome,
     });
   }
 
-  async #onRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const started = performance.now();
-    const startedAt = Date.now();
-    const id = randomUUID();
-    const target = parseAbsoluteHttp(req.url ?? '');
-    const method = req.method ?? 'GET';
-    if (!target) {
-      this.#count('deny', 'not_a_proxy_request');
-      sendJson(res, 400, {
-        error: 'bad_request',
-        message: req.url?.startsWith('https://')
-          ? 'use CONNECT for https:// destinations (set HTTPS_PROXY)'
-          : 'this is a forward proxy: send absolute-form requests (http://host/path), e.g. by setting HTTP_PROXY',
-      });
-      return;
-    }
-    const path = normalizePath(target.path);
-    const host = normalizeHost(target.host);
-    if (!host || !path) {
-      this.#count('deny', 'malformed_target');
-      sendJson(res, 400, { error: 'bad_request', message: 'the request target has an invalid host or path' });
-      return;
-    }
-    if (req.headers.upgrade) {
-      this.#count('deny', 'upgrade_not_supported');
-      sendJson(res, 501, { error: 'not_implemented', message: 'protocol upgrades are not proxied; use CONNECT' });
-      return;
-    }
-    const matcher = this.#o.matcher();
-    const revision = matcher?.revision ?? '';
-    const facts = { method, host, port: target.port, path };
-    const audit = (p: Partial<AuditRecord> & Pick<AuditRecord, 'decision' | 'reason'>, rule?: CompiledRule): void =>
-      this.#record({ ...facts, ...p, time: new Date(startedAt).toISOString() }, started, id, rule, revision);
-
-    const deny = (status: number, reason: string, missing: string, rule?: CompiledRule): void => {
-      this.#count('deny', reason);
-      const agent = this.#o.agent();
-      sendJson(res, status, {
-        error: status === 403 ? 'forbidden' : 'unavailable',
-        reason,
-        request: { method, host, port: target.port, path },
-        missing,
-        agent: agent.sub,
-        revision,
-        mode: 'Enforce',
-      });
-      audit({ decision: 'deny', reason, status }, rule);
-      this.#httpDuration.observe((performance.now() - started) / 1000);
+  #refusal(facts: AuditFacts, status: number, reason: string, missing: string, revision: string): Refusal {
+    return {
+      status,
+      reason,
+      missing,
+      request: facts.method === 'CONNECT' ? { method: 'CONNECT', host: facts.host, port: facts.port } : facts,
+      agent: this.#o.agent().sub,
+      revision,
     };
+  }
 
-    if (!matcher) {
-      deny(
-        403,
-        'no_entitlements',
-        'no current entitlement snapshot from the controller: everything is denied until one arrives',
-      );
-      return;
-    }
-    let decision = matcher.decideHttp(facts, this.#now());
-    let body: Buffer | undefined;
-    if (decision.allow && decision.needsMcpCheck) {
-      const limit = this.#o.maxMcpBodyBytes ?? 1024 * 1024;
-      body = await readBody(req, limit);
-      if (!body) {
-        deny(
-          413,
-          'mcp_body_too_large',
-          `MCP requests larger than ${limit} bytes are not inspected and therefore refused`,
-          decision.rule,
+  /** Counts, answers and audits a refusal; facts without a host (unparseable target) are not audited. */
+  #deny(
+    to: { res: ServerResponse; close: boolean } | { socket: Duplex },
+    facts: AuditFacts,
+    d: Pick<Denied, 'status' | 'reason' | 'missing' | 'rule' | 'retryAfterSeconds'>,
+    t: Timing,
+  ): void {
+    const revision = this.#o.matcher()?.revision ?? '';
+    this.#count('deny', d.reason);
+    const refusal = {
+      ...this.#refusal(facts, d.status, d.reason, d.missing, revision),
+      ...(d.retryAfterSeconds ? { retryAfterSeconds: d.retryAfterSeconds } : {}),
+    };
+    if ('res' in to) sendRefusal(to.res, refusal, to.close);
+    else writeRawRefusal(to.socket, refusal);
+    if (facts.host) this.#audit(facts, { decision: 'deny', reason: d.reason, status: d.status }, d.rule, revision, t);
+    if (facts.method !== 'CONNECT') this.#core.observe('http', t);
+  }
+
+  #onRequest(req: IncomingMessage, res: ServerResponse, tunnel: TunnelTarget | undefined, expect: boolean): void {
+    const socket = req.socket;
+    this.#inFlight.set(socket, (this.#inFlight.get(socket) ?? 0) + 1);
+    res.once('close', () => {
+      const left = (this.#inFlight.get(socket) ?? 1) - 1;
+      this.#inFlight.set(socket, left);
+      if (left === 0 && this.#closeWhenIdle.has(socket)) socket.destroy();
+    });
+    req.on('error', ignore);
+    res.on('error', ignore);
+    this.#handle(req, res, tunnel, expect).catch((err: unknown) => {
+      this.#o.logger.error('request failed', { err });
+      if (!res.headersSent && !res.destroyed)
+        sendRefusal(
+          res,
+          this.#refusal(
+            { method: req.method ?? '', host: '', port: 0, path: '' },
+            500,
+            'internal',
+            'the sidecar failed to handle this request',
+            '',
+          ),
+          true,
         );
-        return;
-      }
-      let parsed: unknown;
-      try {
-        parsed = JSON.parse(body.toString('utf8'));
-      } catch {
-        parsed = undefined;
-      }
-      const refused =
-        parsed === undefined
-          ? '(invalid JSON)'
-          : decision.rule.mcp
-            ? refusedMcpTool(parsed, decision.rule.mcp.tools)
-            : undefined;
-      if (refused !== undefined) {
-        decision = {
-          allow: false,
-          reason: 'mcp_tool_not_allowed',
-          missing: `tool ${refused} is not in the allowed list of rule ${decision.rule.rule}`,
-          rule: decision.rule,
-        };
-      }
-    }
-    let wouldDeny: { reason: string } | undefined;
-    if (!decision.allow) {
-      if (!matcher.auditOnly) {
-        deny(403, decision.reason, decision.missing, decision.rule);
-        return;
-      }
-      wouldDeny = { reason: decision.reason };
-    }
-    const rule = decision.allow ? decision.rule : (decision.rule ?? NO_RULE);
-    const resolved = await resolveChecked(host, rule, this.#resolver);
-    if (!resolved.ok) {
-      // Internal and metadata addresses stay closed even in Audit mode.
-      deny(resolved.reason === 'dns_failure' ? 502 : 403, resolved.reason, resolved.detail, decision.rule);
+      else res.destroy();
+    });
+  }
+
+  async #handle(req: IncomingMessage, res: ServerResponse, tunnel: TunnelTarget | undefined, expect: boolean) {
+    const t = startTiming();
+    const c = canonicalRequest(req, tunnel, 'http');
+    const unread = (): boolean => !req.complete;
+    if (!c.ok) {
+      this.#deny({ res, close: unread() }, c.facts, { ...c, rule: undefined }, t);
       return;
     }
-
-    const headers = forwardHeaders(req.rawHeaders);
-    if (!headers.host) headers.host = target.port === 80 ? host : `${host}:${target.port}`;
-    if (decision.allow && rule.audience && this.#o.tokenFor) {
+    const { request, headers } = c;
+    const facts = { method: request.method, host: request.host, port: request.port, path: request.path };
+    const adm = await admit(request, {
+      matcher: this.#o.matcher(),
+      now: this.#now(),
+      resolver: this.#resolver,
+      maxMcpBodyBytes: this.#o.maxMcpBodyBytes ?? 1024 * 1024,
+      body: (limit) => this.#readBody(req, res, limit, expect),
+    });
+    if (!adm.allow) {
+      this.#deny({ res, close: unread() }, facts, adm, t);
+      return;
+    }
+    if (adm.decision === 'allow' && adm.rule?.audience && this.#o.tokenFor) {
       let token: string;
       try {
-        token = await this.#o.tokenFor(rule.audience);
+        token = await this.#o.tokenFor(adm.rule.audience);
       } catch {
-        deny(
-          503,
-          'identity_unavailable',
-          'the agent identity for this destination is not available; nothing was sent',
-          rule,
+        this.#deny(
+          { res, close: unread() },
+          facts,
+          {
+            status: 503,
+            reason: 'identity_unavailable',
+            missing: 'the agent identity for this destination is not available; nothing was sent',
+            rule: adm.rule,
+          },
+          t,
         );
         return;
       }
       if (headers.authorization) headers[AGENT_TOKEN_HEADER] = token;
       else headers.authorization = `Bearer ${token}`;
     }
+    forwardHttp(this.#core, req, res, request, adm, headers, t, expect);
+  }
 
-    const decisionLabel = wouldDeny ? 'would_deny' : 'allow';
-    const reasonLabel = wouldDeny?.reason ?? 'allowed';
-    this.#count(decisionLabel, reasonLabel);
-    let bytesIn = body?.length ?? 0;
-    let bytesOut = 0;
-    const upstream = httpRequest({
-      host: resolved.address,
-      port: target.port,
-      method,
-      path: path + target.query,
-      headers,
-      agent: this.#pool(resolved.address, target.port),
-      setHost: false,
+  /** Reads a body for inspection within the per-body limit and the global budget of buffered bodies. */
+  #readBody(
+    req: IncomingMessage,
+    res: ServerResponse,
+    limit: number,
+    expect: boolean,
+  ): Promise<Buffer | 'too_large' | 'budget'> {
+    const budget = this.#o.maxBufferedBodyBytes ?? 16 * 1024 * 1024;
+    const declared = req.headers['content-length'] === undefined ? undefined : Number(req.headers['content-length']);
+    if (declared !== undefined && declared > limit) return Promise.resolve('too_large');
+    let reserved = 0;
+    const reserve = (n: number): boolean => {
+      if (this.#buffered + n > budget) return false;
+      this.#buffered += n;
+      reserved += n;
+      return true;
+    };
+    res.once('close', () => {
+      this.#buffered -= reserved;
+      reserved = 0;
     });
-    upstream.on('response', (up) => {
-      res.writeHead(up.statusCode ?? 502, up.statusMessage, endToEnd(up.rawHeaders));
-      // Count bytes without a per-chunk listener when the length is declared (the common case).
-      const declared = Number(up.headers['content-length']);
-      if (Number.isFinite(declared)) bytesOut = declared;
-      else up.on('data', (chunk: Buffer) => (bytesOut += chunk.length));
-      up.pipe(res);
-      up.on('end', () => {
-        audit(
-          { decision: decisionLabel, reason: reasonLabel, status: up.statusCode ?? 0, bytesIn, bytesOut },
-          rule === NO_RULE ? undefined : rule,
-        );
-        this.#httpDuration.observe((performance.now() - started) / 1000);
+    if (declared !== undefined && !reserve(declared)) return Promise.resolve('budget');
+    if (expect) res.writeContinue();
+    return new Promise((resolve) => {
+      const chunks: Buffer[] = [];
+      let size = 0;
+      const stop = (verdict: 'too_large' | 'budget'): void => {
+        req.pause();
+        req.removeAllListeners('data');
+        resolve(verdict);
+      };
+      req.on('data', (chunk: Buffer) => {
+        size += chunk.length;
+        if (size > limit) stop('too_large');
+        else if (declared === undefined && !reserve(chunk.length)) stop('budget');
+        else chunks.push(chunk);
       });
+      req.on('end', () => resolve(Buffer.concat(chunks, size)));
+      req.on('close', () => resolve(Buffer.concat(chunks, size)));
     });
-    upstream.on('error', (err) => {
-      this.#upstreamErrors.inc();
-      if (!res.headersSent)
-        sendJson(res, 502, { error: 'bad_gateway', message: `upstream ${host}:${target.port} failed: ${err.message}` });
-      else res.destroy();
-      audit({ decision: decisionLabel, reason: 'upstream_error', status: 502, bytesIn, bytesOut }, rule);
-    });
-    res.on('close', () => {
-      if (!res.writableFinished) upstream.destroy();
-    });
-    if (body) upstream.end(body);
-    else {
-      const declared = Number(req.headers['content-length'] ?? 0);
-      if (Number.isFinite(declared) && !req.headers['transfer-encoding']) bytesIn = declared;
-      else req.on('data', (chunk: Buffer) => (bytesIn += chunk.length));
-      req.pipe(upstream);
+  }
+
+  async #onUpgrade(req: IncomingMessage, client: Duplex, head: Buffer, tunnel: TunnelTarget | undefined) {
+    const t = startTiming();
+    const c = canonicalRequest(req, tunnel, 'upgrade');
+    if (!c.ok) {
+      this.#deny({ socket: client }, c.facts, { ...c, rule: undefined }, t);
+      return;
     }
+    const { request, headers } = c;
+    const facts = { method: request.method, host: request.host, port: request.port, path: request.path };
+    const adm = await admit(request, {
+      matcher: this.#o.matcher(),
+      now: this.#now(),
+      resolver: this.#resolver,
+      maxMcpBodyBytes: 0,
+    });
+    if (!adm.allow) {
+      this.#deny({ socket: client }, facts, adm, t);
+      return;
+    }
+    const refusal = (status: number, reason: string, missing: string): Refusal =>
+      this.#refusal(facts, status, reason, missing, adm.revision);
+    forwardUpgrade(this.#core, client, head, request, req.headers.upgrade ?? '', headers, adm, t, refusal);
   }
 
   async #onConnect(req: IncomingMessage, client: Duplex, head: Buffer): Promise<void> {
-    const started = performance.now();
-    const id = randomUUID();
+    const t = startTiming();
     const [rawHost, rawPort] = splitAuthority(req.url ?? '');
     const host = rawHost ? normalizeHost(rawHost) : undefined;
-    const port = Number(rawPort);
-    const reject = (status: number, reason: string, missing: string, rule?: CompiledRule, revision = ''): void => {
-      this.#count('deny', reason);
-      const agent = this.#o.agent();
-      const body = JSON.stringify({
-        error: status === 403 ? 'forbidden' : 'bad_request',
-        reason,
-        request: { method: 'CONNECT', host: host ?? rawHost, port },
-        missing,
-        agent: agent.sub,
-        revision,
-        mode: 'Enforce',
-      });
-      client.end(
-        `HTTP/1.1 ${status} ${status === 403 ? 'Forbidden' : status === 502 ? 'Bad Gateway' : 'Bad Request'}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
-      );
-      if (host)
-        this.#record(
-          { decision: 'deny', reason, method: 'CONNECT', host, port, path: '', status },
-          started,
-          id,
-          rule,
-          revision,
-        );
-    };
+    const port = rawPort !== undefined && /^\d{1,5}$/.test(rawPort) ? Number(rawPort) : NaN;
+    const facts = { method: 'CONNECT', host: host ?? '', port: Number.isFinite(port) ? port : 0, path: '' };
     if (!host || !Number.isInteger(port) || port < 1 || port > 65535) {
-      reject(400, 'malformed_target', 'CONNECT needs host:port');
-      return;
-    }
-    const matcher = this.#o.matcher();
-    if (!matcher) {
-      reject(
-        403,
-        'no_entitlements',
-        'no current entitlement snapshot from the controller: everything is denied until one arrives',
+      this.#deny(
+        { socket: client },
+        facts,
+        { status: 400, reason: 'malformed_target', missing: 'CONNECT needs host:port', rule: undefined },
+        t,
       );
       return;
     }
-    const decision = matcher.decideConnect({ host, port }, this.#now());
-    let wouldDeny: string | undefined;
-    if (!decision.allow) {
-      if (!matcher.auditOnly) {
-        reject(403, decision.reason, decision.missing, decision.rule, matcher.revision);
-        return;
-      }
-      wouldDeny = decision.reason;
-    }
-    const rule = decision.allow ? decision.rule : (decision.rule ?? NO_RULE);
-    const resolved = await resolveChecked(host, rule, this.#resolver);
-    if (!resolved.ok) {
-      reject(
-        resolved.reason === 'dns_failure' ? 502 : 403,
-        resolved.reason,
-        resolved.detail,
-        decision.rule,
-        matcher.revision,
-      );
-      return;
-    }
-    const upstream = connect({ host: resolved.address, port, noDelay: true });
-    const tunnel: Tunnel = { host, port, client, upstream };
-    let bytesIn = head.length;
-    let bytesOut = 0;
-    let established = false;
-    const finish = (reason: string, status: number): void => {
-      if (!this.#tunnels.delete(tunnel)) return;
-      this.#tunnelsOpen.dec();
-      this.#record(
-        {
-          decision: wouldDeny ? 'would_deny' : 'allow',
-          reason,
-          method: 'CONNECT',
-          host,
-          port,
-          path: '',
-          status,
-          bytesIn,
-          bytesOut,
-        },
-        started,
-        id,
-        rule === NO_RULE ? undefined : rule,
-        matcher.revision,
-      );
-      this.#connectDuration.observe((performance.now() - started) / 1000);
+    const request: CanonicalRequest = {
+      kind: 'connect',
+      method: 'CONNECT',
+      host,
+      port,
+      path: '',
+      query: '',
+      authority: canonicalAuthority(host, port, 0),
+      overrides: [],
+      framing: { kind: 'none' },
     };
-    this.#tunnels.add(tunnel);
-    this.#tunnelsOpen.inc();
-    this.#count(wouldDeny ? 'would_deny' : 'allow', wouldDeny ?? 'allowed');
-    upstream.once('connect', () => {
-      established = true;
-      client.write('HTTP/1.1 200 Connection Established\r\n\r\n');
-      if (head.length > 0) upstream.write(head);
-      client.on('data', (c: Buffer) => (bytesIn += c.length));
-      upstream.on('data', (c: Buffer) => (bytesOut += c.length));
-      client.pipe(upstream);
-      upstream.pipe(client);
+    const adm = await admit(request, {
+      matcher: this.#o.matcher(),
+      now: this.#now(),
+      resolver: this.#resolver,
+      maxMcpBodyBytes: 0,
     });
-    upstream.on('error', () => {
-      this.#upstreamErrors.inc();
-      if (!established) {
-        this.#tunnels.delete(tunnel);
-        this.#tunnelsOpen.dec();
-        reject(502, 'upstream_error', `cannot connect to ${host}:${port}`, rule, matcher.revision);
-      } else client.destroy();
-    });
-    client.on('error', () => upstream.destroy());
-    upstream.on('close', () => {
-      client.destroy();
-      finish(wouldDeny ?? 'allowed', 200);
-    });
-    client.on('close', () => {
-      upstream.destroy();
-      finish(wouldDeny ?? 'allowed', 200);
-    });
-  }
-
-  #fail(res: ServerResponse, err: unknown): void {
-    this.#o.logger.error('request failed', { err });
-    if (!res.headersSent)
-      sendJson(res, 500, { error: 'internal', message: 'the sidecar failed to handle this request' });
-    else res.destroy();
-  }
-}
-
-function sendJson(res: ServerResponse, status: number, body: unknown): void {
-  const text = JSON.stringify(body);
-  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) }).end(text);
-}
-
-/** `http://host[:port]/path?query` → parts; undefined for anything else (origin-form, https, garbage). */
-export function parseAbsoluteHttp(
-  url: string,
-): { host: string; port: number; path: string; query: string } | undefined {
-  if (!url.startsWith('http://')) return undefined;
-  const slash = url.indexOf('/', 7);
-  const authority = slash < 0 ? url.slice(7) : url.slice(7, slash);
-  if (authority.includes('@')) return undefined; // no userinfo in proxy targets
-  const rest = slash < 0 ? '/' : url.slice(slash);
-  const q = rest.indexOf('?');
-  const [host, portText] = splitAuthority(authority);
-  const port = portText === undefined ? 80 : Number(portText);
-  if (!host || !Number.isInteger(port) || port < 1 || port > 65535) return undefined;
-  return { host, port, path: q < 0 ? rest : rest.slice(0, q), query: q < 0 ? '' : rest.slice(q) };
-}
-
-function splitAuthority(authority: string): [string | undefined, string | undefined] {
-  if (authority.startsWith('[')) {
-    const end = authority.indexOf(']');
-    if (end < 0) return [undefined, undefined];
-    const port = authority.slice(end + 1);
-    return [authority.slice(0, end + 1), port.startsWith(':') ? port.slice(1) : port === '' ? undefined : ''];
-  }
-  const colon = authority.lastIndexOf(':');
-  return colon < 0 ? [authority, undefined] : [authority.slice(0, colon), authority.slice(colon + 1)];
-}
-
-/**
- * rawHeaders without hop-by-hop headers, proxy credentials, our identity header, and whatever the Connection
- * header names. The common Connection values (keep-alive, close) name nothing new, so no set is built then.
- */
-function endToEnd(raw: string[]): string[] {
-  let named: Set<string> | undefined;
-  for (let i = 0; i < raw.length; i += 2) {
-    if (raw[i]?.toLowerCase() !== 'connection') continue;
-    for (const token of (raw[i + 1] ?? '').split(',')) {
-      const t = token.trim().toLowerCase();
-      if (t && !HOP_BY_HOP.has(t)) (named ??= new Set()).add(t);
-    }
-  }
-  const out: string[] = [];
-  for (let i = 0; i < raw.length; i += 2) {
-    const name = (raw[i] ?? '').toLowerCase();
-    if (!HOP_BY_HOP.has(name) && !named?.has(name)) out.push(name, raw[i + 1] ?? '');
-  }
-  return out;
-}
-
-/** Request headers for upstream, as an object (repeated headers joined as HTTP allows; cookies with '; '). */
-function forwardHeaders(raw: string[]): Record<string, string> {
-  const kept = endToEnd(raw);
-  const out: Record<string, string> = {};
-  for (let i = 0; i < kept.length; i += 2) {
-    const name = kept[i] ?? '';
-    const value = kept[i + 1] ?? '';
-    const prior = out[name];
-    out[name] = prior === undefined ? value : name === 'cookie' ? `${prior}; ${value}` : `${prior}, ${value}`;
-  }
-  return out;
-}
-
-/** Reads a request body up to `limit` bytes; undefined when it is larger. */
-function readBody(req: IncomingMessage, limit: number): Promise<Buffer | undefined> {
-  return new Promise((resolve, reject) => {
-    const declared = Number(req.headers['content-length'] ?? 0);
-    if (declared > limit) {
-      req.resume();
-      resolve(undefined);
+    if (!adm.allow) {
+      this.#deny({ socket: client }, facts, adm, t);
       return;
     }
-    const chunks: Buffer[] = [];
-    let size = 0;
-    req.on('data', (c: Buffer) => {
-      size += c.length;
-      if (size > limit) {
-        req.destroy();
-        resolve(undefined);
+    const grant = { decision: adm.decision, reason: adm.reason, rule: adm.rule, revision: adm.revision };
+    const refusal = (status: number, reason: string, missing: string): Refusal =>
+      this.#refusal(facts, status, reason, missing, adm.revision);
+    if (!adm.inspect) {
+      blindTunnel(this.#core, client, head, adm.address, facts, grant, t, refusal);
+      return;
+    }
+    this.#inspect(client, head, { host, port }, facts, { ...grant, reason: 'inspected_tunnel' }, t);
+  }
+
+  /**
+   * A tunnel to a destination whose rules need L7 checks: plain HTTP/1.x inside it is handed to the inner
+   * HTTP server (every request judged by the pipeline); anything else is refused and audited.
+   */
+  #inspect(
+    client: Duplex,
+    head: Buffer,
+    target: TunnelTarget,
+    facts: AuditFacts,
+    grant: { decision: 'allow' | 'would_deny'; reason: string; rule: CompiledRule | undefined; revision: string },
+    t: Timing,
+  ): void {
+    let closed = false;
+    const tunnel: Tunnel = {
+      ...target,
+      client,
+      close: (reason) => {
+        if (closed) return;
+        closed = true;
+        client.destroy();
+        this.#core.untrack(tunnel);
+        const denied = reason === 'l7_rule_needs_plain_http';
+        this.#audit(
+          facts,
+          { decision: denied ? 'deny' : grant.decision, reason, status: denied ? 403 : 200 },
+          grant.rule,
+          grant.revision,
+          t,
+        );
+        this.#core.observe('connect', t);
+      },
+    };
+    this.#count(grant.decision, grant.reason);
+    this.#core.track(tunnel, grant.rule);
+    client.on('close', () => tunnel.close(grant.reason));
+    if (client instanceof Socket) client.setTimeout(this.#core.idleMs, () => tunnel.close('idle_timeout'));
+    client.write('HTTP/1.1 200 Connection Established\r\n\r\n');
+    const start = (first: Buffer): void => {
+      const kind = sniff(first[0] ?? 0);
+      if (kind !== 'http') {
+        this.#count('deny', 'l7_rule_needs_plain_http');
+        // The client already has its 200: a TLS client gets a TLS alert; the reason is in the audit line.
+        if (kind === 'tls') client.write(TLS_HANDSHAKE_FAILURE);
+        tunnel.close('l7_rule_needs_plain_http');
         return;
       }
-      chunks.push(c);
-    });
-    req.on('end', () => resolve(Buffer.concat(chunks)));
-    req.on('error', reject);
-  });
+      client.pause();
+      client.unshift(first);
+      this.#targets.set(client, target);
+      this.#inner.emit('connection', client);
+      client.resume();
+    };
+    if (head.length > 0) start(head);
+    else {
+      client.once('data', start);
+      client.resume();
+    }
+  }
+
+  #onClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
+    socket.on('error', ignore);
+    // A parse error while a request is in flight on this connection: a second response would corrupt the
+    // first, so none is written.
+    if (err.code === 'ECONNRESET' || !socket.writable) {
+      socket.destroy();
+      return;
+    }
+    if ((this.#inFlight.get(socket) ?? 0) > 0) {
+      // Whatever follows on this connection is never read; the response in flight completes, then it closes.
+      this.#closeWhenIdle.add(socket);
+      return;
+    }
+    const code = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
+    const text = code === 431 ? 'Request Header Fields Too Large' : code === 408 ? 'Request Timeout' : 'Bad Request';
+    const body = JSON.stringify({ error: 'bad_request', message: `${text}: ${err.code ?? 'malformed request'}` });
+    socket.end(
+      `HTTP/1.1 ${code} ${text}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
+    );
+  }
 }

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import type { AgentEntitlement, EntitlementEgressRule } from '../../lib/api/types.generated.ts';
-import { Matcher, normalizeHost, normalizePath, refusedMcpTool } from '../../sidecar/match.ts';
+import { Matcher, normalizeHost } from '../../sidecar/match.ts';
+import { canonicalPath } from '../../sidecar/canonical.ts';
 import { judgeAddress } from '../../sidecar/addresses.ts';
 
 const rule = (over: Partial<EntitlementEgressRule>): EntitlementEgressRule => ({
@@ -17,6 +18,11 @@ const ent = (egress: EntitlementEgressRule[]): AgentEntitlement => ({
   spec: { podName: 'pod', podUID: 'u', agent: 'a', spiffeID: 's', revision: 'sha256:1', egress },
 });
 const NOW = Date.parse('2026-11-22T00:00:00Z');
+/** The canonical path of a raw request path (query dropped), or '!' when it is refused. */
+const normalizePath = (raw: string): string => {
+  const c = canonicalPath(raw.split('?', 1)[0] ?? '');
+  return typeof c === 'string' ? c : '!';
+};
 
 describe('host matching', () => {
   const m = new Matcher(
@@ -94,7 +100,7 @@ describe('ports, methods, paths, expiry, modes', () => {
       ]),
     );
     const d = (method: string, raw: string) =>
-      m.decideHttp({ host: 'orders.svc', port: 80, method, path: normalizePath(raw) ?? '!' }, NOW);
+      m.decideHttp({ host: 'orders.svc', port: 80, method, path: normalizePath(raw) }, NOW);
     expect(d('GET', '/v1/orders').allow).toBe(true);
     expect(d('GET', '/v1/orders/7?x=1').allow).toBe(true);
     expect(d('GET', '/v1/ordersX')).toMatchObject({ allow: false, reason: 'path_not_allowed' });
@@ -104,15 +110,17 @@ describe('ports, methods, paths, expiry, modes', () => {
     expect(d('GET', '/v1/orders/..%2F..%2Fadmin').allow).toBe(false);
     expect(d('GET', '/v1//orders/./7').allow).toBe(true);
     expect(d('GET', '/v1/orders/%2e%2e/%2e%2e/admin').allow).toBe(false);
-    expect(d('GET', '/v1\\orders\\7').allow).toBe(true);
+    // Ambiguous encodings and backslashes are refused, not decoded.
+    expect(d('GET', '/v1\\orders\\7').allow).toBe(false);
+    expect(d('GET', '/v1/orders/%37').allow).toBe(true);
   });
 
-  it('refuses a CONNECT to a destination whose rules need L7 checks', () => {
+  it('allows a CONNECT to a destination whose rules need L7 checks only for inspection', () => {
     const m = new Matcher(ent([rule({ hosts: ['docs.example'], http: [{ methods: ['GET'] }] })]));
-    expect(m.decideConnect({ host: 'docs.example', port: 443 }, NOW)).toMatchObject({
-      allow: false,
-      reason: 'l7_rule_needs_plain_http',
-    });
+    expect(m.decideConnect({ host: 'docs.example', port: 443 }, NOW)).toMatchObject({ allow: true, inspect: true });
+    const plain = new Matcher(ent([rule({ hosts: ['docs.example'] })]));
+    expect(plain.decideConnect({ host: 'docs.example', port: 443 }, NOW).allow).toBe(true);
+    expect(plain.decideConnect({ host: 'docs.example', port: 443 }, NOW)).not.toHaveProperty('inspect');
   });
 
   it('ignores expired rules', () => {
@@ -126,46 +134,6 @@ describe('ports, methods, paths, expiry, modes', () => {
       new Matcher(ent([rule({ mode: 'Audit', hosts: ['a.example'] }), rule({ hosts: ['b.example'] })])).auditOnly,
     ).toBe(false);
     expect(new Matcher(ent([])).auditOnly).toBe(false);
-  });
-});
-
-describe('path normalization', () => {
-  it.each([
-    ['/a/b', '/a/b'],
-    ['/a//b/', '/a/b/'],
-    ['/a/./b/../c', '/a/c'],
-    ['/a/%2e%2e/b', '/b'],
-    ['/a%2Fb', '/a/b'],
-    ['/../../x', '/x'],
-    ['/a?q=1#f', '/a'],
-  ])('%s → %s', (raw, normalized) => expect(normalizePath(raw)).toBe(normalized));
-  it('refuses malformed encodings, NUL and relative paths', () => {
-    expect(normalizePath('/a%zz')).toBeUndefined();
-    expect(normalizePath('/a%00b')).toBeUndefined();
-    expect(normalizePath('a/b')).toBeUndefined();
-  });
-});
-
-describe('MCP tool filtering', () => {
-  const tools = new Set(['search_issues', 'get_issue']);
-  it('allows listed tools and non-call methods, refuses others, checks batches element-wise', () => {
-    expect(
-      refusedMcpTool({ jsonrpc: '2.0', method: 'tools/call', params: { name: 'search_issues' } }, tools),
-    ).toBeUndefined();
-    expect(refusedMcpTool({ jsonrpc: '2.0', method: 'tools/list' }, tools)).toBeUndefined();
-    expect(refusedMcpTool({ jsonrpc: '2.0', method: 'tools/call', params: { name: 'delete_repo' } }, tools)).toBe(
-      'delete_repo',
-    );
-    expect(
-      refusedMcpTool(
-        [
-          { method: 'tools/call', params: { name: 'get_issue' } },
-          { method: 'tools/call', params: { name: 'merge_pr' } },
-        ],
-        tools,
-      ),
-    ).toBe('merge_pr');
-    expect(refusedMcpTool('nonsense', tools)).toBe('(malformed JSON-RPC message)');
   });
 });
 
@@ -235,19 +203,19 @@ describe('decision table', () => {
     ]),
   );
   const http = (method: string, host: string, port: number, path: string) => {
-    const d = m.decideHttp({ method, host: normalizeHost(host) ?? '!', port, path: normalizePath(path) ?? '!' }, NOW);
+    const d = m.decideHttp({ method, host: normalizeHost(host) ?? '!', port, path: normalizePath(path) }, NOW);
     return d.allow ? `allow:${d.rule.rule}${d.needsMcpCheck ? '+mcp' : ''}` : `deny:${d.reason}`;
   };
   const tunnel = (host: string, port: number) => {
     const d = m.decideConnect({ host: normalizeHost(host) ?? '!', port }, NOW);
-    return d.allow ? `allow:${d.rule.rule}` : `deny:${d.reason}`;
+    return d.allow ? `allow:${d.rule.rule}${d.inspect ? '+inspect' : ''}` : `deny:${d.reason}`;
   };
   it.each([
     ['CONNECT api.openai.com:443', () => tunnel('api.openai.com', 443), 'allow:llm'],
     ['CONNECT API.OPENAI.COM.:443', () => tunnel('API.OPENAI.COM.', 443), 'allow:llm'],
     ['CONNECT api.openai.com:8443', () => tunnel('api.openai.com', 8443), 'deny:no_rule_for_destination'],
     ['CONNECT api.openai.com.evil.io:443', () => tunnel('api.openai.com.evil.io', 443), 'deny:no_rule_for_destination'],
-    ['CONNECT docs.example.org:80 (L7 rule)', () => tunnel('docs.example.org', 80), 'deny:l7_rule_needs_plain_http'],
+    ['CONNECT docs.example.org:80 (L7 rule)', () => tunnel('docs.example.org', 80), 'allow:docs+inspect'],
     ['GET docs.example.org/docs/a', () => http('GET', 'docs.example.org', 80, '/docs/a'), 'allow:docs'],
     ['HEAD v2.docs.example.org/docs/', () => http('HEAD', 'v2.docs.example.org', 80, '/docs/'), 'allow:docs'],
     ['GET a.b.docs.example.org/docs/x', () => http('GET', 'a.b.docs.example.org', 80, '/docs/x'), 'allow:docs'],
@@ -295,7 +263,11 @@ describe('decision table', () => {
     ['CONNECT [2001:db8::5]:443', () => tunnel('[2001:db8::5]', 443), 'allow:mirror'],
     ['CONNECT [2001:db9::5]:443', () => tunnel('[2001:db9::5]', 443), 'deny:no_rule_for_destination'],
     ['POST mcp /mcp', () => http('POST', 'github-mcp.tools.svc', 8080, '/mcp'), 'allow:mcp+mcp'],
-    ['GET mcp /mcp (stream)', () => http('GET', 'github-mcp.tools.svc', 8080, '/mcp'), 'allow:mcp'],
+    [
+      'GET mcp /mcp (stream; a body is judged)',
+      () => http('GET', 'github-mcp.tools.svc', 8080, '/mcp'),
+      'allow:mcp+mcp',
+    ],
     ['POST mcp /other', () => http('POST', 'github-mcp.tools.svc', 8080, '/other'), 'deny:method_not_allowed'],
     [
       'GET 169.254.169.254 /latest/meta-data',
@@ -304,5 +276,40 @@ describe('decision table', () => {
     ],
   ] as [string, () => string, string][])('%s', (_, run, expected) => {
     expect(run()).toBe(expected);
+  });
+});
+
+describe('IPv4 embedded in IPv6', () => {
+  const wide = (cidrs: string[]) => {
+    const compiled = new Matcher(ent([rule({ cidrs, ports: [{ port: 80, protocol: 'TCP' }] })])).rules[0];
+    if (!compiled) throw new Error('no rule');
+    return compiled;
+  };
+  it.each([
+    ['::ffff:127.0.0.1', 'private_address'],
+    ['::ffff:7f00:1', 'private_address'],
+    ['::ffff:169.254.169.254', 'metadata_address'],
+    ['::ffff:10.0.0.1', 'private_address'],
+    ['64:ff9b::127.0.0.1', 'private_address'],
+    ['64:ff9b::a9fe:a9fe', 'metadata_address'],
+    ['64:ff9b:1::a9fe:a9fe', 'metadata_address'],
+    ['::127.0.0.1', 'private_address'],
+    ['::169.254.169.254', 'metadata_address'],
+    ['::ffff:0:169.254.169.254', 'metadata_address'],
+    ['2002:7f00:1::1', 'private_address'],
+    ['2002:a9fe:a9fe::', 'metadata_address'],
+    ['2001:0:1:2:3:4:5601:5601', 'metadata_address'],
+  ])('%s under a ::/0 grant → %s', (address, reason) => {
+    expect(judgeAddress(address, wide(['::/0']))).toEqual({ ok: false, reason });
+  });
+  it('judges the embedded address like the address itself', () => {
+    expect(judgeAddress('::ffff:8.8.8.8', wide(['::/0']))).toEqual({ ok: true });
+    expect(judgeAddress('2002:808:808::1', wide(['::/0']))).toEqual({ ok: true });
+    expect(judgeAddress('::ffff:10.0.0.1', wide(['::/0', '10.0.0.0/8']))).toEqual({ ok: true });
+    expect(judgeAddress('::ffff:169.254.169.254', wide(['::/0', '0.0.0.0/0']))).toEqual({
+      ok: false,
+      reason: 'metadata_address',
+    });
+    expect(judgeAddress('2001:db8::1', wide(['::/0']))).toEqual({ ok: true });
   });
 });

@@ -1,0 +1,171 @@
+/**
+ * MCP (JSON-RPC) bodies, judged canonically: the body is parsed by a strict parser, judged, and the
+ * re-serialization of exactly what was judged is what the upstream receives — never the original bytes.
+ *
+ * Refused (servers disagree on them): duplicate keys, keys that differ only by case or Unicode compatibility
+ * form (`"name"`/`"NAME"`/`"ＮＡＭＥ"`: Go's decoder matches struct fields case-insensitively, last wins), a
+ * JSON-RPC member written in another case (`"Method"`), batches inside batches, an empty batch, trailing
+ * bytes, invalid UTF-8. Numbers are kept as written (no precision lost on large ids).
+ */
+
+/** A parsed JSON value; numbers keep their source text. */
+export type Json = null | boolean | string | { num: string } | Json[] | { obj: [string, Json][] };
+
+class Refusal extends Error {}
+
+const NUMBER = /-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?/y;
+// eslint-disable-next-line no-control-regex -- JSON forbids raw control characters inside strings
+const STRING = /"(?:[^"\\\u0000-\u001f]|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*"/y;
+const WS = /[ \t\n\r]*/y;
+/** The JSON-RPC member names: any other spelling of them is refused. */
+const MEMBERS = new Set(['jsonrpc', 'id', 'method', 'params', 'result', 'error', 'name', 'arguments']);
+
+/** Case and compatibility fold: broader than any server's key matching, so nothing two servers read apart passes. */
+const fold = (key: string): string => key.normalize('NFKC').toLowerCase().normalize('NFKC');
+
+class Parser {
+  i = 0;
+  readonly text: string;
+  constructor(text: string) {
+    this.text = text;
+  }
+
+  ws(): void {
+    WS.lastIndex = this.i;
+    WS.exec(this.text);
+    this.i = WS.lastIndex;
+  }
+
+  value(depth: number): Json {
+    if (depth > 64) throw new Refusal('nesting deeper than 64');
+    this.ws();
+    const c = this.text[this.i];
+    if (c === '{') return this.object(depth);
+    if (c === '[') return this.array(depth);
+    if (c === '"') return this.string();
+    for (const [word, v] of [
+      ['true', true],
+      ['false', false],
+      ['null', null],
+    ] as const) {
+      if (this.text.startsWith(word, this.i)) {
+        this.i += word.length;
+        return v;
+      }
+    }
+    NUMBER.lastIndex = this.i;
+    const m = NUMBER.exec(this.text);
+    if (!m) throw new Refusal(`invalid JSON at offset ${this.i}`);
+    this.i = NUMBER.lastIndex;
+    return { num: m[0] };
+  }
+
+  string(): string {
+    STRING.lastIndex = this.i;
+    const m = STRING.exec(this.text);
+    if (!m) throw new Refusal(`invalid JSON string at offset ${this.i}`);
+    this.i = STRING.lastIndex;
+    return JSON.parse(m[0]) as string;
+  }
+
+  object(depth: number): Json {
+    this.i++;
+    const entries: [string, Json][] = [];
+    const seen = new Set<string>();
+    this.ws();
+    if (this.text[this.i] === '}') {
+      this.i++;
+      return { obj: entries };
+    }
+    for (;;) {
+      this.ws();
+      if (this.text[this.i] !== '"') throw new Refusal(`expected a key at offset ${this.i}`);
+      const key = this.string();
+      const folded = fold(key);
+      if (seen.has(folded)) throw new Refusal(`duplicate or case-variant key ${JSON.stringify(key)}`);
+      if (MEMBERS.has(folded) && folded !== key) throw new Refusal(`member ${JSON.stringify(key)} in another case`);
+      seen.add(folded);
+      this.ws();
+      if (this.text[this.i] !== ':') throw new Refusal(`expected : at offset ${this.i}`);
+      this.i++;
+      entries.push([key, this.value(depth + 1)]);
+      this.ws();
+      const c = this.text[this.i++];
+      if (c === '}') return { obj: entries };
+      if (c !== ',') throw new Refusal(`expected , or } at offset ${this.i - 1}`);
+    }
+  }
+
+  array(depth: number): Json {
+    this.i++;
+    const items: Json[] = [];
+    this.ws();
+    if (this.text[this.i] === ']') {
+      this.i++;
+      return items;
+    }
+    for (;;) {
+      items.push(this.value(depth + 1));
+      this.ws();
+      const c = this.text[this.i++];
+      if (c === ']') return items;
+      if (c !== ',') throw new Refusal(`expected , or ] at offset ${this.i - 1}`);
+    }
+  }
+}
+
+export function serialize(v: Json): string {
+  if (v === null || typeof v === 'boolean' || typeof v === 'string') return JSON.stringify(v);
+  if (Array.isArray(v)) return `[${v.map(serialize).join(',')}]`;
+  if ('num' in v) return v.num;
+  return `{${v.obj.map(([k, x]) => `${JSON.stringify(k)}:${serialize(x)}`).join(',')}}`;
+}
+
+const member = (v: Json, key: string): Json | undefined =>
+  v !== null && typeof v === 'object' && 'obj' in v ? v.obj.find(([k]) => k === key)?.[1] : undefined;
+
+export type McpVerdict =
+  { ok: true; body: Buffer } | { ok: false; reason: 'mcp_message_invalid' | 'mcp_tool_not_allowed'; detail: string };
+
+/**
+ * Judges an MCP body against the allowed tools: `tools/call` only for listed tools; other methods pass.
+ * Returns the canonical bytes to forward.
+ */
+export function judgeMcpBody(bytes: Buffer, tools: ReadonlySet<string>): McpVerdict {
+  let text: string;
+  try {
+    text = new TextDecoder('utf-8', { fatal: true, ignoreBOM: false }).decode(bytes);
+  } catch {
+    return { ok: false, reason: 'mcp_message_invalid', detail: 'the MCP body is not valid UTF-8' };
+  }
+  let parsed: Json;
+  try {
+    const p = new Parser(text);
+    parsed = p.value(0);
+    p.ws();
+    if (p.i !== text.length) throw new Refusal(`trailing bytes at offset ${p.i}`);
+  } catch (err) {
+    if (!(err instanceof Refusal)) throw err;
+    return { ok: false, reason: 'mcp_message_invalid', detail: `the MCP body was refused: ${err.message}` };
+  }
+  const messages = Array.isArray(parsed) ? parsed : [parsed];
+  if (messages.length === 0) return { ok: false, reason: 'mcp_message_invalid', detail: 'an empty JSON-RPC batch' };
+  for (const m of messages) {
+    if (m === null || typeof m !== 'object' || !('obj' in m))
+      return {
+        ok: false,
+        reason: 'mcp_message_invalid',
+        detail: Array.isArray(m) ? 'a batch inside a batch' : 'a JSON-RPC message that is not an object',
+      };
+    const method = member(m, 'method');
+    if (method !== 'tools/call') continue;
+    const name = member(member(m, 'params') ?? null, 'name');
+    if (typeof name !== 'string' || !tools.has(name))
+      return {
+        ok: false,
+        reason: 'mcp_tool_not_allowed',
+        detail: `tool ${typeof name === 'string' ? name : '(unnamed tool)'} is not in the allowed list`,
+      };
+  }
+  return { ok: true, body: Buffer.from(serialize(parsed)) };
+}

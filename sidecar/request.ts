@@ -1,0 +1,128 @@
+/**
+ * The canonical request of an HTTP request the proxy received (absolute form, origin form inside an inspected
+ * tunnel, or an upgrade), or the refusal that answers it: everything the pipeline judges and the forwarder
+ * sends is derived here, from the parsed request line and headers, and nowhere else.
+ */
+import type { IncomingMessage } from 'node:http';
+import {
+  canonicalAuthority,
+  canonicalPath,
+  canonicalQuery,
+  framingOf,
+  parseAbsoluteHttp,
+  queryOverridesMethod,
+  requestHead,
+} from './canonical.ts';
+import type { AuditFacts } from './core.ts';
+import { normalizeHost } from './match.ts';
+import type { CanonicalRequest } from './pipeline.ts';
+
+/** The destination a tunnel was opened to: requests inside an inspected tunnel are for it. */
+export interface TunnelTarget {
+  host: string;
+  port: number;
+}
+
+const BODYLESS = new Set(['HEAD', 'TRACE']);
+
+function formOf(req: IncomingMessage): { form?: 'urlencoded' | 'multipart' } {
+  const type = (req.headers['content-type'] ?? '').trim().toLowerCase();
+  if (type.startsWith('application/x-www-form-urlencoded')) return { form: 'urlencoded' };
+  if (type.startsWith('multipart/form-data')) return { form: 'multipart' };
+  return {};
+}
+
+export type Canonicalized =
+  | { ok: true; request: CanonicalRequest; headers: Record<string, string> }
+  | { ok: false; facts: AuditFacts; status: number; reason: string; missing: string };
+
+/**
+ * The canonical request, or the refusal that answers it.
+ */
+export function canonicalRequest(
+  req: IncomingMessage,
+  tunnel: TunnelTarget | undefined,
+  kind: 'http' | 'upgrade',
+): Canonicalized {
+  const method = req.method ?? 'GET';
+  const url = req.url ?? '';
+  let target = parseAbsoluteHttp(url);
+  if (tunnel && url.startsWith('/')) {
+    const q = url.search(/[?#]/);
+    target = {
+      host: tunnel.host,
+      port: tunnel.port,
+      path: q < 0 ? url : url.slice(0, q),
+      query: q < 0 ? '' : url.slice(q),
+    };
+  }
+  const unknown = { method, host: tunnel?.host ?? '', port: tunnel?.port ?? 0, path: '' };
+  if (!target) {
+    return {
+      ok: false,
+      facts: unknown,
+      status: 400,
+      reason: 'not_a_proxy_request',
+      missing: url.startsWith('https://')
+        ? 'use CONNECT for https:// destinations (set HTTPS_PROXY)'
+        : 'this is a forward proxy: send absolute-form requests (http://host/path), e.g. by setting HTTP_PROXY',
+    };
+  }
+  const host = normalizeHost(target.host);
+  if (!host || (tunnel && (host !== tunnel.host || target.port !== tunnel.port))) {
+    return {
+      ok: false,
+      facts: unknown,
+      status: 400,
+      reason: 'malformed_target',
+      missing: tunnel
+        ? `inside a tunnel to ${tunnel.host}:${tunnel.port} every request must be for that destination`
+        : 'the request target has an invalid host',
+    };
+  }
+  const path = canonicalPath(target.path);
+  const query = typeof path === 'string' ? canonicalQuery(target.query) : '';
+  const facts = {
+    method,
+    host,
+    port: target.port,
+    path: typeof path === 'string' ? path : target.path.slice(0, 256),
+  };
+  if (typeof path !== 'string' || typeof query !== 'string') {
+    const err = typeof path !== 'string' ? path : (query as Exclude<typeof query, string>);
+    return { ok: false, facts, status: 400, reason: err.error, missing: `the path was refused: ${err.detail}` };
+  }
+  const authority = canonicalAuthority(host, target.port);
+  const head = requestHead(req.rawHeaders, authority);
+  if (typeof head === 'string') {
+    return { ok: false, facts, status: 400, reason: 'bad_connection_header', missing: head };
+  }
+  const te = req.headers['transfer-encoding'];
+  if (te !== undefined && te.trim().toLowerCase() !== 'chunked') {
+    // Other codings would be lost on re-framing (the proxy forwards the de-chunked body, chunked anew).
+    return {
+      ok: false,
+      facts,
+      status: 400,
+      reason: 'unsupported_transfer_encoding',
+      missing: `Transfer-Encoding ${te} is not forwarded; only chunked`,
+    };
+  }
+  const framing = framingOf(req.headers);
+  const hasBody = framing.kind === 'chunked' || (framing.kind === 'length' && framing.length > 0);
+  if (hasBody && (BODYLESS.has(method) || kind === 'upgrade')) {
+    return {
+      ok: false,
+      facts,
+      status: 400,
+      reason: 'body_not_allowed',
+      missing: `a ${method} request carries no body`,
+    };
+  }
+  const overrides = queryOverridesMethod(query) ? [...head.overrides, '?'] : head.overrides;
+  return {
+    ok: true,
+    request: { kind, method, host, port: target.port, path, query, authority, overrides, framing, ...formOf(req) },
+    headers: head.headers,
+  };
+}
