@@ -137,6 +137,19 @@ export function loadOperatorConfig(argv: string[], env: CommandContext['env']): 
       trustDomain,
       keysSecretName: values['keys-secret'],
       leaseName: 'agentfence-controller',
+      // One object for the webhook and the token exchange: what is injected is what the exchange checks.
+      injector: {
+        version: PACKAGE_VERSION,
+        image: values['sidecar-image'],
+        controllerUrl: issuerUrl,
+        logLevel: sidecarLogLevel,
+        maxStaleness: `${parseDurationFlag('--sidecar-max-staleness', values['sidecar-max-staleness'])}s`,
+        resources: {
+          cpuRequest: values['sidecar-cpu-request'],
+          memoryRequest: values['sidecar-memory-request'],
+          memoryLimit: values['sidecar-memory-limit'],
+        },
+      },
     },
     kube,
     serviceName,
@@ -193,18 +206,7 @@ export async function operatorCommand(ctx: CommandContext): Promise<number> {
   });
   const running = await startOperator({ config: config.runtime, client, logger, registry }, certs, {
     admission: createAdmissionRouter({
-      config: {
-        version: PACKAGE_VERSION,
-        image: config.sidecar.image,
-        controllerUrl: config.runtime.issuerUrl,
-        logLevel: config.sidecar.logLevel,
-        maxStaleness: `${config.sidecar.maxStalenessSeconds}s`,
-        resources: {
-          cpuRequest: config.sidecar.cpuRequest,
-          memoryRequest: config.sidecar.memoryRequest,
-          memoryLimit: config.sidecar.memoryLimit,
-        },
-      },
+      config: config.runtime.injector,
       logger,
       registry,
     }),
