@@ -152,7 +152,7 @@ export async function runDemo(options: DemoOptions): Promise<void> {
     const ordersApp = express();
     ordersApp.get(
       '/v1/orders/:id',
-      requireAgent(verifier, { allow: (a) => a.agent === 'support-agent' }),
+      requireAgent(verifier, { allowAgents: [`spiffe://cluster.local/ns/${NS}/agent/support-agent`] }),
       (req, res) => {
         res.json({ order: req.params.id, status: 'shipped', verifiedCaller: agentOf(res).sub });
       },

@@ -107,7 +107,7 @@ beforeAll(async () => {
     trustDomain: 'cluster.local',
     fetch: fetchWithCA(ca.certPem),
   });
-  orders = createOrdersApi(verifier, 'support-agent').listen(0, '127.0.0.1');
+  orders = createOrdersApi(verifier, [{ namespace: ns, agent: 'support-agent' }]).listen(0, '127.0.0.1');
   await once(orders, 'listening');
   ordersPort = (orders.address() as AddressInfo).port;
 
