@@ -146,7 +146,7 @@ export function podIntegrityPolicy(): Record<string, unknown> {
         {
           // kubectl debug --target=<sidecar> would share its process namespace: none at all in agent pods.
           expression: `request.subResource != 'ephemeralcontainers' || !${agentPodOld} || !has(object.spec.ephemeralContainers) || size(object.spec.ephemeralContainers) == 0`,
-          message: `[${R.ephemeralContainers}] ephemeral containers cannot be added to an agent pod: they could attach to the sidecar and read its identity; debug a copy instead (kubectl debug --copy-to, which is injected like any new pod)`,
+          message: `[${R.ephemeralContainers}] ephemeral containers cannot be added to an agent pod: they could attach to the sidecar and read its identity; debug a copy instead (kubectl debug --copy-to creates a new pod, which goes through admission like any other)`,
           reason: 'Forbidden',
         },
       ],
