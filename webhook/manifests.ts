@@ -33,7 +33,9 @@ const isInjectedOld = labelled('oldObject');
 const isLabelled = labelled('object');
 /** An agent pod before this request: labelled, annotated or carrying the sidecar. */
 const agentPodOld = `(${isInjectedOld} || ${annotated('oldObject')} || size(${sidecars('oldObject')}) > 0)`;
-const onPodUpdate = `request.operation != 'UPDATE' || request.subResource != ''`;
+// request.subResource is absent (not empty) on the pod itself.
+const onSubresource = `(has(request.subResource) && request.subResource != '')`;
+const onPodUpdate = `request.operation != 'UPDATE' || ${onSubresource}`;
 
 /**
  * Each rule's message starts with its name in brackets, so a refused `kubectl` call says which rule refused it.
@@ -145,7 +147,7 @@ export function podIntegrityPolicy(): Record<string, unknown> {
         },
         {
           // kubectl debug --target=<sidecar> would share its process namespace: none at all in agent pods.
-          expression: `request.subResource != 'ephemeralcontainers' || !${agentPodOld} || !has(object.spec.ephemeralContainers) || size(object.spec.ephemeralContainers) == 0`,
+          expression: `!has(request.subResource) || request.subResource != 'ephemeralcontainers' || !${agentPodOld} || !has(object.spec.ephemeralContainers) || size(object.spec.ephemeralContainers) == 0`,
           message: `[${R.ephemeralContainers}] ephemeral containers cannot be added to an agent pod: they could attach to the sidecar and read its identity; debug a copy instead (kubectl debug --copy-to creates a new pod, which goes through admission like any other)`,
           reason: 'Forbidden',
         },

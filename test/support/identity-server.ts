@@ -92,6 +92,9 @@ export function injectedPod(
   };
   const out = inject(pod, opts.injector ?? TEST_INJECTOR);
   if (!out.allowed) throw new Error(out.message);
+  // Created directly, the ServiceAccount admission plugin would mount the API token into every container present,
+  // the sidecar included (through the webhook the sidecar arrives after that plugin ran): not "as injected".
+  out.pod.spec.automountServiceAccountToken = false;
   return out.pod;
 }
 
