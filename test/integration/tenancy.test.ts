@@ -94,31 +94,6 @@ describe('tenancy', () => {
       async () => ((await netpols(victim)).some((n) => n.name === 'agentfence-baseline') ? true : undefined),
       'baseline in the victim namespace',
     );
-    // What an older version wrote for this very rule: an ingress NetworkPolicy in the victim namespace.
-    const leftover = calleeIngressName(attacker, 'x', 'everyone');
-    await runOrThrow(
-      ['apply', '-f', '-'],
-      JSON.stringify({
-        apiVersion: 'networking.k8s.io/v1',
-        kind: 'NetworkPolicy',
-        metadata: {
-          name: leftover,
-          namespace: victim,
-          labels: {
-            'app.kubernetes.io/managed-by': 'agentfence',
-            'agentfence.io/policy': 'x',
-            'agentfence.io/policy-namespace': attacker,
-          },
-        },
-        spec: {
-          podSelector: { matchLabels: { 'agentfence.io/inject': 'true' } },
-          policyTypes: ['Ingress'],
-          ingress: [{ from: [{ namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': attacker } } }] }],
-        },
-      }),
-    );
-    const before = JSON.stringify(await netpols(victim));
-    expect(before).toContain(leftover);
     await runOrThrow(
       ['apply', '-f', '-'],
       agentPolicy(attacker, 'x', {
@@ -145,13 +120,37 @@ describe('tenancy', () => {
     expect(condition.message).not.toContain(victim);
     expect(condition.message).not.toContain(caller);
     expect(condition.message).not.toContain('planner-0');
-    // The leftover cross-namespace object is pruned; nothing else in the victim namespace changed.
+    const before = await netpols(victim);
+    expect(before.map((n) => n.name)).toEqual(['agentfence-baseline']);
+
+    // What an older version wrote for this very rule (an ingress NetworkPolicy in the victim namespace) is pruned.
+    const leftover = calleeIngressName(attacker, 'x', 'everyone');
+    await runOrThrow(
+      ['apply', '-f', '-'],
+      JSON.stringify({
+        apiVersion: 'networking.k8s.io/v1',
+        kind: 'NetworkPolicy',
+        metadata: {
+          name: leftover,
+          namespace: victim,
+          labels: {
+            'app.kubernetes.io/managed-by': 'agentfence',
+            'agentfence.io/policy': 'x',
+            'agentfence.io/policy-namespace': attacker,
+          },
+        },
+        spec: {
+          podSelector: { matchLabels: { 'agentfence.io/inject': 'true' } },
+          policyTypes: ['Ingress'],
+          ingress: [{ from: [{ namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': attacker } } }] }],
+        },
+      }),
+    );
     await eventually(
       async () => ((await netpols(victim)).some((n) => n.name === leftover) ? undefined : true),
       'leftover cross-namespace NetworkPolicy pruned',
     );
-    const untouched = (JSON.parse(before) as { name: string }[]).filter((n) => n.name !== leftover);
-    expect(await netpols(victim)).toEqual(untouched);
+    expect(await netpols(victim)).toEqual(before);
     expect((await netpols(victim)).map((n) => n.name)).toEqual(['agentfence-baseline']);
   });
 
