@@ -98,3 +98,26 @@ export function fenceProblem(live: unknown, config: InjectorConfig): string | un
   if (rest.length > 0) return `the pod differs from its injection in: ${rest.join(', ')}`;
   return undefined;
 }
+
+/**
+ * fenceProblem with a memo per pod revision (uid + resourceVersion): a pod's spec changes only with its
+ * resourceVersion, and its sidecar asks for tokens again and again. Bounded; objects without both fields are
+ * checked every time.
+ */
+export function fenceChecker(config: InjectorConfig, maxEntries = 20_000): (pod: unknown) => string | undefined {
+  const verdicts = new Map<string, string | undefined>();
+  return (pod) => {
+    const meta = isObject(pod) && isObject(pod.metadata) ? pod.metadata : undefined;
+    const key =
+      typeof meta?.uid === 'string' && typeof meta.resourceVersion === 'string'
+        ? `${meta.uid}/${meta.resourceVersion}`
+        : undefined;
+    if (key !== undefined && verdicts.has(key)) return verdicts.get(key);
+    const verdict = fenceProblem(pod, config);
+    if (key !== undefined) {
+      if (verdicts.size >= maxEntries) verdicts.delete(verdicts.keys().next().value ?? '');
+      verdicts.set(key, verdict);
+    }
+    return verdict;
+  };
+}

@@ -18,7 +18,7 @@ import type { AgentIdentity, AgentVerifier } from '../../lib/verify/index.ts';
 import type { IssuedToken, TokenIssuer } from './issuer.ts';
 import { parseDurationSeconds } from '../../lib/api/duration.ts';
 import { CodedError } from '../../lib/errors.ts';
-import { fenceProblem } from '../../webhook/fence.ts';
+import { fenceChecker } from '../../webhook/fence.ts';
 import type { InjectorConfig } from '../../webhook/inject.ts';
 
 export { ANNOTATION_INJECTED, OPERATOR_AUDIENCE };
@@ -154,8 +154,8 @@ export function checkPod(pod: PodView | undefined, subject: ReviewedSubject): st
  * The live pod must carry the sidecar exactly as this controller injects it (webhook/fence.ts renders it again
  * and compares): a label or annotation added later, a swapped sidecar image or an ephemeral container is refused.
  */
-export function checkFenced(pod: PodView | undefined, injector: InjectorConfig): void {
-  const problem = fenceProblem(pod, injector);
+export function checkFenced(pod: PodView | undefined, fenced: (pod: unknown) => string | undefined): void {
+  const problem = fenced(pod);
   if (problem) throw new Refusal('pod_not_fenced', `the pod is not fenced as injected: ${problem}`);
 }
 
@@ -191,9 +191,11 @@ export class IdentityExchange {
   private readonly options: ExchangeOptions;
   private readonly reviews = new Map<string, CachedReview>();
   private readonly buckets = new Map<string, { tokens: number; at: number }>();
+  private readonly fenced: (pod: unknown) => string | undefined;
 
   constructor(options: ExchangeOptions) {
     this.options = options;
+    this.fenced = fenceChecker(options.injector);
   }
 
   private now(): number {
@@ -247,7 +249,7 @@ export class IdentityExchange {
     const { cluster, issuer, issuerUrl, trustDomain } = this.options;
     const pod = await cluster.getPod(subject.namespace, subject.podName);
     const agent = checkPod(pod, subject);
-    checkFenced(pod, this.options.injector);
+    checkFenced(pod, this.fenced);
     const entitlement = await cluster.getEntitlement(subject.namespace, subject.podName);
     if (!entitlement || entitlement.spec.podUID !== subject.podUID) {
       throw new Refusal(

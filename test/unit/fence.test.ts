@@ -4,7 +4,7 @@
  * agent identity without (or around) the fence.
  */
 import { describe, expect, it } from 'vitest';
-import { fenceProblem } from '../../webhook/fence.ts';
+import { fenceChecker, fenceProblem } from '../../webhook/fence.ts';
 import { inject, type Container, type InjectorConfig, type Pod } from '../../webhook/inject.ts';
 
 const config: InjectorConfig = {
@@ -159,5 +159,24 @@ describe('fenceProblem', () => {
     const pod = injected();
     sidecar(pod).args = ['--token=supersecret'];
     expect(fenceProblem(pod, config)).not.toContain('supersecret');
+  });
+});
+
+describe('fenceChecker', () => {
+  it('remembers the verdict per pod revision, and checks a new revision again', () => {
+    const check = fenceChecker(config);
+    const pod = asStored(injected());
+    pod.metadata.uid = 'u1';
+    pod.metadata.resourceVersion = '10';
+    expect(check(pod)).toBeUndefined();
+    // Same uid and resourceVersion: the same object as far as the API server is concerned.
+    const tampered = structuredClone(pod);
+    sidecar(tampered).image = 'registry.example/fake:1';
+    tampered.metadata.resourceVersion = '11';
+    expect(check(tampered)).toMatch(/image/);
+    expect(check(pod)).toBeUndefined();
+    // Without a resourceVersion nothing is remembered.
+    delete tampered.metadata.resourceVersion;
+    expect(check(tampered)).toMatch(/image/);
   });
 });
