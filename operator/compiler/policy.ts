@@ -202,7 +202,20 @@ export function compilePolicy(
         hosts.push(...target.hosts);
         cidrs.push(...target.cidrs);
         fqdns.push(...target.fqdns);
-        for (const p of target.problems) problem(p.reason, p.message);
+        for (const p of target.problems) {
+          // Pods of another namespace are named only in the controller's log, not in this policy's status.
+          if (serviceNamespace === namespace || (p.reason !== 'PodWithoutIP' && p.reason !== 'NamedPortUnresolved')) {
+            problem(p.reason, p.message);
+          } else {
+            foreignProblem(p.reason, p.message);
+            if (p.reason === 'NamedPortUnresolved') {
+              problem(
+                p.reason,
+                `Service ${serviceNamespace}/${ref.name}: named target ports are not resolved on every pod`,
+              );
+            }
+          }
+        }
         for (const peer of target.peers) addEgress([peer.peer], peer.ports);
         if (target.agentBackends && serviceNamespace === namespace) {
           // The Service's pods are agents behind their own baseline: open their side too, on the target ports.

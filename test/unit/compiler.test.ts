@@ -276,6 +276,43 @@ describe('services', () => {
     ]);
   });
 
+  it("names another namespace's pods behind a Service only in the controller log, never in status", () => {
+    const out = compile(
+      {
+        ...empty,
+        pods: [
+          caller,
+          backendPod('data', 'kafka-0', { app: 'kafka' }, [{ name: 'broker', containerPort: 9093 }], '10.3.0.7'),
+          backendPod('data', 'kafka-1', { app: 'kafka' }, []),
+        ],
+        services: [
+          service('data', 'kafka', {
+            clusterIP: 'None',
+            selector: { app: 'kafka' },
+            ports: [{ port: 9092, targetPort: 'broker' }],
+          }),
+        ],
+        policies: [
+          policy('agents', 'bot', {
+            egress: [
+              { name: 'kafka', to: { services: [{ name: 'kafka', namespace: 'data' }] }, ports: [{ port: 9092 }] },
+            ],
+          }),
+        ],
+      },
+      options,
+    );
+    const status = report(out, 'agents', 'bot').problems;
+    expect(status.map((p) => p.reason)).toEqual(['NamedPortUnresolved']);
+    expect(JSON.stringify(status)).not.toContain('kafka-1');
+    expect(
+      report(out, 'agents', 'bot')
+        .foreign.map((p) => p.reason)
+        .sort(),
+    ).toEqual(['NamedPortUnresolved', 'PodWithoutIP']);
+    expect(JSON.stringify(report(out, 'agents', 'bot').foreign)).toContain('kafka-1');
+  });
+
   it('grants a headless Service by its pods: no cluster IP, the pod IPs and target ports for the sidecar', () => {
     const out = compile(
       {
