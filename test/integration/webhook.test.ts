@@ -194,6 +194,28 @@ describe('admission webhook on the real API server', () => {
     expect((await run(['get', 'pod', 'host', '-n', ns])).code).not.toBe(0);
   });
 
+  it('warns through the API server, naming the container, when NO_PROXY cannot be read at admission', async () => {
+    const res = await run(
+      ['apply', '-f', '-'],
+      pod(
+        'envfrom',
+        { 'agentfence.io/inject': 'true' },
+        {
+          containers: [
+            {
+              name: 'agent',
+              image: 'registry.example/agent:1',
+              envFrom: [{ configMapRef: { name: 'settings', optional: true } }],
+              env: [{ name: 'no_proxy', valueFrom: { configMapKeyRef: { name: 'proxy', key: 'np', optional: true } } }],
+            },
+          ],
+        },
+      ),
+    );
+    expect(res.code, res.stderr).toBe(0);
+    expect(res.stderr).toMatch(/Warning: container agent: no_proxy is set through valueFrom/);
+  });
+
   it('answers a dry-run create exactly like a real one, and stores nothing', async () => {
     const dry = await runOrThrow(
       ['create', '--dry-run=server', '-o', 'json', '-f', '-'],
