@@ -133,7 +133,7 @@ export function configHash(config: InjectorConfig, overrides: Record<string, str
   return createHash('sha256').update(canonical).digest('hex').slice(0, 16);
 }
 
-function refuse(reason: RefusalReason, message: string): InjectResult {
+function refuse(reason: RefusalReason, message: string): InjectResult & { allowed: false } {
   return { allowed: false, reason, message };
 }
 
@@ -203,51 +203,49 @@ export function inject(input: Pod, config: InjectorConfig): InjectResult {
  * earlier injection, so what remains is the user's part: at admission, and again by the token exchange on the
  * live pod (webhook/fence.ts).
  */
-export function refuseUnfenceable(pod: Pod): (InjectResult & { allowed: false }) | undefined {
+function refuseUnfenceable(pod: Pod): (InjectResult & { allowed: false }) | undefined {
   const spec = pod.spec;
-  const no = (reason: RefusalReason, message: string): InjectResult & { allowed: false } => ({
-    allowed: false,
-    reason,
-    message,
-  });
   if (spec.hostNetwork) {
-    return no(
+    return refuse(
       'HostNetwork',
       'agent pods cannot use hostNetwork: the sidecar and NetworkPolicies could not fence the node network',
     );
   }
   if (spec.shareProcessNamespace) {
-    return no(
+    return refuse(
       'ShareProcessNamespace',
       'agent pods cannot share a process namespace: the app could read the sidecar’s identity token',
     );
   }
   if (spec.hostPID) {
-    return no('HostPID', 'agent pods cannot use hostPID: the app could read the sidecar’s memory and identity token');
+    return refuse(
+      'HostPID',
+      'agent pods cannot use hostPID: the app could read the sidecar’s memory and identity token',
+    );
   }
   if (spec.hostIPC) {
-    return no('HostIPC', 'agent pods cannot use hostIPC: the app would share memory segments with the whole node');
+    return refuse('HostIPC', 'agent pods cannot use hostIPC: the app would share memory segments with the whole node');
   }
   const hostPath = (spec.volumes ?? []).find((v) => v.hostPath !== undefined);
   if (hostPath) {
-    return no(
+    return refuse(
       'HostPathVolume',
       `volume ${hostPath.name} is a hostPath: through the node's file system the app could reach the sidecar's token; use another volume type`,
     );
   }
   if ((spec.ephemeralContainers ?? []).length > 0) {
-    return no(
+    return refuse(
       'EphemeralContainer',
       'agent pods cannot have ephemeral containers: they could attach to the sidecar; debug a copy of the pod instead',
     );
   }
   const appContainers = [...(spec.initContainers ?? []), ...spec.containers];
   const clash = appContainers.find((c) => c.name === SIDECAR_NAME);
-  if (clash) return no('ContainerNameConflict', `a container is already named ${SIDECAR_NAME}; rename it`);
+  if (clash) return refuse('ContainerNameConflict', `a container is already named ${SIDECAR_NAME}; rename it`);
   for (const c of appContainers) {
     const uid = c.securityContext?.runAsUser ?? spec.securityContext?.runAsUser;
     if (uid === SIDECAR_UID) {
-      return no(
+      return refuse(
         'SidecarUIDInUse',
         `container ${c.name} runs as UID ${SIDECAR_UID}, which is reserved for the sidecar; use another UID`,
       );
@@ -255,24 +253,24 @@ export function refuseUnfenceable(pod: Pod): (InjectResult & { allowed: false })
     const added = (c.securityContext?.capabilities?.add ?? []).map((cap) => cap.toUpperCase().replace(/^CAP_/, ''));
     const forbidden = added.find((cap) => cap in FORBIDDEN_CAPABILITIES);
     if (forbidden) {
-      return no(
+      return refuse(
         'ForbiddenCapability',
         `container ${c.name} adds ${forbidden}, which ${FORBIDDEN_CAPABILITIES[forbidden] ?? ''}; remove the capability`,
       );
     }
     if (c.securityContext?.privileged) {
-      return no('PrivilegedContainer', `container ${c.name} is privileged, which could bypass the sidecar`);
+      return refuse('PrivilegedContainer', `container ${c.name} is privileged, which could bypass the sidecar`);
     }
     const port = (c.ports ?? []).find((p) => p.containerPort !== undefined && SIDECAR_PORTS.includes(p.containerPort));
     if (port) {
-      return no(
+      return refuse(
         'PortConflict',
         `container ${c.name} uses port ${port.containerPort ?? ''}, which the sidecar listens on (reserved: ${SIDECAR_PORTS.join(', ')}); use another port`,
       );
     }
     const mount = (c.volumeMounts ?? []).find((m) => INJECTED_VOLUMES.includes(m.name));
     if (mount) {
-      return no(
+      return refuse(
         'ReservedVolume',
         `container ${c.name} mounts ${mount.name}, a volume reserved for the sidecar; rename the volume`,
       );
