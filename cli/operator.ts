@@ -57,6 +57,8 @@ Flags:
   --keys-secret NAME           signing keys Secret (default agentfence-signing-keys)
   --webhook-config-name NAME   MutatingWebhookConfiguration whose caBundle we keep current
   --sidecar-image IMAGE        the image injected as sidecar
+  --accept-injection VER=IMAGE also issue identities to pods injected by version VER with sidecar IMAGE (the same
+                               settings otherwise), while agent workloads roll to the new sidecar; repeatable
   --sidecar-log-level, --sidecar-max-staleness, --sidecar-cpu-request, --sidecar-memory-request, --sidecar-memory-limit
   --log-level LEVEL            debug | info | warn | error (default info)
 `;
@@ -82,6 +84,7 @@ export function loadOperatorConfig(argv: string[], env: CommandContext['env']): 
       'keys-secret': { type: 'string', default: 'agentfence-signing-keys' },
       'webhook-config-name': { type: 'string', default: 'agentfence-sidecar-injector' },
       'sidecar-image': { type: 'string', default: 'ghcr.io/agentfence/agentfence:0.1.0' },
+      'accept-injection': { type: 'string', multiple: true, default: [] },
       'sidecar-log-level': { type: 'string', default: 'info' },
       'sidecar-max-staleness': { type: 'string', default: '60s' },
       'sidecar-cpu-request': { type: 'string', default: '50m' },
@@ -166,6 +169,12 @@ export function loadOperatorConfig(argv: string[], env: CommandContext['env']): 
     webhookConfigName: values['webhook-config-name'],
     logLevel: logLevel as LogLevel,
   };
+  const accepted = values['accept-injection'].map((spec) => {
+    const match = /^([^=\s]+)=(\S+)$/.exec(spec);
+    if (!match?.[1] || !match[2]) throw new Error(`--accept-injection must be VERSION=IMAGE (got '${spec}')`);
+    return { ...config.runtime.injector, version: match[1], image: match[2] };
+  });
+  if (accepted.length > 0) config.runtime.acceptedInjectors = accepted;
   if (values['cert-dir']) config.certDir = values['cert-dir'];
   if (values['cert-secret']) config.certSecret = values['cert-secret'];
   return config;

@@ -42,6 +42,8 @@ export interface RuntimeConfig {
   leaseName: string;
   /** What the webhook injects; the token exchange issues identities only to pods carrying exactly that. */
   injector: InjectorConfig;
+  /** Earlier injector configurations whose pods still get identities (a sidecar image rollout). */
+  acceptedInjectors?: readonly InjectorConfig[];
   /** Entitlement stream heartbeat (default 15 s); sidecars fail closed after their staleness bound. */
   heartbeatMs?: number;
 }
@@ -152,6 +154,7 @@ export async function startOperator(
     issuerUrl: config.issuerUrl,
     trustDomain: config.trustDomain,
     injector: config.injector,
+    ...(config.acceptedInjectors ? { acceptedInjectors: config.acceptedInjectors } : {}),
   });
   const identityResults = counter(registry, {
     name: 'agentfence_identity_requests_total',

@@ -102,9 +102,18 @@ export function fenceProblem(live: unknown, config: InjectorConfig): string | un
 /**
  * fenceProblem with a memo per pod revision (uid + resourceVersion): a pod's spec changes only with its
  * resourceVersion, and its sidecar asks for tokens again and again. Bounded; objects without both fields are
- * checked every time.
+ * checked every time. `accepted` are earlier injector configurations whose pods still count as fenced (during a
+ * rollout of a new sidecar image); the problem reported is the one against the current configuration.
  */
-export function fenceChecker(config: InjectorConfig, maxEntries = 20_000): (pod: unknown) => string | undefined {
+export function fenceChecker(
+  config: InjectorConfig,
+  accepted: readonly InjectorConfig[] = [],
+  maxEntries = 20_000,
+): (pod: unknown) => string | undefined {
+  const check = (pod: unknown): string | undefined => {
+    const problem = fenceProblem(pod, config);
+    return problem === undefined || accepted.some((c) => fenceProblem(pod, c) === undefined) ? undefined : problem;
+  };
   const verdicts = new Map<string, string | undefined>();
   return (pod) => {
     const meta = isObject(pod) && isObject(pod.metadata) ? pod.metadata : undefined;
@@ -113,7 +122,7 @@ export function fenceChecker(config: InjectorConfig, maxEntries = 20_000): (pod:
         ? `${meta.uid}/${meta.resourceVersion}`
         : undefined;
     if (key !== undefined && verdicts.has(key)) return verdicts.get(key);
-    const verdict = fenceProblem(pod, config);
+    const verdict = check(pod);
     if (key !== undefined) {
       if (verdicts.size >= maxEntries) verdicts.delete(verdicts.keys().next().value ?? '');
       verdicts.set(key, verdict);

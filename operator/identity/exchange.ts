@@ -169,6 +169,8 @@ export interface ExchangeOptions {
   trustDomain: string;
   /** The injector configuration: an identity only for a pod whose live spec carries the sidecar exactly as injected. */
   injector: InjectorConfig;
+  /** Earlier injector configurations whose pods are still accepted (while agent workloads roll to a new sidecar). */
+  acceptedInjectors?: readonly InjectorConfig[];
   reviewCacheMs?: number;
   /** Token bucket per pod: burst and refill per second. */
   rateLimit?: { burst: number; perSecond: number };
@@ -195,7 +197,7 @@ export class IdentityExchange {
 
   constructor(options: ExchangeOptions) {
     this.options = options;
-    this.fenced = fenceChecker(options.injector);
+    this.fenced = fenceChecker(options.injector, options.acceptedInjectors);
   }
 
   private now(): number {

@@ -180,3 +180,22 @@ describe('fenceChecker', () => {
     expect(check(tampered)).toMatch(/image/);
   });
 });
+
+describe('earlier injector configurations, accepted during a rollout', () => {
+  it('accepts a pod injected by an accepted earlier configuration, and only those', () => {
+    const old = { ...config, version: '0.0.9', image: 'ghcr.io/agentfence/agentfence:0.0.9' };
+    const out = inject(
+      {
+        metadata: { name: 'a', namespace: 'demo', labels: { 'agentfence.io/inject': 'true' } },
+        spec: { serviceAccountName: 'sa', containers: [{ name: 'agent', image: 'registry.example/agent:1' }] },
+      },
+      old,
+    );
+    if (!out.allowed) throw new Error(out.message);
+    expect(fenceChecker(config)(out.pod)).toMatch(/annotation does not match/);
+    expect(fenceChecker(config, [old])(out.pod)).toBeUndefined();
+    // The image alone is not enough: an old pod whose sidecar was swapped stays refused.
+    sidecar(out.pod).image = 'ghcr.io/agentfence/agentfence:0.2.0';
+    expect(fenceChecker(config, [old])(out.pod)).toMatch(/annotation|image/);
+  });
+});
