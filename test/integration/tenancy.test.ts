@@ -12,6 +12,7 @@ import { type RunningOperator } from '../../operator/runtime.ts';
 import { policyReconcilerTask } from '../../operator/reconciler.ts';
 import { calleeIngressName } from '../../operator/compiler/names.ts';
 import { cluster, createNamespace, eventually, run, runOrThrow } from '../support/cluster.ts';
+import { allowed, type EvalPod, type EvalPolicy, type EvalWorld } from '../support/netpol-eval.ts';
 
 let client: KubeClient;
 let operator: RunningOperator;
@@ -54,6 +55,27 @@ async function degraded(ns: string, name: string): Promise<Condition | undefined
   if (res.code !== 0) return undefined;
   const status = (JSON.parse(res.stdout) as { status?: { conditions?: Condition[] } }).status;
   return status?.conditions?.find((c) => c.type === 'Degraded');
+}
+
+/** Pods, namespaces and NetworkPolicies of these namespaces as the API server stores them. */
+async function liveWorld(namespaces: string[]): Promise<EvalWorld> {
+  const world: EvalWorld = { namespaces: {}, pods: [], policies: [] };
+  for (const ns of namespaces) {
+    const nsObj = JSON.parse(await runOrThrow(['get', 'namespace', ns, '-o', 'json'])) as {
+      metadata: { labels?: Record<string, string> };
+    };
+    world.namespaces[ns] = nsObj.metadata.labels ?? {};
+    const pods = JSON.parse(await runOrThrow(['get', 'pods', '-n', ns, '-o', 'json'])) as {
+      items: { metadata: { name: string; labels?: Record<string, string> } }[];
+    };
+    for (const p of pods.items)
+      world.pods.push({ namespace: ns, name: p.metadata.name, labels: p.metadata.labels ?? {} });
+    const nps = JSON.parse(await runOrThrow(['get', 'networkpolicies', '-n', ns, '-o', 'json'])) as {
+      items: EvalPolicy[];
+    };
+    world.policies.push(...nps.items);
+  }
+  return world;
 }
 
 beforeAll(async () => {
@@ -217,5 +239,18 @@ describe('tenancy', () => {
       ]),
     ) as unknown;
     expect(JSON.stringify(egress)).toContain(victim);
+
+    // What the API server now holds, read back and evaluated independently (test/support/netpol-eval.ts).
+    const world = await liveWorld([victim, attacker, caller]);
+    const podOf = (ns: string, name: string): EvalPod => {
+      const found = world.pods.find((p) => p.namespace === ns && p.name === name);
+      if (!found) throw new Error(`${ns}/${name} not found`);
+      return found;
+    };
+    const planner = { pod: podOf(victim, 'planner-0') };
+    expect(allowed(world, podOf(caller, 'orchestrator-0'), planner, 8443)).toBe(true);
+    expect(allowed(world, podOf(caller, 'orchestrator-0'), planner, 8444)).toBe(false);
+    for (const port of [1, 443, 8443, 65535]) expect(allowed(world, podOf(attacker, 'x-0'), planner, port)).toBe(false);
+    expect(allowed(world, podOf(victim, 'planner-0'), { pod: podOf(attacker, 'x-0') }, 8443)).toBe(false);
   });
 });
