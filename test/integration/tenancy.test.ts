@@ -4,6 +4,7 @@
  * policy is Degraded with reason CalleeHasNotConsented and nothing is written on the callee side; status never
  * lists other namespaces' pods; objects an older version wrote across namespaces are pruned.
  */
+import type { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startLocalController } from '../../localcluster/controller.ts';
 import { clientFromKubeconfig, type KubeClient } from '../../lib/kube/client.ts';
@@ -19,6 +20,7 @@ let operator: RunningOperator;
 let victim: string;
 let attacker: string;
 let caller: string;
+let registry: Registry;
 
 interface Condition {
   type: string;
@@ -100,6 +102,7 @@ beforeAll(async () => {
     }),
   });
   operator = started.operator;
+  registry = started.registry;
   await runOrThrow(['apply', '-f', '-'], pod(victim, 'planner-0', 'planner'));
   await runOrThrow(['apply', '-f', '-'], pod(attacker, 'x-0', 'x'));
   await runOrThrow(['apply', '-f', '-'], pod(caller, 'orchestrator-0', 'orchestrator'));
@@ -142,6 +145,13 @@ describe('tenancy', () => {
     expect(condition.message).not.toContain(victim);
     expect(condition.message).not.toContain(caller);
     expect(condition.message).not.toContain('planner-0');
+    // The details go to the controller's metric (and log) instead.
+    const foreign = await eventually(async () => {
+      const metric = await registry.getSingleMetric('agentfence_policy_foreign_problems')?.get();
+      const v = metric?.values.find((x) => x.labels.reason === 'CalleeHasNotConsented')?.value ?? 0;
+      return v > 0 ? v : undefined;
+    }, 'foreign problems counted');
+    expect(foreign).toBeGreaterThan(0);
     const before = await netpols(victim);
     expect(before.map((n) => n.name)).toEqual(['agentfence-baseline']);
 
