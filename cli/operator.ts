@@ -24,14 +24,6 @@ export interface OperatorConfig {
   serviceName: string;
   networkProvider: 'kubernetes' | 'cilium';
   dns: { mode: 'kube-dns' | 'node-local'; ip?: string };
-  sidecar: {
-    image: string;
-    logLevel: LogLevel;
-    maxStalenessSeconds: number;
-    cpuRequest: string;
-    memoryRequest: string;
-    memoryLimit: string;
-  };
   webhookConfigName: string;
   logLevel: LogLevel;
 }
@@ -140,7 +132,8 @@ export function loadOperatorConfig(argv: string[], env: CommandContext['env']): 
       trustDomain,
       keysSecretName: values['keys-secret'],
       leaseName: 'agentfence-controller',
-      // One object for the webhook and the token exchange: what is injected is what the exchange checks.
+      // The sidecar flags, as one object for the webhook and the token exchange: what is injected is what the
+      // exchange checks.
       injector: {
         version: PACKAGE_VERSION,
         image: values['sidecar-image'],
@@ -158,14 +151,6 @@ export function loadOperatorConfig(argv: string[], env: CommandContext['env']): 
     serviceName,
     networkProvider: provider,
     dns: dnsMode === 'node-local' ? { mode: dnsMode, ip: values['dns-ip'] ?? '' } : { mode: dnsMode },
-    sidecar: {
-      image: values['sidecar-image'],
-      logLevel: sidecarLogLevel as LogLevel,
-      maxStalenessSeconds: parseDurationFlag('--sidecar-max-staleness', values['sidecar-max-staleness']),
-      cpuRequest: values['sidecar-cpu-request'],
-      memoryRequest: values['sidecar-memory-request'],
-      memoryLimit: values['sidecar-memory-limit'],
-    },
     webhookConfigName: values['webhook-config-name'],
     logLevel: logLevel as LogLevel,
   };
