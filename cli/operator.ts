@@ -24,14 +24,6 @@ export interface OperatorConfig {
   serviceName: string;
   networkProvider: 'kubernetes' | 'cilium';
   dns: { mode: 'kube-dns' | 'node-local'; ip?: string };
-  sidecar: {
-    image: string;
-    logLevel: LogLevel;
-    maxStalenessSeconds: number;
-    cpuRequest: string;
-    memoryRequest: string;
-    memoryLimit: string;
-  };
   webhookConfigName: string;
   logLevel: LogLevel;
 }
@@ -57,6 +49,8 @@ Flags:
   --keys-secret NAME           signing keys Secret (default agentfence-signing-keys)
   --webhook-config-name NAME   MutatingWebhookConfiguration whose caBundle we keep current
   --sidecar-image IMAGE        the image injected as sidecar
+  --accept-injection VER=IMAGE also issue identities to pods injected by version VER with sidecar IMAGE (the same
+                               settings otherwise), while agent workloads roll to the new sidecar; repeatable
   --sidecar-log-level, --sidecar-max-staleness, --sidecar-cpu-request, --sidecar-memory-request, --sidecar-memory-limit
   --log-level LEVEL            debug | info | warn | error (default info)
 `;
@@ -82,6 +76,7 @@ export function loadOperatorConfig(argv: string[], env: CommandContext['env']): 
       'keys-secret': { type: 'string', default: 'agentfence-signing-keys' },
       'webhook-config-name': { type: 'string', default: 'agentfence-sidecar-injector' },
       'sidecar-image': { type: 'string', default: 'ghcr.io/agentfence/agentfence:0.1.0' },
+      'accept-injection': { type: 'string', multiple: true, default: [] },
       'sidecar-log-level': { type: 'string', default: 'info' },
       'sidecar-max-staleness': { type: 'string', default: '60s' },
       'sidecar-cpu-request': { type: 'string', default: '50m' },
@@ -137,22 +132,34 @@ export function loadOperatorConfig(argv: string[], env: CommandContext['env']): 
       trustDomain,
       keysSecretName: values['keys-secret'],
       leaseName: 'agentfence-controller',
+      // The sidecar flags, as one object for the webhook and the token exchange: what is injected is what the
+      // exchange checks.
+      injector: {
+        version: PACKAGE_VERSION,
+        image: values['sidecar-image'],
+        controllerUrl: issuerUrl,
+        logLevel: sidecarLogLevel,
+        maxStaleness: `${parseDurationFlag('--sidecar-max-staleness', values['sidecar-max-staleness'])}s`,
+        resources: {
+          cpuRequest: values['sidecar-cpu-request'],
+          memoryRequest: values['sidecar-memory-request'],
+          memoryLimit: values['sidecar-memory-limit'],
+        },
+      },
     },
     kube,
     serviceName,
     networkProvider: provider,
     dns: dnsMode === 'node-local' ? { mode: dnsMode, ip: values['dns-ip'] ?? '' } : { mode: dnsMode },
-    sidecar: {
-      image: values['sidecar-image'],
-      logLevel: sidecarLogLevel as LogLevel,
-      maxStalenessSeconds: parseDurationFlag('--sidecar-max-staleness', values['sidecar-max-staleness']),
-      cpuRequest: values['sidecar-cpu-request'],
-      memoryRequest: values['sidecar-memory-request'],
-      memoryLimit: values['sidecar-memory-limit'],
-    },
     webhookConfigName: values['webhook-config-name'],
     logLevel: logLevel as LogLevel,
   };
+  const accepted = values['accept-injection'].map((spec) => {
+    const match = /^([^=\s]+)=(\S+)$/.exec(spec);
+    if (!match?.[1] || !match[2]) throw new Error(`--accept-injection must be VERSION=IMAGE (got '${spec}')`);
+    return { ...config.runtime.injector, version: match[1], image: match[2] };
+  });
+  if (accepted.length > 0) config.runtime.acceptedInjectors = accepted;
   if (values['cert-dir']) config.certDir = values['cert-dir'];
   if (values['cert-secret']) config.certSecret = values['cert-secret'];
   return config;
@@ -193,18 +200,7 @@ export async function operatorCommand(ctx: CommandContext): Promise<number> {
   });
   const running = await startOperator({ config: config.runtime, client, logger, registry }, certs, {
     admission: createAdmissionRouter({
-      config: {
-        version: PACKAGE_VERSION,
-        image: config.sidecar.image,
-        controllerUrl: config.runtime.issuerUrl,
-        logLevel: config.sidecar.logLevel,
-        maxStaleness: `${config.sidecar.maxStalenessSeconds}s`,
-        resources: {
-          cpuRequest: config.sidecar.cpuRequest,
-          memoryRequest: config.sidecar.memoryRequest,
-          memoryLimit: config.sidecar.memoryLimit,
-        },
-      },
+      config: config.runtime.injector,
       logger,
       registry,
     }),

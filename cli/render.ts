@@ -106,7 +106,7 @@ function render(ctx: CommandContext): number {
     ...(config.dns ? { dns: config.dns } : {}),
   });
   for (const report of out.reports) {
-    for (const p of report.problems) {
+    for (const p of [...report.problems, ...report.foreign]) {
       ctx.stderr(`${report.namespace}/${report.name}${p.rule ? ` rule ${p.rule}` : ''}: ${p.reason}: ${p.message}\n`);
     }
   }

@@ -11,12 +11,26 @@ import { createCertificateAuthority, issueCertificate } from '../lib/tls/pki.ts'
 import { freePort } from './controlplane.ts';
 import { startOperator, type RunningOperator, type RuntimeExtensions } from '../operator/runtime.ts';
 import { staticCertificates } from '../operator/serving.ts';
+import type { InjectorConfig } from '../webhook/inject.ts';
 
 export interface LocalController {
   operator: RunningOperator;
   issuerUrl: string;
   caPem: string;
   registry: Registry;
+  injector: InjectorConfig;
+}
+
+/** The injector configuration of the loopback controller (the image never runs: there is no kubelet). */
+export function localInjectorConfig(controllerUrl: string, version = 'local'): InjectorConfig {
+  return {
+    version,
+    image: 'ghcr.io/agentfence/agentfence:0.1.0',
+    controllerUrl,
+    logLevel: 'info',
+    maxStaleness: '60s',
+    resources: { cpuRequest: '50m', memoryRequest: '48Mi', memoryLimit: '128Mi' },
+  };
 }
 
 export async function startLocalController(options: {
@@ -28,7 +42,9 @@ export async function startLocalController(options: {
   heartbeatMs?: number;
   registry?: Registry;
   logger?: Logger;
-  extensions?: (env: { registry: Registry; issuerUrl: string }) => RuntimeExtensions;
+  /** What the webhook injects and the token exchange checks; default localInjectorConfig(issuerUrl). */
+  injector?: (issuerUrl: string) => InjectorConfig;
+  extensions?: (env: { registry: Registry; issuerUrl: string; injector: InjectorConfig }) => RuntimeExtensions;
 }): Promise<LocalController> {
   const host = options.host ?? '127.0.0.1';
   const ca = await createCertificateAuthority('agentfence-test-controller-ca', 1);
@@ -41,6 +57,7 @@ export async function startLocalController(options: {
   const port = await freePort();
   const issuerUrl = `https://${host}:${port}`;
   const registry = options.registry ?? createRegistry({ defaultMetrics: false });
+  const injector = options.injector?.(issuerUrl) ?? localInjectorConfig(issuerUrl);
   const operator = await startOperator(
     {
       config: {
@@ -52,6 +69,7 @@ export async function startLocalController(options: {
         trustDomain: 'cluster.local',
         keysSecretName: 'agentfence-signing-keys',
         leaseName: 'agentfence-controller',
+        injector,
         ...(options.heartbeatMs ? { heartbeatMs: options.heartbeatMs } : {}),
       },
       client: options.client,
@@ -59,7 +77,7 @@ export async function startLocalController(options: {
       registry,
     },
     staticCertificates({ ...serving, caPem: ca.certPem }),
-    options.extensions?.({ registry, issuerUrl }) ?? {},
+    options.extensions?.({ registry, issuerUrl, injector }) ?? {},
   );
-  return { operator, issuerUrl, caPem: ca.certPem, registry };
+  return { operator, issuerUrl, caPem: ca.certPem, registry, injector };
 }

@@ -25,7 +25,7 @@ import { startSidecar, type RunningSidecar } from '../sidecar/runtime.ts';
 import type { AuditRecord } from '../sidecar/audit.ts';
 import type { Binaries } from './binaries.ts';
 import { startControlPlane } from './controlplane.ts';
-import { startLocalController } from './controller.ts';
+import { localInjectorConfig, startLocalController } from './controller.ts';
 import { installCRDs, kubectlOrThrow } from './kubectl.ts';
 
 export interface DemoOptions {
@@ -105,16 +105,10 @@ export async function runDemo(options: DemoOptions): Promise<void> {
       podName: 'agentfence-controller-0',
       heartbeatMs: 5000,
       logger: options.logger,
-      extensions: ({ registry, issuerUrl: controllerUrl }) => ({
+      injector: (controllerUrl) => localInjectorConfig(controllerUrl, 'demo'),
+      extensions: ({ registry, injector }) => ({
         admission: createAdmissionRouter({
-          config: {
-            version: 'demo',
-            image: 'ghcr.io/agentfence/agentfence:0.1.0',
-            controllerUrl,
-            logLevel: 'info',
-            maxStaleness: '60s',
-            resources: { cpuRequest: '50m', memoryRequest: '48Mi', memoryLimit: '128Mi' },
-          },
+          config: injector,
           logger: options.logger,
           registry,
         }),
@@ -158,7 +152,7 @@ export async function runDemo(options: DemoOptions): Promise<void> {
     const ordersApp = express();
     ordersApp.get(
       '/v1/orders/:id',
-      requireAgent(verifier, { allow: (a) => a.agent === 'support-agent' }),
+      requireAgent(verifier, { allowAgents: [`spiffe://cluster.local/ns/${NS}/agent/support-agent`] }),
       (req, res) => {
         res.json({ order: req.params.id, status: 'shipped', verifiedCaller: agentOf(res).sub });
       },

@@ -74,7 +74,8 @@ export function policyStatus(policy: AgentPolicy, observed: PolicyObservation, n
     degraded.push({ reason: p.reason, message: p.rule ? `rule ${p.rule}: ${p.message}` : p.message });
   }
   if (degraded.length > 0) {
-    const first = degraded[0];
+    // A grant that opens nothing because the other side has not agreed is the reason to show first.
+    const first = degraded.find((d) => d.reason === 'CalleeHasNotConsented') ?? degraded[0];
     set(CONDITION.Degraded, 'True', first?.reason ?? 'Degraded', truncate(degraded.map((d) => d.message).join('; ')));
   } else set(CONDITION.Degraded, 'False', 'AsExpected', 'everything this policy grants is enforced at every layer');
 

@@ -142,6 +142,36 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
     labelNames: ['kind'],
   });
 
+  const foreignProblems = gauge(registry, {
+    name: 'agentfence_policy_foreign_problems',
+    help: 'Problems of policies about objects in other namespaces (logged, never written to status), by reason.',
+    labelNames: ['reason'],
+  });
+  const loggedForeign = new Map<string, string>(); // policy key → what was last logged
+  /** Cluster-wide problems go to the log (once per change) and a metric, never into a policy's status. */
+  const reportForeignProblems = (output: CompileOutput): void => {
+    const counts = new Map<string, number>();
+    const seen = new Set<string>();
+    for (const r of output.reports) {
+      const key = `${r.namespace}/${r.name}`;
+      seen.add(key);
+      for (const p of r.foreign) counts.set(p.reason, (counts.get(p.reason) ?? 0) + 1);
+      const text = JSON.stringify(r.foreign);
+      if (loggedForeign.get(key) === text) continue;
+      loggedForeign.set(key, text);
+      for (const p of r.foreign)
+        logger.info('policy problem outside its namespace', {
+          policy: key,
+          rule: p.rule,
+          reason: p.reason,
+          detail: p.message,
+        });
+    }
+    for (const key of loggedForeign.keys()) if (!seen.has(key)) loggedForeign.delete(key);
+    foreignProblems.reset();
+    for (const [reason, n] of counts) foreignProblems.set({ reason }, n);
+  };
+
   let controller: Controller | undefined;
   const enqueue = (): void => controller?.queue.add(KEY);
 
@@ -159,6 +189,7 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
 
     await converge(output, fail);
     await writeStatuses(output, errors, now);
+    reportForeignProblems(output);
 
     managedObjects.set({ kind: 'AgentEntitlement' }, output.entitlements.length);
     managedObjects.set({ kind: 'NetworkPolicy' }, output.networkPolicies.length);

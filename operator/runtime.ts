@@ -26,6 +26,7 @@ import { publicJwks, type KeySet } from './identity/keys.ts';
 import { SigningKeyStore } from './identity/keystore.ts';
 import { startServingServer, type ServingCertSource, type ServingServer } from './serving.ts';
 import { RESOURCES } from '../lib/kube/resources.ts';
+import type { InjectorConfig } from '../webhook/inject.ts';
 
 export type AgentPod = KubeObject & PodView;
 export type AgentEntitlementObject = KubeObject & AgentEntitlement;
@@ -39,6 +40,10 @@ export interface RuntimeConfig {
   trustDomain: string;
   keysSecretName: string;
   leaseName: string;
+  /** What the webhook injects; the token exchange issues identities only to pods carrying exactly that. */
+  injector: InjectorConfig;
+  /** Earlier injector configurations whose pods still get identities (a sidecar image rollout). */
+  acceptedInjectors?: readonly InjectorConfig[];
   /** Entitlement stream heartbeat (default 15 s); sidecars fail closed after their staleness bound. */
   heartbeatMs?: number;
 }
@@ -148,6 +153,8 @@ export async function startOperator(
     selfVerifier,
     issuerUrl: config.issuerUrl,
     trustDomain: config.trustDomain,
+    injector: config.injector,
+    ...(config.acceptedInjectors ? { acceptedInjectors: config.acceptedInjectors } : {}),
   });
   const identityResults = counter(registry, {
     name: 'agentfence_identity_requests_total',

@@ -72,7 +72,7 @@ export function review(
 }
 
 /** The API server's object is input like any other: check the shape we rely on before trusting the type. */
-function isPodShape(value: unknown): value is Pod {
+export function isPodShape(value: unknown): value is Pod {
   if (typeof value !== 'object' || value === null) return false;
   const { metadata, spec } = value as { metadata?: unknown; spec?: unknown };
   if (typeof metadata !== 'object' || metadata === null || typeof spec !== 'object' || spec === null) return false;

@@ -19,6 +19,24 @@ export const CA_CONFIGMAP = 'agentfence-ca';
 const VOLUME_TOKEN = 'agentfence-token';
 const VOLUME_CA = 'agentfence-ca';
 const VOLUME_SCRATCH = 'agentfence-scratch';
+/** The volumes the injection adds; only the sidecar may mount them (the token volume holds its credential). */
+export const INJECTED_VOLUMES: readonly string[] = [VOLUME_TOKEN, VOLUME_CA, VOLUME_SCRATCH];
+/** The sidecar's listeners, in the pod's shared network namespace: an app port on either would collide. */
+export const SIDECAR_PORTS: readonly number[] = [PROXY_PORT, ADMIN_PORT];
+/**
+ * Capabilities an app or init container may not add. NET_ADMIN/NET_RAW could rewrite routing or forge packets
+ * around the proxy; SYS_PTRACE, SYS_ADMIN, BPF and PERFMON give ways into the sidecar's memory (ptrace, mounts
+ * and namespaces, eBPF, perf events); ALL is all of them.
+ */
+const FORBIDDEN_CAPABILITIES: Record<string, string> = {
+  NET_ADMIN: 'could bypass the sidecar',
+  NET_RAW: 'could bypass the sidecar',
+  SYS_PTRACE: 'could read the sidecar’s memory and its identity token',
+  SYS_ADMIN: 'could read the sidecar’s memory and its identity token',
+  BPF: 'could read the sidecar’s memory and its identity token',
+  PERFMON: 'could read the sidecar’s memory and its identity token',
+  ALL: 'could bypass the sidecar and read its memory',
+};
 const TOKEN_DIR = '/var/run/secrets/agentfence.io';
 const CA_DIR = '/var/run/agentfence/ca';
 
@@ -54,6 +72,9 @@ export interface Container {
   name: string;
   image?: string;
   env?: EnvVar[];
+  envFrom?: unknown[];
+  ports?: { containerPort?: number; [field: string]: unknown }[];
+  volumeMounts?: { name: string; [field: string]: unknown }[];
   securityContext?: {
     runAsUser?: number;
     capabilities?: { add?: string[]; drop?: string[] };
@@ -71,8 +92,11 @@ export interface Pod {
   spec: {
     containers: Container[];
     initContainers?: Container[];
-    volumes?: { name: string; [field: string]: unknown }[];
+    ephemeralContainers?: Container[];
+    volumes?: { name: string; hostPath?: unknown; [field: string]: unknown }[];
     hostNetwork?: boolean;
+    hostPID?: boolean;
+    hostIPC?: boolean;
     shareProcessNamespace?: boolean;
     serviceAccountName?: string;
     securityContext?: { runAsUser?: number };
@@ -87,6 +111,12 @@ export type InjectResult =
 export type RefusalReason =
   | 'HostNetwork'
   | 'ShareProcessNamespace'
+  | 'HostPID'
+  | 'HostIPC'
+  | 'HostPathVolume'
+  | 'EphemeralContainer'
+  | 'ReservedVolume'
+  | 'PortConflict'
   | 'ContainerNameConflict'
   | 'SidecarUIDInUse'
   | 'ForbiddenCapability'
@@ -103,49 +133,17 @@ export function configHash(config: InjectorConfig, overrides: Record<string, str
   return createHash('sha256').update(canonical).digest('hex').slice(0, 16);
 }
 
-function refuse(reason: RefusalReason, message: string): InjectResult {
+function refuse(reason: RefusalReason, message: string): InjectResult & { allowed: false } {
   return { allowed: false, reason, message };
 }
 
 /** Injects the sidecar into a pod labelled agentfence.io/inject=true. */
 export function inject(input: Pod, config: InjectorConfig): InjectResult {
   const pod = strip(structuredClone(input));
+  const refusal = refuseUnfenceable(pod);
+  if (refusal) return refusal;
   const spec = pod.spec;
-  if (spec.hostNetwork) {
-    return refuse(
-      'HostNetwork',
-      'agent pods cannot use hostNetwork: the sidecar and NetworkPolicies could not fence the node network',
-    );
-  }
-  if (spec.shareProcessNamespace) {
-    return refuse(
-      'ShareProcessNamespace',
-      'agent pods cannot share a process namespace: the app could read the sidecar’s identity token',
-    );
-  }
   const appContainers = [...(spec.initContainers ?? []), ...spec.containers];
-  const clash = appContainers.find((c) => c.name === SIDECAR_NAME);
-  if (clash) return refuse('ContainerNameConflict', `a container is already named ${SIDECAR_NAME}; rename it`);
-  for (const c of appContainers) {
-    const uid = c.securityContext?.runAsUser ?? spec.securityContext?.runAsUser;
-    if (uid === SIDECAR_UID) {
-      return refuse(
-        'SidecarUIDInUse',
-        `container ${c.name} runs as UID ${SIDECAR_UID}, which is reserved for the sidecar; use another UID`,
-      );
-    }
-    const added = (c.securityContext?.capabilities?.add ?? []).map((cap) => cap.toUpperCase().replace(/^CAP_/, ''));
-    const forbidden = added.find((cap) => cap === 'NET_ADMIN' || cap === 'NET_RAW' || cap === 'ALL');
-    if (forbidden) {
-      return refuse(
-        'ForbiddenCapability',
-        `container ${c.name} adds ${forbidden}, which could bypass the sidecar; remove the capability`,
-      );
-    }
-    if (c.securityContext?.privileged) {
-      return refuse('PrivilegedContainer', `container ${c.name} is privileged, which could bypass the sidecar`);
-    }
-  }
 
   const overrides = readOverrides(pod.metadata.annotations ?? {});
   if ('error' in overrides) return refuse('InvalidOverride', overrides.error);
@@ -167,6 +165,7 @@ export function inject(input: Pod, config: InjectorConfig): InjectResult {
 
   // Proxy environment for every app and init container.
   for (const c of appContainers) {
+    warnings.push(...unreadableNoProxy(c));
     const replaced = setProxyEnv(c);
     if (replaced.length > 0) {
       warnings.push(
@@ -202,6 +201,87 @@ export function inject(input: Pod, config: InjectorConfig): InjectResult {
     [ANNOTATION_INJECTED]: JSON.stringify({ version: config.version, config: configHash(config, overrides.raw) }),
   };
   return { allowed: true, pod, warnings };
+}
+
+/**
+ * The ways out of the fence or into the sidecar that a pod spec can ask for. Run on the pod stripped of any
+ * earlier injection, so what remains is the user's part: at admission, and again by the token exchange on the
+ * live pod (webhook/fence.ts).
+ */
+function refuseUnfenceable(pod: Pod): (InjectResult & { allowed: false }) | undefined {
+  const spec = pod.spec;
+  if (spec.hostNetwork) {
+    return refuse(
+      'HostNetwork',
+      'agent pods cannot use hostNetwork: the sidecar and NetworkPolicies could not fence the node network',
+    );
+  }
+  if (spec.shareProcessNamespace) {
+    return refuse(
+      'ShareProcessNamespace',
+      'agent pods cannot share a process namespace: the app could read the sidecar’s identity token',
+    );
+  }
+  if (spec.hostPID) {
+    return refuse(
+      'HostPID',
+      'agent pods cannot use hostPID: the app could read the sidecar’s memory and identity token',
+    );
+  }
+  if (spec.hostIPC) {
+    return refuse('HostIPC', 'agent pods cannot use hostIPC: the app would share memory segments with the whole node');
+  }
+  const hostPath = (spec.volumes ?? []).find((v) => v.hostPath !== undefined);
+  if (hostPath) {
+    return refuse(
+      'HostPathVolume',
+      `volume ${hostPath.name} is a hostPath: through the node's file system the app could reach the sidecar's token; use another volume type`,
+    );
+  }
+  if ((spec.ephemeralContainers ?? []).length > 0) {
+    return refuse(
+      'EphemeralContainer',
+      'agent pods cannot have ephemeral containers: they could attach to the sidecar; debug a copy of the pod instead',
+    );
+  }
+  const appContainers = [...(spec.initContainers ?? []), ...spec.containers];
+  const clash = appContainers.find((c) => c.name === SIDECAR_NAME);
+  if (clash) return refuse('ContainerNameConflict', `a container is already named ${SIDECAR_NAME}; rename it`);
+  for (const c of appContainers) {
+    const uid = c.securityContext?.runAsUser ?? spec.securityContext?.runAsUser;
+    if (uid === SIDECAR_UID) {
+      return refuse(
+        'SidecarUIDInUse',
+        `container ${c.name} runs as UID ${SIDECAR_UID}, which is reserved for the sidecar; use another UID`,
+      );
+    }
+    const added = (c.securityContext?.capabilities?.add ?? []).map((cap) => cap.toUpperCase().replace(/^CAP_/, ''));
+    const forbidden = added.find((cap) => cap in FORBIDDEN_CAPABILITIES);
+    if (forbidden) {
+      return refuse(
+        'ForbiddenCapability',
+        `container ${c.name} adds ${forbidden}, which ${FORBIDDEN_CAPABILITIES[forbidden] ?? ''}; remove the capability`,
+      );
+    }
+    if (c.securityContext?.privileged) {
+      return refuse('PrivilegedContainer', `container ${c.name} is privileged, which could bypass the sidecar`);
+    }
+    const port = (c.ports ?? []).find((p) => p.containerPort !== undefined && SIDECAR_PORTS.includes(p.containerPort));
+    if (port) {
+      return refuse(
+        'PortConflict',
+        `container ${c.name} uses port ${port.containerPort ?? ''}, which the sidecar listens on (reserved: ${SIDECAR_PORTS.join(', ')}); use another port`,
+      );
+    }
+    const mount = (c.volumeMounts ?? []).find((m) => INJECTED_VOLUMES.includes(m.name));
+    if (mount) {
+      return refuse(
+        'ReservedVolume',
+        `container ${c.name} mounts ${mount.name}, a volume reserved for the sidecar; rename the volume`,
+      );
+    }
+  }
+  return undefined;
 }
 
 function sidecarContainer(config: InjectorConfig, resources: InjectorConfig['resources'], logLevel: string): Container {
@@ -286,6 +366,31 @@ function setProxyEnv(c: Container): string[] {
   }
   c.env = env;
   return replaced;
+}
+
+/**
+ * NO_PROXY the webhook cannot read: a valueFrom (ConfigMap, Secret, field) or, without a literal NO_PROXY, an
+ * envFrom source. Admission makes no API calls (dry-run safe), so these cannot be merged; the fence's literal
+ * NO_PROXY replaces them and the user is told, naming the container.
+ */
+function unreadableNoProxy(c: Container): string[] {
+  const warnings: string[] = [];
+  const env = c.env ?? [];
+  for (const name of NO_PROXY_VARS) {
+    const entry = env.find((e) => e.name === name);
+    if (entry?.valueFrom !== undefined) {
+      warnings.push(
+        `container ${c.name}: ${name} is set through valueFrom, which cannot be read at admission; it is replaced by ${NO_PROXY_OURS.join(',')} (set it as a literal value to keep your entries)`,
+      );
+    }
+  }
+  const literal = env.some((e) => (NO_PROXY_VARS as readonly string[]).includes(e.name));
+  if (!literal && (c.envFrom ?? []).length > 0) {
+    warnings.push(
+      `container ${c.name}: envFrom cannot be read at admission; a NO_PROXY or no_proxy there is overridden by ${NO_PROXY_OURS.join(',')} (set it as a literal env value to keep your entries)`,
+    );
+  }
+  return warnings;
 }
 
 /** Removes a previous injection so that rendering again gives the same pod. */

@@ -4,7 +4,7 @@
  * injected. The integration tests install exactly these (with a URL instead of the Service); a chart test
  * checks the chart renders the same rules.
  */
-import { LABEL_AGENT, LABEL_INJECT } from '../lib/api/constants.ts';
+import { ANNOTATION_INJECTED, LABEL_AGENT, LABEL_INJECT } from '../lib/api/constants.ts';
 import { SIDECAR_NAME } from './inject.ts';
 
 export const WEBHOOK_CONFIGURATION_NAME = 'agentfence-sidecar-injector';
@@ -23,8 +23,35 @@ export interface WebhookOptions {
   timeoutSeconds?: number;
 }
 
-const isInjectedOld = `has(oldObject.metadata.labels) && '${LABEL_INJECT}' in oldObject.metadata.labels && oldObject.metadata.labels['${LABEL_INJECT}'] == 'true'`;
-const isLabelled = `has(object.metadata.labels) && '${LABEL_INJECT}' in object.metadata.labels && object.metadata.labels['${LABEL_INJECT}'] == 'true'`;
+const labelled = (obj: string): string =>
+  `(has(${obj}.metadata.labels) && '${LABEL_INJECT}' in ${obj}.metadata.labels && ${obj}.metadata.labels['${LABEL_INJECT}'] == 'true')`;
+const annotated = (obj: string): string =>
+  `(has(${obj}.metadata.annotations) && '${ANNOTATION_INJECTED}' in ${obj}.metadata.annotations)`;
+const sidecars = (obj: string): string =>
+  `(has(${obj}.spec.initContainers) ? ${obj}.spec.initContainers.filter(c, c.name == '${SIDECAR_NAME}') : [])`;
+const isInjectedOld = labelled('oldObject');
+const isLabelled = labelled('object');
+/** An agent pod before this request: labelled, annotated or carrying the sidecar. */
+const agentPodOld = `(${isInjectedOld} || ${annotated('oldObject')} || size(${sidecars('oldObject')}) > 0)`;
+// request.subResource is absent (not empty) on the pod itself.
+const onSubresource = `(has(request.subResource) && request.subResource != '')`;
+const onPodUpdate = `request.operation != 'UPDATE' || ${onSubresource}`;
+
+/**
+ * Each rule's message starts with its name in brackets, so a refused `kubectl` call says which rule refused it.
+ * The rules run inside the API server (they cannot be down) on pods and on the `pods/ephemeralcontainers`
+ * subresource, which `kubectl debug` uses.
+ */
+export const POD_INTEGRITY_RULES = {
+  sidecarPresent: 'sidecar-present',
+  injectLabelAdded: 'inject-label-added',
+  injectLabelRemoved: 'inject-label-removed',
+  agentLabelChanged: 'agent-label-changed',
+  injectedAnnotationChanged: 'injected-annotation-changed',
+  sidecarChanged: 'sidecar-changed',
+  ephemeralContainers: 'ephemeral-containers',
+} as const;
+const R = POD_INTEGRITY_RULES;
 
 export function mutatingWebhookConfiguration(options: WebhookOptions): Record<string, unknown> {
   return {
@@ -76,24 +103,52 @@ export function podIntegrityPolicy(): Record<string, unknown> {
       failurePolicy: 'Fail',
       matchConstraints: {
         resourceRules: [
-          { apiGroups: [''], apiVersions: ['v1'], operations: ['CREATE', 'UPDATE'], resources: ['pods'] },
+          {
+            apiGroups: [''],
+            apiVersions: ['v1'],
+            operations: ['CREATE', 'UPDATE'],
+            resources: ['pods', 'pods/ephemeralcontainers'],
+          },
         ],
       },
       validations: [
         {
           // Runs after mutation: a labelled pod without the sidecar means the webhook was skipped or bypassed.
-          expression: `request.operation != 'CREATE' || !(${isLabelled}) || (has(object.spec.initContainers) && object.spec.initContainers.exists(c, c.name == '${SIDECAR_NAME}'))`,
-          message: `pods labelled ${LABEL_INJECT}=true must carry the ${SIDECAR_NAME} container: the injection webhook did not run (is the namespace excluded, or the webhook configuration missing?)`,
+          expression: `request.operation != 'CREATE' || !(${isLabelled}) || size(${sidecars('object')}) > 0`,
+          message: `[${R.sidecarPresent}] pods labelled ${LABEL_INJECT}=true must carry the ${SIDECAR_NAME} container: the injection webhook did not run (is the namespace excluded, or the webhook configuration missing?)`,
           reason: 'Forbidden',
         },
         {
-          expression: `request.operation != 'UPDATE' || !(${isInjectedOld}) || (${isLabelled})`,
-          message: `the ${LABEL_INJECT} label cannot be removed from an injected pod; delete the pod and create it without the label instead`,
+          // The sidecar is injected only at creation: a label added later would name an unfenced pod an agent.
+          expression: `${onPodUpdate} || ${isInjectedOld} || !${isLabelled}`,
+          message: `[${R.injectLabelAdded}] the ${LABEL_INJECT} label cannot be added to an existing pod: the sidecar is injected only when a pod is created; create the pod with the label instead`,
           reason: 'Forbidden',
         },
         {
-          expression: `request.operation != 'UPDATE' || !(${isInjectedOld}) || (has(object.metadata.labels) && '${LABEL_AGENT}' in object.metadata.labels && '${LABEL_AGENT}' in oldObject.metadata.labels && object.metadata.labels['${LABEL_AGENT}'] == oldObject.metadata.labels['${LABEL_AGENT}'])`,
-          message: `the ${LABEL_AGENT} label of an injected pod cannot change: its identity is fixed for its lifetime`,
+          expression: `${onPodUpdate} || !${isInjectedOld} || ${isLabelled}`,
+          message: `[${R.injectLabelRemoved}] the ${LABEL_INJECT} label cannot be removed from an injected pod; delete the pod and create it without the label instead`,
+          reason: 'Forbidden',
+        },
+        {
+          expression: `${onPodUpdate} || !${isInjectedOld} || (has(object.metadata.labels) && '${LABEL_AGENT}' in object.metadata.labels && '${LABEL_AGENT}' in oldObject.metadata.labels && object.metadata.labels['${LABEL_AGENT}'] == oldObject.metadata.labels['${LABEL_AGENT}'])`,
+          message: `[${R.agentLabelChanged}] the ${LABEL_AGENT} label of an injected pod cannot change: its identity is fixed for its lifetime`,
+          reason: 'Forbidden',
+        },
+        {
+          expression: `${onPodUpdate} || (${annotated('oldObject')} == ${annotated('object')} && (!${annotated('oldObject')} || object.metadata.annotations['${ANNOTATION_INJECTED}'] == oldObject.metadata.annotations['${ANNOTATION_INJECTED}']))`,
+          message: `[${R.injectedAnnotationChanged}] the ${ANNOTATION_INJECTED} annotation cannot be added, removed or changed: it is written by the injection webhook when the pod is created`,
+          reason: 'Forbidden',
+        },
+        {
+          // Only the image of a live pod's containers may change; for the sidecar not even that.
+          expression: `${onPodUpdate} || ${sidecars('object')} == ${sidecars('oldObject')}`,
+          message: `[${R.sidecarChanged}] the ${SIDECAR_NAME} container cannot change (image or spec) on a running pod: roll the workload to get a new sidecar`,
+          reason: 'Forbidden',
+        },
+        {
+          // kubectl debug --target=<sidecar> would share its process namespace: none at all in agent pods.
+          expression: `!has(request.subResource) || request.subResource != 'ephemeralcontainers' || !${agentPodOld} || !has(object.spec.ephemeralContainers) || size(object.spec.ephemeralContainers) == 0`,
+          message: `[${R.ephemeralContainers}] ephemeral containers cannot be added to an agent pod: they could attach to the sidecar and read its identity; debug a copy instead (kubectl debug --copy-to creates a new pod, which goes through admission like any other)`,
           reason: 'Forbidden',
         },
       ],

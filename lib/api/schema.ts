@@ -418,6 +418,8 @@ const ingressSource = named('IngressSource', {
 const ingressRule = named('IngressRule', {
   type: 'object',
   required: ['name', 'from', 'ports'],
+  description:
+    'Who may connect to the selected agents. For agents of other namespaces this is also consent: their egress grants to agents (or to Services of agents) here open nothing until a rule here admits their namespace and agents (from.agents).',
   properties: {
     name: ruleName,
     from: ingressSource,
@@ -497,7 +499,8 @@ export const agentPolicySpec = named('AgentPolicySpec', {
       items: ingressRule,
       'x-kubernetes-list-type': 'map',
       'x-kubernetes-list-map-keys': ['name'],
-      description: 'Inbound grants (the baseline refuses all ingress to agent pods).',
+      description:
+        'Inbound grants (the baseline refuses all ingress to agent pods). A grant from another namespace needs one of these here: both sides consent.',
     },
   },
 });

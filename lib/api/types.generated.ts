@@ -13,7 +13,7 @@ export interface AgentPolicySpec {
   expiresAt?: string;
   /** Outbound grants. */
   egress?: EgressRule[];
-  /** Inbound grants (the baseline refuses all ingress to agent pods). */
+  /** Inbound grants (the baseline refuses all ingress to agent pods). A grant from another namespace needs one of these here: both sides consent. */
   ingress?: IngressRule[];
 }
 
@@ -108,6 +108,7 @@ export interface MCPProfile {
   tools: string[];
 }
 
+/** Who may connect to the selected agents. For agents of other namespaces this is also consent: their egress grants to agents (or to Services of agents) here open nothing until a rule here admits their namespace and agents (from.agents). */
 export interface IngressRule {
   /** Rule name, unique within the list; appears in status, audit lines and metrics. */
   name: string;

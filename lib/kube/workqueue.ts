@@ -9,6 +9,8 @@
 import type { Registry } from 'prom-client';
 import { DURATION_BUCKETS, counter, gauge, histogram } from '../metrics.ts';
 
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 export interface BackoffOptions {
   baseDelayMs?: number;
   maxDelayMs?: number;
@@ -165,10 +167,15 @@ export class WorkQueue {
     const existing = this.#delayed.get(key);
     if (existing && existing.at <= at) return;
     if (existing) clearTimeout(existing.timer);
-    const timer = setTimeout(() => {
-      this.#delayed.delete(key);
-      this.add(key);
-    }, ms);
+    // Node fires timers longer than 2^31-1 ms (~24.8 days) after 1 ms: wait the longest allowed instead. The key
+    // then comes back early, and a level-triggered reconcile simply requeues it.
+    const timer = setTimeout(
+      () => {
+        this.#delayed.delete(key);
+        this.add(key);
+      },
+      Math.min(ms, MAX_TIMER_MS),
+    );
     // A pending requeue must not keep a process alive that is otherwise done.
     timer.unref();
     this.#delayed.set(key, { at, timer });

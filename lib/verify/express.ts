@@ -6,20 +6,30 @@
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
 import { AGENT_TOKEN_HEADER } from '../identity/claims.ts';
 import { AgentTokenError, type AgentIdentity, type AgentVerifier } from './index.ts';
+import { agentAllowList, type AllowedAgent } from './allow.ts';
+
+export { agentAllowList, type AllowedAgent } from './allow.ts';
 
 export interface RequireAgentOptions {
-  /** Authorization on top of authentication, e.g. `(id) => id.agent === 'support-agent'`. */
+  /**
+   * The agents this route accepts, by full identity: SPIFFE IDs or `{namespace, agent}` pairs (see allow.ts).
+   * Without it (and without `allow`) every agent the verifier accepts gets through.
+   */
+  allowAgents?: readonly AllowedAgent[];
+  /** A further check on the verified identity and the request (runs after allowAgents). */
   allow?: (identity: AgentIdentity, req: Request) => boolean;
 }
 
 const IDENTITY = Symbol('agentfence.identity');
 
 export function requireAgent(verifier: AgentVerifier, options: RequireAgentOptions = {}): RequestHandler {
+  // Built once, so a bad entry fails at startup rather than on the first request.
+  const allowed = options.allowAgents ? agentAllowList(options.allowAgents) : undefined;
   return (req: Request, res: Response, next: NextFunction) => {
     verifier
       .verify(tokenFrom(req))
       .then((identity) => {
-        if (options.allow && !options.allow(identity, req)) {
+        if ((allowed && !allowed(identity)) || (options.allow && !options.allow(identity, req))) {
           res.status(403).json({ error: 'forbidden', reason: 'agent_not_allowed', agent: identity.sub });
           return;
         }

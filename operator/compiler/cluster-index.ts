@@ -1,6 +1,6 @@
 /** The cluster state a compile reads, indexed once: pods by namespace and label, Services, namespace labels. */
 import { LABEL_INJECT } from '../../lib/api/constants.ts';
-import type { LabelSelector } from '../../lib/api/types.generated.ts';
+import type { AgentPolicy, LabelSelector } from '../../lib/api/types.generated.ts';
 import { byNamespaceAndName, compareStrings, sortedUnique } from './canonical.ts';
 import { hostCidr } from '../../lib/ip.ts';
 import { LabelIndex, compileSelector, type Labels } from './selectors.ts';
@@ -37,6 +37,7 @@ export class ClusterIndex {
   readonly agents = new Map<string, LabelIndex<PodView>>();
   readonly services = new Map<string, Service>();
   readonly namespaceLabels = new Map<string, Labels>();
+  private readonly policiesByNamespace = new Map<string, AgentPolicy[]>();
   readonly skipped: SkippedPod[] = [];
 
   constructor(input: CompileInput) {
@@ -60,7 +61,18 @@ export class ClusterIndex {
       const ns = svc.metadata.namespace ?? 'default';
       this.services.set(`${ns}/${svc.metadata.name ?? ''}`, svc);
     }
-    for (const p of input.policies) this.knowNamespace(p.metadata.namespace ?? 'default');
+    for (const p of [...input.policies].sort(byNamespaceAndName)) {
+      const ns = p.metadata.namespace ?? 'default';
+      this.knowNamespace(ns);
+      const list = this.policiesByNamespace.get(ns);
+      if (list) list.push(p);
+      else this.policiesByNamespace.set(ns, [p]);
+    }
+  }
+
+  /** The AgentPolicies of one namespace, sorted by name. */
+  policiesIn(namespace: string): readonly AgentPolicy[] {
+    return this.policiesByNamespace.get(namespace) ?? [];
   }
 
   private knowNamespace(name: string): void {

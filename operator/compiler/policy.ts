@@ -8,7 +8,8 @@ import { API_VERSION, LABEL_INJECT, LABEL_MANAGED_BY, MANAGED_BY } from '../../l
 import { agentEntitlementSpec } from '../../lib/api/schema.ts';
 import { canonicalJSON, compareStrings, sortedUnique } from './canonical.ts';
 import { ciliumDnsRule, namespaceSelectorFor } from './baseline.ts';
-import type { ClusterIndex, PodView } from './cluster-index.ts';
+import { NAMESPACE_NAME_LABEL, type ClusterIndex, type PodView } from './cluster-index.ts';
+import { consentedCallees } from './consent.ts';
 import type { PolicyGrant } from './entitlement.ts';
 import { metadataExcept, parseCidr } from '../../lib/ip.ts';
 import { LABEL_POLICY, LABEL_POLICY_NAMESPACE, calleeIngressName, labelValue, policyObjectName } from './names.ts';
@@ -106,6 +107,7 @@ export function compilePolicy(
   const spec = policy.spec;
   const mode = spec.mode ?? 'Enforce';
   const problems: Problem[] = [];
+  const foreign: Problem[] = [];
   const owner = policyOwner(policy);
   const labels = { [LABEL_MANAGED_BY]: MANAGED_BY, [LABEL_POLICY]: labelValue(name) };
   const podSelector = andLabels(spec.agentSelector, INJECT);
@@ -172,6 +174,8 @@ export function compilePolicy(
     const fqdns: string[] = [];
     const problem = (reason: Problem['reason'], message: string): void =>
       void problems.push({ reason, rule: rule.name, message });
+    const foreignProblem = (reason: Problem['reason'], message: string): void =>
+      void foreign.push({ reason, rule: rule.name, message });
 
     if (rule.to.hosts) {
       hosts.push(...rule.to.hosts);
@@ -185,12 +189,35 @@ export function compilePolicy(
     } else if (rule.to.services) {
       for (const ref of rule.to.services) {
         const target = compileServiceTarget(ref, namespace, rule.ports, index, options.clusterDomain);
+        const serviceNamespace = ref.namespace ?? namespace;
+        if (target.agentBackends && serviceNamespace !== namespace) {
+          // The Service's pods are agents of another namespace: granted only if that namespace opens all of them.
+          const backends = index.agents.get(serviceNamespace)?.select({ matchLabels: target.selector }) ?? [];
+          const opened = consentedCallees(index, namespace, selected, serviceNamespace, options.now);
+          if (!backends.every((b) => opened.has(b))) {
+            reportNotConsented([serviceNamespace], [serviceNamespace], problem, foreignProblem);
+            continue;
+          }
+        }
         hosts.push(...target.hosts);
         cidrs.push(...target.cidrs);
         fqdns.push(...target.fqdns);
-        for (const p of target.problems) problem(p.reason, p.message);
+        for (const p of target.problems) {
+          // Pods of another namespace are named only in the controller's log, not in this policy's status.
+          if (serviceNamespace === namespace || (p.reason !== 'PodWithoutIP' && p.reason !== 'NamedPortUnresolved')) {
+            problem(p.reason, p.message);
+          } else {
+            foreignProblem(p.reason, p.message);
+            if (p.reason === 'NamedPortUnresolved') {
+              problem(
+                p.reason,
+                `Service ${serviceNamespace}/${ref.name}: named target ports are not resolved on every pod`,
+              );
+            }
+          }
+        }
         for (const peer of target.peers) addEgress([peer.peer], peer.ports);
-        if (target.agentBackends) {
+        if (target.agentBackends && serviceNamespace === namespace) {
           // The Service's pods are agents behind their own baseline: open their side too, on the target ports.
           const targetPorts = target.peers.flatMap((p) => p.ports);
           calleePolicies.push(
@@ -208,19 +235,42 @@ export function compilePolicy(
     } else if (rule.to.agents) {
       const peer = rule.to.agents;
       const calleeMatch = compileSelector(peer.agentSelector);
-      const byNamespace = new Map<string, PodView[]>();
+      const reachable: string[] = [];
+      const notConsented: string[] = [];
+      let ownCallees = false;
       for (const ns of index.selectNamespaces(namespace, peer.namespaceSelector)) {
-        const callees = index.agents.get(ns)?.select(peer.agentSelector, calleeMatch) ?? [];
-        if (callees.length > 0) byNamespace.set(ns, callees);
+        let callees = index.agents.get(ns)?.select(peer.agentSelector, calleeMatch) ?? [];
+        if (ns !== namespace) {
+          // Another namespace: only the callees its own policies open to these callers (see consent.ts).
+          const opened = consentedCallees(index, namespace, selected, ns, options.now);
+          const admitted = callees.filter((c) => opened.has(c));
+          if (admitted.length < callees.length) notConsented.push(ns);
+          callees = admitted;
+          if (callees.length === 0) continue;
+        } else ownCallees = callees.length > 0;
+        reachable.push(ns);
         for (const callee of callees) {
-          if (callee.ips.length === 0) problem('PodWithoutIP', `agent pod ${ns}/${callee.name} has no IP yet`);
+          if (callee.ips.length === 0) {
+            const report = ns === namespace ? problem : foreignProblem;
+            report('PodWithoutIP', `agent pod ${ns}/${callee.name} has no IP yet`);
+          }
           cidrs.push(...callee.ips);
         }
       }
-      addEgress([agentPeerSelectors(peer)], npPorts);
-      // Both ends must allow: the callee's baseline refuses all ingress, so open it from exactly these callers.
-      for (const calleeNamespace of byNamespace.keys()) {
-        calleePolicies.push(calleeIngress(calleeNamespace, rule.name, andLabels(peer.agentSelector, INJECT), npPorts));
+      // Caller egress only towards namespaces that are open to it: its own, and those that consented.
+      addEgress(
+        peer.namespaceSelector
+          ? reachable.map((ns) => ({
+              namespaceSelector: namespaceSelectorFor(ns),
+              podSelector: andLabels(peer.agentSelector, INJECT),
+            }))
+          : [agentPeerSelectors(peer)],
+        npPorts,
+      );
+      reportNotConsented(notConsented, namedNamespaces(peer.namespaceSelector), problem, foreignProblem);
+      // Both ends must allow: in its own namespace the policy opens the callee side from exactly these callers.
+      if (ownCallees) {
+        calleePolicies.push(calleeIngress(namespace, rule.name, andLabels(peer.agentSelector, INJECT), npPorts));
       }
     }
 
@@ -331,8 +381,50 @@ export function compilePolicy(
         ...(cilium ? [{ kind: 'CiliumNetworkPolicy' as const, namespace, name: cilium.metadata.name }] : []),
       ],
       problems: dedupeProblems(problems),
+      foreign: dedupeProblems(foreign),
     },
   };
+}
+
+/** Namespaces a selector names explicitly (by the kubernetes.io/metadata.name label the API server sets). */
+function namedNamespaces(selector: LabelSelector | undefined): string[] {
+  if (!selector) return [];
+  const named: string[] = [];
+  const byLabel = selector.matchLabels?.[NAMESPACE_NAME_LABEL];
+  if (byLabel) named.push(byLabel);
+  for (const e of selector.matchExpressions ?? [])
+    if (e.key === NAMESPACE_NAME_LABEL && e.operator === 'In') named.push(...(e.values ?? []));
+  return named;
+}
+
+/**
+ * Status names a namespace that has not consented only when the policy named it: listing every namespace a
+ * broad selector happens to match would tell the policy's readers where other tenants run agents. Those go to
+ * the controller's log instead.
+ */
+function reportNotConsented(
+  namespaces: readonly string[],
+  named: readonly string[],
+  problem: (reason: Problem['reason'], message: string) => void,
+  foreignProblem: (reason: Problem['reason'], message: string) => void,
+): void {
+  const consentRule =
+    'an AgentPolicy there with an ingress rule whose from.agents selects this namespace and these agents';
+  let unnamed = 0;
+  for (const ns of namespaces) {
+    const message = `namespace ${ns} has not consented (${consentRule}); nothing is opened there`;
+    if (named.includes(ns)) problem('CalleeHasNotConsented', message);
+    else {
+      unnamed++;
+      foreignProblem('CalleeHasNotConsented', message);
+    }
+  }
+  if (unnamed > 0) {
+    problem(
+      'CalleeHasNotConsented',
+      `agents in namespaces selected by namespaceSelector match this rule, but their namespaces have not consented (${consentRule}); nothing is opened there. Name a namespace (kubernetes.io/metadata.name) to see whether it consents`,
+    );
+  }
 }
 
 function dedupeProblems(problems: Problem[]): Problem[] {

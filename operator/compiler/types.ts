@@ -147,7 +147,8 @@ export type ProblemReason =
   | 'NamedPortAmbiguous'
   | 'PodWithoutIP'
   | 'InvalidCIDR'
-  | 'TooManyAddresses';
+  | 'TooManyAddresses'
+  | 'CalleeHasNotConsented';
 
 export interface Problem {
   reason: ProblemReason;
@@ -164,6 +165,12 @@ export interface PolicyReport {
   /** Names of the NetworkPolicies and CiliumNetworkPolicies written for this policy, in all namespaces. */
   networkPolicies: { kind: 'NetworkPolicy' | 'CiliumNetworkPolicy'; namespace: string; name: string }[];
   problems: Problem[];
+  /**
+   * Problems about objects in other namespaces (a callee pod without an IP, a namespace that has not consented
+   * and that the policy did not name). Status is readable by whoever may read the policy, who may not see those
+   * namespaces: the controller logs these and counts them in metrics, never writes them into status.
+   */
+  foreign: Problem[];
 }
 
 export interface SkippedPod {

@@ -18,6 +18,8 @@ import type { AgentIdentity, AgentVerifier } from '../../lib/verify/index.ts';
 import type { IssuedToken, TokenIssuer } from './issuer.ts';
 import { parseDurationSeconds } from '../../lib/api/duration.ts';
 import { CodedError } from '../../lib/errors.ts';
+import { fenceChecker } from '../../webhook/fence.ts';
+import type { InjectorConfig } from '../../webhook/inject.ts';
 
 export { ANNOTATION_INJECTED, OPERATOR_AUDIENCE };
 
@@ -31,6 +33,7 @@ export type RefusalCode =
   | 'pod_uid_mismatch'
   | 'pod_terminating'
   | 'pod_not_injected'
+  | 'pod_not_fenced'
   | 'service_account_mismatch'
   | 'invalid_agent_label'
   | 'entitlement_pending'
@@ -49,6 +52,7 @@ const STATUS: Record<RefusalCode, number> = {
   pod_uid_mismatch: 403,
   pod_terminating: 403,
   pod_not_injected: 403,
+  pod_not_fenced: 403,
   service_account_mismatch: 403,
   invalid_agent_label: 403,
   entitlement_pending: 503,
@@ -73,7 +77,7 @@ export interface TokenReviewStatus {
 
 export interface PodView {
   metadata: ObjectMeta;
-  spec?: { serviceAccountName?: string; nodeName?: string };
+  spec?: { serviceAccountName?: string; nodeName?: string; [field: string]: unknown };
 }
 
 /** What the exchange needs from the cluster; the operator backs it with the API server and its caches. */
@@ -146,6 +150,15 @@ export function checkPod(pod: PodView | undefined, subject: ReviewedSubject): st
   return agent;
 }
 
+/**
+ * The live pod must carry the sidecar exactly as this controller injects it (webhook/fence.ts renders it again
+ * and compares): a label or annotation added later, a swapped sidecar image or an ephemeral container is refused.
+ */
+export function checkFenced(pod: PodView | undefined, fenced: (pod: unknown) => string | undefined): void {
+  const problem = fenced(pod);
+  if (problem) throw new Refusal('pod_not_fenced', `the pod is not fenced as injected: ${problem}`);
+}
+
 export interface ExchangeOptions {
   cluster: IdentityCluster;
   issuer: TokenIssuer;
@@ -154,6 +167,10 @@ export interface ExchangeOptions {
   /** `iss` of our tokens, also the audience of the sidecar's own identity token. */
   issuerUrl: string;
   trustDomain: string;
+  /** The injector configuration: an identity only for a pod whose live spec carries the sidecar exactly as injected. */
+  injector: InjectorConfig;
+  /** Earlier injector configurations whose pods are still accepted (while agent workloads roll to a new sidecar). */
+  acceptedInjectors?: readonly InjectorConfig[];
   reviewCacheMs?: number;
   /** Token bucket per pod: burst and refill per second. */
   rateLimit?: { burst: number; perSecond: number };
@@ -176,9 +193,11 @@ export class IdentityExchange {
   private readonly options: ExchangeOptions;
   private readonly reviews = new Map<string, CachedReview>();
   private readonly buckets = new Map<string, { tokens: number; at: number }>();
+  private readonly fenced: (pod: unknown) => string | undefined;
 
   constructor(options: ExchangeOptions) {
     this.options = options;
+    this.fenced = fenceChecker(options.injector, options.acceptedInjectors);
   }
 
   private now(): number {
@@ -232,6 +251,7 @@ export class IdentityExchange {
     const { cluster, issuer, issuerUrl, trustDomain } = this.options;
     const pod = await cluster.getPod(subject.namespace, subject.podName);
     const agent = checkPod(pod, subject);
+    checkFenced(pod, this.fenced);
     const entitlement = await cluster.getEntitlement(subject.namespace, subject.podName);
     if (!entitlement || entitlement.spec.podUID !== subject.podUID) {
       throw new Refusal(

@@ -25,7 +25,7 @@ import type { AuditRecord } from '../../sidecar/audit.ts';
 import { createOrdersApi } from '../../examples/resource-server/orders-api.ts';
 import { cluster, createNamespace, eventually, runOrThrow } from '../support/cluster.ts';
 import { kubeRequest } from '../support/kube-request.ts';
-import { serviceAccountToken } from '../support/identity-server.ts';
+import { injectedPod, serviceAccountToken } from '../support/identity-server.ts';
 
 let client: KubeClient;
 let operator: RunningOperator | undefined;
@@ -107,7 +107,7 @@ beforeAll(async () => {
     trustDomain: 'cluster.local',
     fetch: fetchWithCA(ca.certPem),
   });
-  orders = createOrdersApi(verifier, 'support-agent').listen(0, '127.0.0.1');
+  orders = createOrdersApi(verifier, [{ namespace: ns, agent: 'support-agent' }]).listen(0, '127.0.0.1');
   await once(orders, 'listening');
   ordersPort = (orders.address() as AddressInfo).port;
 
@@ -116,16 +116,12 @@ beforeAll(async () => {
   await once(echo, 'listening');
   echoPort = (echo.address() as AddressInfo).port;
   await runOrThrow(['apply', '-f', '-'], policy([ordersRule(), echoRule()]));
-  const created = await kubeRequest('POST', `/api/v1/namespaces/${ns}/pods`, {
-    apiVersion: 'v1',
-    kind: 'Pod',
-    metadata: {
-      name: 'support-agent-0',
-      labels: { 'agentfence.io/inject': 'true', 'agentfence.io/agent': 'support-agent' },
-      annotations: { 'agentfence.io/injected': '{"version":"e2e"}' },
-    },
-    spec: { serviceAccountName: 'support-agent', containers: [{ name: 'agent', image: 'registry.example/agent:1' }] },
-  });
+  // The pod as the webhook injects it with the controller's own configuration (the token exchange checks that).
+  const created = await kubeRequest(
+    'POST',
+    `/api/v1/namespaces/${ns}/pods`,
+    injectedPod(ns, 'support-agent-0', { injector: started.injector }),
+  );
   const pod = created.body as { metadata: { name: string; uid: string } };
   await writeFile(join(dir, 'token'), await serviceAccountToken(ns, 'support-agent', pod));
   sidecar = await startSidecar(

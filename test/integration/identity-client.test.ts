@@ -51,7 +51,7 @@ beforeAll(async () => {
     trustDomain: 'cluster.local',
     fetch: fetchWithCA(issuer.caPem),
   });
-  orders = createOrdersApi(verifier, 'support-agent').listen(0, '127.0.0.1');
+  orders = createOrdersApi(verifier, [`spiffe://cluster.local/ns/${ns}/agent/support-agent`]).listen(0, '127.0.0.1');
   await once(orders, 'listening');
   ordersUrl = `http://127.0.0.1:${(orders.address() as AddressInfo).port}`;
 });

@@ -16,6 +16,7 @@ import { type RunningOperator } from '../../operator/runtime.ts';
 import { IdentityClient } from '../../sidecar/identity-client.ts';
 import { cluster, createNamespace, eventually, runOrThrow } from '../support/cluster.ts';
 import { createAgentPod, serviceAccountToken } from '../support/identity-server.ts';
+import type { InjectorConfig } from '../../webhook/inject.ts';
 
 /** Reads the first Server-Sent Event of a stream over TLS, then hangs up. */
 function firstEvent(url: string, token: string): Promise<{ event: string; data: unknown }> {
@@ -45,6 +46,7 @@ let ns: string;
 let system: string;
 let operator: RunningOperator;
 let caPem: string;
+let injector: InjectorConfig;
 let dir: string;
 
 beforeAll(async () => {
@@ -55,6 +57,7 @@ beforeAll(async () => {
   const started = await startLocalController({ client, namespace: system });
   operator = started.operator;
   caPem = started.caPem;
+  injector = started.injector;
   dir = await mkdtemp(join(tmpdir(), 'agentfence-runtime-'));
 });
 
@@ -72,7 +75,7 @@ describe('controller runtime', () => {
       'readiness',
     );
 
-    const pod = await createAgentPod(ns, 'agent-0');
+    const pod = await createAgentPod(ns, 'agent-0', { injector });
     const tokenFile = join(dir, 'token');
     await writeFile(tokenFile, await serviceAccountToken(ns, 'support-agent', pod));
     const identity = new IdentityClient({

@@ -63,24 +63,25 @@ describe('agentfence render against a real API server', () => {
 
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-  it('puts the callee side of a cross-namespace agents rule in the callee namespace, tied by labels', async () => {
+  it('opens the callee side of a cross-namespace agents rule only by the callee namespace’s own consenting policy', async () => {
     await runOrThrow(['apply', '-f', join(dir, 'rendered.yaml')]);
-    const out = await runOrThrow([
+    // Nothing in tools is written for the caller's policy...
+    const written = await runOrThrow([
       'get',
       'networkpolicies',
       '-n',
       'tools',
       '-l',
-      'agentfence.io/policy-namespace=agents',
+      'agentfence.io/policy-namespace',
       '-o',
-      'json',
+      'name',
     ]);
-    const [callee, ...more] = (JSON.parse(out) as { items: (Obj & { metadata: { labels: Record<string, string> } })[] })
-      .items;
-    expect(more).toEqual([]);
-    expect(callee?.metadata.name).toMatch(/^agentfence-planner-to-triage-triage-[0-9a-f]{8}$/);
-    expect(callee?.metadata.labels['agentfence.io/policy']).toBe('planner-to-triage');
-    expect(callee?.spec.ingress).toEqual([
+    expect(written.trim()).toBe('');
+    // ...the callee side is tools' own policy, which admits the planner of namespace agents.
+    const callee = JSON.parse(
+      await runOrThrow(['get', 'networkpolicy', 'agentfence-triage-accepts-planner', '-n', 'tools', '-o', 'json']),
+    ) as Obj;
+    expect(callee.spec.ingress).toEqual([
       {
         from: [
           {
@@ -91,6 +92,10 @@ describe('agentfence render against a real API server', () => {
         ports: [{ port: 8443, protocol: 'TCP' }],
       },
     ]);
+    const caller = JSON.parse(
+      await runOrThrow(['get', 'networkpolicy', 'agentfence-planner-to-triage', '-n', 'agents', '-o', 'json']),
+    ) as Obj;
+    expect(JSON.stringify(caller.spec.egress)).toContain('"kubernetes.io/metadata.name":"tools"');
   });
 
   it('owns the per-policy NetworkPolicy by the live AgentPolicy when rendered from live objects', async () => {

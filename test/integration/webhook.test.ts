@@ -3,7 +3,11 @@
  * never reach it, refusals carry their reason to kubectl, dry-run behaves like a real create, and the
  * ValidatingAdmissionPolicy keeps injected pods injected — all on the real kube-apiserver.
  */
-import { startLocalController } from '../../localcluster/controller.ts';
+import { localInjectorConfig, startLocalController } from '../../localcluster/controller.ts';
+import { fetchWithCA } from '../../lib/verify/fetch-with-ca.ts';
+import type { InjectorConfig } from '../../webhook/inject.ts';
+import { injectedPod, serviceAccountToken } from '../support/identity-server.ts';
+import { kubeRequest } from '../support/kube-request.ts';
 import { randomBytes } from 'node:crypto';
 import type { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -23,6 +27,9 @@ let registry: Registry;
 let webhookStopped = false;
 let ns: string;
 let vapOnly: string;
+let systemNs: string;
+let injector: InjectorConfig;
+let controllerCa: string;
 
 const named = (obj: Record<string, unknown>, name: string): Record<string, unknown> => ({
   ...obj,
@@ -66,26 +73,20 @@ beforeAll(async () => {
   const system = `af-wh-system-${testId}`;
   await runOrThrow(['create', 'namespace', system]);
   ns = await labelledNamespace('wh');
+  systemNs = system;
   const started = await startLocalController({
     client,
     namespace: system,
     podName: 'wh-0',
-    extensions: ({ registry: r }) => ({
-      admission: createAdmissionRouter({
-        config: {
-          version: 'test',
-          image: 'ghcr.io/agentfence/agentfence:test',
-          controllerUrl: 'https://127.0.0.1:1',
-          logLevel: 'info',
-          maxStaleness: '60s',
-          resources: { cpuRequest: '50m', memoryRequest: '48Mi', memoryLimit: '128Mi' },
-        },
-        logger: silentLogger,
-        registry: r,
-      }),
+    // One configuration for the webhook and the token exchange, as in the operator.
+    injector: (url) => ({ ...localInjectorConfig(url, 'test'), image: 'ghcr.io/agentfence/agentfence:test' }),
+    extensions: ({ registry: r, injector: config }) => ({
+      admission: createAdmissionRouter({ config, logger: silentLogger, registry: r }),
     }),
   });
   operator = started.operator;
+  injector = started.injector;
+  controllerCa = started.caPem;
   registry = started.registry;
   const ca = { certPem: started.caPem };
   const caBundle = Buffer.from(ca.certPem).toString('base64');
@@ -193,6 +194,28 @@ describe('admission webhook on the real API server', () => {
     expect((await run(['get', 'pod', 'host', '-n', ns])).code).not.toBe(0);
   });
 
+  it('warns through the API server, naming the container, when NO_PROXY cannot be read at admission', async () => {
+    const res = await run(
+      ['apply', '-f', '-'],
+      pod(
+        'envfrom',
+        { 'agentfence.io/inject': 'true' },
+        {
+          containers: [
+            {
+              name: 'agent',
+              image: 'registry.example/agent:1',
+              envFrom: [{ configMapRef: { name: 'settings', optional: true } }],
+              env: [{ name: 'no_proxy', valueFrom: { configMapKeyRef: { name: 'proxy', key: 'np', optional: true } } }],
+            },
+          ],
+        },
+      ),
+    );
+    expect(res.code, res.stderr).toBe(0);
+    expect(res.stderr).toMatch(/Warning: container agent: no_proxy is set through valueFrom/);
+  });
+
   it('answers a dry-run create exactly like a real one, and stores nothing', async () => {
     const dry = await runOrThrow(
       ['create', '--dry-run=server', '-o', 'json', '-f', '-'],
@@ -219,6 +242,84 @@ describe('admission webhook on the real API server', () => {
       return r.code !== 0 ? r : undefined;
     }, 'refusal of an uninjected labelled pod');
     expect(res.stderr).toContain('must carry the agentfence-sidecar container');
+  });
+
+  it('refuses adding the inject label or the injected annotation to an existing pod, naming the rule', async () => {
+    const label = await run(['label', 'pod', 'plain', '-n', ns, 'agentfence.io/inject=true']);
+    expect(label.code).not.toBe(0);
+    expect(label.stderr).toContain('[inject-label-added]');
+    const annotate = await run(['annotate', 'pod', 'plain', '-n', ns, 'agentfence.io/injected={"version":"test"}']);
+    expect(annotate.code).not.toBe(0);
+    expect(annotate.stderr).toContain('[injected-annotation-changed]');
+    // On an injected pod the annotation can be neither changed nor removed.
+    const change = await run(['annotate', 'pod', 'agent-a', '-n', ns, '--overwrite', 'agentfence.io/injected={}']);
+    expect(change.stderr).toContain('[injected-annotation-changed]');
+    const remove = await run(['annotate', 'pod', 'agent-a', '-n', ns, 'agentfence.io/injected-']);
+    expect(remove.stderr).toContain('[injected-annotation-changed]');
+    // Unrelated annotations stay editable.
+    await runOrThrow(['annotate', 'pod', 'plain', '-n', ns, 'team=web']);
+    await runOrThrow(['annotate', 'pod', 'agent-a', '-n', ns, 'team=support']);
+  });
+
+  it("refuses swapping the sidecar's image on a live pod; the app's image may change", async () => {
+    const swap = await run(['set', 'image', 'pod/agent-a', '-n', ns, 'agentfence-sidecar=registry.example/fake:1']);
+    expect(swap.code).not.toBe(0);
+    expect(swap.stderr).toContain('[sidecar-changed]');
+    await runOrThrow(['set', 'image', 'pod/agent-a', '-n', ns, 'agent=registry.example/agent:2']);
+  });
+
+  it('refuses kubectl debug ephemeral containers in agent pods (any profile, any target); other pods may have them', async () => {
+    for (const args of [
+      ['--target=agentfence-sidecar', '--profile=sysadmin'],
+      ['--target=agent', '--profile=restricted'],
+      ['--profile=general'],
+    ]) {
+      const res = await run(['debug', 'agent-a', '-n', ns, '--image=busybox', ...args]);
+      expect(res.code, args.join(' ')).not.toBe(0);
+      expect(res.stderr).toContain('[ephemeral-containers]');
+    }
+    const stored = JSON.parse(await runOrThrow(['get', 'pod', 'agent-a', '-n', ns, '-o', 'json'])) as {
+      spec: { ephemeralContainers?: unknown[] };
+    };
+    expect(stored.spec.ephemeralContainers).toBeUndefined();
+    // The rule is about agent pods only.
+    await runOrThrow(['debug', 'plain', '-n', ns, '--image=busybox', '--profile=general']);
+  });
+
+  it('the token exchange issues identities only to pods carrying the sidecar exactly as injected', async () => {
+    const exchange = async (pod: string, namespace: string): Promise<{ status: number; error?: string }> => {
+      const stored = JSON.parse(await runOrThrow(['get', 'pod', pod, '-n', namespace, '-o', 'json'])) as {
+        metadata: { name: string; uid: string };
+      };
+      const token = await serviceAccountToken(namespace, 'support-agent', stored);
+      return eventually(async () => {
+        const res = await fetchWithCA(controllerCa)(`${operator.serving.url}/v1/identity`, {
+          method: 'POST',
+          headers: { authorization: `Bearer ${token}` },
+        });
+        const body = (await res.json()) as { error?: string };
+        // Signing keys load after leader election: wait for them, not for a verdict.
+        return body.error === 'keys_unavailable' ? undefined : { status: res.status, ...body };
+      }, 'a verdict from the token exchange');
+    };
+    // A pod injected by the webhook through the real API server (defaults and all) passes the fence check;
+    // there is no AgentEntitlement (no reconciler here), so the next check answers.
+    expect(await exchange('agent-a', ns)).toMatchObject({ status: 503, error: 'entitlement_pending' });
+
+    // The admission policy does not cover the controller's namespace (excluded): there, label, annotation and a
+    // sidecar can be written by hand or changed later. The exchange does not trust them.
+    await runOrThrow(['create', 'serviceaccount', 'support-agent', '-n', systemNs]);
+    const rendered = injectedPod(systemNs, 'handmade', { injector });
+    expect((await kubeRequest('POST', `/api/v1/namespaces/${systemNs}/pods`, rendered)).status).toBe(201);
+    expect(await exchange('handmade', systemNs)).toMatchObject({ status: 503, error: 'entitlement_pending' });
+    await runOrThrow(['set', 'image', 'pod/handmade', '-n', systemNs, 'agentfence-sidecar=registry.example/fake:1']);
+    expect(await exchange('handmade', systemNs)).toMatchObject({ status: 403, error: 'pod_not_fenced' });
+
+    const bare = injectedPod(systemNs, 'labels-only', { injector });
+    bare.spec.initContainers = [];
+    bare.spec.volumes = [];
+    expect((await kubeRequest('POST', `/api/v1/namespaces/${systemNs}/pods`, bare)).status).toBe(201);
+    expect(await exchange('labels-only', systemNs)).toMatchObject({ status: 403, error: 'pod_not_fenced' });
   });
 
   // Last: it stops the webhook.

@@ -11,11 +11,16 @@ import { createCertificateAuthority, issueCertificate } from '../../lib/tls/pki.
 import { silentLogger } from '../../lib/log.ts';
 import { generateSigningKey, publicJwks, type KeySet } from '../../operator/identity/keys.ts';
 import { TokenIssuer } from '../../operator/identity/issuer.ts';
-import { ANNOTATION_INJECTED, IdentityExchange, OPERATOR_AUDIENCE } from '../../operator/identity/exchange.ts';
+import { IdentityExchange, OPERATOR_AUDIENCE } from '../../operator/identity/exchange.ts';
 import { kubeIdentityCluster } from '../../operator/identity/kube-cluster.ts';
 import { createIdentityApp } from '../../operator/identity/http.ts';
+import { inject, type InjectorConfig, type Pod } from '../../webhook/inject.ts';
+import { localInjectorConfig } from '../../localcluster/controller.ts';
 import { runOrThrow } from './cluster.ts';
 import { kubeRequest } from './kube-request.ts';
+
+/** What the test issuer's exchange expects its pods to carry; createAgentPod renders pods with it. */
+export const TEST_INJECTOR: InjectorConfig = localInjectorConfig('https://agentfence-controller.test.svc', 'test');
 
 export interface TestIssuer {
   url: string;
@@ -44,6 +49,7 @@ export async function startTestIssuer(options: { reviewCacheMs?: number } = {}):
     selfVerifier: createAgentVerifier({ issuer: url, audience: url, jwks: publicJwks(keys), trustDomain }),
     issuerUrl: url,
     trustDomain,
+    injector: TEST_INJECTOR,
     reviewCacheMs: options.reviewCacheMs ?? 0,
   });
   server.on('request', createIdentityApp({ exchange, issuerUrl: url, keys: () => keys, logger: silentLogger }));
@@ -61,25 +67,51 @@ export interface AgentPodOptions {
   finalizer?: boolean;
   audiences?: string[];
   tokenTTL?: string;
+  /** The injector configuration the pod is rendered with (the exchange's own: TEST_INJECTOR by default). */
+  injector?: InjectorConfig;
 }
 
-/** Creates an injected-looking agent pod and its AgentEntitlement (what webhook and operator would write). */
-export async function createAgentPod(ns: string, name: string, opts: AgentPodOptions = {}): Promise<CreatedPod> {
-  const agent = opts.agent ?? 'support-agent';
-  const res = await kubeRequest('POST', `/api/v1/namespaces/${ns}/pods`, {
+/** An agent pod rendered by the webhook's own injection (what the webhook would have admitted). */
+export function injectedPod(
+  ns: string,
+  name: string,
+  opts: { agent?: string; serviceAccount?: string; injector?: InjectorConfig } = {},
+): Pod {
+  const pod: Pod = {
     apiVersion: 'v1',
     kind: 'Pod',
     metadata: {
       name,
-      labels: { 'agentfence.io/inject': 'true', 'agentfence.io/agent': agent },
-      annotations: opts.injected === false ? {} : { [ANNOTATION_INJECTED]: '{"version":"test"}' },
-      ...(opts.finalizer ? { finalizers: ['agentfence.io/test-hold'] } : {}),
+      namespace: ns,
+      labels: { 'agentfence.io/inject': 'true', 'agentfence.io/agent': opts.agent ?? 'support-agent' },
     },
     spec: {
       serviceAccountName: opts.serviceAccount ?? 'support-agent',
       containers: [{ name: 'app', image: 'registry.example/agent:1' }],
     },
-  });
+  };
+  const out = inject(pod, opts.injector ?? TEST_INJECTOR);
+  if (!out.allowed) throw new Error(out.message);
+  // Created directly, the ServiceAccount admission plugin would mount the API token into every container present,
+  // the sidecar included (through the webhook the sidecar arrives after that plugin ran): not "as injected".
+  out.pod.spec.automountServiceAccountToken = false;
+  return out.pod;
+}
+
+/**
+ * Creates an agent pod as the webhook would have injected it (or, with `injected: false`, labelled but without
+ * the injection) and its AgentEntitlement (what the operator would write).
+ */
+export async function createAgentPod(ns: string, name: string, opts: AgentPodOptions = {}): Promise<CreatedPod> {
+  const agent = opts.agent ?? 'support-agent';
+  const rendered = injectedPod(ns, name, opts);
+  if (opts.injected === false) {
+    rendered.metadata.annotations = {};
+    rendered.spec.initContainers = [];
+    rendered.spec.volumes = [];
+  }
+  if (opts.finalizer) rendered.metadata.finalizers = ['agentfence.io/test-hold'];
+  const res = await kubeRequest('POST', `/api/v1/namespaces/${ns}/pods`, rendered);
   expect(res.status).toBe(201);
   const pod = res.body as CreatedPod;
   await runOrThrow(

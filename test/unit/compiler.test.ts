@@ -276,6 +276,43 @@ describe('services', () => {
     ]);
   });
 
+  it("names another namespace's pods behind a Service only in the controller log, never in status", () => {
+    const out = compile(
+      {
+        ...empty,
+        pods: [
+          caller,
+          backendPod('data', 'kafka-0', { app: 'kafka' }, [{ name: 'broker', containerPort: 9093 }], '10.3.0.7'),
+          backendPod('data', 'kafka-1', { app: 'kafka' }, []),
+        ],
+        services: [
+          service('data', 'kafka', {
+            clusterIP: 'None',
+            selector: { app: 'kafka' },
+            ports: [{ port: 9092, targetPort: 'broker' }],
+          }),
+        ],
+        policies: [
+          policy('agents', 'bot', {
+            egress: [
+              { name: 'kafka', to: { services: [{ name: 'kafka', namespace: 'data' }] }, ports: [{ port: 9092 }] },
+            ],
+          }),
+        ],
+      },
+      options,
+    );
+    const status = report(out, 'agents', 'bot').problems;
+    expect(status.map((p) => p.reason)).toEqual(['NamedPortUnresolved']);
+    expect(JSON.stringify(status)).not.toContain('kafka-1');
+    expect(
+      report(out, 'agents', 'bot')
+        .foreign.map((p) => p.reason)
+        .sort(),
+    ).toEqual(['NamedPortUnresolved', 'PodWithoutIP']);
+    expect(JSON.stringify(report(out, 'agents', 'bot').foreign)).toContain('kafka-1');
+  });
+
   it('grants a headless Service by its pods: no cluster IP, the pod IPs and target ports for the sidecar', () => {
     const out = compile(
       {
@@ -365,127 +402,233 @@ describe('services', () => {
 });
 
 describe('services backed by agent pods', () => {
-  it('also opens the callee side, on the target ports, in the Service namespace', () => {
+  const mcpPod = (ns: string) => ({
+    ...agentPod(ns, 'mcp-0', 'mcp', { ip: '10.9.0.1' }),
+    spec: { containers: [{ name: 'mcp', ports: [{ name: 'mcp', containerPort: 8082 }] }] },
+  });
+  const mcpService = (ns: string) =>
+    service(ns, 'mcp', {
+      selector: { 'agentfence.io/agent': 'mcp' },
+      clusterIP: '10.96.1.1',
+      ports: [{ port: 80, targetPort: 'mcp' }],
+    });
+
+  it('also opens the callee side, on the target ports, when the Service is in the policy namespace', () => {
     const out = compile(
       {
         ...empty,
-        pods: [
-          agentPod('a', 'caller', 'caller'),
-          {
-            ...agentPod('tools', 'mcp-0', 'mcp'),
-            spec: { containers: [{ name: 'mcp', ports: [{ name: 'mcp', containerPort: 8082 }] }] },
-          },
-        ],
-        services: [
-          service('tools', 'mcp', {
-            selector: { 'agentfence.io/agent': 'mcp' },
-            clusterIP: '10.96.1.1',
-            ports: [{ port: 80, targetPort: 'mcp' }],
-          }),
-        ],
+        pods: [agentPod('a', 'caller', 'caller'), mcpPod('a')],
+        services: [mcpService('a')],
         policies: [
           policy('a', 'caller', {
-            egress: [{ name: 'mcp', to: { services: [{ name: 'mcp', namespace: 'tools' }] }, ports: [{ port: 80 }] }],
+            egress: [{ name: 'mcp', to: { services: [{ name: 'mcp' }] }, ports: [{ port: 80 }] }],
           }),
         ],
       },
       options,
     );
-    const callee = out.networkPolicies.find(
-      (p) => p.metadata.namespace === 'tools' && p.metadata.name !== 'agentfence-baseline',
-    );
+    const callee = out.networkPolicies.find((p) => p.metadata.name.startsWith('agentfence-caller-mcp-'));
     expect(callee?.metadata.name).toMatch(/^agentfence-caller-mcp-[0-9a-f]{8}$/);
-    expect(callee?.metadata.labels?.['agentfence.io/policy-namespace']).toBe('a');
+    expect(callee?.metadata.ownerReferences?.[0]?.name).toBe('caller');
     expect(callee?.spec).toEqual({
       podSelector: { matchLabels: { 'agentfence.io/agent': 'mcp', 'agentfence.io/inject': 'true' } },
       policyTypes: ['Ingress'],
       ingress: [
         {
-          from: [
-            {
-              namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'a' } },
-              podSelector: { matchLabels: { 'agentfence.io/agent': 'caller', 'agentfence.io/inject': 'true' } },
-            },
-          ],
+          from: [{ podSelector: { matchLabels: { 'agentfence.io/agent': 'caller', 'agentfence.io/inject': 'true' } } }],
           ports: [{ protocol: 'TCP', port: 8082 }],
         },
       ],
     });
   });
-});
 
-describe('agents rules', () => {
-  it('opens caller egress to the callee pods and the callee ingress from the caller, in the callee namespace', () => {
-    const out = compile(
-      {
-        ...empty,
-        namespaces: [namespace('team-a'), namespace('team-b', { team: 'b' })],
-        pods: [
-          agentPod('team-a', 'orchestrator-0', 'orchestrator', { ip: '10.5.0.1' }),
-          agentPod('team-b', 'planner-0', 'planner', { ip: '10.6.0.1' }),
-          agentPod('team-b', 'planner-1', 'planner', { ip: null }),
-        ],
-        policies: [
-          policy('team-a', 'orchestrator', {
-            egress: [
-              {
-                name: 'planner',
-                to: {
-                  agents: {
-                    namespaceSelector: { matchLabels: { team: 'b' } },
-                    agentSelector: { matchLabels: { 'agentfence.io/agent': 'planner' } },
-                  },
-                },
-                ports: [{ port: 8443 }],
-              },
-            ],
-          }),
-        ],
-      },
-      options,
-    );
-    expect(entitlement(out, 'team-a', 'orchestrator-0').spec.egress?.[0]?.cidrs).toEqual(['10.6.0.1/32']);
-    const planner = { matchLabels: { 'agentfence.io/agent': 'planner', 'agentfence.io/inject': 'true' } };
-    expect(np(out, 'team-a', 'agentfence-orchestrator').spec.egress).toEqual([
-      {
-        to: [{ namespaceSelector: { matchLabels: { team: 'b' } }, podSelector: planner }],
-        ports: [{ protocol: 'TCP', port: 8443 }],
-      },
-    ]);
-    const callee = out.networkPolicies.find(
-      (p) => p.metadata.namespace === 'team-b' && p.metadata.name.startsWith('agentfence-orchestrator-planner-'),
-    );
-    expect(callee?.metadata.name).toMatch(/^agentfence-orchestrator-planner-[0-9a-f]{8}$/);
-    expect(callee?.metadata.ownerReferences).toBeUndefined(); // cross-namespace owners are invalid
-    expect(callee?.metadata.labels).toEqual({
-      'app.kubernetes.io/managed-by': 'agentfence',
-      'agentfence.io/policy': 'orchestrator',
-      'agentfence.io/policy-namespace': 'team-a',
+  it('a Service of agents in another namespace is granted only once that namespace consents, and never written to', () => {
+    const grant = policy('a', 'caller', {
+      egress: [{ name: 'mcp', to: { services: [{ name: 'mcp', namespace: 'tools' }] }, ports: [{ port: 80 }] }],
     });
-    expect(callee?.spec).toEqual({
-      podSelector: planner,
-      policyTypes: ['Ingress'],
+    const base: CompileInput = {
+      ...empty,
+      pods: [agentPod('a', 'caller', 'caller'), mcpPod('tools')],
+      services: [mcpService('tools')],
+      policies: [grant],
+    };
+    const before = compile(base, options);
+    expect(entitlement(before, 'a', 'caller').spec.egress?.[0]).toMatchObject({ rule: 'mcp' });
+    expect(entitlement(before, 'a', 'caller').spec.egress?.[0]?.hosts).toBeUndefined();
+    expect(entitlement(before, 'a', 'caller').spec.egress?.[0]?.cidrs).toBeUndefined();
+    expect(np(before, 'a', 'agentfence-caller').spec.egress).toBeUndefined();
+    expect(before.networkPolicies.filter((p) => p.metadata.namespace === 'tools').map((p) => p.metadata.name)).toEqual([
+      'agentfence-baseline',
+    ]);
+    const problems = report(before, 'a', 'caller').problems;
+    expect(problems.map((p) => `${p.rule ?? ''}:${p.reason}`)).toEqual(['mcp:CalleeHasNotConsented']);
+    expect(problems[0]?.message).toMatch(/^namespace tools has not consented/);
+
+    // The callee namespace admits agents of namespace a named caller: its own policy opens its side.
+    const consent = policy('tools', 'mcp', {
       ingress: [
         {
-          from: [
-            {
-              namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'team-a' } },
-              podSelector: { matchLabels: { 'agentfence.io/agent': 'orchestrator', 'agentfence.io/inject': 'true' } },
+          name: 'from-a',
+          from: {
+            agents: {
+              namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'a' } },
+              agentSelector: { matchLabels: { 'agentfence.io/agent': 'caller' } },
             },
-          ],
-          ports: [{ protocol: 'TCP', port: 8443 }],
+          },
+          ports: [{ port: 8082 }],
         },
       ],
     });
-    expect(report(out, 'team-a', 'orchestrator').problems).toEqual([
+    const after = compile({ ...base, policies: [grant, consent] }, options);
+    expect(entitlement(after, 'a', 'caller').spec.egress?.[0]?.hosts).toContain('mcp.tools.svc');
+    expect(report(after, 'a', 'caller').problems).toEqual([]);
+    expect(after.networkPolicies.filter((p) => p.metadata.namespace === 'tools').map((p) => p.metadata.name)).toEqual([
+      'agentfence-baseline',
+      'agentfence-mcp',
+    ]);
+    expect(
+      after.networkPolicies.every((p) => p.metadata.labels?.['agentfence.io/policy-namespace'] === undefined),
+    ).toBe(true);
+  });
+});
+
+describe('agents rules', () => {
+  const orchestrator = (ns = 'team-b') =>
+    policy('team-a', 'orchestrator', {
+      egress: [
+        {
+          name: 'planner',
+          to: {
+            agents: {
+              namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': ns } },
+              agentSelector: { matchLabels: { 'agentfence.io/agent': 'planner' } },
+            },
+          },
+          ports: [{ port: 8443 }],
+        },
+      ],
+    });
+  const plannerConsents = (agent = 'orchestrator', from = 'team-a') =>
+    policy('team-b', 'planner', {
+      ingress: [
+        {
+          name: 'from-orchestrator',
+          from: {
+            agents: {
+              namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': from } },
+              agentSelector: { matchLabels: { 'agentfence.io/agent': agent } },
+            },
+          },
+          ports: [{ port: 8443 }],
+        },
+      ],
+    });
+  const teams: CompileInput = {
+    ...empty,
+    namespaces: [namespace('team-a'), namespace('team-b', { team: 'b' })],
+    pods: [
+      agentPod('team-a', 'orchestrator-0', 'orchestrator', { ip: '10.5.0.1' }),
+      agentPod('team-b', 'planner-0', 'planner', { ip: '10.6.0.1' }),
+      agentPod('team-b', 'planner-1', 'planner', { ip: null }),
+    ],
+  };
+  const planner = { matchLabels: { 'agentfence.io/agent': 'planner', 'agentfence.io/inject': 'true' } };
+
+  it('across namespaces, opens nothing until the callee namespace consents: Degraded CalleeHasNotConsented, nothing written there', () => {
+    for (const policies of [
+      [orchestrator()],
+      [orchestrator(), plannerConsents('someone-else')], // admits other agents
+      [orchestrator(), plannerConsents('orchestrator', 'team-c')], // admits another namespace
+      [
+        orchestrator(),
+        { ...plannerConsents(), spec: { ...plannerConsents().spec, expiresAt: '2026-01-01T00:00:00Z' } },
+      ],
+    ]) {
+      const out = compile({ ...teams, policies }, options);
+      expect(entitlement(out, 'team-a', 'orchestrator-0').spec.egress?.[0]?.cidrs).toBeUndefined();
+      expect(np(out, 'team-a', 'agentfence-orchestrator').spec.egress).toBeUndefined();
+      const written = out.networkPolicies.filter((p) => p.metadata.namespace === 'team-b').map((p) => p.metadata.name);
+      expect(written.filter((n) => n !== 'agentfence-baseline' && n !== 'agentfence-planner')).toEqual([]);
+      const problems = report(out, 'team-a', 'orchestrator').problems;
+      expect(problems.map((p) => `${p.rule ?? ''}:${p.reason}`)).toEqual(['planner:CalleeHasNotConsented']);
+      expect(problems[0]?.message).toMatch(
+        /^namespace team-b has not consented \(an AgentPolicy there with an ingress rule/,
+      );
+      expect(report(out, 'team-a', 'orchestrator').networkPolicies.map((r) => r.namespace)).toEqual(['team-a']);
+    }
+  });
+
+  it('once the callee namespace admits the caller, the caller egress and entitlement open, the callee side is its own', () => {
+    const out = compile({ ...teams, policies: [orchestrator(), plannerConsents()] }, options);
+    expect(entitlement(out, 'team-a', 'orchestrator-0').spec.egress?.[0]?.cidrs).toEqual(['10.6.0.1/32']);
+    expect(np(out, 'team-a', 'agentfence-orchestrator').spec.egress).toEqual([
+      {
+        to: [{ namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'team-b' } }, podSelector: planner }],
+        ports: [{ protocol: 'TCP', port: 8443 }],
+      },
+    ]);
+    // In team-b only team-b's objects: its baseline and its own policy, which admits the caller.
+    expect(out.networkPolicies.filter((p) => p.metadata.namespace === 'team-b').map((p) => p.metadata.name)).toEqual([
+      'agentfence-baseline',
+      'agentfence-planner',
+    ]);
+    expect(np(out, 'team-b', 'agentfence-planner').metadata.ownerReferences?.[0]?.name).toBe('planner');
+    expect(np(out, 'team-b', 'agentfence-planner').spec.ingress).toEqual([
+      {
+        from: [
+          {
+            namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'team-a' } },
+            podSelector: { matchLabels: { 'agentfence.io/agent': 'orchestrator', 'agentfence.io/inject': 'true' } },
+          },
+        ],
+        ports: [{ protocol: 'TCP', port: 8443 }],
+      },
+    ]);
+    // The callee without an IP is another tenant's pod: logged by the controller, not in this policy's status.
+    expect(report(out, 'team-a', 'orchestrator').problems).toEqual([]);
+    expect(report(out, 'team-a', 'orchestrator').foreign).toEqual([
       { reason: 'PodWithoutIP', rule: 'planner', message: 'agent pod team-b/planner-1 has no IP yet' },
     ]);
-    expect(report(out, 'team-a', 'orchestrator').networkPolicies.map((r) => r.namespace)).toEqual(['team-a', 'team-b']);
+  });
+
+  it('a policy selecting every namespace writes nothing outside its own and names no other namespace in status', () => {
+    const attacker = policy('tenant-attacker', 'x', {
+      egress: [
+        {
+          name: 'everyone',
+          to: {
+            agents: {
+              namespaceSelector: {},
+              agentSelector: { matchLabels: { 'agentfence.io/agent': 'worker' } },
+            },
+          },
+          ports: [{ port: 1, endPort: 65535 }],
+        },
+      ],
+    });
+    const victims = Array.from({ length: 5 }, (_, i) =>
+      agentPod(`tenant-${i}`, `agent-${i}`, 'worker', { ip: i % 2 ? null : `10.8.0.${i + 1}` }),
+    );
+    const out = compile(
+      { ...empty, pods: [agentPod('tenant-attacker', 'x-0', 'x'), ...victims], policies: [attacker] },
+      options,
+    );
+    for (const p of out.networkPolicies.filter((np) => np.metadata.namespace !== 'tenant-attacker'))
+      expect(p.metadata.name).toBe('agentfence-baseline');
+    expect(entitlement(out, 'tenant-attacker', 'x-0').spec.egress?.[0]?.cidrs).toBeUndefined();
+    const status = JSON.stringify(report(out, 'tenant-attacker', 'x').problems);
+    expect(status).toContain('CalleeHasNotConsented');
+    expect(status).not.toMatch(/tenant-[0-9]|agent-[0-9]/);
+    expect(
+      report(out, 'tenant-attacker', 'x')
+        .foreign.map((p) => p.message)
+        .join(),
+    ).toContain('tenant-3');
   });
 
   it('caps a rule at the CRD bound of 256 addresses and reports it instead of producing an invalid entitlement', () => {
     const callees = Array.from({ length: 300 }, (_, i) =>
-      agentPod('b', `y-${String(i).padStart(3, '0')}`, 'y', { ip: `10.7.${Math.floor(i / 200)}.${(i % 200) + 1}` }),
+      agentPod('a', `y-${String(i).padStart(3, '0')}`, 'y', { ip: `10.7.${Math.floor(i / 200)}.${(i % 200) + 1}` }),
     );
     const out = compile(
       {
@@ -496,9 +639,7 @@ describe('agents rules', () => {
             egress: [
               {
                 name: 'ys',
-                to: {
-                  agents: { namespaceSelector: {}, agentSelector: { matchLabels: { 'agentfence.io/agent': 'y' } } },
-                },
+                to: { agents: { agentSelector: { matchLabels: { 'agentfence.io/agent': 'y' } } } },
                 ports: [{ port: 80 }],
               },
             ],
@@ -850,7 +991,6 @@ describe('determinism', () => {
       'a/agentfence-x',
       'a/agentfence-x-extra',
       'b/agentfence-baseline',
-      'b/agentfence-x-y-51cc6298',
       'b/agentfence-y',
     ]);
     const long = 'p'.repeat(253);

@@ -13,6 +13,7 @@ import { TokenIssuer } from '../../operator/identity/issuer.ts';
 import { generateSigningKey, publicJwks, type KeySet } from '../../operator/identity/keys.ts';
 import { createAgentVerifier } from '../../lib/verify/index.ts';
 import type { AgentEntitlement } from '../../lib/api/types.generated.ts';
+import { inject, type InjectorConfig } from '../../webhook/inject.ts';
 
 const AUD = 'agentfence.io/operator';
 const goodReview: TokenReviewStatus = {
@@ -24,16 +25,29 @@ const goodReview: TokenReviewStatus = {
     extra: { 'authentication.kubernetes.io/pod-name': ['p1'], 'authentication.kubernetes.io/pod-uid': ['uid-1'] },
   },
 };
-const pod: PodView = {
-  metadata: {
-    name: 'p1',
-    namespace: 'support',
-    uid: 'uid-1',
-    labels: { 'agentfence.io/inject': 'true', 'agentfence.io/agent': 'support-agent' },
-    annotations: { [ANNOTATION_INJECTED]: '{}' },
-  },
-  spec: { serviceAccountName: 'agent' },
+const injector: InjectorConfig = {
+  version: '0.1.0',
+  image: 'ghcr.io/agentfence/agentfence:0.1.0',
+  controllerUrl: 'https://issuer',
+  logLevel: 'info',
+  maxStaleness: '60s',
+  resources: { cpuRequest: '50m', memoryRequest: '48Mi', memoryLimit: '128Mi' },
 };
+const rendered = inject(
+  {
+    metadata: {
+      name: 'p1',
+      namespace: 'support',
+      labels: { 'agentfence.io/inject': 'true', 'agentfence.io/agent': 'support-agent' },
+    },
+    spec: { serviceAccountName: 'agent', containers: [{ name: 'app', image: 'registry.example/agent:1' }] },
+  },
+  injector,
+);
+if (!rendered.allowed) throw new Error(rendered.message);
+/** An agent pod exactly as the webhook injects it, as the API server stores it (with a uid). */
+const pod: PodView = { ...rendered.pod, metadata: { ...rendered.pod.metadata, uid: 'uid-1' } };
+expect(pod.metadata.annotations?.[ANNOTATION_INJECTED]).toContain('"version":"0.1.0"');
 const subject = { namespace: 'support', serviceAccount: 'agent', podName: 'p1', podUID: 'uid-1' };
 
 function code(fn: () => unknown): string {
@@ -101,7 +115,11 @@ describe('pod checks', () => {
       { ...pod, metadata: { ...pod.metadata, labels: { 'agentfence.io/agent': 'x' } } },
       'pod_not_injected',
     ],
-    ['another service account', { ...pod, spec: { serviceAccountName: 'other' } }, 'service_account_mismatch'],
+    [
+      'another service account',
+      { ...pod, spec: { ...pod.spec, serviceAccountName: 'other' } },
+      'service_account_mismatch',
+    ],
     [
       'invalid agent label',
       {
@@ -145,6 +163,7 @@ describe('exchange caching and rate limiting', () => {
       selfVerifier: createAgentVerifier({ issuer: issuerUrl, audience: issuerUrl, jwks: publicJwks(keys) }),
       issuerUrl,
       trustDomain: 'cluster.local',
+      injector,
       reviewCacheMs: 30_000,
       rateLimit: { burst: 3, perSecond: 1 },
       now: () => now.t,
@@ -165,6 +184,23 @@ describe('exchange caching and rate limiting', () => {
     current = pod;
     await svc.exchange('sa-token');
     expect(reviews.count).toBe(2);
+  });
+
+  it('refuses a pod whose live spec is not the injected one, with the stable code pod_not_fenced', async () => {
+    let current = pod;
+    const svc = service({ count: 0 }, { t: 9_000_000 }, () => current);
+    await expect(svc.exchange('t')).resolves.toMatchObject({ revision: 'sha256:1' });
+    const swapped = structuredClone(pod);
+    const sidecar = swapped.spec?.initContainers as { name: string; image: string }[];
+    sidecar[0] = { ...sidecar[0], name: 'agentfence-sidecar', image: 'registry.example/not-the-sidecar:1' };
+    current = swapped;
+    await expect(svc.exchange('t')).rejects.toMatchObject({ code: 'pod_not_fenced', status: 403 });
+    // A labelled, annotated pod without any sidecar (label and annotation added after creation).
+    current = {
+      metadata: pod.metadata,
+      spec: { serviceAccountName: 'agent', containers: [{ name: 'app', image: 'registry.example/agent:1' }] },
+    };
+    await expect(svc.exchange('t')).rejects.toMatchObject({ code: 'pod_not_fenced' });
   });
 
   it('rate-limits per pod and refills over time', async () => {

@@ -112,6 +112,34 @@ describe('injection rules', () => {
     expect(JSON.stringify(out.pod)).not.toContain('corp-proxy');
   });
 
+  it('warns, naming the container, when NO_PROXY comes from valueFrom or envFrom (it cannot be read at admission)', () => {
+    const pod = base();
+    const app = pod.spec.containers[0] ?? { name: '' };
+    app.env = [{ name: 'no_proxy', valueFrom: { configMapKeyRef: { name: 'proxy', key: 'no_proxy' } } }];
+    pod.spec.containers.push({ name: 'worker', image: 'x', envFrom: [{ configMapRef: { name: 'settings' } }] });
+    pod.spec.containers.push({
+      name: 'literal',
+      image: 'x',
+      env: [{ name: 'NO_PROXY', value: '.corp' }],
+      envFrom: [{ configMapRef: { name: 'settings' } }],
+    });
+    const out = inject(pod, config);
+    if (!out.allowed) throw new Error(out.message);
+    const warnings = out.warnings.join('\n');
+    expect(warnings).toMatch(new RegExp(`container ${app.name}: no_proxy is set through valueFrom`));
+    expect(warnings).toMatch(/container worker: envFrom/);
+    // A literal NO_PROXY wins over envFrom in Kubernetes anyway: nothing is lost there, no warning.
+    expect(warnings).not.toMatch(/container literal/);
+    const env = (name: string) => out.pod.spec.containers.find((c) => c.name === name)?.env ?? [];
+    expect(env(app.name).find((e) => e.name === 'no_proxy')).toEqual({
+      name: 'no_proxy',
+      value: 'localhost,127.0.0.1,::1',
+    });
+    expect(env('literal').find((e) => e.name === 'NO_PROXY')?.value).toBe('.corp,localhost,127.0.0.1,::1');
+    // The admission response carries the warnings.
+    expect(admit(pod).response.warnings?.join('\n')).toContain('container worker: envFrom');
+  });
+
   it.each([
     ['hostNetwork', (p: Pod) => (p.spec.hostNetwork = true), 'HostNetwork', 'hostNetwork'],
     [
@@ -155,6 +183,59 @@ describe('injection rules', () => {
       (p: Pod) => ((p.spec.containers[0] ?? { name: '' }).securityContext = { privileged: true }),
       'PrivilegedContainer',
       'privileged',
+    ],
+    [
+      'SYS_ADMIN',
+      (p: Pod) => ((p.spec.containers[0] ?? { name: '' }).securityContext = { capabilities: { add: ['SYS_ADMIN'] } }),
+      'ForbiddenCapability',
+      'SYS_ADMIN',
+    ],
+    [
+      'PERFMON',
+      (p: Pod) => ((p.spec.containers[0] ?? { name: '' }).securityContext = { capabilities: { add: ['perfmon'] } }),
+      'ForbiddenCapability',
+      'PERFMON',
+    ],
+    [
+      'ALL capabilities',
+      (p: Pod) => ((p.spec.containers[0] ?? { name: '' }).securityContext = { capabilities: { add: ['ALL'] } }),
+      'ForbiddenCapability',
+      'ALL',
+    ],
+    ['hostPID', (p: Pod) => (p.spec.hostPID = true), 'HostPID', 'hostPID'],
+    ['hostIPC', (p: Pod) => (p.spec.hostIPC = true), 'HostIPC', 'hostIPC'],
+    [
+      'a hostPath volume, even one no container mounts',
+      (p: Pod) => (p.spec.volumes = [{ name: 'sock', hostPath: { path: '/var/run' } }]),
+      'HostPathVolume',
+      'hostPath',
+    ],
+    [
+      "an app port on the sidecar's proxy port",
+      (p: Pod) => ((p.spec.containers[0] ?? { name: '' }).ports = [{ containerPort: 15001, protocol: 'TCP' }]),
+      'PortConflict',
+      '15001',
+    ],
+    [
+      'an init container privileged',
+      (p: Pod) => (p.spec.initContainers = [{ name: 'init', image: 'x', securityContext: { privileged: true } }]),
+      'PrivilegedContainer',
+      'init',
+    ],
+    [
+      'ephemeral containers present at injection',
+      (p: Pod) => (p.spec.ephemeralContainers = [{ name: 'debug', image: 'busybox' }]),
+      'EphemeralContainer',
+      'ephemeral',
+    ],
+    [
+      'an app container mounting the scratch volume of an earlier injection',
+      (p: Pod) => {
+        p.metadata.annotations = { 'agentfence.io/injected': '{}' };
+        (p.spec.containers[0] ?? { name: '' }).volumeMounts = [{ name: 'agentfence-scratch', mountPath: '/x' }];
+      },
+      'ReservedVolume',
+      'agentfence-scratch',
     ],
     [
       'a bad memory override',

@@ -6,8 +6,13 @@ import { SignJWT, importJWK, type JWK } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { generateSigningKey, publicJwks, type KeySet } from '../../operator/identity/keys.ts';
 import { TokenIssuer, type AgentTokenRequest } from '../../operator/identity/issuer.ts';
-import { createAgentVerifier, AgentTokenError, type AgentTokenErrorCode } from '../../lib/verify/index.ts';
-import { agentOf, requireAgent } from '../../lib/verify/express.ts';
+import {
+  createAgentVerifier,
+  AgentTokenError,
+  type AgentIdentity,
+  type AgentTokenErrorCode,
+} from '../../lib/verify/index.ts';
+import { agentAllowList, agentOf, requireAgent, type AllowedAgent } from '../../lib/verify/express.ts';
 import { AGENT_CLAIM } from '../../lib/identity/claims.ts';
 
 const ISSUER = 'https://agentfence-controller.agentfence-system.svc';
@@ -218,9 +223,13 @@ describe('remote JWKS and the express middleware', () => {
   it('hands the handler the verified agent, refuses others with 401/403 and a reason', async () => {
     const app = express();
     const v = createAgentVerifier({ issuer: ISSUER, audience: AUD, jwksUri: jwksUrl });
-    app.get('/orders', requireAgent(v, { allow: (id) => id.agent === 'support-agent' }), (_req, res) => {
-      res.json({ caller: agentOf(res).sub });
-    });
+    app.get(
+      '/orders',
+      requireAgent(v, { allowAgents: ['spiffe://cluster.local/ns/support/agent/support-agent'] }),
+      (_req, res) => {
+        res.json({ caller: agentOf(res).sub });
+      },
+    );
     const server = app.listen(0, '127.0.0.1');
     await once(server, 'listening');
     const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/orders`;
@@ -240,6 +249,12 @@ describe('remote JWKS and the express middleware', () => {
       expect(other.status).toBe(403);
       expect(await other.json()).toMatchObject({ reason: 'agent_not_allowed' });
 
+      // The same agent name in another namespace (another tenant) is another agent.
+      const elsewhere = await fetch(url, {
+        headers: { authorization: `Bearer ${(await issuer.issue({ ...request, namespace: 'tenant-b' })).token}` },
+      });
+      expect(elsewhere.status).toBe(403);
+
       const none = await fetch(url);
       expect(none.status).toBe(401);
       expect(none.headers.get('www-authenticate')).toContain('invalid_token');
@@ -247,5 +262,39 @@ describe('remote JWKS and the express middleware', () => {
     } finally {
       server.close();
     }
+  });
+});
+
+describe('allowAgents: full identities only', () => {
+  const identity = (sub: string): AgentIdentity => {
+    const [, trustDomain = '', namespace = '', agent = ''] =
+      /^spiffe:\/\/([^/]+)\/ns\/([^/]+)\/agent\/([^/]+)$/.exec(sub) ?? [];
+    return { sub, trustDomain, namespace, agent } as AgentIdentity;
+  };
+  it('accepts exactly the listed SPIFFE IDs and {namespace, agent} pairs', () => {
+    const allowed = agentAllowList([
+      'spiffe://cluster.local/ns/demo/agent/support-agent',
+      { namespace: 'ops', agent: 'pager' },
+      { namespace: 'ops', agent: 'auditor', trustDomain: 'prod.example' },
+    ]);
+    expect(allowed(identity('spiffe://cluster.local/ns/demo/agent/support-agent'))).toBe(true);
+    expect(allowed(identity('spiffe://cluster.local/ns/tenant-b/agent/support-agent'))).toBe(false);
+    expect(allowed(identity('spiffe://other.example/ns/demo/agent/support-agent'))).toBe(false);
+    expect(allowed(identity('spiffe://cluster.local/ns/ops/agent/pager'))).toBe(true);
+    expect(allowed(identity('spiffe://cluster.local/ns/demo/agent/pager'))).toBe(false);
+    expect(allowed(identity('spiffe://prod.example/ns/ops/agent/auditor'))).toBe(true);
+    expect(allowed(identity('spiffe://cluster.local/ns/ops/agent/auditor'))).toBe(false);
+  });
+  it.each([
+    ['a bare agent name', ['support-agent'], /not an agent SPIFFE ID/],
+    ['a SPIFFE ID without the agent path', ['spiffe://cluster.local/ns/demo/sa/x'], /not an agent SPIFFE ID/],
+    ['a wildcard', ['spiffe://cluster.local/ns/*/agent/support-agent'], /not an agent SPIFFE ID/],
+    ['a pair with an empty namespace', [{ namespace: '', agent: 'x' }], /DNS labels/],
+    ['nothing', [], /empty/],
+  ] as [string, AllowedAgent[], RegExp][])('refuses %s when the list is built', (_, entries, message) => {
+    expect(() => agentAllowList(entries)).toThrow(message);
+    expect(() => requireAgent({ verify: () => Promise.reject(new Error('unused')) }, { allowAgents: entries })).toThrow(
+      message,
+    );
   });
 });

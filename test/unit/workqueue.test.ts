@@ -73,6 +73,16 @@ describe('WorkQueue', () => {
     expect(q.len()).toBe(0);
   });
 
+  it('addAfter beyond the timer limit (~24.8 days) waits the limit, never fires at once', () => {
+    vi.useFakeTimers();
+    const q = new WorkQueue({ name: 't', now: () => Date.now() });
+    q.addAfter('far', 3 * 365 * 86_400_000); // a grant that expires in three years
+    vi.advanceTimersByTime(60_000);
+    expect(q.len()).toBe(0);
+    vi.advanceTimersByTime(2 ** 31);
+    expect(q.len()).toBe(1); // then the level-triggered reconcile looks again and requeues
+  });
+
   it('backs off per key exponentially with a cap, and forget resets it', () => {
     const b = new ItemBackoff({ baseDelayMs: 5, maxDelayMs: 1_000_000, jitter: 0 });
     const delays = Array.from({ length: 6 }, () => b.when('k'));

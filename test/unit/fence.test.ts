@@ -1,0 +1,201 @@
+/**
+ * "Fenced as injected": the token exchange's check that a live pod carries the sidecar exactly as this
+ * controller injects it. The reference is the webhook's own render; each tampering below is a way to run an
+ * agent identity without (or around) the fence.
+ */
+import { describe, expect, it } from 'vitest';
+import { fenceChecker, fenceProblem } from '../../webhook/fence.ts';
+import { inject, type Container, type InjectorConfig, type Pod } from '../../webhook/inject.ts';
+
+const config: InjectorConfig = {
+  version: '0.1.0',
+  image: 'ghcr.io/agentfence/agentfence:0.1.0',
+  controllerUrl: 'https://agentfence-controller.agentfence-system.svc',
+  logLevel: 'info',
+  maxStaleness: '60s',
+  resources: { cpuRequest: '50m', memoryRequest: '48Mi', memoryLimit: '128Mi' },
+};
+
+function injected(): Pod {
+  const out = inject(
+    {
+      apiVersion: 'v1',
+      kind: 'Pod',
+      metadata: { name: 'a', namespace: 'demo', labels: { 'agentfence.io/inject': 'true' } },
+      spec: {
+        serviceAccountName: 'support-agent',
+        initContainers: [{ name: 'fetch', image: 'registry.example/fetch:1' }],
+        containers: [{ name: 'agent', image: 'registry.example/agent:1', ports: [{ containerPort: 8080 }] }],
+        volumes: [{ name: 'data', emptyDir: {} }],
+      },
+    },
+    config,
+  );
+  if (!out.allowed) throw new Error(out.message);
+  return out.pod;
+}
+
+const sidecar = (p: Pod): Container => {
+  const c = p.spec.initContainers?.find((x) => x.name === 'agentfence-sidecar');
+  if (!c) throw new Error('no sidecar');
+  return c;
+};
+
+/** What the API server adds on create (defaults) and what may change on a live pod without touching the fence. */
+function asStored(p: Pod): Pod {
+  const pod = structuredClone(p);
+  for (const c of [...(pod.spec.initContainers ?? []), ...pod.spec.containers]) {
+    c.terminationMessagePath = '/dev/termination-log';
+    c.terminationMessagePolicy = 'File';
+    c.imagePullPolicy = 'IfNotPresent';
+    for (const probe of ['startupProbe', 'readinessProbe', 'livenessProbe']) {
+      const pr = c[probe] as { httpGet?: Record<string, unknown> } | undefined;
+      if (!pr) continue;
+      Object.assign(pr, { timeoutSeconds: 1, successThreshold: 1 });
+      if (pr.httpGet) pr.httpGet.scheme = 'HTTP';
+    }
+    for (const e of c.env ?? []) {
+      const ref = (e.valueFrom as { fieldRef?: Record<string, unknown> } | undefined)?.fieldRef;
+      if (ref) ref.apiVersion = 'v1';
+    }
+    for (const port of c.ports ?? []) port.protocol ??= 'TCP';
+  }
+  for (const v of pod.spec.volumes ?? []) {
+    const cm = v.configMap as Record<string, unknown> | undefined;
+    if (cm) cm.defaultMode = 420;
+  }
+  pod.spec.dnsPolicy = 'ClusterFirst';
+  pod.spec.restartPolicy = 'Always';
+  const sc = sidecar(pod);
+  sc.resources = { requests: { cpu: '100m', memory: '48Mi' }, limits: { memory: '256Mi' } }; // resized in place
+  return pod;
+}
+
+describe('fenceProblem', () => {
+  it('accepts a pod exactly as injected, also with the API server defaults and a resize', () => {
+    expect(fenceProblem(injected(), config)).toBeUndefined();
+    expect(fenceProblem(asStored(injected()), config)).toBeUndefined();
+  });
+
+  it.each<[string, (p: Pod) => void, RegExp]>([
+    ['a hand-written annotation', (p) => (p.metadata.annotations = { 'agentfence.io/injected': '{}' }), /annotation/],
+    [
+      'no annotation',
+      (p) => {
+        p.metadata.annotations = {};
+      },
+      /no injection annotation/,
+    ],
+    ['the sidecar image swapped', (p) => (sidecar(p).image = 'registry.example/fake:1'), /image/],
+    ['a command added to the sidecar', (p) => (sidecar(p).command = ['/bin/sh', '-c', 'sleep inf']), /command/],
+    [
+      'the sidecar args changed (another controller)',
+      (p) => (sidecar(p).args = ['sidecar', '--controller=https://evil.example']),
+      /args/,
+    ],
+    [
+      'a capability added to the sidecar',
+      (p) => (sidecar(p).securityContext = { ...sidecar(p).securityContext, capabilities: { add: ['NET_ADMIN'] } }),
+      /securityContext/,
+    ],
+    [
+      'a sidecar mount added',
+      (p) => ((sidecar(p).volumeMounts as unknown[]).push({ name: 'data', mountPath: '/data' }), undefined),
+      /volumeMounts/,
+    ],
+    [
+      'the token volume for another audience',
+      (p) => {
+        const v = p.spec.volumes?.find((x) => x.name === 'agentfence-token');
+        if (v) v.projected = { sources: [{ serviceAccountToken: { audience: 'x', path: 'token' } }] };
+      },
+      /agentfence-token/,
+    ],
+    [
+      'no sidecar at all',
+      (p) => (p.spec.initContainers = p.spec.initContainers?.filter((c) => c.name !== 'agentfence-sidecar')),
+      /exactly one agentfence-sidecar/,
+    ],
+    [
+      'the sidecar not first (the app would start before it)',
+      (p) => (p.spec.initContainers = [...(p.spec.initContainers ?? [])].reverse()),
+      /first among its init containers/,
+    ],
+    [
+      'an ephemeral container (kubectl debug)',
+      (p) => (p.spec.ephemeralContainers = [{ name: 'debug', image: 'busybox', targetContainerName: 'agent' }]),
+      /ephemeral/,
+    ],
+    [
+      'an app container without the proxy environment',
+      (p) => (p.spec.containers[0] ? delete p.spec.containers[0].env : undefined),
+      /spec\.containers/,
+    ],
+    [
+      'an app container mounting the token volume',
+      (p) =>
+        p.spec.containers[0]
+          ? (p.spec.containers[0].volumeMounts = [{ name: 'agentfence-token', mountPath: '/t' }])
+          : undefined,
+      /agentfence-token/,
+    ],
+    ['hostPID', (p) => (p.spec.hostPID = true), /hostPID/],
+    ['not a pod', (p) => delete (p as { spec?: unknown }).spec, /no readable spec/],
+  ])('refuses %s', (_, tamper, why) => {
+    const pod = asStored(injected());
+    tamper(pod);
+    const problem = fenceProblem(pod, config);
+    expect(problem).toMatch(why);
+  });
+
+  it('refuses a pod injected with another configuration (recomputes the hash, does not trust it)', () => {
+    expect(fenceProblem(injected(), { ...config, image: 'ghcr.io/agentfence/agentfence:0.2.0' })).toMatch(
+      /annotation does not match/,
+    );
+    expect(fenceProblem(injected(), { ...config, controllerUrl: 'https://other.example' })).toMatch(/annotation/);
+  });
+
+  it('names fields, never values from the pod', () => {
+    const pod = injected();
+    sidecar(pod).args = ['--token=supersecret'];
+    expect(fenceProblem(pod, config)).not.toContain('supersecret');
+  });
+});
+
+describe('fenceChecker', () => {
+  it('remembers the verdict per pod revision, and checks a new revision again', () => {
+    const check = fenceChecker(config);
+    const pod = asStored(injected());
+    pod.metadata.uid = 'u1';
+    pod.metadata.resourceVersion = '10';
+    expect(check(pod)).toBeUndefined();
+    // Same uid and resourceVersion: the same object as far as the API server is concerned.
+    const tampered = structuredClone(pod);
+    sidecar(tampered).image = 'registry.example/fake:1';
+    tampered.metadata.resourceVersion = '11';
+    expect(check(tampered)).toMatch(/image/);
+    expect(check(pod)).toBeUndefined();
+    // Without a resourceVersion nothing is remembered.
+    delete tampered.metadata.resourceVersion;
+    expect(check(tampered)).toMatch(/image/);
+  });
+});
+
+describe('earlier injector configurations, accepted during a rollout', () => {
+  it('accepts a pod injected by an accepted earlier configuration, and only those', () => {
+    const old = { ...config, version: '0.0.9', image: 'ghcr.io/agentfence/agentfence:0.0.9' };
+    const out = inject(
+      {
+        metadata: { name: 'a', namespace: 'demo', labels: { 'agentfence.io/inject': 'true' } },
+        spec: { serviceAccountName: 'sa', containers: [{ name: 'agent', image: 'registry.example/agent:1' }] },
+      },
+      old,
+    );
+    if (!out.allowed) throw new Error(out.message);
+    expect(fenceChecker(config)(out.pod)).toMatch(/annotation does not match/);
+    expect(fenceChecker(config, [old])(out.pod)).toBeUndefined();
+    // The image alone is not enough: an old pod whose sidecar was swapped stays refused.
+    sidecar(out.pod).image = 'ghcr.io/agentfence/agentfence:0.2.0';
+    expect(fenceChecker(config, [old])(out.pod)).toMatch(/annotation|image/);
+  });
+});

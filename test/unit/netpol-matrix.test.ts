@@ -1,0 +1,209 @@
+/**
+ * The compiled NetworkPolicies, checked by an independent evaluator (test/support/netpol-eval.ts, written from
+ * the Kubernetes documentation, sharing no code with the compiler) against the intended connectivity: agents
+ * isolated, granted paths open, nothing else — across namespaces and tenants, with consent on the callee side.
+ */
+import { describe, expect, it } from 'vitest';
+import { compile } from '../../operator/compiler/index.ts';
+import type { CompileInput, Pod } from '../../operator/compiler/types.ts';
+import { allowed, type EvalPod, type EvalTarget, type EvalWorld } from '../support/netpol-eval.ts';
+import { NOW, backendPod, namespace, policy, service } from '../support/compiler-fixtures.ts';
+
+const agentWithPorts = (ns: string, name: string, agent: string, ip: string, ports: number[] = []): Pod => ({
+  metadata: {
+    name,
+    namespace: ns,
+    uid: `uid-${ns}-${name}`,
+    labels: { 'agentfence.io/inject': 'true', 'agentfence.io/agent': agent },
+  },
+  spec: { containers: [{ name: 'agent', ports: ports.map((containerPort) => ({ containerPort })) }] },
+  status: { podIP: ip, podIPs: [{ ip }] },
+});
+const agentsOf = (ns: string, agent: string) => ({
+  namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': ns } },
+  agentSelector: { matchLabels: { 'agentfence.io/agent': agent } },
+});
+
+const pods: Pod[] = [
+  agentWithPorts('team-a', 'orchestrator-0', 'orchestrator', '10.1.0.1', [9000]),
+  agentWithPorts('team-a', 'support-0', 'support', '10.1.0.2'),
+  backendPod('team-a', 'db-0', { app: 'db' }, [{ name: 'pg', containerPort: 5432 }], '10.1.0.3'),
+  backendPod('team-a', 'web-0', { app: 'web' }, [{ containerPort: 8080 }], '10.1.0.4'),
+  agentWithPorts('team-b', 'planner-0', 'planner', '10.2.0.1', [8443]),
+  agentWithPorts('team-b', 'planner-1', 'planner', '10.2.0.2', [8443]),
+  agentWithPorts('team-b', 'research-0', 'research', '10.2.0.3'),
+  agentWithPorts('tenant-x', 'x-0', 'x', '10.3.0.1', [8443]),
+  backendPod('kube-system', 'coredns-0', { 'k8s-app': 'kube-dns' }, [{ containerPort: 53 }], '10.9.0.10'),
+  backendPod(
+    'agentfence-system',
+    'controller-0',
+    { 'app.kubernetes.io/name': 'agentfence', 'app.kubernetes.io/component': 'operator' },
+    [{ containerPort: 8443 }],
+    '10.9.0.20',
+  ),
+];
+
+const tenants = [
+  policy('team-a', 'orchestrator', {
+    egress: [
+      { name: 'planner', to: { agents: agentsOf('team-b', 'planner') }, ports: [{ port: 8443 }] },
+      { name: 'db', to: { services: [{ name: 'db' }] }, ports: [{ port: 5432 }] },
+    ],
+    ingress: [
+      { name: 'web', from: { pods: { podSelector: { matchLabels: { app: 'web' } } } }, ports: [{ port: 9000 }] },
+    ],
+  }),
+  policy('team-a', 'support', {
+    egress: [
+      {
+        name: 'orchestrator',
+        to: { agents: { agentSelector: { matchLabels: { 'agentfence.io/agent': 'orchestrator' } } } },
+        ports: [{ port: 9000 }],
+      },
+    ],
+  }),
+  // team-b consents to team-a's orchestrator, and only to it.
+  policy('team-b', 'planner', {
+    ingress: [
+      { name: 'from-orchestrator', from: { agents: agentsOf('team-a', 'orchestrator') }, ports: [{ port: 8443 }] },
+    ],
+  }),
+  policy('team-b', 'research', {
+    egress: [{ name: 'llm', to: { hosts: ['api.openai.com'] }, ports: [{ port: 443 }] }],
+  }),
+];
+// A second tenant tries to open every agent of the cluster on every port.
+const attacker = policy('tenant-x', 'x', {
+  egress: [
+    {
+      name: 'everyone',
+      to: {
+        agents: {
+          namespaceSelector: {},
+          agentSelector: { matchExpressions: [{ key: 'agentfence.io/agent', operator: 'Exists' }] },
+        },
+      },
+      ports: [{ port: 1, endPort: 65535 }],
+    },
+    {
+      name: 'planner-svc',
+      to: { services: [{ name: 'planner', namespace: 'team-b' }] },
+      ports: [{ port: 443 }],
+    },
+  ],
+});
+
+function input(policies = [...tenants, attacker]): CompileInput {
+  return {
+    namespaces: ['team-a', 'team-b', 'tenant-x', 'kube-system', 'agentfence-system'].map((n) => namespace(n)),
+    pods,
+    services: [
+      service('team-a', 'db', {
+        selector: { app: 'db' },
+        clusterIP: '10.96.0.3',
+        ports: [{ port: 5432, targetPort: 'pg' }],
+      }),
+      service('team-b', 'planner', {
+        selector: { 'agentfence.io/agent': 'planner' },
+        clusterIP: '10.96.0.4',
+        ports: [{ port: 443, targetPort: 8443 }],
+      }),
+    ],
+    policies,
+  };
+}
+
+function world(policies = [...tenants, attacker]): EvalWorld {
+  const out = compile(input(policies), { now: NOW });
+  return {
+    namespaces: {},
+    pods: pods.map((p): EvalPod => ({
+      namespace: p.metadata.namespace ?? 'default',
+      name: p.metadata.name ?? '',
+      labels: p.metadata.labels ?? {},
+      ip: p.status?.podIP ?? '',
+      ports: (p.spec?.containers ?? []).flatMap((c) => c.ports ?? []),
+    })),
+    policies: out.networkPolicies,
+  };
+}
+
+const key = (p: EvalPod) => `${p.namespace}/${p.name}`;
+const isAgent = (p: EvalPod) => p.labels['agentfence.io/inject'] === 'true';
+const PORTS: [number, string][] = [
+  [53, 'UDP'],
+  [53, 'TCP'],
+  [443, 'TCP'],
+  [5432, 'TCP'],
+  [8080, 'TCP'],
+  [8443, 'TCP'],
+  [9000, 'TCP'],
+];
+
+/** Every allowed connection that starts or ends at an agent pod, as "src -> dst:port/proto". */
+function matrix(w: EvalWorld): string[] {
+  const open: string[] = [];
+  for (const from of w.pods)
+    for (const to of w.pods) {
+      if (from === to || !(isAgent(from) || isAgent(to))) continue;
+      for (const [port, proto] of PORTS)
+        if (allowed(w, from, { pod: to }, port, proto)) open.push(`${key(from)} -> ${key(to)}:${port}/${proto}`);
+    }
+  return open.sort();
+}
+
+const infrastructure = (agent: string) => [
+  `${agent} -> agentfence-system/controller-0:8443/TCP`,
+  `${agent} -> kube-system/coredns-0:53/TCP`,
+  `${agent} -> kube-system/coredns-0:53/UDP`,
+];
+
+describe('compiled NetworkPolicies, evaluated independently', () => {
+  it('open exactly the granted paths: agents isolated, consent across namespaces, nothing else', () => {
+    const intended = [
+      ...[
+        'team-a/orchestrator-0',
+        'team-a/support-0',
+        'team-b/planner-0',
+        'team-b/planner-1',
+        'team-b/research-0',
+        'tenant-x/x-0',
+      ].flatMap(infrastructure),
+      'team-a/orchestrator-0 -> team-a/db-0:5432/TCP',
+      'team-a/orchestrator-0 -> team-b/planner-0:8443/TCP',
+      'team-a/orchestrator-0 -> team-b/planner-1:8443/TCP',
+      'team-a/support-0 -> team-a/orchestrator-0:9000/TCP',
+      'team-a/web-0 -> team-a/orchestrator-0:9000/TCP',
+    ].sort();
+    expect(matrix(world())).toEqual(intended);
+  });
+
+  it('a hosts rule opens public addresses only; metadata and private addresses stay closed', () => {
+    const w = world();
+    const research = w.pods.find((p) => p.name === 'research-0');
+    if (!research) throw new Error('fixture');
+    const to = (ip: string): EvalTarget => ({ ip });
+    expect(allowed(w, research, to('1.1.1.1'), 443)).toBe(true);
+    expect(allowed(w, research, to('1.1.1.1'), 80)).toBe(false);
+    for (const ip of ['169.254.169.254', '10.200.0.1', '172.16.0.1', '192.168.1.1', '100.64.0.1'])
+      expect(allowed(w, research, to(ip), 443), ip).toBe(false);
+    const orchestrator = w.pods.find((p) => p.name === 'orchestrator-0');
+    if (!orchestrator) throw new Error('fixture');
+    expect(allowed(w, orchestrator, to('1.1.1.1'), 443)).toBe(false);
+  });
+
+  it("a second tenant's policy changes nothing in the first tenant's namespaces", () => {
+    const without = compile(input(tenants), { now: NOW });
+    const withAttacker = compile(input(), { now: NOW });
+    const outside = (o: typeof without) =>
+      JSON.stringify(o.networkPolicies.filter((p) => p.metadata.namespace !== 'tenant-x'));
+    expect(outside(withAttacker)).toBe(outside(without));
+    const others = (m: string[]) => m.filter((c) => !c.includes('tenant-x/'));
+    expect(others(matrix(world()))).toEqual(others(matrix(world(tenants))));
+  });
+
+  it('without consent, the cross-namespace grant opens nothing (and the evaluator sees it)', () => {
+    const open = matrix(world(tenants.filter((p) => p.metadata.name !== 'planner')));
+    expect(open.filter((c) => c.includes('-> team-b/planner'))).toEqual([]);
+  });
+});
