@@ -14,7 +14,7 @@ import { startHealthServer, type HealthServer } from '../lib/health.ts';
 import type { KubeClient, KubeObject } from '../lib/kube/client.ts';
 import { writeStatus } from '../lib/kube/apply.ts';
 import { Informer } from '../lib/kube/informer.ts';
-import { LeaderElector } from '../lib/kube/leader.ts';
+import { LeaderElector, type LeaderTerm } from '../lib/kube/leader.ts';
 import { createAgentVerifier, type AgentVerifier } from '../lib/verify/index.ts';
 import { EntitlementHub, type PodKey } from './distribution/hub.ts';
 import { createDistributionRouter } from './distribution/http.ts';
@@ -55,8 +55,11 @@ export interface RuntimeContext {
 
 export interface LeaderTask {
   name: string;
-  /** Runs while this replica leads; must stop when `signal` aborts. */
-  run(signal: AbortSignal): Promise<void>;
+  /**
+   * Runs while this replica leads; must stop when `signal` aborts. Writes go through
+   * `fencedClient(client, term)` (lib/kube/fenced.ts), so none starts once the lease is no longer fresh.
+   */
+  run(signal: AbortSignal, term?: LeaderTerm): Promise<void>;
   /** Readiness of this task's caches on every replica (informers it started). */
   ready?(): boolean;
 }
@@ -197,9 +200,9 @@ export async function startOperator(
     identity: config.podName,
     logger,
     registry,
-    onStartedLeading: async (signal) => {
+    onStartedLeading: async (signal, term) => {
       logger.info('leading', { identity: config.podName });
-      await Promise.all([rotateKeys(keys, signal, logger), ...tasks.map((t) => t.run(signal))]);
+      await Promise.all([rotateKeys(keys, term, logger), ...tasks.map((t) => t.run(signal, term))]);
     },
     onStoppedLeading: () => logger.info('stopped leading', { identity: config.podName }),
   });
@@ -241,11 +244,12 @@ export function untilAborted(signal: AbortSignal): Promise<void> {
 }
 
 /** Leader loop: rotate, then sleep until the next rotation step or leadership ends. */
-async function rotateKeys(keys: SigningKeyStore, signal: AbortSignal, logger: Logger): Promise<void> {
+async function rotateKeys(keys: SigningKeyStore, term: LeaderTerm, logger: Logger): Promise<void> {
+  const { signal } = term;
   while (!signal.aborted) {
     let waitMs: number;
     try {
-      waitMs = await keys.rotate();
+      waitMs = await keys.rotate(term);
     } catch (err) {
       logger.error('signing key rotation failed', { err });
       waitMs = 5_000;
