@@ -145,7 +145,13 @@ export async function startOperator(
       return verifierFor.verifier.verify(token);
     },
   };
+  const tokenReviews = counter(registry, {
+    name: 'agentfence_identity_token_reviews_total',
+    help: 'Presented service-account tokens that missed the review cache: reviewed (a TokenReview was sent), review_failed, or refused without a review (malformed, cached_refusal, rate_limited).',
+    labelNames: ['outcome'],
+  });
   const exchange = new IdentityExchange({
+    onReview: (outcome) => tokenReviews.inc({ outcome }),
     cluster: cachedIdentityCluster(client, pods, entitlements),
     issuer,
     selfVerifier,
