@@ -41,6 +41,8 @@ export interface RuntimeConfig {
   leaseName: string;
   /** Entitlement stream heartbeat (default 15 s); sidecars fail closed after their staleness bound. */
   heartbeatMs?: number;
+  /** Leader election timing (client-go defaults: 15 s lease, 10 s renew deadline, 2 s retry). */
+  lease?: { durationMs: number; renewDeadlineMs: number; retryPeriodMs: number };
 }
 
 /** What the leader-only and admission parts get to work with. */
@@ -206,6 +208,13 @@ export async function startOperator(
     identity: config.podName,
     logger,
     registry,
+    ...(config.lease
+      ? {
+          leaseDurationMs: config.lease.durationMs,
+          renewDeadlineMs: config.lease.renewDeadlineMs,
+          retryPeriodMs: config.lease.retryPeriodMs,
+        }
+      : {}),
     onStartedLeading: async (signal, term) => {
       logger.info('leading', { identity: config.podName });
       await Promise.all([rotateKeys(keys, term, logger), ...tasks.map((t) => t.run(signal, term))]);
