@@ -158,6 +158,6 @@ export class SigningKeyStore {
         retired: next.previous.length,
       });
     }
-    return Math.max(1_000, Math.min(3_600_000, nextRotationAt(next) - this.#now()));
+    return Math.max(1_000, Math.min(3_600_000, nextRotationAt(next, this.#o.policy ?? DEFAULT_ROTATION) - this.#now()));
   }
 }
