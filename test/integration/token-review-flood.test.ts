@@ -101,7 +101,9 @@ describe('TokenReviews under a flood of invalid tokens', () => {
       `5,000 identical forged tokens in ${Date.now() - started} ms → ${reviews} TokenReviews; answers ${JSON.stringify(Object.fromEntries(codes))}`,
     );
     expect(codes.get('issued')).toBeUndefined();
-    expect(reviews).toBeLessThanOrEqual(1);
+    // One review per negative-cache period (10 s): the API server stays the authority, briefly cached.
+    expect(reviews).toBeGreaterThanOrEqual(1);
+    expect(reviews).toBeLessThanOrEqual(1 + Math.ceil(seconds / 10));
     expect(await controllerMetric('cached_refusal')).toBeGreaterThan(4000);
   });
 
