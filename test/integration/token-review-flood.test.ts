@@ -96,6 +96,7 @@ describe('TokenReviews under a flood of invalid tokens', () => {
     const before = await apiServerReviews();
     const started = Date.now();
     const codes = await flood(() => forged, 5000);
+    const seconds = (Date.now() - started) / 1000;
     const reviews = (await apiServerReviews()) - before;
     console.log(
       `5,000 identical forged tokens in ${Date.now() - started} ms → ${reviews} TokenReviews; answers ${JSON.stringify(Object.fromEntries(codes))}`,
