@@ -102,11 +102,17 @@ export async function startSidecar(
         `cannot read the controller CA bundle ${config.mode.kind === 'controller' ? config.mode.caFile : ''}`,
       );
     });
+    const identityFailures = counter(registry, {
+      name: 'agentfence_sidecar_identity_refresh_failures_total',
+      help: 'Failed identity exchanges, by code (a refusal code from the controller, controller_unreachable, token_file_unreadable).',
+      labelNames: ['code'],
+    });
     identity = new IdentityClient({
       controllerUrl: config.mode.controllerUrl,
       tokenFile: config.mode.tokenFile,
       fetch: fetchWithCA(caPem),
       logger,
+      onFailure: (code) => identityFailures.inc({ code }),
     });
     const id = identity;
     source = controllerEntitlements({
@@ -203,7 +209,10 @@ export async function startSidecar(
   try {
     if (identity) {
       // Identity first: the stream authenticates with it. start() retries until the controller answers.
-      void identity.start().then(() => source.start());
+      void identity
+        .start()
+        .then(() => source.start())
+        .catch(() => undefined); // rejects only when stopped first
     } else await source.start();
     health = await startHealthServer({
       ...config.adminListen,
@@ -220,6 +229,7 @@ export async function startSidecar(
         failClosed: matcher === undefined,
         lastSnapshotAgeSeconds: lastContact ? (Date.now() - lastContact) / 1000 : null,
         identityError: identity?.lastError ?? null,
+        identityRefresh: identity?.health() ?? null,
         stream: source.state?.() ?? null,
       }),
     });
