@@ -168,7 +168,7 @@ export function controllerEntitlements(options: {
       // The watchdog covers connecting (a paused replica accepts TCP but never answers TLS) and silence after:
       // each event re-arms it. Without it a stalled stream would hold the sidecar until its token expired.
       let silenceMs = maxSilenceMs;
-      let watchdog: NodeJS.Timeout = setTimeout(() => undefined, 0);
+      let watchdog: NodeJS.Timeout | undefined;
       const arm = (): void => {
         clearTimeout(watchdog);
         watchdog = setTimeout(() => {
