@@ -17,6 +17,8 @@ export interface BackoffOptions {
   random?: () => number;
 }
 
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 /** Per-key exponential backoff: base·2^failures (+ jitter), capped. 5 ms → 1000 s (~16 min) by default. */
 export class ItemBackoff {
   readonly #failures = new Map<string, number>();
@@ -155,12 +157,15 @@ export class WorkQueue {
   }
 
   /** Adds `key` after `ms`; when a key is already waiting, the earlier time wins. */
-  addAfter(key: string, ms: number): void {
+  addAfter(key: string, requestedMs: number): void {
     if (this.#shuttingDown) return;
-    if (ms <= 0) {
+    if (requestedMs <= 0) {
       this.add(key);
       return;
     }
+    // setTimeout fires after 1 ms for anything above 2^31-1 ms (24.8 days): a policy expiring in years drove a
+    // reconcile loop. Waking up early instead is harmless, since reconciles are level-triggered.
+    const ms = Math.min(requestedMs, MAX_TIMER_MS);
     const at = this.#now() + ms;
     const existing = this.#delayed.get(key);
     if (existing && existing.at <= at) return;

@@ -7,7 +7,7 @@
  *    its staleness bound, so it never fails closed;
  *  - a leader paused past its lease while another replica takes over: after it resumes it writes nothing.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { clientFromKubeconfig, resourcePath, type KubeClient, type KubeObject } from '../../lib/kube/client.ts';
 import { RESOURCES } from '../../lib/kube/resources.ts';
 import { createNamespace, cluster, eventually, runOrThrow } from '../support/cluster.ts';
@@ -78,8 +78,12 @@ beforeAll(async () => {
   upstream = await startUpstream();
 });
 
-afterAll(async () => {
-  for (const c of cleanups.reverse()) await c();
+// Each scenario's controllers reconcile cluster-wide: stop them before the next scenario starts its own.
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+afterAll(() => {
   upstream.close();
   client.close();
 });

@@ -73,6 +73,14 @@ describe('WorkQueue', () => {
     expect(q.len()).toBe(0);
   });
 
+  it('addAfter with a delay beyond the timer range (an expiry years away) does not fire at once', async () => {
+    const q = new WorkQueue({ name: 't' });
+    q.addAfter('far', 97_442_968_993); // ~3 years: Node would clamp this to 1 ms
+    await new Promise((r) => setTimeout(r, 50));
+    expect(q.len()).toBe(0);
+    await q.shutdown();
+  });
+
   it('backs off per key exponentially with a cap, and forget resets it', () => {
     const b = new ItemBackoff({ baseDelayMs: 5, maxDelayMs: 1_000_000, jitter: 0 });
     const delays = Array.from({ length: 6 }, () => b.when('k'));
