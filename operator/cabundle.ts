@@ -8,7 +8,8 @@ import { LABEL_MANAGED_BY, MANAGED_BY } from '../lib/api/constants.ts';
 import type { Logger } from '../lib/log.ts';
 import type { Registry } from 'prom-client';
 import { applyObject, deleteObject } from '../lib/kube/apply.ts';
-import type { KubeClient } from '../lib/kube/client.ts';
+import type { KubeClient, WriteClient } from '../lib/kube/client.ts';
+import { fencedClient } from '../lib/kube/fenced.ts';
 import { Controller } from '../lib/kube/controller.ts';
 import { Informer } from '../lib/kube/informer.ts';
 import { untilAborted, type AgentPod, type LeaderTask } from './runtime.ts';
@@ -35,6 +36,7 @@ export function caBundleTask(options: {
     registry,
   });
   let controller: Controller | undefined;
+  let writer: WriteClient = client; // fenced by the leader term while running (lib/kube/fenced.ts)
   const enqueueAll = (): void => {
     const namespaces = new Set([
       ...pods.list().map((p) => p.metadata.namespace ?? ''),
@@ -49,7 +51,7 @@ export function caBundleTask(options: {
     if (!hasAgents) {
       if (current)
         await deleteObject(
-          client,
+          writer,
           RESOURCES.configmaps,
           { namespace, name: CA_BUNDLE_CONFIGMAP },
           current.metadata.uid ? { uid: current.metadata.uid } : {},
@@ -58,7 +60,7 @@ export function caBundleTask(options: {
     }
     const bundle = options.caBundle();
     if (current?.data?.[CA_BUNDLE_KEY] === bundle) return {};
-    await applyObject(client, RESOURCES.configmaps, {
+    await applyObject(writer, RESOURCES.configmaps, {
       apiVersion: 'v1',
       kind: 'ConfigMap',
       metadata: { name: CA_BUNDLE_CONFIGMAP, namespace, labels: { [LABEL_MANAGED_BY]: MANAGED_BY } },
@@ -71,7 +73,8 @@ export function caBundleTask(options: {
     name: 'ca-bundles',
     ready: () => true,
     refresh: enqueueAll,
-    async run(signal) {
+    async run(signal, term) {
+      writer = term ? fencedClient(client, term) : client;
       published.start();
       controller = new Controller({ name: 'ca-bundles', reconcile, informers: [pods, published], logger, registry });
       const offPods = pods.on({

@@ -15,6 +15,8 @@ import type { AgentPolicy } from '../lib/api/types.generated.ts';
 import type { Logger } from '../lib/log.ts';
 import { gauge } from '../lib/metrics.ts';
 import { applyObject, deleteObject, writeStatus } from '../lib/kube/apply.ts';
+import { fencedClient, isLeadershipLoss, LeadershipLostError } from '../lib/kube/fenced.ts';
+import type { LeaderTerm } from '../lib/kube/leader.ts';
 import {
   CONTENT_TYPE,
   KubeApiError,
@@ -22,6 +24,7 @@ import {
   type KubeClient,
   type KubeObject,
   type ResourceRef,
+  type WriteClient,
 } from '../lib/kube/client.ts';
 import { Controller } from '../lib/kube/controller.ts';
 import type { EventRecorder } from '../lib/kube/events.ts';
@@ -174,8 +177,14 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
 
   let controller: Controller | undefined;
   const enqueue = (): void => controller?.queue.add(KEY);
+  // Every write of a term goes through the fenced client (lease checked before each one, the term's signal on
+  // each request); reads and the informers use the plain client.
+  let writer: WriteClient = client;
+  let term: LeaderTerm | undefined;
+  const stillLeading = (): boolean => term?.holds() ?? true;
 
   const reconcile = async (): Promise<{ requeueAfterMs?: number }> => {
+    if (!stillLeading()) throw new LeadershipLostError('reconcile', 'cluster');
     const now = options.now?.() ?? new Date();
     const output = compile(
       { policies: policies.list(), pods: pods.list(), namespaces: namespaces.list(), services: services.list() },
@@ -217,12 +226,13 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
     ): Promise<void> => {
       if (current && isSubset(managedView(desired), managedView(current))) return;
       try {
-        await applyObject(client, resource, desired);
+        await applyObject(writer, resource, desired);
       } catch (err) {
+        if (isLeadershipLoss(err, term?.signal)) throw err;
         const message = `${desired.kind ?? ''} ${objectKey(desired)}: ${err instanceof Error ? err.message : String(err)}`;
         logger.warn('apply failed', { kind: desired.kind, key: objectKey(desired), err });
         fail(policyOf(desired), message);
-        options.events?.warning(policyRef(desired), 'ApplyFailed', 'Apply', message);
+        if (stillLeading()) options.events?.warning(policyRef(desired), 'ApplyFailed', 'Apply', message);
       }
     };
 
@@ -275,7 +285,7 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
       const index = finalizers.indexOf(BASELINE_FINALIZER);
       if (index >= 0) {
         // test-then-remove, so a concurrent change to the list fails instead of removing someone else's entry.
-        await client.request(
+        await writer.request(
           'PATCH',
           resourcePath(resource, { namespace: obj.metadata.namespace, name: obj.metadata.name }),
           {
@@ -289,13 +299,14 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
       }
       if (!obj.metadata.deletionTimestamp) {
         await deleteObject(
-          client,
+          writer,
           resource,
           { namespace: obj.metadata.namespace ?? '', name: obj.metadata.name ?? '' },
           obj.metadata.uid ? { uid: obj.metadata.uid } : {},
         );
       }
     } catch (err) {
+      if (isLeadershipLoss(err, term?.signal)) throw err;
       if (err instanceof KubeApiError && (err.status === 404 || err.status === 409)) return; // gone or changed: next round
       logger.warn('prune failed', { key: objectKey(obj), err });
       fail(policy, `delete ${objectKey(obj)}: ${err instanceof Error ? err.message : String(err)}`);
@@ -329,7 +340,7 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
         now,
       );
       try {
-        await writeStatus(client, R.policies, policy, status);
+        await writeStatus(writer, R.policies, policy, status);
       } catch (err) {
         if (err instanceof KubeApiError && (err.status === 404 || err.status === 409)) continue; // deleted or newer: next round
         throw err;
@@ -371,7 +382,9 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
   return {
     name: 'policy-reconciler',
     ready: () => true,
-    async run(signal) {
+    async run(signal, leaderTerm) {
+      term = leaderTerm;
+      writer = leaderTerm ? fencedClient(client, leaderTerm) : client;
       for (const i of informers) i.start();
       controller = new Controller({
         name: 'agentpolicy',
@@ -390,6 +403,8 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
       await controller.stop();
       await Promise.all(informers.map((i) => i.stop()));
       controller = undefined;
+      term = undefined;
+      writer = client;
     },
   };
 }

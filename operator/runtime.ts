@@ -14,7 +14,7 @@ import { startHealthServer, type HealthServer } from '../lib/health.ts';
 import type { KubeClient, KubeObject } from '../lib/kube/client.ts';
 import { writeStatus } from '../lib/kube/apply.ts';
 import { Informer } from '../lib/kube/informer.ts';
-import { LeaderElector } from '../lib/kube/leader.ts';
+import { LeaderElector, type LeaderTerm } from '../lib/kube/leader.ts';
 import { createAgentVerifier, type AgentVerifier } from '../lib/verify/index.ts';
 import { EntitlementHub, type PodKey } from './distribution/hub.ts';
 import { createDistributionRouter } from './distribution/http.ts';
@@ -46,6 +46,8 @@ export interface RuntimeConfig {
   acceptedInjectors?: readonly InjectorConfig[];
   /** Entitlement stream heartbeat (default 15 s); sidecars fail closed after their staleness bound. */
   heartbeatMs?: number;
+  /** Leader election timing (client-go defaults: 15 s lease, 10 s renew deadline, 2 s retry). */
+  lease?: { durationMs: number; renewDeadlineMs: number; retryPeriodMs: number };
 }
 
 /** What the leader-only and admission parts get to work with. */
@@ -60,8 +62,11 @@ export interface RuntimeContext {
 
 export interface LeaderTask {
   name: string;
-  /** Runs while this replica leads; must stop when `signal` aborts. */
-  run(signal: AbortSignal): Promise<void>;
+  /**
+   * Runs while this replica leads; must stop when `signal` aborts. Writes go through
+   * `fencedClient(client, term)` (lib/kube/fenced.ts), so none starts once the lease is no longer fresh.
+   */
+  run(signal: AbortSignal, term?: LeaderTerm): Promise<void>;
   /** Readiness of this task's caches on every replica (informers it started). */
   ready?(): boolean;
 }
@@ -147,7 +152,13 @@ export async function startOperator(
       return verifierFor.verifier.verify(token);
     },
   };
+  const tokenReviews = counter(registry, {
+    name: 'agentfence_identity_token_reviews_total',
+    help: 'Presented service-account tokens that missed the review cache: reviewed (a TokenReview was sent), review_failed, or refused without a review (malformed, cached_refusal, rate_limited).',
+    labelNames: ['outcome'],
+  });
   const exchange = new IdentityExchange({
+    onReview: (outcome) => tokenReviews.inc({ outcome }),
     cluster: cachedIdentityCluster(client, pods, entitlements),
     issuer,
     selfVerifier,
@@ -204,9 +215,16 @@ export async function startOperator(
     identity: config.podName,
     logger,
     registry,
-    onStartedLeading: async (signal) => {
+    ...(config.lease
+      ? {
+          leaseDurationMs: config.lease.durationMs,
+          renewDeadlineMs: config.lease.renewDeadlineMs,
+          retryPeriodMs: config.lease.retryPeriodMs,
+        }
+      : {}),
+    onStartedLeading: async (signal, term) => {
       logger.info('leading', { identity: config.podName });
-      await Promise.all([rotateKeys(keys, signal, logger), ...tasks.map((t) => t.run(signal))]);
+      await Promise.all([rotateKeys(keys, term, logger), ...tasks.map((t) => t.run(signal, term))]);
     },
     onStoppedLeading: () => logger.info('stopped leading', { identity: config.podName }),
   });
@@ -248,11 +266,12 @@ export function untilAborted(signal: AbortSignal): Promise<void> {
 }
 
 /** Leader loop: rotate, then sleep until the next rotation step or leadership ends. */
-async function rotateKeys(keys: SigningKeyStore, signal: AbortSignal, logger: Logger): Promise<void> {
+async function rotateKeys(keys: SigningKeyStore, term: LeaderTerm, logger: Logger): Promise<void> {
+  const { signal } = term;
   while (!signal.aborted) {
     let waitMs: number;
     try {
-      waitMs = await keys.rotate();
+      waitMs = await keys.rotate(term);
     } catch (err) {
       logger.error('signing key rotation failed', { err });
       waitMs = 5_000;

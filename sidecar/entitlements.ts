@@ -105,21 +105,49 @@ export function staticEntitlements(options: {
   };
 }
 
+/** Why the entitlement stream was (re)opened or dropped; counted in a metric and shown in /status. */
+export type StreamEvent = 'connected' | 'refused' | 'unreachable' | 'ended' | 'stale' | 'revision_mismatch';
+
+export interface ControllerStreamState {
+  connected: boolean;
+  /** Consecutive failed or stale connections (0 while a stream is healthy). */
+  failures: number;
+  lastEvent: StreamEvent | undefined;
+  /** The revision whose acknowledgement has not reached the controller yet, if any. */
+  unacknowledged: string | undefined;
+}
+
 export function controllerEntitlements(options: {
   controllerUrl: string;
   caPem: string;
   token: () => string | undefined;
   logger: Logger;
   onSnapshot: (entitlement: AgentEntitlement) => void;
-  onHeartbeat: () => void;
-}): EntitlementSource & { ack(revision: string): Promise<void> } {
+  /** A heartbeat confirming that `revision`, the last snapshot this stream delivered, is still current. */
+  onHeartbeat: (revision: string) => void;
+  /**
+   * How long a stream may stay silent before it is considered stale when the controller does not announce its
+   * heartbeat interval; an announced interval gives 2 × interval + 1 s (never more than this). Default 30 s.
+   */
+  staleStreamMs?: number;
+  onStreamEvent?: (event: StreamEvent) => void;
+  /** Acknowledgement retry delays, doubling from min to max. */
+  ackRetry?: { minMs: number; maxMs: number };
+}): EntitlementSource & { ack(revision: string): Promise<void>; state(): ControllerStreamState } {
   let stopped = false;
   // Read through a function: stop() flips it while the loop awaits, which TypeScript's narrowing cannot see.
   const isStopped = (): boolean => stopped;
   let wake: (() => void) | undefined; // ends the reconnect wait at once on stop()
   let current: ReturnType<typeof request> | undefined;
   let failures = 0;
+  let connected = false;
+  let lastEvent: StreamEvent | undefined;
   const base = options.controllerUrl.replace(/\/$/, '');
+  const maxSilenceMs = options.staleStreamMs ?? 30_000;
+  const event = (e: StreamEvent): void => {
+    lastEvent = e;
+    options.onStreamEvent?.(e);
+  };
 
   const connectOnce = (): Promise<void> =>
     new Promise((resolve) => {
@@ -128,6 +156,29 @@ export function controllerEntitlements(options: {
         resolve();
         return;
       }
+      let finished = false;
+      const finish = (why: StreamEvent | undefined): void => {
+        if (finished) return;
+        finished = true;
+        clearTimeout(watchdog);
+        connected = false;
+        if (why) event(why);
+        resolve();
+      };
+      // The watchdog covers connecting (a paused replica accepts TCP but never answers TLS) and silence after:
+      // each event re-arms it. Without it a stalled stream would hold the sidecar until its token expired.
+      let silenceMs = maxSilenceMs;
+      let watchdog: NodeJS.Timeout | undefined;
+      const arm = (): void => {
+        clearTimeout(watchdog);
+        watchdog = setTimeout(() => {
+          options.logger.warn('entitlement stream stale: reconnecting', { silentMs: silenceMs });
+          req.destroy();
+          finish('stale');
+        }, silenceMs);
+        watchdog.unref();
+      };
+      let streamRevision: string | undefined; // the last snapshot this connection delivered and we applied
       const req = request(
         `${base}/v1/entitlements/stream`,
         { ca: options.caPem, headers: { authorization: `Bearer ${token}`, accept: 'text/event-stream' } },
@@ -135,38 +186,69 @@ export function controllerEntitlements(options: {
           if (res.statusCode !== 200) {
             options.logger.warn('entitlement stream refused', { status: res.statusCode });
             res.resume();
-            res.on('end', resolve);
+            res.on('end', () => finish('refused'));
+            res.on('error', () => finish('refused'));
             return;
           }
           failures = 0;
+          connected = true;
+          event('connected');
+          arm();
           let buffer = '';
           res.setEncoding('utf8');
           res.on('data', (chunk: string) => {
+            arm();
             buffer += chunk;
             let end: number;
             while ((end = buffer.indexOf('\n\n')) >= 0) {
               const block = buffer.slice(0, end);
               buffer = buffer.slice(end + 2);
-              const event = /^event: (.*)$/m.exec(block)?.[1];
+              const name = /^event: (.*)$/m.exec(block)?.[1];
               const data = /^data: (.*)$/m.exec(block)?.[1];
-              if (event === 'heartbeat') options.onHeartbeat();
-              else if (event === 'snapshot' && data) {
+              if (!data || (name !== 'heartbeat' && name !== 'snapshot')) continue;
+              let parsed: { revision?: unknown; entitlement?: unknown; heartbeatMs?: unknown };
+              try {
+                parsed = JSON.parse(data) as typeof parsed;
+              } catch (err) {
+                options.logger.error('invalid event from the controller; ignoring it', { event: name, err });
+                continue;
+              }
+              const announced = parsed.heartbeatMs;
+              if (typeof announced === 'number' && Number.isFinite(announced) && announced > 0) {
+                silenceMs = Math.min(maxSilenceMs, 2 * announced + 1000);
+                arm();
+              }
+              if (name === 'heartbeat') {
+                if (parsed.revision === streamRevision) options.onHeartbeat(streamRevision ?? '');
+                else {
+                  // The controller believes we hold something else: only a fresh snapshot can settle it.
+                  options.logger.warn('heartbeat names another revision than the last snapshot: reconnecting', {
+                    heartbeat: String(parsed.revision),
+                    snapshot: streamRevision ?? '',
+                  });
+                  req.destroy();
+                  finish('revision_mismatch');
+                  return;
+                }
+              } else {
                 try {
-                  const { entitlement } = JSON.parse(data) as { entitlement: unknown };
-                  options.onSnapshot(checkEntitlement(entitlement, 'controller snapshot'));
+                  const entitlement = checkEntitlement(parsed.entitlement, 'controller snapshot');
+                  options.onSnapshot(entitlement);
+                  streamRevision = entitlement.spec.revision;
                 } catch (err) {
                   options.logger.error('invalid snapshot from the controller; keeping the previous one', { err });
                 }
               }
             }
           });
-          res.on('end', resolve);
-          res.on('error', () => resolve());
+          res.on('end', () => finish('ended'));
+          res.on('error', () => finish('ended'));
         },
       );
+      arm();
       req.on('error', (err) => {
-        options.logger.warn('entitlement stream unreachable', { err });
-        resolve();
+        if (!finished) options.logger.warn('entitlement stream unreachable', { err });
+        finish('unreachable');
       });
       req.end();
       current = req;
@@ -177,8 +259,10 @@ export function controllerEntitlements(options: {
       await connectOnce();
       if (isStopped()) return;
       failures++;
-      // The stream ends normally when the token that opened it expires: reconnect at once the first time.
-      const delay = failures <= 1 ? 0 : Math.min(10_000, 250 * 2 ** Math.min(failures, 6));
+      // The stream ends normally when the token that opened it expires: reconnect at once the first time; then
+      // back off (with jitter, so sidecars of a recovering replica do not return in lockstep).
+      const delay =
+        failures <= 1 ? 0 : Math.min(10_000, 250 * 2 ** Math.min(failures, 6)) * (0.8 + Math.random() * 0.4);
       await new Promise<void>((r) => {
         const timer = setTimeout(r, delay);
         wake = () => {
@@ -187,6 +271,71 @@ export function controllerEntitlements(options: {
         };
       });
     }
+  };
+
+  // Acknowledgements: the latest applied revision is retried with backoff until the controller records it
+  // (a lost ack would leave status out of sync forever); a newer revision supersedes an older pending one.
+  let pendingAck: string | undefined;
+  let acking: Promise<void> | undefined;
+  const ackOnce = (revision: string): Promise<boolean> =>
+    new Promise((resolve) => {
+      const token = options.token();
+      if (!token) {
+        resolve(false);
+        return;
+      }
+      const body = JSON.stringify({ revision });
+      const req = request(
+        `${base}/v1/entitlements/ack`,
+        {
+          method: 'POST',
+          ca: options.caPem,
+          timeout: 10_000,
+          headers: {
+            authorization: `Bearer ${token}`,
+            'content-type': 'application/json',
+            'content-length': Buffer.byteLength(body),
+          },
+        },
+        (res) => {
+          res.resume();
+          const ok = (res.statusCode ?? 0) >= 200 && (res.statusCode ?? 0) < 300;
+          // 4xx other than 401 (an expired token is renewed) will not get better by retrying.
+          const final = ok || ((res.statusCode ?? 0) >= 400 && (res.statusCode ?? 0) < 500 && res.statusCode !== 401);
+          if (!ok) options.logger.warn('entitlement ack refused', { status: res.statusCode, revision });
+          res.on('end', () => resolve(final));
+          res.on('error', () => resolve(false));
+        },
+      );
+      req.on('timeout', () => req.destroy(new Error('ack timed out')));
+      req.on('error', (err) => {
+        options.logger.warn('entitlement ack failed', { err, revision });
+        resolve(false);
+      });
+      req.end(body);
+    });
+  const ackLoop = async (): Promise<void> => {
+    const { minMs, maxMs } = options.ackRetry ?? { minMs: 500, maxMs: 15_000 };
+    let attempt = 0;
+    while (pendingAck !== undefined && !isStopped()) {
+      const revision = pendingAck;
+      if (await ackOnce(revision)) {
+        if (pendingAck === revision) pendingAck = undefined;
+        attempt = 0;
+        continue;
+      }
+      if (pendingAck !== revision) continue; // superseded: send the newer one at once
+      const delay = Math.min(maxMs, minMs * 2 ** Math.min(attempt++, 16));
+      await new Promise<void>((r) => setTimeout(r, delay).unref());
+    }
+  };
+
+  const kickAcks = (): Promise<void> => {
+    acking ??= ackLoop().finally(() => {
+      acking = undefined;
+      if (pendingAck !== undefined && !isStopped()) void kickAcks(); // an ack that arrived as the loop ended
+    });
+    return acking;
   };
 
   return {
@@ -199,36 +348,10 @@ export function controllerEntitlements(options: {
       current?.destroy();
       wake?.();
     },
+    state: () => ({ connected, failures, lastEvent, unacknowledged: pendingAck }),
     ack(revision) {
-      return new Promise((resolve) => {
-        const token = options.token();
-        if (!token) {
-          resolve();
-          return;
-        }
-        const body = JSON.stringify({ revision });
-        const req = request(
-          `${base}/v1/entitlements/ack`,
-          {
-            method: 'POST',
-            ca: options.caPem,
-            headers: {
-              authorization: `Bearer ${token}`,
-              'content-type': 'application/json',
-              'content-length': Buffer.byteLength(body),
-            },
-          },
-          (res) => {
-            res.resume();
-            res.on('end', () => resolve());
-          },
-        );
-        req.on('error', (err) => {
-          options.logger.warn('entitlement ack failed', { err });
-          resolve();
-        });
-        req.end(body);
-      });
+      pendingAck = revision;
+      return kickAcks();
     },
   };
 }

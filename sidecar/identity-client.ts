@@ -21,6 +21,8 @@ export interface IdentityClientOptions {
   random?: () => number;
   /** Retry delays after a failed exchange: from min doubling to max. */
   retry?: { minMs: number; maxMs: number };
+  /** Called on every failed exchange with its code (a refusal code from the controller, or a local one). */
+  onFailure?: (code: string) => void;
 }
 
 interface HeldToken {
@@ -55,7 +57,10 @@ export class IdentityClient {
   private timer: NodeJS.Timeout | undefined;
   private failures = 0;
   private stopped = false;
+  private nextRetryAt: number | undefined;
+  private firstSuccess: { promise: Promise<void>; resolve: () => void; reject: (err: unknown) => void } | undefined;
   lastError: string | undefined;
+  lastErrorCode: string | undefined;
 
   constructor(options: IdentityClientOptions) {
     this.options = options;
@@ -65,28 +70,44 @@ export class IdentityClient {
     return (this.options.now?.() ?? Date.now()) / 1000;
   }
 
-  /** Starts the refresh loop; resolves after the first successful exchange (retrying until then). */
-  async start(): Promise<void> {
+  /**
+   * Starts the refresh loop; resolves after the first successful exchange. Failures are retried by the one
+   * refresh schedule (backing off, re-reading the token file each time), never by a second loop.
+   */
+  start(): Promise<void> {
     this.stopped = false;
-    for (;;) {
-      try {
-        await this.refresh();
-        return;
-      } catch (err) {
-        // stop() may have run while we awaited; TypeScript cannot see that through the narrowing above.
-        if (this.isStopped()) throw err;
-        await new Promise((r) => setTimeout(r, this.retryDelay()));
-      }
-    }
-  }
-
-  private isStopped(): boolean {
-    return this.stopped;
+    let resolve = (): void => undefined;
+    let reject = (_: unknown): void => undefined;
+    const promise = new Promise<void>((res, rej) => {
+      resolve = res;
+      reject = rej;
+    });
+    this.firstSuccess = { promise, resolve, reject };
+    this.refresh().catch(() => undefined); // logged and rescheduled inside refresh
+    return promise;
   }
 
   stop(): void {
     this.stopped = true;
     if (this.timer) clearTimeout(this.timer);
+    this.firstSuccess?.reject(new IdentityError('stopped', 'the identity client was stopped'));
+  }
+
+  /** How the last exchanges went, for /status. */
+  health(): {
+    failures: number;
+    lastErrorCode: string | null;
+    lastError: string | null;
+    nextRetryInSeconds: number | null;
+  } {
+    const now = this.options.now?.() ?? Date.now();
+    return {
+      failures: this.failures,
+      lastErrorCode: this.lastErrorCode ?? null,
+      lastError: this.lastError ?? null,
+      nextRetryInSeconds:
+        this.failures > 0 && this.nextRetryAt !== undefined ? Math.max(0, (this.nextRetryAt - now) / 1000) : null,
+    };
   }
 
   /** The identity, or undefined once the last good token has expired (fail closed). */
@@ -124,17 +145,28 @@ export class IdentityClient {
       this.identity = { ...this.hold(res), spiffeID: res.spiffeID ?? '', revision: res.revision ?? '' };
       this.failures = 0;
       this.lastError = undefined;
+      this.lastErrorCode = undefined;
+      this.nextRetryAt = undefined;
+      this.firstSuccess?.resolve();
       this.options.logger.info('agent identity refreshed', { spiffeID: res.spiffeID, expiresAt: res.expiresAt });
       this.schedule(this.identity.refreshAt);
     } catch (err) {
+      const delay = this.retryDelay();
       this.failures++;
       this.lastError = err instanceof Error ? err.message : String(err);
+      this.lastErrorCode = err instanceof IdentityError ? err.code : 'error';
+      this.options.onFailure?.(this.lastErrorCode);
       this.options.logger.warn('agent identity refresh failed', {
-        reason: err instanceof IdentityError ? err.code : 'error',
+        reason: this.lastErrorCode,
         error: this.lastError,
+        failures: this.failures,
+        retryInMs: delay,
         validFor: this.current()?.secondsToExpiry ?? 0,
       });
-      if (!this.stopped) this.scheduleIn(this.retryDelay());
+      if (!this.stopped) {
+        this.nextRetryAt = (this.options.now?.() ?? Date.now()) + delay;
+        this.scheduleIn(delay);
+      }
       throw err;
     }
   }

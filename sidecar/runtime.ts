@@ -11,7 +11,12 @@ import type { Logger } from '../lib/log.ts';
 import { counter, createRegistry } from '../lib/metrics.ts';
 import { fetchWithCA } from '../lib/verify/fetch-with-ca.ts';
 import { createAuditSink, type AuditSink } from './audit.ts';
-import { controllerEntitlements, staticEntitlements, type EntitlementSource } from './entitlements.ts';
+import {
+  controllerEntitlements,
+  staticEntitlements,
+  type ControllerStreamState,
+  type EntitlementSource,
+} from './entitlements.ts';
 import { IdentityClient } from './identity-client.ts';
 import { Matcher } from './match.ts';
 import { FenceProxy } from './proxy.ts';
@@ -57,8 +62,17 @@ export async function startSidecar(
     labelNames: [],
   });
 
+  const streamEvents = counter(registry, {
+    name: 'agentfence_sidecar_entitlement_stream_events_total',
+    help: 'Entitlement stream connections and why they ended (connected, refused, unreachable, ended, stale, revision_mismatch).',
+    labelNames: ['event'],
+  });
+
   let identity: IdentityClient | undefined;
-  let source: EntitlementSource & { ack?: (revision: string) => Promise<void> };
+  let source: EntitlementSource & {
+    ack?: (revision: string) => Promise<void>;
+    state?: () => ControllerStreamState;
+  };
   // Snapshots can arrive before the proxy exists (static mode loads first); revocation goes through this.
   const proxyRef: { current?: FenceProxy } = {};
   const apply = (next: AgentEntitlement): void => {
@@ -88,11 +102,17 @@ export async function startSidecar(
         `cannot read the controller CA bundle ${config.mode.kind === 'controller' ? config.mode.caFile : ''}`,
       );
     });
+    const identityFailures = counter(registry, {
+      name: 'agentfence_sidecar_identity_refresh_failures_total',
+      help: 'Failed identity exchanges, by code (a refusal code from the controller, controller_unreachable, token_file_unreadable).',
+      labelNames: ['code'],
+    });
     identity = new IdentityClient({
       controllerUrl: config.mode.controllerUrl,
       tokenFile: config.mode.tokenFile,
       fetch: fetchWithCA(caPem),
       logger,
+      onFailure: (code) => identityFailures.inc({ code }),
     });
     const id = identity;
     source = controllerEntitlements({
@@ -101,9 +121,19 @@ export async function startSidecar(
       token: () => id.identityToken(),
       logger,
       onSnapshot: apply,
-      onHeartbeat: () => {
+      onHeartbeat: (revision) => {
         lastContact = Date.now();
+        // After failing closed (an outage longer than the bound), a heartbeat confirming the revision we hold is
+        // fresh data: enforce it again at once instead of waiting for a change or a reconnect.
+        if (!matcher && entitlement && entitlement.spec.revision === revision) {
+          matcher = new Matcher(entitlement);
+          stale = false;
+          logger.info('entitlements fresh again', { revision, via: 'heartbeat' });
+        }
       },
+      // Reconnect before failing closed, so a sidecar whose replica stalls moves to a healthy one in time.
+      staleStreamMs: Math.max(1000, Math.floor(config.maxStalenessMs / 2)),
+      onStreamEvent: (event) => streamEvents.inc({ event }),
     });
   }
 
@@ -179,7 +209,10 @@ export async function startSidecar(
   try {
     if (identity) {
       // Identity first: the stream authenticates with it. start() retries until the controller answers.
-      void identity.start().then(() => source.start());
+      void identity
+        .start()
+        .then(() => source.start())
+        .catch(() => undefined); // rejects only when stopped first
     } else await source.start();
     health = await startHealthServer({
       ...config.adminListen,
@@ -196,6 +229,8 @@ export async function startSidecar(
         failClosed: matcher === undefined,
         lastSnapshotAgeSeconds: lastContact ? (Date.now() - lastContact) / 1000 : null,
         identityError: identity?.lastError ?? null,
+        identityRefresh: identity?.health() ?? null,
+        stream: source.state?.() ?? null,
       }),
     });
   } catch (err) {

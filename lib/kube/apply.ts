@@ -7,8 +7,8 @@ import {
   CONTENT_TYPE,
   isNotFound,
   resourcePath,
-  type KubeClient,
   type KubeObject,
+  type WriteClient,
   type ResourceRef,
 } from './client.ts';
 import { deepEqual, mergePatch } from './json.ts';
@@ -27,7 +27,7 @@ export interface ApplyOptions {
  * manage); fields we stop sending are removed when no other manager owns them. Returns the object as stored.
  */
 export function applyObject<T extends KubeObject>(
-  client: KubeClient,
+  client: WriteClient,
   resource: ResourceRef,
   intent: T,
   options: ApplyOptions = {},
@@ -59,7 +59,7 @@ export interface StatusWriteResult<T> {
  * (retry with fresh state) instead of silently overwriting a newer one.
  */
 export async function writeStatus<T extends KubeObject>(
-  client: KubeClient,
+  client: WriteClient,
   resource: ResourceRef,
   current: T,
   status: unknown,
@@ -83,7 +83,7 @@ export interface DeleteOptions {
 
 /** Deletes with preconditions; returns false when the object was already gone. A failed precondition is a 409. */
 export async function deleteObject(
-  client: KubeClient,
+  client: WriteClient,
   resource: ResourceRef,
   where: { namespace?: string; name: string },
   options: DeleteOptions = {},

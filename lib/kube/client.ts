@@ -86,6 +86,9 @@ export interface Credentials {
   headers(): Promise<Record<string, string>>;
 }
 
+/** What a writer needs: requests only (a KubeClient, or a wrapper such as lib/kube/fenced.ts). */
+export type WriteClient = Pick<KubeClient, 'request'>;
+
 export class KubeClient {
   readonly server: string;
   readonly #credentials: Credentials;

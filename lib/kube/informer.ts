@@ -48,6 +48,12 @@ export interface InformerOptions {
   /** Tear the watch down when nothing (not even a bookmark) arrived for this long. */
   staleAfterMs?: number;
   backoff?: { baseDelayMs?: number; maxDelayMs?: number };
+  /**
+   * Cap on the retry delay while the API server cannot be reached at all (refused, reset, timed out: no HTTP
+   * answer), default 2 s. Such a retry costs the server nothing, and after an API-server restart the cache must
+   * not sit out a long backoff: policy edits reach sidecars through it. HTTP errors keep the full backoff.
+   */
+  unreachableMaxDelayMs?: number;
 }
 
 /** The store key: `namespace/name`, or `name` for cluster-scoped objects (client-go's MetaNamespaceKeyFunc). */
@@ -205,7 +211,8 @@ export class Informer<T extends KubeObject = KubeObject> {
           if (this.#backoff.failures('watch') > 1) await this.#sleep(delay, signal);
           continue;
         }
-        const delay = this.#backoff.when('watch');
+        const backoff = this.#backoff.when('watch');
+        const delay = err instanceof KubeApiError ? backoff : Math.min(backoff, this.#o.unreachableMaxDelayMs ?? 2_000);
         this.#metrics.restarts?.inc({ informer: this.name, reason: 'error' });
         // A watch that keeps failing from the same resourceVersion may be stuck on it (e.g. "too large resource
         // version" after an etcd restore): start over from a fresh list.

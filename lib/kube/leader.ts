@@ -7,6 +7,10 @@
  *   for renewDeadline, which is shorter than leaseDuration, so it stops before anyone else may start;
  * - stop() releases the lease (empty holder) so a successor takes over at its next retry, not after expiry.
  * After losing the lease the elector becomes a candidate again.
+ * - the work gets a LeaderTerm: `holds()` is true only while the lease was renewed within renewDeadline by our own
+ *   clock, checked synchronously before each write. A leader paused (SIGSTOP, a long GC, a frozen VM) past its
+ *   lease wakes up with I/O callbacks running before any timer, so the step-down timer alone comes too late; the
+ *   check does not (see lib/kube/fenced.ts).
  */
 import type { Registry } from 'prom-client';
 import { silentLogger, type Logger } from '../log.ts';
@@ -39,7 +43,7 @@ export interface LeaderElectorOptions {
   renewDeadlineMs?: number;
   retryPeriodMs?: number;
   /** Called on becoming leader; `signal` aborts when leadership ends. Not awaited; errors are logged. */
-  onStartedLeading: (signal: AbortSignal) => void | Promise<void>;
+  onStartedLeading: (signal: AbortSignal, term: LeaderTerm) => void | Promise<void>;
   onStoppedLeading?: () => void;
   onNewLeader?: (identity: string) => void;
   /** Release the lease on stop(); only safe when the work stops with it. Default true. */
@@ -47,6 +51,14 @@ export interface LeaderElectorOptions {
   logger?: Logger;
   registry?: Registry;
   now?: () => number;
+}
+
+/** One term of leadership, handed to the work. */
+export interface LeaderTerm {
+  /** Aborts when the term ends. */
+  readonly signal: AbortSignal;
+  /** True while the term lasts and the lease was renewed within renewDeadline (our clock): check before writing. */
+  holds(): boolean;
 }
 
 export class LeaderElector {
@@ -58,6 +70,7 @@ export class LeaderElector {
   readonly #stop = new AbortController();
   #observed: { spec: LeaseSpec; at: number } | undefined;
   #leader = false;
+  #renewedAt = -Infinity;
   #knownLeader = '';
   #running: Promise<void> | undefined;
   readonly #isLeaderGauge: import('prom-client').Gauge<'lease'> | undefined;
@@ -110,8 +123,12 @@ export class LeaderElector {
       const work = new AbortController();
       this.#setLeader(true);
       this.#logger.info('became leader', { identity: this.#o.identity });
+      const term: LeaderTerm = {
+        signal: work.signal,
+        holds: () => !work.signal.aborted && this.#now() - this.#renewedAt < this.#o.renewDeadlineMs,
+      };
       Promise.resolve()
-        .then(() => this.#o.onStartedLeading(work.signal))
+        .then(() => this.#o.onStartedLeading(work.signal, term))
         .catch((err: unknown) => this.#logger.error('onStartedLeading failed', { err }));
       let lastRenew = this.#now();
       while (!stopped()) {
@@ -173,6 +190,7 @@ export class LeaderElector {
           },
         );
         this.#observe(created.spec ?? {}, now);
+        this.#renewedAt = now;
         return true;
       }
       const spec = lease.spec ?? {};
@@ -186,6 +204,8 @@ export class LeaderElector {
         body: { ...lease, spec: desired(spec) },
       });
       this.#observe(updated.spec ?? {}, now);
+      // The time we *sent* the renewal: the lease is valid from when the server stored it, which is later.
+      this.#renewedAt = now;
       return true;
     } catch (err) {
       // 409: another candidate wrote first. Anything else: the API server is unreachable; a leader keeps

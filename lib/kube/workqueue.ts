@@ -157,25 +157,23 @@ export class WorkQueue {
   }
 
   /** Adds `key` after `ms`; when a key is already waiting, the earlier time wins. */
-  addAfter(key: string, ms: number): void {
+  addAfter(key: string, requestedMs: number): void {
     if (this.#shuttingDown) return;
-    if (ms <= 0) {
+    if (requestedMs <= 0) {
       this.add(key);
       return;
     }
+    // setTimeout fires after 1 ms for anything above 2^31-1 ms (24.8 days): a policy expiring in years drove a
+    // reconcile loop. Waking up early instead is harmless, since reconciles are level-triggered.
+    const ms = Math.min(requestedMs, MAX_TIMER_MS);
     const at = this.#now() + ms;
     const existing = this.#delayed.get(key);
     if (existing && existing.at <= at) return;
     if (existing) clearTimeout(existing.timer);
-    // Node fires timers longer than 2^31-1 ms (~24.8 days) after 1 ms: wait the longest allowed instead. The key
-    // then comes back early, and a level-triggered reconcile simply requeues it.
-    const timer = setTimeout(
-      () => {
-        this.#delayed.delete(key);
-        this.add(key);
-      },
-      Math.min(ms, MAX_TIMER_MS),
-    );
+    const timer = setTimeout(() => {
+      this.#delayed.delete(key);
+      this.add(key);
+    }, ms);
     // A pending requeue must not keep a process alive that is otherwise done.
     timer.unref();
     this.#delayed.set(key, { at, timer });

@@ -3,18 +3,10 @@
  * the issuer's JWKS, algorithm allow-list, issuer, exactly one audience (ours), JWT-SVID header and claims, and
  * a SPIFFE subject in the expected trust domain. Exported as `agentfence/verify`.
  */
-import {
-  createLocalJWKSet,
-  createRemoteJWKSet,
-  customFetch,
-  errors,
-  jwtVerify,
-  type JSONWebKeySet,
-  type JWTPayload,
-  type JWTVerifyGetKey,
-} from 'jose';
+import { createLocalJWKSet, errors, jwtVerify, type JSONWebKeySet, type JWTPayload, type JWTVerifyGetKey } from 'jose';
 import { AGENT_CLAIM, TOKEN_ALGORITHM, parseAgentSpiffeId, type AgentClaim } from '../identity/claims.ts';
 import { CodedError } from '../errors.ts';
+import { DEFAULT_JWKS_GRACE_MS, remoteKeys } from './remote-keys.ts';
 
 export { AGENT_TOKEN_HEADER } from '../identity/claims.ts';
 
@@ -39,6 +31,11 @@ export interface AgentVerifierOptions {
   jwksCooldownMs?: number;
   /** A fetch for the JWKS, e.g. one that trusts the issuer's private CA. */
   fetch?: typeof fetch;
+  /**
+   * While the JWKS endpoint is unreachable, keep verifying with the last key set fetched successfully for this
+   * long (default 15 min, the longest token lifetime); then refuse with `jwks_unavailable`.
+   */
+  jwksGraceMs?: number;
 }
 
 export interface AgentIdentity {
@@ -82,11 +79,12 @@ export interface AgentVerifier {
 export function createAgentVerifier(options: AgentVerifierOptions): AgentVerifier {
   const keys: JWTVerifyGetKey = options.jwks
     ? createLocalJWKSet(options.jwks)
-    : createRemoteJWKSet(new URL(options.jwksUri ?? `${options.issuer.replace(/\/$/, '')}/.well-known/jwks.json`), {
-        cacheMaxAge: options.jwksCacheMaxAgeMs ?? 60_000,
-        cooldownDuration: options.jwksCooldownMs ?? 30_000,
-        timeoutDuration: 5_000,
-        ...(options.fetch ? { [customFetch]: options.fetch } : {}),
+    : remoteKeys({
+        url: new URL(options.jwksUri ?? `${options.issuer.replace(/\/$/, '')}/.well-known/jwks.json`),
+        cacheMaxAgeMs: options.jwksCacheMaxAgeMs ?? 60_000,
+        cooldownMs: options.jwksCooldownMs ?? 30_000,
+        graceMs: options.jwksGraceMs ?? DEFAULT_JWKS_GRACE_MS,
+        ...(options.fetch ? { fetch: options.fetch } : {}),
       });
   const tolerance = options.clockToleranceSeconds ?? 30;
 

@@ -7,7 +7,7 @@ import type { AgentEntitlement } from '../../lib/api/types.generated.ts';
 import { baselinePolicy } from './baseline.ts';
 import { byNamespaceAndName, compareStrings } from './canonical.ts';
 import { ClusterIndex, type PodView } from './cluster-index.ts';
-import { entitlementFor, type PolicyGrant } from './entitlement.ts';
+import { EgressDigests, entitlementFor, type PolicyGrant } from './entitlement.ts';
 import { compilePolicy } from './policy.ts';
 import type {
   CiliumNetworkPolicy,
@@ -60,11 +60,12 @@ export function compile(input: CompileInput, compileOptions: CompileOptions): Co
   }
 
   const entitlements: AgentEntitlement[] = [];
-  const revisions = new Map<string, string>();
+  const egressDigests = new EgressDigests();
   for (const ns of [...index.agents.keys()].sort(compareStrings)) {
     const agents = index.agents.get(ns)?.all ?? [];
     if (agents.length > 0) networkPolicies.push(baselinePolicy(ns, options));
-    for (const pod of agents) entitlements.push(entitlementFor(pod, grantsByPod.get(pod) ?? [], options, revisions));
+    for (const pod of agents)
+      entitlements.push(entitlementFor(pod, grantsByPod.get(pod) ?? [], options, egressDigests));
   }
 
   return {

@@ -5,8 +5,11 @@
  * entitlement that disappears is a narrowing to nothing (the SPIFFE Workload API rule).
  *
  * The wire format (Server-Sent Events):
- *   event: snapshot   data: {"revision": "sha256:…", "entitlement": <AgentEntitlement>}
- *   event: heartbeat  data: {"revision": "sha256:…"}      (every heartbeatMs; revision "" when none)
+ *   event: snapshot   data: {"revision": "sha256:…", "entitlement": <AgentEntitlement>, "heartbeatMs": 15000}
+ *   event: heartbeat  data: {"revision": "sha256:…", "heartbeatMs": 15000}   (every heartbeatMs; revision "" when none)
+ * `heartbeatMs` tells the sidecar how often to expect an event: a stream silent for about twice that is stale (a
+ * paused or half-open replica) and the sidecar reconnects, possibly to another replica. A heartbeat confirms that
+ * the revision it names is still current, so a sidecar that failed closed during an outage re-arms on it.
  * A sidecar whose pod has no entitlement gets an empty snapshot (no grants) so it can tell "nothing allowed"
  * from "controller unreachable".
  */
@@ -117,13 +120,15 @@ export class EntitlementHub {
     const revision = entitlement.spec.revision;
     if (subscriber.lastRevision === revision) return;
     subscriber.lastRevision = revision;
-    if (!subscriber.sink.send('snapshot', JSON.stringify({ revision, entitlement }))) subscriber.sink.close();
+    const data = JSON.stringify({ revision, entitlement, heartbeatMs: this.heartbeatMs });
+    if (!subscriber.sink.send('snapshot', data)) subscriber.sink.close();
   }
 
   private beat(): void {
     for (const set of this.subscribers.values()) {
       for (const s of set) {
-        if (!s.sink.send('heartbeat', JSON.stringify({ revision: s.lastRevision ?? '' }))) s.sink.close();
+        const data = JSON.stringify({ revision: s.lastRevision ?? '', heartbeatMs: this.heartbeatMs });
+        if (!s.sink.send('heartbeat', data)) s.sink.close();
       }
     }
   }

@@ -20,6 +20,7 @@ import { parseDurationSeconds } from '../../lib/api/duration.ts';
 import { CodedError } from '../../lib/errors.ts';
 import { fenceChecker } from '../../webhook/fence.ts';
 import type { InjectorConfig } from '../../webhook/inject.ts';
+import { ReviewGuard, SkippedReview, type ReviewGuardOptions, type SkipReason } from './review-guard.ts';
 
 export { ANNOTATION_INJECTED, OPERATOR_AUDIENCE };
 
@@ -174,6 +175,10 @@ export interface ExchangeOptions {
   reviewCacheMs?: number;
   /** Token bucket per pod: burst and refill per second. */
   rateLimit?: { burst: number; perSecond: number };
+  /** Shape check, negative cache and rate limits in front of the TokenReview (see review-guard.ts). */
+  reviewGuard?: Omit<ReviewGuardOptions, 'audience' | 'now'>;
+  /** Called once per presented token that missed the positive cache: reviewed, or why not. */
+  onReview?: (outcome: 'reviewed' | 'review_failed' | SkipReason) => void;
   now?: () => number;
 }
 
@@ -194,10 +199,17 @@ export class IdentityExchange {
   private readonly reviews = new Map<string, CachedReview>();
   private readonly buckets = new Map<string, { tokens: number; at: number }>();
   private readonly fenced: (pod: unknown) => string | undefined;
+  private readonly guard: ReviewGuard;
+  private readonly inFlight = new Map<string, Promise<ReviewedSubject>>();
 
   constructor(options: ExchangeOptions) {
     this.options = options;
     this.fenced = fenceChecker(options.injector, options.acceptedInjectors);
+    this.guard = new ReviewGuard({
+      ...options.reviewGuard,
+      audience: OPERATOR_AUDIENCE,
+      now: () => this.now(),
+    });
   }
 
   private now(): number {
@@ -205,10 +217,10 @@ export class IdentityExchange {
   }
 
   /** POST /v1/identity: projected service-account token → the agent's identity token (aud = the issuer). */
-  async exchange(serviceAccountToken: string | undefined): Promise<ExchangeResult> {
+  async exchange(serviceAccountToken: string | undefined, source?: string): Promise<ExchangeResult> {
     if (!serviceAccountToken)
       throw new Refusal('missing_token', 'send the projected service-account token as a Bearer token');
-    const subject = await this.review(serviceAccountToken);
+    const subject = await this.review(serviceAccountToken, source);
     this.takeToken(subject.podUID);
     return this.issueFor(subject, this.options.issuerUrl);
   }
@@ -282,19 +294,47 @@ export class IdentityExchange {
     };
   }
 
-  /** TokenReview, cached briefly by token hash so a burst of pod starts does not stampede the API server. */
-  private async review(token: string): Promise<ReviewedSubject> {
+  /**
+   * TokenReview, cached briefly by token hash so a burst of pod starts does not stampede the API server; one
+   * review per token at a time; and in front of it the guard (shape, negative cache, rate limits), so invalid
+   * tokens cost the API server (almost) nothing.
+   */
+  private async review(token: string, source?: string): Promise<ReviewedSubject> {
     const key = createHash('sha256').update(token).digest('hex');
     const now = this.now();
     const cached = this.reviews.get(key);
     if (cached && cached.until > now) return cached.subject;
+    const pending = this.inFlight.get(key);
+    if (pending) return pending;
+    try {
+      this.guard.admit(token, key, source);
+    } catch (err) {
+      if (!(err instanceof SkippedReview)) throw err;
+      this.options.onReview?.(err.reason);
+      throw err.refusal;
+    }
+    const review = this.reviewOnce(token, key).finally(() => this.inFlight.delete(key));
+    this.inFlight.set(key, review);
+    return review;
+  }
+
+  private async reviewOnce(token: string, key: string): Promise<ReviewedSubject> {
     let status: TokenReviewStatus;
     try {
       status = await this.options.cluster.reviewToken(token, [OPERATOR_AUDIENCE]);
+      this.options.onReview?.('reviewed');
     } catch {
+      this.options.onReview?.('review_failed');
       throw new Refusal('review_unavailable', 'the API server could not review the token; retry shortly');
     }
-    const subject = subjectFromReview(status, OPERATOR_AUDIENCE);
+    let subject: ReviewedSubject;
+    try {
+      subject = subjectFromReview(status, OPERATOR_AUDIENCE);
+    } catch (err) {
+      if (err instanceof Refusal) this.guard.remember(key, err);
+      throw err;
+    }
+    const now = this.now();
     if (this.reviews.size >= 10_000) {
       for (const [k, v] of this.reviews) if (v.until <= now || this.reviews.size >= 10_000) this.reviews.delete(k);
     }

@@ -51,7 +51,7 @@ export function createIdentityApp(options: IdentityAppOptions): Express {
   };
 
   app.post('/v1/identity', (req, res) => {
-    respond('identity', res, options.exchange.exchange(bearer(req)));
+    respond('identity', res, options.exchange.exchange(bearer(req), req.socket.remoteAddress));
   });
   app.post('/v1/token', (req, res) => {
     const body = req.body as { audience?: unknown } | undefined;

@@ -9,6 +9,8 @@ import { LABEL_MANAGED_BY, MANAGED_BY } from '../../lib/api/constants.ts';
 import type { Logger } from '../../lib/log.ts';
 import { CONTENT_TYPE, isConflict, isNotFound, resourcePath, type KubeClient } from '../../lib/kube/client.ts';
 import { Informer } from '../../lib/kube/informer.ts';
+import { fencedClient } from '../../lib/kube/fenced.ts';
+import type { LeaderTerm } from '../../lib/kube/leader.ts';
 import {
   DEFAULT_ROTATION,
   nextRotationAt,
@@ -104,12 +106,13 @@ export class SigningKeyStore {
    * Leader only: advances the key set to now and persists it when it changed. Returns the delay until the next
    * rotation step is due.
    */
-  async rotate(): Promise<number> {
-    const { client, namespace, secretName } = this.#o;
+  async rotate(term?: LeaderTerm): Promise<number> {
+    const { client: reader, namespace, secretName } = this.#o;
+    const client = term ? fencedClient(reader, term) : reader; // writes only while the lease is fresh
     const path = resourcePath(RESOURCES.secrets, { namespace, name: secretName });
     let current: DataObject | undefined;
     try {
-      current = await client.get<DataObject>(path);
+      current = await reader.get<DataObject>(path);
     } catch (err) {
       if (!isNotFound(err)) throw err;
     }
@@ -155,6 +158,6 @@ export class SigningKeyStore {
         retired: next.previous.length,
       });
     }
-    return Math.max(1_000, Math.min(3_600_000, nextRotationAt(next) - this.#now()));
+    return Math.max(1_000, Math.min(3_600_000, nextRotationAt(next, this.#o.policy ?? DEFAULT_ROTATION) - this.#now()));
   }
 }

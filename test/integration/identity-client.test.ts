@@ -15,7 +15,7 @@ import { fetchWithCA } from '../../lib/verify/fetch-with-ca.ts';
 import { silentLogger } from '../../lib/log.ts';
 import { IdentityClient } from '../../sidecar/identity-client.ts';
 import { createOrdersApi } from '../../examples/resource-server/orders-api.ts';
-import { createNamespace, runOrThrow } from '../support/cluster.ts';
+import { createNamespace, eventually, runOrThrow } from '../support/cluster.ts';
 import { createAgentPod, serviceAccountToken, startTestIssuer, type TestIssuer } from '../support/identity-server.ts';
 
 let ns: string;
@@ -122,6 +122,48 @@ describe('sidecar identity client', () => {
       await writeFile(tokenFile, await serviceAccountToken(ns, 'clock-agent', pod));
       await client.refresh();
       expect(client.current()).toBeDefined();
+    } finally {
+      client.stop();
+    }
+  });
+
+  it('backs off visibly while its token is refused, and re-reads the token file on every retry', async () => {
+    await runOrThrow(['create', 'serviceaccount', 'refused-agent', '-n', ns]);
+    const pod = await createAgentPod(ns, 'refused-agent-pod', {
+      agent: 'refused-agent',
+      serviceAccount: 'refused-agent',
+    });
+    const tokenFile = join(dir, 'refused.token');
+    // A token the controller refuses: not bound to any pod.
+    await writeFile(tokenFile, await serviceAccountToken(ns, 'refused-agent', undefined));
+    const codes: string[] = [];
+    const client = new IdentityClient({
+      controllerUrl: issuer.url,
+      tokenFile,
+      fetch: fetchWithCA(issuer.caPem),
+      logger: silentLogger,
+      retry: { minMs: 50, maxMs: 400 },
+      onFailure: (code) => codes.push(code),
+    });
+    const started = client.start();
+    try {
+      await eventually(() => (codes.length >= 4 ? true : undefined), 'four refusals', 10_000);
+      expect(new Set(codes)).toEqual(new Set(['not_pod_bound']));
+      const health = client.health();
+      expect(health).toMatchObject({ lastErrorCode: 'not_pod_bound' });
+      expect(health.failures).toBeGreaterThanOrEqual(4);
+      expect(health.nextRetryInSeconds).not.toBeNull();
+      expect(client.current()).toBeUndefined();
+      // One retry schedule, backing off: four refusals take at least 50 + 100 + 200 ms of waiting, and they are
+      // not doubled by a second loop.
+      const afterFour = codes.length;
+      await new Promise((r) => setTimeout(r, 400));
+      expect(codes.length - afterFour).toBeLessThanOrEqual(2);
+      // The kubelet rotates the file: the next retry reads the new token and succeeds.
+      await writeFile(tokenFile, await serviceAccountToken(ns, 'refused-agent', pod));
+      await started;
+      expect(client.current()?.spiffeID).toBe(`spiffe://cluster.local/ns/${ns}/agent/refused-agent`);
+      expect(client.health()).toMatchObject({ failures: 0, lastErrorCode: null, nextRetryInSeconds: null });
     } finally {
       client.stop();
     }

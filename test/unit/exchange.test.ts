@@ -50,6 +50,16 @@ const pod: PodView = { ...rendered.pod, metadata: { ...rendered.pod.metadata, ui
 expect(pod.metadata.annotations?.[ANNOTATION_INJECTED]).toContain('"version":"0.1.0"');
 const subject = { namespace: 'support', serviceAccount: 'agent', podName: 'p1', podUID: 'uid-1' };
 
+/** A token of the API server's shape (the signature is never checked here: the review is faked). */
+function saToken(
+  claims: Record<string, unknown> = {},
+  header: Record<string, unknown> = { alg: 'RS256', kid: 'k' },
+): string {
+  const part = (v: unknown): string => Buffer.from(JSON.stringify(v)).toString('base64url');
+  const payload = { aud: [AUD], exp: 4_000_000_000, sub: 'system:serviceaccount:support:agent', ...claims };
+  return `${part(header)}.${part(payload)}.c2lnbmF0dXJl`;
+}
+
 function code(fn: () => unknown): string {
   try {
     fn();
@@ -147,11 +157,17 @@ describe('exchange caching and rate limiting', () => {
     spec: { podUID: 'uid-1', revision: 'sha256:1', tokenTTL: '1m', egress: [] },
   } as unknown as AgentEntitlement;
 
-  function service(reviews: { count: number }, now: { t: number }, currentPod: () => PodView) {
+  function service(
+    reviews: { count: number },
+    now: { t: number },
+    currentPod: () => PodView,
+    review: (token: string) => TokenReviewStatus = () => goodReview,
+  ) {
     const cluster: IdentityCluster = {
-      reviewToken: () => {
+      reviewToken: async (token) => {
         reviews.count++;
-        return Promise.resolve(goodReview);
+        await new Promise((r) => setImmediate(r)); // a review takes a while: concurrent requests overlap
+        return review(token);
       },
       getPod: () => Promise.resolve(currentPod()),
       getEntitlement: () => Promise.resolve(entitlement),
@@ -175,14 +191,14 @@ describe('exchange caching and rate limiting', () => {
     const now = { t: 1_000_000 };
     let current = pod;
     const svc = service(reviews, now, () => current);
-    await svc.exchange('sa-token');
-    await svc.exchange('sa-token');
+    await svc.exchange(saToken());
+    await svc.exchange(saToken());
     expect(reviews.count).toBe(1);
     current = { ...pod, metadata: { ...pod.metadata, uid: 'uid-2' } }; // the pod was recreated meanwhile
-    await expect(svc.exchange('sa-token')).rejects.toMatchObject({ code: 'pod_uid_mismatch' });
+    await expect(svc.exchange(saToken())).rejects.toMatchObject({ code: 'pod_uid_mismatch' });
     now.t += 31_000;
     current = pod;
-    await svc.exchange('sa-token');
+    await svc.exchange(saToken());
     expect(reviews.count).toBe(2);
   });
 
@@ -206,9 +222,109 @@ describe('exchange caching and rate limiting', () => {
   it('rate-limits per pod and refills over time', async () => {
     const now = { t: 5_000_000 };
     const svc = service({ count: 0 }, now, () => pod);
-    for (let i = 0; i < 3; i++) await svc.exchange('t');
-    await expect(svc.exchange('t')).rejects.toMatchObject({ code: 'rate_limited', status: 429 });
+    for (let i = 0; i < 3; i++) await svc.exchange(saToken({ jti: 't' }));
+    await expect(svc.exchange(saToken({ jti: 't' }))).rejects.toMatchObject({ code: 'rate_limited', status: 429 });
     now.t += 1_000;
-    await expect(svc.exchange('t')).resolves.toMatchObject({ revision: 'sha256:1' });
+    await expect(svc.exchange(saToken({ jti: 't' }))).resolves.toMatchObject({ revision: 'sha256:1' });
+  });
+
+  describe('invalid tokens cost (almost) no TokenReview', () => {
+    const bad: TokenReviewStatus = { authenticated: false, error: 'invalid bearer token' };
+    const part = (v: unknown): string => Buffer.from(JSON.stringify(v)).toString('base64url');
+
+    it.each([
+      ['not a JWT', 'opaque-token-value', 'token_invalid'],
+      ['two parts', `${part({ alg: 'RS256' })}.${part({})}`, 'token_invalid'],
+      ['too long', saToken({ pad: 'x'.repeat(9000) }), 'token_invalid'],
+      ['header not JSON', `bm90LWpzb24.${part({ aud: [AUD] })}.c2ln`, 'token_invalid'],
+      ['alg none', saToken({}, { alg: 'none' }), 'token_invalid'],
+      ['an HMAC alg', saToken({}, { alg: 'HS256' }), 'token_invalid'],
+      ['another typ', saToken({}, { alg: 'RS256', typ: 'at+jwt' }), 'token_invalid'],
+      ['expired by its own exp', saToken({ exp: 100 }), 'token_invalid'],
+      ['another audience', saToken({ aud: ['https://kubernetes.default.svc'] }), 'wrong_audience'],
+      ['another audience (string)', saToken({ aud: 'vault' }), 'wrong_audience'],
+    ])('refuses %s without a review', async (_, token, expected) => {
+      const reviews = { count: 0 };
+      const svc = service(reviews, { t: 1_000_000 }, () => pod);
+      await expect(svc.exchange(token)).rejects.toMatchObject({ code: expected });
+      expect(reviews.count).toBe(0);
+    });
+
+    it('reviews one bad token once, however often and however concurrently it is presented', async () => {
+      const reviews = { count: 0 };
+      const now = { t: 1_000_000 };
+      const svc = service(
+        reviews,
+        now,
+        () => pod,
+        () => bad,
+      );
+      const token = saToken({ jti: 'forged' });
+      const results = await Promise.allSettled(Array.from({ length: 200 }, () => svc.exchange(token, '10.0.0.9')));
+      expect(results.every((r) => r.status === 'rejected')).toBe(true);
+      for (let i = 0; i < 200; i++)
+        await expect(svc.exchange(token, '10.0.0.9')).rejects.toMatchObject({ code: 'token_invalid' });
+      expect(reviews.count).toBe(1);
+      now.t += 11_000; // the negative cache is brief: the API server stays the authority
+      await expect(svc.exchange(token, '10.0.0.9')).rejects.toMatchObject({ code: 'token_invalid' });
+      expect(reviews.count).toBe(2);
+    });
+
+    it('rate-limits reviews of distinct bad tokens per source, per claimed pod and overall', async () => {
+      const reviews = { count: 0 };
+      const now = { t: 1_000_000 };
+      const svc = service(
+        reviews,
+        now,
+        () => pod,
+        () => bad,
+      );
+      const codes = new Map<string, number>();
+      const tally = async (token: string, source: string): Promise<void> => {
+        try {
+          await svc.exchange(token, source);
+        } catch (err) {
+          const c = (err as Refusal).code;
+          codes.set(c, (codes.get(c) ?? 0) + 1);
+        }
+      };
+      for (let i = 0; i < 1000; i++) await tally(saToken({ jti: `s${i}` }), '10.0.0.1'); // one source
+      expect(reviews.count).toBe(50); // its burst
+      expect(codes.get('rate_limited')).toBe(950);
+      reviews.count = 0;
+      for (let i = 0; i < 1000; i++)
+        await tally(
+          saToken({ jti: `p${i}`, 'kubernetes.io': { pod: { name: 'p1', uid: 'uid-x' } } }),
+          `10.1.${i >> 8}.${i & 255}`,
+        );
+      expect(reviews.count).toBe(5); // one claimed pod, many sources
+      reviews.count = 0;
+      for (let i = 0; i < 1000; i++) await tally(saToken({ jti: `g${i}` }), `10.2.${i >> 8}.${i & 255}`);
+      expect(reviews.count).toBeLessThanOrEqual(200); // the global bucket
+      now.t += 1_000;
+      reviews.count = 0;
+      await tally(saToken({ jti: 'later' }), '10.9.9.9');
+      expect(reviews.count).toBe(1); // buckets refill
+    });
+
+    it('forgets a refusal after the brief negative-cache period (the review is the authority)', async () => {
+      const reviews = { count: 0 };
+      const now = { t: 1_000_000 };
+      let verdict: TokenReviewStatus = { authenticated: false, error: 'temporarily odd' };
+      const svc = service(
+        reviews,
+        now,
+        () => pod,
+        () => verdict,
+      );
+      const token = saToken({ jti: 'x' });
+      await expect(svc.exchange(token)).rejects.toMatchObject({ code: 'token_invalid' });
+      verdict = goodReview;
+      now.t += 10_001;
+      await expect(svc.exchange(token)).resolves.toHaveProperty(
+        'spiffeID',
+        'spiffe://cluster.local/ns/support/agent/support-agent',
+      );
+    });
   });
 });

@@ -5,6 +5,7 @@
 import { describe, expect, it } from 'vitest';
 import { KubeApiError, type KubeList, type KubeObject, type Query, type WatchEvent } from '../../lib/kube/client.ts';
 import { Informer } from '../../lib/kube/informer.ts';
+import { createLogger } from '../../lib/log.ts';
 
 interface Session {
   query: Query;
@@ -215,4 +216,45 @@ describe('Informer', () => {
     expect(api.sessions[1]?.query.resourceVersion).toBe('10');
     await informer.stop();
   });
+
+  it(
+    'retries an unreachable API server at least every unreachableMaxDelayMs, HTTP errors with the full backoff',
+    { timeout: 20_000 },
+    async () => {
+      const api = new FakeApi();
+      const delays: { status: unknown; retryInMs: number }[] = [];
+      const logger = createLogger({
+        level: 'warn',
+        write: (line) => {
+          const r = JSON.parse(line) as { msg?: string; status?: unknown; retryInMs?: number };
+          if (r.msg === 'list/watch failed, retrying') delays.push({ status: r.status, retryInMs: r.retryInMs ?? 0 });
+        },
+      });
+      for (let i = 0; i < 6; i++)
+        api.lists.push(() => {
+          throw new Error('connect ECONNREFUSED 127.0.0.1:6443');
+        });
+      for (let i = 0; i < 2; i++)
+        api.lists.push(() => {
+          throw new KubeApiError(403, 'Forbidden', 'forbidden', 'GET', '/x');
+        });
+      api.lists.push(list('9', obj('a', '9')));
+      const informer = new Informer({
+        client: api,
+        resource: { group: '', version: 'v1', resource: 'pods' },
+        logger,
+        backoff: { baseDelayMs: 5, maxDelayMs: 10_000 },
+        unreachableMaxDelayMs: 50,
+      });
+      informer.start();
+      await until(() => informer.hasSynced(), 'synced after the outage', 10_000);
+      await informer.stop();
+      const unreachable = delays.filter((d) => d.status === undefined).map((d) => d.retryInMs);
+      const http = delays.filter((d) => d.status === 403).map((d) => d.retryInMs);
+      expect(unreachable).toHaveLength(6);
+      expect(Math.max(...unreachable)).toBeLessThanOrEqual(50); // uncapped, the sixth would wait 160 ms+
+      expect(http).toHaveLength(2);
+      expect(Math.max(...http)).toBeGreaterThan(50); // the backoff itself keeps growing
+    },
+  );
 });

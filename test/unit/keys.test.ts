@@ -61,4 +61,43 @@ describe('signing key rotation', () => {
     expect(fresh.current.kid).not.toBe(old.current.kid);
     expect(fresh.current.createdAt).toBe(48 * H);
   });
+
+  it('activates a key only after it has been published for the lead time, whatever the leader history', async () => {
+    const t0 = 1_700_000_000_000;
+    const lead = 120_000;
+    const first = await rotateKeys(undefined, t0, { ...policy, publishLeadMs: lead });
+    // No leader ran between half-life and the activation point: the next key is published only now...
+    const late = t0 + 21 * H;
+    const published = await rotateKeys(first, late, { ...policy, publishLeadMs: lead });
+    expect(published.current.kid).toBe(first.current.kid);
+    expect(published.next?.publishedAt).toBe(late);
+    expect(nextRotationAt(published, { ...policy, publishLeadMs: lead })).toBe(late + lead);
+    // ...and signs only once verifiers caching the JWKS for the lead time have seen it.
+    expect((await rotateKeys(published, late + lead - 1, { ...policy, publishLeadMs: lead })).current.kid).toBe(
+      first.current.kid,
+    );
+    const activated = await rotateKeys(published, late + lead, { ...policy, publishLeadMs: lead });
+    expect(activated.current.kid).toBe(published.next?.kid);
+    // The default lead covers agentfence/verify's 60 s JWKS cache.
+    const byDefault = await rotateKeys(first, late);
+    expect((await rotateKeys(byDefault, late + 60_000)).current.kid).toBe(first.current.kid);
+  });
+
+  it('promotes the published next key when the current one expired unrotated, and keeps publishedAt through the Secret', async () => {
+    const first = await rotateKeys(undefined, 0, policy);
+    const prepared = await rotateKeys(first, 12 * H, policy);
+    const promoted = await rotateKeys(prepared, 25 * H, policy);
+    expect(promoted.current.kid).toBe(prepared.next?.kid);
+    expect(parseKeySet(serializeKeySet(prepared)).next?.publishedAt).toBe(12 * H);
+    // Key sets written before publishedAt existed: published when created.
+    const legacy = JSON.parse(serializeKeySet(prepared)) as { next: { publishedAt?: number } };
+    delete legacy.next.publishedAt;
+    expect(parseKeySet(JSON.stringify(legacy)).next?.publishedAt).toBeUndefined();
+    expect((await rotateKeys(parseKeySet(JSON.stringify(legacy)), 20 * H, policy)).current.kid).toBe(
+      prepared.next?.kid,
+    );
+    const bad = JSON.parse(serializeKeySet(prepared)) as { next: { publishedAt?: unknown } };
+    bad.next.publishedAt = 'yesterday';
+    expect(() => parseKeySet(JSON.stringify(bad))).toThrow(/publishedAt is not a number/);
+  });
 });

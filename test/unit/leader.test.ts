@@ -5,7 +5,8 @@
  */
 import { describe, expect, it } from 'vitest';
 import { KubeApiError, type RequestInit } from '../../lib/kube/client.ts';
-import { LeaderElector, type Lease } from '../../lib/kube/leader.ts';
+import { LeaderElector, type LeaderTerm, type Lease } from '../../lib/kube/leader.ts';
+import { fencedClient, LeadershipLostError } from '../../lib/kube/fenced.ts';
 
 class FakeLeases {
   lease: Lease | undefined;
@@ -116,5 +117,39 @@ describe('LeaderElector', () => {
     expect(electors.every((e) => e.leader === api.lease?.spec?.holderIdentity)).toBe(true);
     await Promise.all(electors.map((e) => e.stop()));
     expect(leader).toBeDefined();
+  });
+
+  it('refuses writes as soon as its clock is past the renew deadline (a pause), before any timer has run', async () => {
+    const api = new FakeLeases();
+    let skew = 0;
+    const terms: LeaderTerm[] = [];
+    const elector = new LeaderElector({
+      client: api,
+      namespace: 'n',
+      name: 'l',
+      identity: 'a',
+      ...TIMING,
+      now: () => Date.now() + skew,
+      onStartedLeading: (_signal, term) => {
+        terms.push(term);
+      },
+    });
+    elector.start();
+    await until(() => terms.length === 1, 'leadership');
+    const term = terms[0] as LeaderTerm;
+    const writer = fencedClient(api, term);
+    const body = { metadata: { name: 'x' } };
+    expect(term.holds()).toBe(true);
+    const before = api.writes;
+    // What SIGCONT looks like to the process: the wall clock moved on, no timer has fired yet.
+    skew = TIMING.renewDeadlineMs + 1;
+    expect(term.holds()).toBe(false);
+    await expect(writer.request('PATCH', '/apis/x/v1/things/x', { body })).rejects.toBeInstanceOf(LeadershipLostError);
+    await expect(writer.request('DELETE', '/apis/x/v1/things/x')).rejects.toBeInstanceOf(LeadershipLostError);
+    expect(api.writes).toBe(before);
+    // Reads are not fenced.
+    await expect(writer.request('GET', '/apis/coordination.k8s.io/v1/namespaces/n/leases/l')).resolves.toBeDefined();
+    await elector.stop();
+    expect(term.signal.aborted).toBe(true);
   });
 });

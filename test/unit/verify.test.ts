@@ -220,6 +220,48 @@ describe('remote JWKS and the express middleware', () => {
     }
   });
 
+  it('keeps verifying with the last good key set while the JWKS endpoint is down, then says jwks_unavailable', async () => {
+    let down = false;
+    const flaky = createServer((_, res) => {
+      if (down) {
+        res.statusCode = 503;
+        res.end('unavailable');
+        return;
+      }
+      res.setHeader('content-type', 'application/json');
+      res.end(JSON.stringify(publicJwks(keys)));
+    });
+    flaky.listen(0, '127.0.0.1');
+    await once(flaky, 'listening');
+    const url = `http://127.0.0.1:${(flaky.address() as AddressInfo).port}/jwks.json`;
+    try {
+      const options = { issuer: ISSUER, audience: AUD, jwksUri: url, jwksCacheMaxAgeMs: 1, jwksCooldownMs: 0 };
+      const graceful = createAgentVerifier({ ...options, jwksGraceMs: 3_600_000 });
+      const strict = createAgentVerifier({ ...options, jwksGraceMs: 0 });
+      const token = (await issuer.issue(request)).token;
+      await graceful.verify(token);
+      await strict.verify(token);
+      down = true;
+      await new Promise((r) => setTimeout(r, 5)); // both cached copies are stale now
+      await expect(graceful.verify(token)).resolves.toMatchObject({ agent: 'support-agent' });
+      await expect(strict.verify(token)).rejects.toMatchObject({ code: 'jwks_unavailable' });
+      // A token signed by a key the last good set does not know: still unknown_key, not a pass.
+      const other: KeySet = { current: await generateSigningKey(Date.now() - 1000, 86_400_000), previous: [] };
+      const foreign = await new TokenIssuer({ issuer: ISSUER, trustDomain: 'cluster.local', keys: () => other }).issue(
+        request,
+      );
+      await expect(graceful.verify(foreign.token)).rejects.toMatchObject({ code: 'unknown_key' });
+      // Connection refused and never fetched: jwks_unavailable, not malformed_token.
+      flaky.close();
+      await once(flaky, 'close');
+      const never = createAgentVerifier({ ...options, jwksUri: url });
+      await expect(never.verify(token)).rejects.toMatchObject({ code: 'jwks_unavailable' });
+      await expect(graceful.verify(token)).resolves.toMatchObject({ agent: 'support-agent' });
+    } finally {
+      if (flaky.listening) flaky.close();
+    }
+  });
+
   it('hands the handler the verified agent, refuses others with 401/403 and a reason', async () => {
     const app = express();
     const v = createAgentVerifier({ issuer: ISSUER, audience: AUD, jwksUri: jwksUrl });
