@@ -15,6 +15,7 @@ import { EventRecorder } from '../lib/kube/events.ts';
 import { createAdmissionRouter } from '../webhook/admission.ts';
 import { PACKAGE_VERSION } from '../lib/paths.ts';
 import { DEFAULT_DNS } from '../operator/compiler/compile.ts';
+import { CONTROLLER } from '../operator/defaults.ts';
 
 export interface OperatorConfig {
   runtime: RuntimeConfig;
@@ -45,16 +46,16 @@ Flags:
   --kubeconfig PATH            use this kubeconfig (default: $KUBECONFIG, else in-cluster)
   --namespace NS               the controller's own namespace (Lease, Secrets)         [$POD_NAMESPACE]
   --pod-name NAME              this replica's identity for leader election              [$POD_NAME]
-  --listen HOST:PORT           TLS: webhook, identity, distribution (default 0.0.0.0:8443)
-  --admin-listen HOST:PORT     HTTP: /healthz /readyz /metrics (default 0.0.0.0:9090)
-  --service-name NAME          the controller Service (default agentfence-controller)
+  --listen HOST:PORT           TLS: webhook, identity, distribution (default 0.0.0.0:${CONTROLLER.port})
+  --admin-listen HOST:PORT     HTTP: /healthz /readyz /metrics (default 0.0.0.0:${CONTROLLER.adminPort})
+  --service-name NAME          the controller Service (default ${CONTROLLER.serviceName})
   --issuer-url URL             iss of agent tokens (default https://<service>.<namespace>.svc)
   --trust-domain TD            SPIFFE trust domain (default cluster.local)
   --network-provider P         kubernetes | cilium (default kubernetes)
   --dns-mode M                 kube-dns | node-local (default kube-dns); --dns-ip for node-local
   --cert-dir DIR               serve tls.crt/tls.key from DIR (cert-manager); else --cert-secret
   --cert-secret NAME           self-managed CA and serving certificate in this Secret
-  --keys-secret NAME           signing keys Secret (default agentfence-signing-keys)
+  --keys-secret NAME           signing keys Secret (default ${CONTROLLER.keysSecretName})
   --webhook-config-name NAME   MutatingWebhookConfiguration whose caBundle we keep current
   --sidecar-image IMAGE        the image injected as sidecar
   --sidecar-log-level, --sidecar-max-staleness, --sidecar-cpu-request, --sidecar-memory-request, --sidecar-memory-limit
@@ -69,9 +70,9 @@ export function loadOperatorConfig(argv: string[], env: CommandContext['env']): 
       kubeconfig: { type: 'string' },
       namespace: { type: 'string' },
       'pod-name': { type: 'string' },
-      listen: { type: 'string', default: '0.0.0.0:8443' },
-      'admin-listen': { type: 'string', default: '0.0.0.0:9090' },
-      'service-name': { type: 'string', default: 'agentfence-controller' },
+      listen: { type: 'string', default: `0.0.0.0:${CONTROLLER.port}` },
+      'admin-listen': { type: 'string', default: `0.0.0.0:${CONTROLLER.adminPort}` },
+      'service-name': { type: 'string', default: CONTROLLER.serviceName },
       'issuer-url': { type: 'string' },
       'trust-domain': { type: 'string', default: 'cluster.local' },
       'network-provider': { type: 'string', default: 'kubernetes' },
@@ -79,8 +80,8 @@ export function loadOperatorConfig(argv: string[], env: CommandContext['env']): 
       'dns-ip': { type: 'string' },
       'cert-dir': { type: 'string' },
       'cert-secret': { type: 'string' },
-      'keys-secret': { type: 'string', default: 'agentfence-signing-keys' },
-      'webhook-config-name': { type: 'string', default: 'agentfence-sidecar-injector' },
+      'keys-secret': { type: 'string', default: CONTROLLER.keysSecretName },
+      'webhook-config-name': { type: 'string', default: CONTROLLER.webhookConfigName },
       'sidecar-image': { type: 'string', default: 'ghcr.io/agentfence/agentfence:0.1.0' },
       'sidecar-log-level': { type: 'string', default: 'info' },
       'sidecar-max-staleness': { type: 'string', default: '60s' },
@@ -136,7 +137,7 @@ export function loadOperatorConfig(argv: string[], env: CommandContext['env']): 
       issuerUrl,
       trustDomain,
       keysSecretName: values['keys-secret'],
-      leaseName: 'agentfence-controller',
+      leaseName: CONTROLLER.leaseName,
     },
     kube,
     serviceName,
@@ -177,7 +178,7 @@ export async function operatorCommand(ctx: CommandContext): Promise<number> {
     : await selfManagedCertificates({
         client,
         namespace: config.runtime.namespace,
-        secretName: config.certSecret ?? 'agentfence-serving-cert',
+        secretName: config.certSecret ?? CONTROLLER.certSecretName,
         serviceName: config.serviceName,
         webhookConfigName: config.webhookConfigName,
         logger,
@@ -232,7 +233,7 @@ export async function operatorCommand(ctx: CommandContext): Promise<number> {
               config.dns.mode === 'node-local' ? { kind: 'addresses', addresses: [config.dns.ip ?? ''] } : DEFAULT_DNS,
             operator: {
               namespace: config.runtime.namespace,
-              podLabels: { 'app.kubernetes.io/name': 'agentfence', 'app.kubernetes.io/component': 'controller' },
+              podLabels: { ...CONTROLLER.podLabels },
               port: config.runtime.listen.port,
             },
           },

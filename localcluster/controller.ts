@@ -11,6 +11,7 @@ import { createCertificateAuthority, issueCertificate } from '../lib/tls/pki.ts'
 import { freePort } from './controlplane.ts';
 import { startOperator, type RunningOperator, type RuntimeExtensions } from '../operator/runtime.ts';
 import { staticCertificates } from '../operator/serving.ts';
+import { CONTROLLER } from '../operator/defaults.ts';
 
 export interface LocalController {
   operator: RunningOperator;
@@ -47,8 +48,8 @@ export async function startLocalController(options: {
         adminListen: { host: '127.0.0.1', port: 0 },
         issuerUrl,
         trustDomain: 'cluster.local',
-        keysSecretName: 'agentfence-signing-keys',
-        leaseName: 'agentfence-controller',
+        keysSecretName: CONTROLLER.keysSecretName,
+        leaseName: CONTROLLER.leaseName,
         ...(options.heartbeatMs ? { heartbeatMs: options.heartbeatMs } : {}),
       },
       client: options.client,

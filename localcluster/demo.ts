@@ -27,6 +27,7 @@ import type { Binaries } from './binaries.ts';
 import { startControlPlane } from './controlplane.ts';
 import { startLocalController } from './controller.ts';
 import { installCRDs, kubectlOrThrow } from './kubectl.ts';
+import { CONTROLLER } from '../operator/defaults.ts';
 
 export interface DemoOptions {
   binaries: Binaries;
@@ -98,11 +99,11 @@ export async function runDemo(options: DemoOptions): Promise<void> {
     cleanup.push(() => rm(dir, { recursive: true, force: true }));
 
     // The controller: reconciler, webhook, identity issuer and entitlement distribution, on one TLS port.
-    await k(['create', 'namespace', 'agentfence-system']);
+    await k(['create', 'namespace', CONTROLLER.namespace]);
     const { operator, issuerUrl, caPem } = await startLocalController({
       client,
-      namespace: 'agentfence-system',
-      podName: 'agentfence-controller-0',
+      namespace: CONTROLLER.namespace,
+      podName: `${CONTROLLER.serviceName}-0`,
       heartbeatMs: 5000,
       logger: options.logger,
       extensions: ({ registry, issuerUrl: controllerUrl }) => ({
@@ -133,7 +134,7 @@ export async function runDemo(options: DemoOptions): Promise<void> {
     await writeFile(join(dir, 'ca.crt'), caPem);
     cleanup.push(() => operator.stop());
     const caBundle = Buffer.from(ca.certPem).toString('base64');
-    const exclude = ['kube-system', 'kube-public', 'kube-node-lease', 'agentfence-system'];
+    const exclude = ['kube-system', 'kube-public', 'kube-node-lease', CONTROLLER.namespace];
     await k(
       ['apply', '--server-side', '-f', '-'],
       JSON.stringify(
