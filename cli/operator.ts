@@ -2,10 +2,10 @@ import { parseArgs } from 'node:util';
 import { hostname } from 'node:os';
 import type { CommandContext } from './main.ts';
 import { createLogger, isLogLevel, type LogLevel } from '../lib/log.ts';
-import { clientFromKubeconfig, clientInCluster, type KubeClient } from '../lib/kube/client.ts';
+import type { KubeClient } from '../lib/kube/client.ts';
 import { createRegistry } from '../lib/metrics.ts';
 import { isTrustDomain } from '../lib/identity/claims.ts';
-import { parseListen, parseDurationFlag } from './flags.ts';
+import { connect, kubeTarget, parseListen, parseDurationFlag, type KubeTarget } from './flags.ts';
 import { certificatesFromDir, type ServingCertSource } from '../operator/serving.ts';
 import { selfManagedCertificates } from '../operator/selfcerts.ts';
 import { startOperator, type RuntimeConfig } from '../operator/runtime.ts';
@@ -19,7 +19,7 @@ import { CONTROLLER } from '../operator/defaults.ts';
 
 export interface OperatorConfig {
   runtime: RuntimeConfig;
-  kube: { kubeconfigPath: string } | { inCluster: { host: string; port: string } };
+  kube: KubeTarget;
   certDir?: string;
   certSecret?: string;
   serviceName: string;
@@ -121,12 +121,7 @@ export function loadOperatorConfig(argv: string[], env: CommandContext['env']): 
   const issuerUrl = values['issuer-url'] ?? `https://${serviceName}.${namespace}.svc`;
   if (!/^https:\/\/[^/?#]+$/.test(issuerUrl))
     throw new Error(`--issuer-url must be https://host[:port] with no path (got '${issuerUrl}')`);
-  const kubeconfigPath = values.kubeconfig ?? env.KUBECONFIG;
-  let kube: OperatorConfig['kube'];
-  if (kubeconfigPath) kube = { kubeconfigPath };
-  else if (env.KUBERNETES_SERVICE_HOST && env.KUBERNETES_SERVICE_PORT) {
-    kube = { inCluster: { host: env.KUBERNETES_SERVICE_HOST, port: env.KUBERNETES_SERVICE_PORT } };
-  } else throw new Error('no cluster: pass --kubeconfig, set KUBECONFIG, or run in a pod');
+  const kube = kubeTarget(values.kubeconfig, env);
 
   const config: OperatorConfig = {
     runtime: {
@@ -169,10 +164,7 @@ export async function operatorCommand(ctx: CommandContext): Promise<number> {
     level: config.logLevel,
     fields: { component: 'operator', pod: config.runtime.podName },
   });
-  const client: KubeClient =
-    'kubeconfigPath' in config.kube
-      ? await clientFromKubeconfig(config.kube.kubeconfigPath)
-      : await clientInCluster(config.kube.inCluster);
+  const client: KubeClient = await connect(config.kube);
   const selfManaged = config.certDir
     ? undefined
     : await selfManagedCertificates({
