@@ -144,12 +144,12 @@ describe('helm install → controller → upgrade --force → uninstall → agen
     const deployment = manifest.find((d) => d.kind === 'Deployment');
     const args = deployment?.spec?.template?.spec?.containers?.[0]?.args ?? [];
     expect(args[0]).toBe('operator');
-    const admin = await freePort();
+    const [admin, serving] = [await freePort(), await freePort()];
     const flags = args.slice(1).map((a) =>
       a
         .replace('$(POD_NAMESPACE)', NS)
         .replace('$(POD_NAME)', `${CONTROLLER.serviceName}-0`)
-        .replace(/^--listen=.*/, `--listen=127.0.0.1:${String(0)}`)
+        .replace(/^--listen=.*/, `--listen=127.0.0.1:${serving}`)
         .replace(/^--admin-listen=.*/, `--admin-listen=127.0.0.1:${admin}`),
     );
     const { path } = await serviceAccountKubeconfig(CONTROLLER.serviceName);
