@@ -32,8 +32,11 @@ import { CONTROLLER } from '../operator/defaults.ts';
 export interface DemoOptions {
   binaries: Binaries;
   kubeconfigPath?: string;
-  /** Resolves when the user wants to stop (Ctrl-C); the demo then tears everything down. */
-  until: Promise<unknown>;
+  /**
+   * Resolves when the user wants to stop (Ctrl-C); the demo then tears everything down. Absent (--once): tear
+   * down right after the narration.
+   */
+  until?: Promise<unknown>;
   out: (line: string) => void;
   logger: Logger;
 }
@@ -361,9 +364,12 @@ export async function runDemo(options: DemoOptions): Promise<void> {
     await show('support-agent', support, 'GET', `http://127.0.0.1:${ordersPort}/v1/orders/42`);
 
     out('');
-    out(
-      `Done in ${((Date.now() - started) / 1000).toFixed(1)} s. The cluster keeps running: kubectl --kubeconfig ${plane.kubeconfigPath} get ap,ae,netpol -A`,
-    );
+    const took = `Done in ${((Date.now() - started) / 1000).toFixed(1)} s.`;
+    if (!options.until) {
+      out(`${took} Stopping the control plane and removing every process and file.`);
+      return;
+    }
+    out(`${took} The cluster keeps running: kubectl --kubeconfig ${plane.kubeconfigPath} get ap,ae,netpol -A`);
     out(`  kubectl: ${options.binaries.kubectl}`);
     out('Press Ctrl-C to stop; everything is removed on exit.');
     await options.until;
