@@ -5,7 +5,7 @@
 import { accessSync, constants } from 'node:fs';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { packageRoot } from '../lib/paths.ts';
 
 export interface Binaries {
   etcd: string;
@@ -25,7 +25,6 @@ export interface BinariesConfig {
   build: boolean;
 }
 
-const BUILD_SCRIPT = fileURLToPath(new URL('../hack/build-k8s-binaries.sh', import.meta.url));
 
 function executable(path: string): boolean {
   try {
@@ -40,7 +39,8 @@ function executable(path: string): boolean {
 async function cachedBinDir(config: BinariesConfig): Promise<string> {
   const args = config.build ? [] : ['--check'];
   return new Promise((resolve, reject) => {
-    const child = spawn(BUILD_SCRIPT, args, {
+    // From the package root, not this file: compiled, this module lives in dist/localcluster/.
+    const child = spawn(join(packageRoot(), 'hack', 'build-k8s-binaries.sh'), args, {
       stdio: ['ignore', 'pipe', 'inherit'],
       env: { ...process.env, AGENTFENCE_CACHE: config.cacheDir }, // eslint-disable-line no-restricted-properties -- child inherits the environment
     });
