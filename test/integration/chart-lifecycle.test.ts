@@ -7,7 +7,7 @@
  * args) → the agent namespaces delete, and nothing the chart or the controller created is left but the CRDs.
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -15,6 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
 import { renderKubeconfig } from '../../localcluster/kubeconfig.ts';
 import { freePort } from '../../localcluster/controlplane.ts';
+import { createCertificateAuthority, issueCertificate } from '../../lib/tls/pki.ts';
 import { CONTROLLER } from '../../operator/defaults.ts';
 import { cluster, eventually, run, runOrThrow } from '../support/cluster.ts';
 import { kubeRequest } from '../support/kube-request.ts';
@@ -106,6 +107,9 @@ async function managed(kind: string, extra: string[] = []): Promise<string[]> {
 }
 
 let controller: Running | undefined;
+/** The chart's controller flags, made runnable here (loopback ports). */
+let controllerFlags: string[] = [];
+let controllerKubeconfig = '';
 
 beforeAll(async () => {
   for (const ns of AGENT_NAMESPACES) await runOrThrow(['create', 'namespace', ns]);
@@ -153,6 +157,8 @@ describe('helm install → controller → upgrade --force → uninstall → agen
         .replace(/^--admin-listen=.*/, `--admin-listen=127.0.0.1:${admin}`),
     );
     const { path } = await serviceAccountKubeconfig(CONTROLLER.serviceName);
+    controllerFlags = flags;
+    controllerKubeconfig = path;
     controller = start(['operator', ...flags], path);
     await eventually(
       async () =>
@@ -236,6 +242,43 @@ describe('helm install → controller → upgrade --force → uninstall → agen
     console.log(`controller exited ${Date.now() - sent} ms after SIGTERM`);
     expect(code, running.stderr().slice(-2000)).toBe(0);
     controller = undefined;
+  });
+
+  it('exits within seconds of SIGTERM in the cert-manager mode too (--cert-dir)', async () => {
+    const dir = join(work, 'tls');
+    mkdirSync(dir);
+    const ca = await createCertificateAuthority('test-ca', 1);
+    const serving = await issueCertificate(ca, {
+      commonName: 'c',
+      ipAddresses: ['127.0.0.1'],
+      usage: 'server',
+      validityDays: 1,
+    });
+    writeFileSync(join(dir, 'tls.crt'), serving.certPem);
+    writeFileSync(join(dir, 'tls.key'), serving.keyPem);
+    writeFileSync(join(dir, 'ca.crt'), ca.certPem);
+    const admin = await freePort();
+    const flags = controllerFlags.map((f) =>
+      f.startsWith('--cert-secret=')
+        ? `--cert-dir=${dir}`
+        : f.startsWith('--admin-listen=')
+          ? `--admin-listen=127.0.0.1:${admin}`
+          : f,
+    );
+    const running = start(['operator', ...flags], controllerKubeconfig);
+    await eventually(
+      async () =>
+        (await fetch(`http://127.0.0.1:${admin}/readyz`).catch(() => undefined))?.status === 200 ? true : undefined,
+      'controller (--cert-dir) ready',
+      30_000,
+    );
+    const sent = Date.now();
+    running.child.kill('SIGTERM');
+    const deadline = new Promise<'still running'>((r) => setTimeout(() => r('still running'), 10_000).unref());
+    const code = await Promise.race([running.exited, deadline]);
+    console.log(`controller (--cert-dir) exited ${Date.now() - sent} ms after SIGTERM`);
+    if (code === 'still running') running.child.kill('SIGKILL');
+    expect(code, running.stderr().slice(-2000)).toBe(0);
   });
 
   it('helm uninstall + the cleanup hook leave nothing behind but the CRDs; agent namespaces delete', async () => {
