@@ -25,16 +25,26 @@ export function nodeVersionProblem(version, execPath) {
   }
   const pinned = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')).devDependencies?.node;
   const local = `${root}node_modules/.bin/node`;
+  // The package is there but its install script did not run (npm's ignore-scripts): it has no binary.
+  const unbuilt = !existsSync(local) && existsSync(`${root}node_modules/node/package.json`);
   const lines = [
     `agentfence needs Node.js >= ${want.join('.')}; this is ${version} (${execPath}).`,
-    existsSync(local)
-      ? `  This checkout has Node ${pinned ?? ''} in node_modules/.bin: use the npm scripts (npm run demo, npm test),`
-      : `  In a checkout, \`npm ci\` installs Node ${pinned ?? '24'} into node_modules/.bin and the npm scripts use it`,
-    existsSync(local)
-      ? `  npx agentfence <command>, or ${local} bin/agentfence.mjs <command>.`
-      : `  (npm run demo, npm test, npx agentfence <command>).`,
+    unbuilt
+      ? '  node_modules/node has no binary: its install script did not run (ignore-scripts?). Run `npm rebuild node`,'
+      : undefined,
+    unbuilt ? '  then use the npm scripts (npm run demo, npm test) or npx agentfence <command>.' : undefined,
+    unbuilt
+      ? undefined
+      : existsSync(local)
+        ? `  This checkout has Node ${pinned ?? ''} in node_modules/.bin: use the npm scripts (npm run demo, npm test),`
+        : `  In a checkout, \`npm ci\` installs Node ${pinned ?? '24'} into node_modules/.bin and the npm scripts use it`,
+    unbuilt
+      ? undefined
+      : existsSync(local)
+        ? `  npx agentfence <command>, or ${local} bin/agentfence.mjs <command>.`
+        : `  (npm run demo, npm test, npx agentfence <command>).`,
     '  Or install Node.js 24 LTS: https://nodejs.org/en/download',
-  ];
+  ].filter((line) => line !== undefined);
   return `${lines.join('\n')}\n`;
 }
 
