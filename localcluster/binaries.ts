@@ -25,7 +25,6 @@ export interface BinariesConfig {
   build: boolean;
 }
 
-
 function executable(path: string): boolean {
   try {
     accessSync(path, constants.X_OK);

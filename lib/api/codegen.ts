@@ -47,7 +47,7 @@ function renderChartCrd(crd: Record<string, unknown>): string {
   const kept = { ...crd, metadata: { ...metadata, annotations: { KEEP: 'KEEP' } } };
   const body = renderYaml(kept).replace(
     '    KEEP: KEEP\n',
-    "    {{- if .Values.crds.keep }}\n    helm.sh/resource-policy: keep\n    {{- end }}\n",
+    '    {{- if .Values.crds.keep }}\n    helm.sh/resource-policy: keep\n    {{- end }}\n',
   );
   return [
     `{{- if and .Values.crds.install (include "agentfence.crdOwned" (list . "${name}")) }}`,

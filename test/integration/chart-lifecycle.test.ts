@@ -38,6 +38,8 @@ function helm(args: string[]): Promise<{ stdout: string; stderr: string }> {
   return run$(bin, [`--kubeconfig=${cluster().kubeconfigPath}`, ...args], {
     env: {
       PATH: '/usr/bin:/bin',
+      // helm's discovery cache goes under $HOME/.kube: without HOME it would land in the working directory.
+      HOME: work,
       HELM_CONFIG_HOME: join(work, 'helm-config'),
       HELM_CACHE_HOME: join(work, 'helm-cache'),
       HELM_DATA_HOME: join(work, 'helm-data'),
