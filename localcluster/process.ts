@@ -30,6 +30,7 @@ while :; do
   kill -0 "$child" 2>/dev/null || break
 done
 kill -KILL "$watcher" 2>/dev/null
+wait "$watcher" 2>/dev/null
 exit "$status"
 `;
 
