@@ -4,6 +4,7 @@
  * (a 409 means another replica won; its Secret is used). The leader renews the serving certificate when a third
  * of its life remains, keeping the CA, and keeps the MutatingWebhookConfiguration's caBundle equal to the CA.
  */
+import { setTimeout as sleep } from 'node:timers/promises';
 import {
   createCertificateAuthority,
   issueCertificate,
@@ -23,7 +24,7 @@ import {
 import { Informer } from '../lib/kube/informer.ts';
 import { X509Certificate } from 'node:crypto';
 import type { ServingCertSource, ServingCertificate } from './serving.ts';
-import { untilAborted, type LeaderTask } from './runtime.ts';
+import type { LeaderTask } from './runtime.ts';
 import { RESOURCES, type DataObject } from '../lib/kube/resources.ts';
 
 const CA_DAYS = 3650;
@@ -180,7 +181,9 @@ export async function selfManagedCertificates(
           } catch (err) {
             if (!isNotFound(err)) o.logger.warn('serving certificate upkeep failed', { err });
           }
-          await Promise.race([untilAborted(signal), new Promise((r) => setTimeout(r, 60_000))]);
+          // Abortable: a plain timer raced against the signal stayed armed after stop() and held the process
+          // for up to a minute after SIGTERM.
+          await sleep(60_000, undefined, { signal }).catch(() => undefined);
         }
       },
     }),
