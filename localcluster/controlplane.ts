@@ -109,11 +109,13 @@ export function httpsGet(
   });
 }
 
-async function waitFor(
+/** Polls `probe` until it says yes; fails early, with its log tail, when one of `processes` exits meanwhile. */
+export async function waitFor(
   what: string,
   deadline: number,
   processes: readonly ManagedProcess[],
   probe: () => Promise<boolean>,
+  pollMs = 100,
 ): Promise<void> {
   let lastError = '';
   while (Date.now() < deadline) {
@@ -124,7 +126,7 @@ async function waitFor(
     } catch (err) {
       lastError = err instanceof Error ? err.message : String(err);
     }
-    await sleep(100);
+    await sleep(pollMs);
   }
   throw new Error(`timed out waiting for ${what}${lastError ? ` (last error: ${lastError})` : ''}`);
 }

@@ -16,7 +16,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ControlPlane } from './controlplane.ts';
-import { freePort, httpsGet } from './controlplane.ts';
+import { freePort, httpsGet, waitFor } from './controlplane.ts';
 import { ManagedProcess } from './process.ts';
 import { kubectl } from './kubectl.ts';
 import type { Logger } from '../lib/log.ts';
@@ -424,26 +424,6 @@ export async function startNode(options: NodeOptions): Promise<LocalNode> {
     await stop();
     throw new Error(`${err instanceof Error ? err.message : String(err)}\n${tails}`, { cause: err });
   }
-}
-
-async function waitFor(
-  what: string,
-  deadline: number,
-  processes: readonly ManagedProcess[],
-  probe: () => Promise<boolean>,
-): Promise<void> {
-  let lastError = '';
-  while (Date.now() < deadline) {
-    const dead = processes.find((p) => !p.running);
-    if (dead) throw new Error(`${dead.name} exited while waiting for ${what}:\n${dead.logTail()}`);
-    try {
-      if (await probe()) return;
-    } catch (err) {
-      lastError = err instanceof Error ? err.message : String(err);
-    }
-    await sleep(250);
-  }
-  throw new Error(`timed out waiting for ${what}${lastError ? ` (last error: ${lastError})` : ''}`);
 }
 
 interface TeardownInput {
