@@ -224,7 +224,7 @@ describe('Informer', () => {
       const api = new FakeApi();
       const delays: { status: unknown; retryInMs: number }[] = [];
       const logger = createLogger({
-        level: 'warn',
+        level: 'info', // the first failure of a run is logged at info, the rest at warn
         write: (line) => {
           const r = JSON.parse(line) as { msg?: string; status?: unknown; retryInMs?: number };
           if (r.msg === 'list/watch failed, retrying') delays.push({ status: r.status, retryInMs: r.retryInMs ?? 0 });

@@ -5,6 +5,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { compile } from '../../operator/compiler/index.ts';
+import { CONTROLLER } from '../../operator/defaults.ts';
 import type { CompileInput, Pod } from '../../operator/compiler/types.ts';
 import { allowed, type EvalPod, type EvalTarget, type EvalWorld } from '../support/netpol-eval.ts';
 import { NOW, backendPod, namespace, policy, service } from '../support/compiler-fixtures.ts';
@@ -35,10 +36,10 @@ const pods: Pod[] = [
   agentWithPorts('tenant-x', 'x-0', 'x', '10.3.0.1', [8443]),
   backendPod('kube-system', 'coredns-0', { 'k8s-app': 'kube-dns' }, [{ containerPort: 53 }], '10.9.0.10'),
   backendPod(
-    'agentfence-system',
+    CONTROLLER.namespace,
     'controller-0',
-    { 'app.kubernetes.io/name': 'agentfence', 'app.kubernetes.io/component': 'operator' },
-    [{ containerPort: 8443 }],
+    { ...CONTROLLER.podLabels }, // as the chart deploys it: the baseline must open exactly this pod
+    [{ containerPort: CONTROLLER.port }],
     '10.9.0.20',
   ),
 ];
