@@ -158,7 +158,12 @@ export function judgeMcpBody(bytes: Buffer, tools: ReadonlySet<string>): McpVerd
         detail: Array.isArray(m) ? 'a batch inside a batch' : 'a JSON-RPC message that is not an object',
       };
     const method = member(m, 'method');
-    if (method !== 'tools/call') continue;
+    if (method !== 'tools/call') {
+      // A lenient server may read another spelling (case, padding) as tools/call: never let it pass unjudged.
+      if (typeof method === 'string' && fold(method).replace(/\s/g, '') === 'tools/call')
+        return { ok: false, reason: 'mcp_message_invalid', detail: `method ${JSON.stringify(method)} is tools/call in another spelling` };
+      continue;
+    }
     const name = member(member(m, 'params') ?? null, 'name');
     if (typeof name !== 'string' || !tools.has(name))
       return {

@@ -26,6 +26,8 @@ export interface CanonicalRequest {
   overrides: string[];
   /** An HTML form body, which may carry a `_method` field (an override Rails, Laravel and others honour). */
   form?: 'urlencoded' | 'multipart';
+  /** A content coding or charset by which the upstream reads the body's bytes as something else. */
+  coding?: string;
   framing: Framing;
 }
 
@@ -162,7 +164,9 @@ export async function admit(req: CanonicalRequest, ctx: PipelineContext): Promis
     }
     body = read;
     if (decision.needsMcpCheck && decision.rule.mcp) {
-      const verdict = judgeMcpBody(read, decision.rule.mcp.tools);
+      const verdict: ReturnType<typeof judgeMcpBody> = req.coding
+        ? { ok: false, reason: 'mcp_message_invalid', detail: `an MCP body with ${req.coding} cannot be judged` }
+        : judgeMcpBody(read, decision.rule.mcp.tools);
       if (verdict.ok) body = verdict.body;
       else {
         // Audit-only: the original bytes go on (nothing is enforced); they were refused as a message.
@@ -173,7 +177,7 @@ export async function admit(req: CanonicalRequest, ctx: PipelineContext): Promis
           rule: decision.rule,
         };
       }
-    } else if (req.form) judgeOverrides(formOverrides(read, req.form));
+    } else if (req.form) judgeOverrides(req.coding ? ['?'] : formOverrides(read, req.form));
   }
   let wouldDeny: string | undefined;
   if (!decision.allow) {
