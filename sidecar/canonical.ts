@@ -120,7 +120,9 @@ export function canonicalPath(raw: string): string | TargetError {
     return ambiguous('a double percent-encoding (%25 followed by hex digits)');
   }
   if (/%[89A-F]/.test(path) && !isUtf8(path)) {
-    return ambiguous('percent-encoded bytes that are not UTF-8 (overlong forms such as %C0%AE read as . on some servers)');
+    return ambiguous(
+      'percent-encoded bytes that are not UTF-8 (overlong forms such as %C0%AE read as . on some servers)',
+    );
   }
   return path;
 }
@@ -300,7 +302,8 @@ export interface HeadError {
 
 export function requestHead(raw: string[], authority: string): RequestHead | HeadError {
   const named = nominated(raw);
-  if (typeof named === 'string') return { error: 'bad_connection_header', detail: `Connection may not nominate ${named}` };
+  if (typeof named === 'string')
+    return { error: 'bad_connection_header', detail: `Connection may not nominate ${named}` };
   const headers: Record<string, string> = {};
   const overrides: string[] = [];
   for (let i = 0; i < raw.length; i += 2) {

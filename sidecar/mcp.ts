@@ -25,6 +25,11 @@ const fold = (key: string): string => key.normalize('NFKC').toLowerCase().normal
 
 class Parser {
   i = 0;
+  /**
+   * Whether the text is its own canonical serialization so far (no whitespace, strings in the escapes
+   * JSON.stringify writes): then the judged bytes are forwarded as they are, without a second copy.
+   */
+  canonical = true;
   readonly text: string;
   constructor(text: string) {
     this.text = text;
@@ -33,6 +38,7 @@ class Parser {
   ws(): void {
     WS.lastIndex = this.i;
     WS.exec(this.text);
+    if (WS.lastIndex !== this.i) this.canonical = false;
     this.i = WS.lastIndex;
   }
 
@@ -65,7 +71,12 @@ class Parser {
     const m = STRING.exec(this.text);
     if (!m) throw new Refusal(`invalid JSON string at offset ${this.i}`);
     this.i = STRING.lastIndex;
-    return JSON.parse(m[0]) as string;
+    const source = m[0];
+    // Without escapes the value is the text between the quotes (a slice, not a copy of a large argument).
+    if (!source.includes('\\')) return source.slice(1, -1);
+    const value = JSON.parse(source) as string;
+    if (this.canonical && JSON.stringify(value) !== source) this.canonical = false;
+    return value;
   }
 
   object(depth: number): Json {
@@ -139,11 +150,14 @@ export function judgeMcpBody(bytes: Buffer, tools: ReadonlySet<string>): McpVerd
     return { ok: false, reason: 'mcp_message_invalid', detail: 'the MCP body is not valid UTF-8' };
   }
   let parsed: Json;
+  let canonical: boolean;
   try {
     const p = new Parser(text);
     parsed = p.value(0);
     p.ws();
     if (p.i !== text.length) throw new Refusal(`trailing bytes at offset ${p.i}`);
+    // A byte-order mark is dropped by the decoder: such bytes are not the canonical form.
+    canonical = p.canonical && bytes[0] !== 0xef;
   } catch (err) {
     if (!(err instanceof Refusal)) throw err;
     return { ok: false, reason: 'mcp_message_invalid', detail: `the MCP body was refused: ${err.message}` };
@@ -161,7 +175,11 @@ export function judgeMcpBody(bytes: Buffer, tools: ReadonlySet<string>): McpVerd
     if (method !== 'tools/call') {
       // A lenient server may read another spelling (case, padding) as tools/call: never let it pass unjudged.
       if (typeof method === 'string' && fold(method).replace(/\s/g, '') === 'tools/call')
-        return { ok: false, reason: 'mcp_message_invalid', detail: `method ${JSON.stringify(method)} is tools/call in another spelling` };
+        return {
+          ok: false,
+          reason: 'mcp_message_invalid',
+          detail: `method ${JSON.stringify(method)} is tools/call in another spelling`,
+        };
       continue;
     }
     const name = member(member(m, 'params') ?? null, 'name');
@@ -172,5 +190,5 @@ export function judgeMcpBody(bytes: Buffer, tools: ReadonlySet<string>): McpVerd
         detail: `tool ${typeof name === 'string' ? name : '(unnamed tool)'} is not in the allowed list`,
       };
   }
-  return { ok: true, body: Buffer.from(serialize(parsed)) };
+  return { ok: true, body: canonical ? bytes : Buffer.from(serialize(parsed)) };
 }

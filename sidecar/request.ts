@@ -135,7 +135,19 @@ export function canonicalRequest(
   const overrides = queryOverridesMethod(query) ? [...head.overrides, '?'] : head.overrides;
   return {
     ok: true,
-    request: { kind, method, host, port: target.port, path, query, authority, overrides, framing, ...formOf(req), ...codingOf(req) },
+    request: {
+      kind,
+      method,
+      host,
+      port: target.port,
+      path,
+      query,
+      authority,
+      overrides,
+      framing,
+      ...formOf(req),
+      ...codingOf(req),
+    },
     headers: head.headers,
   };
 }

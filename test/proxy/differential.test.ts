@@ -532,14 +532,12 @@ const cases: Case[] = [
     },
     expect: { statuses: [403], phrase: 'mcp_message_invalid', forwarded: [] },
   },
-  ...(['Tools/Call', 'TOOLS/CALL', 'tools/call ', ' tools/call', 'tools/\\u0043all'] as const).map(
-    (method): Case => ({
-      name: `MCP method spelled ${JSON.stringify(method)} with a forbidden tool`,
-      host: 'mcp.test',
-      parts: mcpPost(`{"jsonrpc":"2.0","id":1,"method":"${method}","params":{"name":"delete_repo"}}`),
-      expect: { statuses: [403], phrase: 'mcp_message_invalid', forwarded: [] },
-    }),
-  ),
+  ...(['Tools/Call', 'TOOLS/CALL', 'tools/call ', ' tools/call', 'tools/\\u0043all'] as const).map((method): Case => ({
+    name: `MCP method spelled ${JSON.stringify(method)} with a forbidden tool`,
+    host: 'mcp.test',
+    parts: mcpPost(`{"jsonrpc":"2.0","id":1,"method":"${method}","params":{"name":"delete_repo"}}`),
+    expect: { statuses: [403], phrase: 'mcp_message_invalid', forwarded: [] },
+  })),
   {
     name: 'MCP body in UTF-7 whose +-encoded key is "name" to a UTF-7 reader',
     host: 'mcp.test',
