@@ -31,8 +31,11 @@ class Parser {
    */
   canonical = true;
   readonly text: string;
-  constructor(text: string) {
+  /** Lenient: duplicate and case-variant keys are kept, all of them (for reading what any server may read). */
+  readonly lenient: boolean;
+  constructor(text: string, lenient = false) {
     this.text = text;
+    this.lenient = lenient;
   }
 
   ws(): void {
@@ -92,6 +95,17 @@ class Parser {
       this.ws();
       if (this.text[this.i] !== '"') throw new Refusal(`expected a key at offset ${this.i}`);
       const key = this.string();
+      if (this.lenient) {
+        this.ws();
+        if (this.text[this.i] !== ':') throw new Refusal(`expected : at offset ${this.i}`);
+        this.i++;
+        entries.push([key, this.value(depth + 1)]);
+        this.ws();
+        const c = this.text[this.i++];
+        if (c === '}') return { obj: entries };
+        if (c !== ',') throw new Refusal(`expected , or } at offset ${this.i - 1}`);
+        continue;
+      }
       const folded = fold(key);
       if (seen.has(folded)) throw new Refusal(`duplicate or case-variant key ${JSON.stringify(key)}`);
       if (MEMBERS.has(folded) && folded !== key) throw new Refusal(`member ${JSON.stringify(key)} in another case`);
@@ -124,6 +138,26 @@ class Parser {
     }
   }
 }
+
+/**
+ * The members of a JSON object body, every copy of a repeated key kept; undefined when the text is not a JSON
+ * object (a server that parses it as JSON fails too).
+ */
+export function jsonObjectMembers(text: string): [string, Json][] | undefined {
+  try {
+    const p = new Parser(text.charCodeAt(0) === 0xfeff ? text.slice(1) : text, true);
+    const v = p.value(0);
+    p.ws();
+    if (p.i !== p.text.length) return undefined;
+    return v !== null && typeof v === 'object' && 'obj' in v ? v.obj : [];
+  } catch (err) {
+    if (err instanceof Refusal) return undefined;
+    throw err;
+  }
+}
+
+/** Case and compatibility fold of a key, as broad as any server's matching. */
+export const foldKey = (key: string): string => fold(key);
 
 export function serialize(v: Json): string {
   if (v === null || typeof v === 'boolean' || typeof v === 'string') return JSON.stringify(v);

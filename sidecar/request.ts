@@ -25,10 +25,12 @@ export interface TunnelTarget {
 
 const BODYLESS = new Set(['HEAD', 'TRACE']);
 
-function formOf(req: IncomingMessage): { form?: 'urlencoded' | 'multipart' } {
+function formOf(req: IncomingMessage): { form?: 'urlencoded' | 'multipart' | 'json' } {
   const type = (req.headers['content-type'] ?? '').trim().toLowerCase();
   if (type.startsWith('application/x-www-form-urlencoded')) return { form: 'urlencoded' };
   if (type.startsWith('multipart/form-data')) return { form: 'multipart' };
+  // Laravel reads `_method` from a JSON body too (its input bag is the JSON object for JSON requests).
+  if (/^(application\/([\w.-]+\+)?|text\/)json\b/.test(type)) return { form: 'json' };
   return {};
 }
 

@@ -319,6 +319,52 @@ const cases: Case[] = [
     parts: get('open.test', '/x', 'authorization: Bearer a\nAuthorization: Bearer b'),
     expect: { statuses: [400], phrase: 'duplicate_header', forwarded: [] },
   },
+  ...(
+    [
+      ['a JSON body claiming _method: DELETE (Laravel)', 'application/json', '{"_method":"DELETE","amount":5}'],
+      ['an escaped _method key in JSON', 'application/json; charset=utf-8', '{"\\u005fmethod":"delete"}'],
+      [
+        'a repeated _method key in JSON (last wins upstream)',
+        'application/json',
+        '{"_method":"POST","_method":"DELETE"}',
+      ],
+      ['a +json media type claiming _method', 'application/vnd.api+json', '{"_METHOD":"PUT"}'],
+      ['JSON that is not JSON to the proxy but names a method', 'application/json', '{"_method":"DELETE",}'],
+    ] as const
+  ).map(([name, type, body]): Case => ({
+    name,
+    parts: withBody(
+      'POST',
+      'orders.test',
+      '/v1/refund-requests',
+      `content-type: ${type}\ncontent-length: ${Buffer.byteLength(body)}`,
+      body,
+    ),
+    expect: { statuses: [403], phrase: 'method_override_not_allowed', forwarded: [] },
+  })),
+  {
+    name: 'a JSON body whose _method claims an allowed method: forwarded as sent',
+    parts: withBody(
+      'POST',
+      'orders.test',
+      '/v1/refund-requests',
+      'content-type: application/json\ncontent-length: 30',
+      '{"_method":"POST", "order": 7}',
+    ),
+    expect: { statuses: [200], forwarded: ['POST /v1/refund-requests'], body: '{"_method":"POST", "order": 7}' },
+  },
+  {
+    name: 'a JSON body under a rule without an HTTP profile is not read for overrides',
+    host: 'open.test',
+    parts: withBody(
+      'POST',
+      'open.test',
+      '/x',
+      'content-type: application/json\ncontent-length: 20',
+      '{"_method":"DELETE"}',
+    ),
+    expect: { statuses: [200], forwarded: ['POST /x'], body: '{"_method":"DELETE"}' },
+  },
   {
     name: 'a form body in UTF-16 claiming _method=DELETE',
     parts: (port) => {
