@@ -172,12 +172,25 @@ export function canonicalQuery(raw: string): string | TargetError {
   return out;
 }
 
-/** Whether a canonical query carries a `_method` parameter (a method override some frameworks honour). */
+/**
+ * Whether a canonical query carries a `_method` parameter (a method override some frameworks honour). Keys are
+ * compared decoded (`%5F%6Dethod` is `_method` to PHP and Rack), pairs split at `&` and `;` (older Rack).
+ */
 export function queryOverridesMethod(query: string): boolean {
-  if (!/method/i.test(query)) return false;
-  for (const pair of query.slice(1).split('&')) {
-    const key = (pair.split('=', 1)[0] ?? '').toLowerCase();
-    if (key === '_method' || key === '%5fmethod') return true;
+  // Cheap exit for the common query: no `method` and no encoding that could spell it.
+  if (!/method|%/i.test(query)) return false;
+  for (const pair of query.slice(1).split(/[&;]/)) {
+    const raw = pair.split('=', 1)[0] ?? '';
+    if (!raw.includes('%') && !/method/i.test(raw)) continue;
+    let key: string;
+    try {
+      key = decodeURIComponent(raw.replace(/\+/g, ' '));
+    } catch {
+      // Not decodable as UTF-8: what a server makes of it cannot be told.
+      if (/%5f|_/i.test(raw)) return true;
+      continue;
+    }
+    if (key.trim().toLowerCase() === '_method') return true;
   }
   return false;
 }

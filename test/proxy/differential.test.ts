@@ -449,6 +449,13 @@ const cases: Case[] = [
     parts: get('orders.test', '/v1/orders/1?_method=DELETE'),
     expect: { statuses: [403], phrase: 'method_override_not_allowed', forwarded: [] },
   },
+  ...(['?%5F%6Dethod=DELETE', '?a=1;_method=DELETE', '?_Method=delete', '?%5f%6d%65%74%68%6f%64=PUT'] as const).map(
+    (query): Case => ({
+      name: `_method spelled in the query as ${query}`,
+      parts: get('orders.test', `/v1/orders/1${query}`),
+      expect: { statuses: [403], phrase: 'method_override_not_allowed', forwarded: [] },
+    }),
+  ),
   {
     name: 'an override claiming an allowed method',
     parts: get('orders.test', '/v1/orders/1', 'x-http-method-override: GET'),
