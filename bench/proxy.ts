@@ -4,16 +4,12 @@
 // Targets (PERFORMANCE.md): throughput at 16 connections >= squid; added latency p50 <= 0.30 ms and
 // p99 <= 1.0 ms over direct at 1 connection; RSS <= 50 MB idle.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, chmodSync, symlinkSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { connect, createServer } from 'node:net';
-
-const connectTo = (port: number) => connect(port, '127.0.0.1');
-import { stringify } from 'yaml';
+import { freePort, rssMB, startSidecar, waitPort } from './support/sidecar.ts';
 
 const here = new URL('.', import.meta.url).pathname;
-const root = new URL('..', import.meta.url).pathname;
 const work = mkdtempSync(join(tmpdir(), 'agentfence-bench-'));
 chmodSync(work, 0o777);
 const children: ChildProcess[] = [];
@@ -22,39 +18,12 @@ const DURATION = '8s';
 function has(cmd: string): boolean {
   return spawnSync('sh', ['-c', `command -v ${cmd}`]).status === 0;
 }
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => resolve(port));
-    });
-  });
-}
 function startNode(script: string): Promise<{ child: ChildProcess; port: number }> {
   const child = spawn(process.execPath, [script], { stdio: ['ignore', 'pipe', 'inherit'] });
   children.push(child);
   return new Promise((resolve) =>
     child.stdout.once('data', (d: Buffer) => resolve({ child, port: Number(d.toString().trim()) })),
   );
-}
-async function waitPort(port: number): Promise<void> {
-  for (let i = 0; i < 100; i++) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const s = connectTo(port);
-      s.once('connect', () => {
-        s.destroy();
-        resolve(true);
-      });
-      s.once('error', () => resolve(false));
-    });
-    if (ok) return;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`nothing listening on ${port}`);
-}
-function rssMB(pid: number | undefined): number {
-  const status = readFileSync(`/proc/${pid ?? 0}/status`, 'utf8');
-  return Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0) / 1024;
 }
 
 interface Result {
@@ -97,76 +66,38 @@ try {
   const target = `http://127.0.0.1:${upstream.port}/x`;
 
   // The sidecar, static mode, with a policy that is evaluated on every request (host, port, method, path).
-  const entitlements = join(work, 'entitlement.yaml');
-  writeFileSync(
-    entitlements,
-    stringify({
-      apiVersion: 'agentfence.io/v1alpha1',
-      kind: 'AgentEntitlement',
-      metadata: { name: 'bench', namespace: 'bench' },
-      spec: {
-        podName: 'bench',
-        podUID: 'u',
-        agent: 'bench',
-        spiffeID: 'spiffe://cluster.local/ns/bench/agent/bench',
-        revision: 'sha256:bench',
-        egress: [
-          ...Array.from({ length: 20 }, (_, i) => ({
-            policy: 'noise',
-            rule: `r${i}`,
-            mode: 'Enforce',
-            hosts: [`api${i}.example.com`, `*.svc${i}.example`],
-            ports: [{ port: 443, protocol: 'TCP' }],
-          })),
-          {
-            policy: 'bench',
-            rule: 'upstream',
-            mode: 'Enforce',
-            cidrs: ['127.0.0.1/32'],
-            ports: [{ port: upstream.port, protocol: 'TCP' }],
-            http: [{ methods: ['GET'], paths: [{ type: 'PathPrefix', value: '/' }] }],
-          },
-        ],
-      },
-    }),
-  );
-  const sidecarPort = await freePort();
-  const adminPort = await freePort();
-  const auditFile = join(work, 'audit.jsonl');
-  // Run the compiled JavaScript, as the container image does (type stripping would add ~30 MB of RSS).
-  const dist = join(work, 'dist');
-  const built = spawnSync(
-    process.execPath,
-    [join(root, 'node_modules/typescript/bin/tsc'), '-p', join(root, 'tsconfig.build.json'), '--outDir', dist],
-    { stdio: 'inherit' },
-  );
-  if (built.status !== 0) throw new Error('build failed');
-  symlinkSync(join(root, 'node_modules'), join(work, 'node_modules'));
-  const runner = `import(${JSON.stringify(join(dist, 'cli/main.js'))}).then((m) => m.main(process.argv.slice(1))).then((c) => { process.exitCode = c; })`;
-  const sidecar = spawn(
-    process.execPath,
-    [
-      '--input-type=module',
-      '-e',
-      runner,
-      'sidecar',
-      '--entitlements',
-      entitlements,
-      '--listen',
-      `127.0.0.1:${sidecarPort}`,
-      '--admin-listen',
-      `127.0.0.1:${adminPort}`,
-      '--log-level',
-      'warn',
-    ],
+  const sidecar = await startSidecar(
+    work,
     {
-      stdio: ['ignore', openSync(auditFile, 'w'), 'inherit'],
+      podName: 'bench',
+      podUID: 'u',
+      agent: 'bench',
+      spiffeID: 'spiffe://cluster.local/ns/bench/agent/bench',
+      revision: 'sha256:bench',
+      egress: [
+        ...Array.from({ length: 20 }, (_, i) => ({
+          policy: 'noise',
+          rule: `r${i}`,
+          mode: 'Enforce',
+          hosts: [`api${i}.example.com`, `*.svc${i}.example`],
+          ports: [{ port: 443, protocol: 'TCP' }],
+        })),
+        {
+          policy: 'bench',
+          rule: 'upstream',
+          mode: 'Enforce',
+          cidrs: ['127.0.0.1/32'],
+          ports: [{ port: upstream.port, protocol: 'TCP' }],
+          http: [{ methods: ['GET'], paths: [{ type: 'PathPrefix', value: '/' }] }],
+        },
+      ],
     },
+    children,
   );
-  children.push(sidecar);
-  await waitPort(sidecarPort);
+  const sidecarPort = sidecar.port;
+  const auditFile = sidecar.auditFile;
   await new Promise((r) => setTimeout(r, 1000));
-  const idleRss = rssMB(sidecar.pid);
+  const idleRss = rssMB(sidecar.child.pid);
 
   const naive = await startNode(join(here, 'support/naive-proxy.ts'));
 
@@ -197,7 +128,7 @@ try {
 
   const rows: [string, Result][] = [['direct (no proxy)', measure(target)]];
   const agentfence = measure(target, sidecarPort);
-  const loadRss = rssMB(sidecar.pid);
+  const loadRss = rssMB(sidecar.child.pid);
   rows.push(['agentfence sidecar (policy + audit)', agentfence]);
   rows.push(['naive Node proxy (no policy)', measure(target, naive.port)]);
   if (squidPort) rows.push(['squid 5.7 (dst+port ACL, no cache)', measure(target, squidPort)]);

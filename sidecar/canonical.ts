@@ -11,7 +11,9 @@
  *  - empty segments collapse and plain `.`/`..` segments are resolved;
  *  - refused as `ambiguous_path`: `%2F` and `%5C` (an encoded separator), a raw `\`, `%25` followed by two
  *    hex digits (double encoding), encoded control characters and NUL, a dot segment written with an encoded
- *    dot (`%2e`, `.%2E`), and a dot segment carrying parameters (`..;x`, which Java servers treat as `..`).
+ *    dot (`%2e`, `.%2E`), a dot segment carrying parameters (`..;x` or `..%3Bx`, which Java servers treat as
+ *    `..`), and encoded bytes that are not UTF-8 (overlong `%C0%AE` is a `.` to lenient decoders);
+ *  - a fragment (`#`) anywhere in the target is refused as `malformed_target` (never turned into a query).
  */
 import { AGENT_TOKEN_HEADER } from '../lib/identity/claims.ts';
 
@@ -72,7 +74,10 @@ export function canonicalPath(raw: string): string | TargetError {
   let segment = '';
   let encodedDot = false;
   const close = (): TargetError | undefined => {
-    const bare = segment.split(';', 1)[0];
+    // Parameters start at `;`, written raw or encoded (servers that decode before splitting them off read
+    // `..%3B` as `..;`).
+    const cut = segment.search(/;|%3B/);
+    const bare = cut < 0 ? segment : segment.slice(0, cut);
     if (bare === '.' || bare === '..') {
       if (encodedDot) return ambiguous(`a dot segment written with an encoded dot (${segment})`);
       if (bare !== segment) return ambiguous(`a dot segment with parameters (${segment})`);
@@ -100,6 +105,7 @@ export function canonicalPath(raw: string): string | TargetError {
         return ambiguous('a double percent-encoding (%25 followed by hex digits)');
       else segment += pct(byte);
     } else if (code === 92) return ambiguous('a backslash, which some servers read as /');
+    else if (code === 35) return { error: 'malformed_target', detail: 'a fragment (#) in the request target' };
     else if (code < 128 && PCHAR[code]) segment += String.fromCharCode(code);
     else if (code < 32 || code === 127 || code > 255)
       return { error: 'malformed_target', detail: 'a control character in the path' };
@@ -113,7 +119,32 @@ export function canonicalPath(raw: string): string | TargetError {
   if (path.includes('%25') && /%25[0-9A-Fa-f]{2}/.test(path)) {
     return ambiguous('a double percent-encoding (%25 followed by hex digits)');
   }
+  if (/%[89A-F]/.test(path) && !isUtf8(path)) {
+    return ambiguous(
+      'percent-encoded bytes that are not UTF-8 (overlong forms such as %C0%AE read as . on some servers)',
+    );
+  }
   return path;
+}
+
+const UTF8 = new TextDecoder('utf-8', { fatal: true });
+
+/** Whether the bytes a canonical path encodes (non-ASCII always percent-encoded there) are valid UTF-8. */
+function isUtf8(path: string): boolean {
+  const bytes: number[] = [];
+  for (let i = 0; i < path.length; i++) {
+    const byte = encodedByte(path, i);
+    if (byte >= 0) {
+      bytes.push(byte);
+      i += 2;
+    } else bytes.push(path.charCodeAt(i));
+  }
+  try {
+    UTF8.decode(Uint8Array.from(bytes));
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /**
@@ -141,12 +172,25 @@ export function canonicalQuery(raw: string): string | TargetError {
   return out;
 }
 
-/** Whether a canonical query carries a `_method` parameter (a method override some frameworks honour). */
+/**
+ * Whether a canonical query carries a `_method` parameter (a method override some frameworks honour). Keys are
+ * compared decoded (`%5F%6Dethod` is `_method` to PHP and Rack), pairs split at `&` and `;` (older Rack).
+ */
 export function queryOverridesMethod(query: string): boolean {
-  if (!/method/i.test(query)) return false;
-  for (const pair of query.slice(1).split('&')) {
-    const key = (pair.split('=', 1)[0] ?? '').toLowerCase();
-    if (key === '_method' || key === '%5fmethod') return true;
+  // Cheap exit for the common query: no `method` and no encoding that could spell it.
+  if (!/method|%/i.test(query)) return false;
+  for (const pair of query.slice(1).split(/[&;]/)) {
+    const raw = pair.split('=', 1)[0] ?? '';
+    if (!raw.includes('%') && !/method/i.test(raw)) continue;
+    let key: string;
+    try {
+      key = decodeURIComponent(raw.replace(/\+/g, ' '));
+    } catch {
+      // Not decodable as UTF-8: what a server makes of it cannot be told.
+      if (/%5f|_/i.test(raw)) return true;
+      continue;
+    }
+    if (key.trim().toLowerCase() === '_method') return true;
   }
   return false;
 }
@@ -168,10 +212,11 @@ export function parseAbsoluteHttp(
   if (authority.includes('@')) return undefined; // no userinfo in proxy targets
   let rest = end < 0 ? '/' : rest0.slice(end);
   if (rest.startsWith('?') || rest.startsWith('#')) rest = `/${rest}`;
+  // Split at `?` only: a `#` before it stays in the path (and is refused there, like one in the query).
+  const q = rest.indexOf('?');
   const [host, portText] = splitAuthority(authority);
   const port = portText === undefined ? 80 : /^\d{1,5}$/.test(portText) ? Number(portText) : NaN;
   if (!host || !Number.isInteger(port) || port < 1 || port > 65535) return undefined;
-  const q = rest.search(/[?#]/);
   return { host, port, path: q < 0 ? rest : rest.slice(0, q), query: q < 0 ? '' : rest.slice(q) };
 }
 
@@ -204,6 +249,20 @@ export const HOP_BY_HOP = new Set([
 const REPLACED = new Set(['host', 'content-length', 'expect']);
 /** Framing and routing headers that `Connection` may never nominate for removal. */
 const PROTECTED = new Set(['host', 'content-length', 'transfer-encoding']);
+/**
+ * Headers a request carries at most once. Node's parser keeps the first copy (what the proxy judges) while a
+ * joined `a, b` is what would be forwarded, and upstreams read that differently: a second copy is refused.
+ */
+const SINGLETON = new Set([
+  'authorization',
+  'content-type',
+  'from',
+  'if-modified-since',
+  'if-unmodified-since',
+  'max-forwards',
+  'referer',
+  'user-agent',
+]);
 /** Headers by which some frameworks let a request claim another method. */
 export const METHOD_OVERRIDES = new Set(['x-http-method-override', 'x-http-method', 'x-method-override']);
 
@@ -249,9 +308,15 @@ export interface RequestHead {
  * `Host`, `Content-Length`, `Transfer-Encoding` and `Expect` dropped (the proxy sets them), then the checked
  * authority as `Host`. Errors name what is refused.
  */
-export function requestHead(raw: string[], authority: string): RequestHead | string {
+export interface HeadError {
+  error: 'bad_connection_header' | 'duplicate_header';
+  detail: string;
+}
+
+export function requestHead(raw: string[], authority: string): RequestHead | HeadError {
   const named = nominated(raw);
-  if (typeof named === 'string') return `Connection may not nominate ${named}`;
+  if (typeof named === 'string')
+    return { error: 'bad_connection_header', detail: `Connection may not nominate ${named}` };
   const headers: Record<string, string> = {};
   const overrides: string[] = [];
   for (let i = 0; i < raw.length; i += 2) {
@@ -260,6 +325,8 @@ export function requestHead(raw: string[], authority: string): RequestHead | str
     const value = raw[i + 1] ?? '';
     if (METHOD_OVERRIDES.has(name)) overrides.push(value.trim().toUpperCase());
     const prior = headers[name];
+    if (prior !== undefined && SINGLETON.has(name))
+      return { error: 'duplicate_header', detail: `${name} may appear only once` };
     headers[name] = prior === undefined ? value : name === 'cookie' ? `${prior}; ${value}` : `${prior}, ${value}`;
   }
   headers.host = authority;

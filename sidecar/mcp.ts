@@ -25,14 +25,23 @@ const fold = (key: string): string => key.normalize('NFKC').toLowerCase().normal
 
 class Parser {
   i = 0;
+  /**
+   * Whether the text is its own canonical serialization so far (no whitespace, strings in the escapes
+   * JSON.stringify writes): then the judged bytes are forwarded as they are, without a second copy.
+   */
+  canonical = true;
   readonly text: string;
-  constructor(text: string) {
+  /** Lenient: duplicate and case-variant keys are kept, all of them (for reading what any server may read). */
+  readonly lenient: boolean;
+  constructor(text: string, lenient = false) {
     this.text = text;
+    this.lenient = lenient;
   }
 
   ws(): void {
     WS.lastIndex = this.i;
     WS.exec(this.text);
+    if (WS.lastIndex !== this.i) this.canonical = false;
     this.i = WS.lastIndex;
   }
 
@@ -65,7 +74,12 @@ class Parser {
     const m = STRING.exec(this.text);
     if (!m) throw new Refusal(`invalid JSON string at offset ${this.i}`);
     this.i = STRING.lastIndex;
-    return JSON.parse(m[0]) as string;
+    const source = m[0];
+    // Without escapes the value is the text between the quotes (a slice, not a copy of a large argument).
+    if (!source.includes('\\')) return source.slice(1, -1);
+    const value = JSON.parse(source) as string;
+    if (this.canonical && JSON.stringify(value) !== source) this.canonical = false;
+    return value;
   }
 
   object(depth: number): Json {
@@ -81,6 +95,17 @@ class Parser {
       this.ws();
       if (this.text[this.i] !== '"') throw new Refusal(`expected a key at offset ${this.i}`);
       const key = this.string();
+      if (this.lenient) {
+        this.ws();
+        if (this.text[this.i] !== ':') throw new Refusal(`expected : at offset ${this.i}`);
+        this.i++;
+        entries.push([key, this.value(depth + 1)]);
+        this.ws();
+        const c = this.text[this.i++];
+        if (c === '}') return { obj: entries };
+        if (c !== ',') throw new Refusal(`expected , or } at offset ${this.i - 1}`);
+        continue;
+      }
       const folded = fold(key);
       if (seen.has(folded)) throw new Refusal(`duplicate or case-variant key ${JSON.stringify(key)}`);
       if (MEMBERS.has(folded) && folded !== key) throw new Refusal(`member ${JSON.stringify(key)} in another case`);
@@ -114,6 +139,26 @@ class Parser {
   }
 }
 
+/**
+ * The members of a JSON object body, every copy of a repeated key kept; undefined when the text is not a JSON
+ * object (a server that parses it as JSON fails too).
+ */
+export function jsonObjectMembers(text: string): [string, Json][] | undefined {
+  try {
+    const p = new Parser(text.charCodeAt(0) === 0xfeff ? text.slice(1) : text, true);
+    const v = p.value(0);
+    p.ws();
+    if (p.i !== p.text.length) return undefined;
+    return v !== null && typeof v === 'object' && 'obj' in v ? v.obj : [];
+  } catch (err) {
+    if (err instanceof Refusal) return undefined;
+    throw err;
+  }
+}
+
+/** Case and compatibility fold of a key, as broad as any server's matching. */
+export const foldKey = (key: string): string => fold(key);
+
 export function serialize(v: Json): string {
   if (v === null || typeof v === 'boolean' || typeof v === 'string') return JSON.stringify(v);
   if (Array.isArray(v)) return `[${v.map(serialize).join(',')}]`;
@@ -139,11 +184,14 @@ export function judgeMcpBody(bytes: Buffer, tools: ReadonlySet<string>): McpVerd
     return { ok: false, reason: 'mcp_message_invalid', detail: 'the MCP body is not valid UTF-8' };
   }
   let parsed: Json;
+  let canonical: boolean;
   try {
     const p = new Parser(text);
     parsed = p.value(0);
     p.ws();
     if (p.i !== text.length) throw new Refusal(`trailing bytes at offset ${p.i}`);
+    // A byte-order mark is dropped by the decoder: such bytes are not the canonical form.
+    canonical = p.canonical && bytes[0] !== 0xef;
   } catch (err) {
     if (!(err instanceof Refusal)) throw err;
     return { ok: false, reason: 'mcp_message_invalid', detail: `the MCP body was refused: ${err.message}` };
@@ -158,7 +206,16 @@ export function judgeMcpBody(bytes: Buffer, tools: ReadonlySet<string>): McpVerd
         detail: Array.isArray(m) ? 'a batch inside a batch' : 'a JSON-RPC message that is not an object',
       };
     const method = member(m, 'method');
-    if (method !== 'tools/call') continue;
+    if (method !== 'tools/call') {
+      // A lenient server may read another spelling (case, padding) as tools/call: never let it pass unjudged.
+      if (typeof method === 'string' && fold(method).replace(/\s/g, '') === 'tools/call')
+        return {
+          ok: false,
+          reason: 'mcp_message_invalid',
+          detail: `method ${JSON.stringify(method)} is tools/call in another spelling`,
+        };
+      continue;
+    }
     const name = member(member(m, 'params') ?? null, 'name');
     if (typeof name !== 'string' || !tools.has(name))
       return {
@@ -167,5 +224,5 @@ export function judgeMcpBody(bytes: Buffer, tools: ReadonlySet<string>): McpVerd
         detail: `tool ${typeof name === 'string' ? name : '(unnamed tool)'} is not in the allowed list`,
       };
   }
-  return { ok: true, body: Buffer.from(serialize(parsed)) };
+  return { ok: true, body: canonical ? bytes : Buffer.from(serialize(parsed)) };
 }

@@ -8,7 +8,7 @@
 import { resolveChecked, type Resolver } from './addresses.ts';
 import type { Framing } from './canonical.ts';
 import type { CompiledRule, Decision, Matcher } from './match.ts';
-import { judgeMcpBody } from './mcp.ts';
+import { foldKey, jsonObjectMembers, judgeMcpBody } from './mcp.ts';
 
 export interface CanonicalRequest {
   kind: 'http' | 'connect' | 'upgrade';
@@ -24,8 +24,13 @@ export interface CanonicalRequest {
   authority: string;
   /** Methods claimed by override headers; '?' for a `_method` parameter (value unknown). */
   overrides: string[];
-  /** An HTML form body, which may carry a `_method` field (an override Rails, Laravel and others honour). */
-  form?: 'urlencoded' | 'multipart';
+  /**
+   * A body that may carry a `_method` field (an override Rails, Laravel and others honour): an HTML form, or
+   * JSON (Laravel, on POST).
+   */
+  form?: 'urlencoded' | 'multipart' | 'json';
+  /** A content coding or charset by which the upstream reads the body's bytes as something else. */
+  coding?: string;
   framing: Framing;
 }
 
@@ -70,7 +75,16 @@ const hasBody = (f: Framing): boolean => f.kind === 'chunked' || (f.kind === 'le
 const profiled = (rule: CompiledRule): boolean => rule.http !== undefined || rule.mcp !== undefined;
 
 /** Methods a form body claims through `_method` fields ('?' when the value cannot be read reliably). */
-export function formOverrides(body: Buffer, form: 'urlencoded' | 'multipart'): string[] {
+export function formOverrides(body: Buffer, form: 'urlencoded' | 'multipart' | 'json'): string[] {
+  if (form === 'json') {
+    const text = body.toString('utf8');
+    const members = jsonObjectMembers(text);
+    // Not JSON to us: a server's own parser might still read it; whether it names a method cannot be told.
+    if (!members) return /method|\\u/i.test(text) ? ['?'] : [];
+    return members
+      .filter(([k]) => foldKey(k).trim() === '_method')
+      .map(([, v]) => (typeof v === 'string' && v.trim() !== '' ? v.trim().toUpperCase() : '?'));
+  }
   const text = body.toString('latin1');
   if (form === 'multipart') return /name\s*=\s*"?_method/i.test(text) ? ['?'] : [];
   const claims: string[] = [];
@@ -120,6 +134,10 @@ export async function admit(req: CanonicalRequest, ctx: PipelineContext): Promis
       rule: decision.rule,
     };
   }
+  // Whether some method is refused on this path: only then can an override in the body change the decision
+  // (otherwise the body is not read for it).
+  const restrictsMethods = (r: CanonicalRequest): boolean =>
+    !matcher.decideHttp({ ...r, method: 'AGENTFENCE-ANY-METHOD' }, ctx.now).allow;
   const judgeOverrides = (claims: string[]): void => {
     // A method override is judged as the method it claims; one whose value is unknown cannot be.
     for (const claimed of claims) {
@@ -140,7 +158,10 @@ export async function admit(req: CanonicalRequest, ctx: PipelineContext): Promis
     decision.allow &&
     hasBody(req.framing) &&
     ((decision.needsMcpCheck && decision.rule.mcp !== undefined) ||
-      (req.form !== undefined && profiled(decision.rule)));
+      (req.form !== undefined &&
+        (req.form !== 'json' || req.method === 'POST') &&
+        profiled(decision.rule) &&
+        restrictsMethods(req)));
   if (decision.allow && inspectBody) {
     const read = ctx.body ? await ctx.body(ctx.maxMcpBodyBytes) : 'too_large';
     if (read === 'too_large') {
@@ -162,7 +183,9 @@ export async function admit(req: CanonicalRequest, ctx: PipelineContext): Promis
     }
     body = read;
     if (decision.needsMcpCheck && decision.rule.mcp) {
-      const verdict = judgeMcpBody(read, decision.rule.mcp.tools);
+      const verdict: ReturnType<typeof judgeMcpBody> = req.coding
+        ? { ok: false, reason: 'mcp_message_invalid', detail: `an MCP body with ${req.coding} cannot be judged` }
+        : judgeMcpBody(read, decision.rule.mcp.tools);
       if (verdict.ok) body = verdict.body;
       else {
         // Audit-only: the original bytes go on (nothing is enforced); they were refused as a message.
@@ -173,7 +196,7 @@ export async function admit(req: CanonicalRequest, ctx: PipelineContext): Promis
           rule: decision.rule,
         };
       }
-    } else if (req.form) judgeOverrides(formOverrides(read, req.form));
+    } else if (req.form) judgeOverrides(req.coding ? ['?'] : formOverrides(read, req.form));
   }
   let wouldDeny: string | undefined;
   if (!decision.allow) {

@@ -390,7 +390,7 @@ export class FenceProxy {
     limit: number,
     expect: boolean,
   ): Promise<Buffer | 'too_large' | 'budget'> {
-    const budget = this.#o.maxBufferedBodyBytes ?? 16 * 1024 * 1024;
+    const budget = this.#o.maxBufferedBodyBytes ?? 8 * 1024 * 1024;
     const declared = req.headers['content-length'] === undefined ? undefined : Number(req.headers['content-length']);
     if (declared !== undefined && declared > limit) return Promise.resolve('too_large');
     let reserved = 0;
@@ -407,6 +407,8 @@ export class FenceProxy {
     if (declared !== undefined && !reserve(declared)) return Promise.resolve('budget');
     if (expect) res.writeContinue();
     return new Promise((resolve) => {
+      // A declared length is read straight into one buffer of that size (no chunk list, no second copy).
+      const into = declared === undefined ? undefined : Buffer.allocUnsafe(declared);
       const chunks: Buffer[] = [];
       let size = 0;
       const stop = (verdict: 'too_large' | 'budget'): void => {
@@ -414,14 +416,22 @@ export class FenceProxy {
         req.removeAllListeners('data');
         resolve(verdict);
       };
+      const whole = (): Buffer => (into ? into.subarray(0, size) : Buffer.concat(chunks, size));
       req.on('data', (chunk: Buffer) => {
+        if (size + chunk.length > limit) {
+          stop('too_large');
+          return;
+        }
+        if (into) chunk.copy(into, size);
+        else if (reserve(chunk.length)) chunks.push(chunk);
+        else {
+          stop('budget');
+          return;
+        }
         size += chunk.length;
-        if (size > limit) stop('too_large');
-        else if (declared === undefined && !reserve(chunk.length)) stop('budget');
-        else chunks.push(chunk);
       });
-      req.on('end', () => resolve(Buffer.concat(chunks, size)));
-      req.on('close', () => resolve(Buffer.concat(chunks, size)));
+      req.on('end', () => resolve(whole()));
+      req.on('close', () => resolve(whole()));
     });
   }
 

@@ -25,11 +25,28 @@ export interface TunnelTarget {
 
 const BODYLESS = new Set(['HEAD', 'TRACE']);
 
-function formOf(req: IncomingMessage): { form?: 'urlencoded' | 'multipart' } {
+function formOf(req: IncomingMessage): { form?: 'urlencoded' | 'multipart' | 'json' } {
   const type = (req.headers['content-type'] ?? '').trim().toLowerCase();
   if (type.startsWith('application/x-www-form-urlencoded')) return { form: 'urlencoded' };
   if (type.startsWith('multipart/form-data')) return { form: 'multipart' };
+  // Laravel reads `_method` from a JSON body too (its input bag is the JSON object for JSON requests).
+  if (/^(application\/([\w.-]+\+)?|text\/)json\b/.test(type)) return { form: 'json' };
   return {};
+}
+
+/**
+ * What makes the body's bytes read as something else upstream: a content coding other than identity, or a
+ * charset other than UTF-8/ASCII (a UTF-7 key `na+AG0-e` is `name` to a server that honours it). A body
+ * judged as it stands (MCP, forms) with either is refused: what was judged would not be what is read.
+ */
+function codingOf(req: IncomingMessage): { coding?: string } {
+  const encoding = (req.headers['content-encoding'] ?? '').trim().toLowerCase();
+  if (encoding !== '' && encoding !== 'identity') return { coding: `content-encoding ${encoding}` };
+  const type = req.headers['content-type'];
+  if (type === undefined || !type.includes('=')) return {};
+  const charset = /;\s*charset\s*=\s*"?([^";\s]*)/i.exec(type)?.[1]?.toLowerCase();
+  if (charset === undefined || charset === 'utf-8' || charset === 'utf8' || charset === 'us-ascii') return {};
+  return { coding: `charset ${charset}` };
 }
 
 export type Canonicalized =
@@ -48,7 +65,7 @@ export function canonicalRequest(
   const url = req.url ?? '';
   let target = parseAbsoluteHttp(url);
   if (tunnel && url.startsWith('/')) {
-    const q = url.search(/[?#]/);
+    const q = url.indexOf('?');
     target = {
       host: tunnel.host,
       port: tunnel.port,
@@ -94,9 +111,7 @@ export function canonicalRequest(
   }
   const authority = canonicalAuthority(host, target.port);
   const head = requestHead(req.rawHeaders, authority);
-  if (typeof head === 'string') {
-    return { ok: false, facts, status: 400, reason: 'bad_connection_header', missing: head };
-  }
+  if ('error' in head) return { ok: false, facts, status: 400, reason: head.error, missing: head.detail };
   const te = req.headers['transfer-encoding'];
   if (te !== undefined && te.trim().toLowerCase() !== 'chunked') {
     // Other codings would be lost on re-framing (the proxy forwards the de-chunked body, chunked anew).
@@ -122,7 +137,19 @@ export function canonicalRequest(
   const overrides = queryOverridesMethod(query) ? [...head.overrides, '?'] : head.overrides;
   return {
     ok: true,
-    request: { kind, method, host, port: target.port, path, query, authority, overrides, framing, ...formOf(req) },
+    request: {
+      kind,
+      method,
+      host,
+      port: target.port,
+      path,
+      query,
+      authority,
+      overrides,
+      framing,
+      ...formOf(req),
+      ...codingOf(req),
+    },
     headers: head.headers,
   };
 }

@@ -87,6 +87,7 @@ const req = (head: string, body = ''): string => `${head.split('\n').join(CRLF)}
 const chunked = (...chunks: string[]): string =>
   `${chunks.map((c) => `${Buffer.byteLength(c).toString(16)}${CRLF}${c}${CRLF}`).join('')}0${CRLF}${CRLF}`;
 const call = (name: string): string => `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"${name}"}}`;
+const utf7 = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search_issues","na+AG0-e":"x"}}';
 const smuggled = (target: string): string =>
   `DELETE ${target} HTTP/1.1${CRLF}host: x${CRLF}content-length: 0${CRLF}${CRLF}`;
 
@@ -286,6 +287,94 @@ const cases: Case[] = [
     expect: { statuses: [400], forwarded: [] },
   },
   {
+    name: 'fragment in the target is refused, not forwarded as a query',
+    parts: get('orders.test', '/v1/orders/1#x'),
+    expect: { statuses: [400], phrase: 'malformed_target', forwarded: [] },
+  },
+  {
+    name: 'fragment right after the authority (refused by the parser)',
+    host: 'open.test',
+    parts: (port) => [req(`GET http://open.test:${port}#/x HTTP/1.1\nhost: x\nconnection: close`)],
+    expect: { statuses: [400], forwarded: [] },
+  },
+  {
+    name: 'plain HTTP inside a CONNECT: fragment in the target',
+    parts: tunnelTo('orders.test', origin('/v1/orders/1#frag')),
+    expect: { statuses: [200, 400], forwarded: [] },
+  },
+  {
+    name: 'a second Content-Type hiding a form _method=DELETE',
+    parts: withBody(
+      'POST',
+      'orders.test',
+      '/v1/refund-requests',
+      'content-type: text/plain\ncontent-type: application/x-www-form-urlencoded\ncontent-length: 14',
+      '_method=DELETE',
+    ),
+    expect: { statuses: [400], phrase: 'duplicate_header', forwarded: [] },
+  },
+  {
+    name: 'two Authorization headers',
+    host: 'open.test',
+    parts: get('open.test', '/x', 'authorization: Bearer a\nAuthorization: Bearer b'),
+    expect: { statuses: [400], phrase: 'duplicate_header', forwarded: [] },
+  },
+  ...(
+    [
+      ['a JSON body claiming _method: DELETE (Laravel)', 'application/json', '{"_method":"DELETE","amount":5}'],
+      ['an escaped _method key in JSON', 'application/json; charset=utf-8', '{"\\u005fmethod":"delete"}'],
+      [
+        'a repeated _method key in JSON (last wins upstream)',
+        'application/json',
+        '{"_method":"POST","_method":"DELETE"}',
+      ],
+      ['a +json media type claiming _method', 'application/vnd.api+json', '{"_METHOD":"PUT"}'],
+      ['JSON that is not JSON to the proxy but names a method', 'application/json', '{"_method":"DELETE",}'],
+    ] as const
+  ).map(([name, type, body]): Case => ({
+    name,
+    parts: withBody(
+      'POST',
+      'orders.test',
+      '/v1/refund-requests',
+      `content-type: ${type}\ncontent-length: ${Buffer.byteLength(body)}`,
+      body,
+    ),
+    expect: { statuses: [403], phrase: 'method_override_not_allowed', forwarded: [] },
+  })),
+  {
+    name: 'a JSON body whose _method claims an allowed method: forwarded as sent',
+    parts: withBody(
+      'POST',
+      'orders.test',
+      '/v1/refund-requests',
+      'content-type: application/json\ncontent-length: 30',
+      '{"_method":"POST", "order": 7}',
+    ),
+    expect: { statuses: [200], forwarded: ['POST /v1/refund-requests'], body: '{"_method":"POST", "order": 7}' },
+  },
+  {
+    name: 'a JSON body under a rule without an HTTP profile is not read for overrides',
+    host: 'open.test',
+    parts: withBody(
+      'POST',
+      'open.test',
+      '/x',
+      'content-type: application/json\ncontent-length: 20',
+      '{"_method":"DELETE"}',
+    ),
+    expect: { statuses: [200], forwarded: ['POST /x'], body: '{"_method":"DELETE"}' },
+  },
+  {
+    name: 'a form body in UTF-16 claiming _method=DELETE',
+    parts: (port) => {
+      const body = Buffer.from('_method=DELETE', 'utf16le');
+      const head = `POST http://orders.test:${port}/v1/refund-requests HTTP/1.1\nhost: x\ncontent-type: application/x-www-form-urlencoded; charset=utf-16le\ncontent-length: ${body.length}\nconnection: close`;
+      return [Buffer.concat([Buffer.from(req(head)), body])];
+    },
+    expect: { statuses: [403], phrase: 'method_override_not_allowed', forwarded: [] },
+  },
+  {
     name: 'origin-form request (not a proxy request)',
     parts: origin('/v1/orders/1'),
     expect: { statuses: [400], phrase: 'not_a_proxy_request', forwarded: [] },
@@ -303,6 +392,12 @@ const cases: Case[] = [
       ['/v1/orders/a%00b', 'encoded NUL'],
       ['/v1/orders/a%zzb', 'invalid percent-encoding'],
       ['/v1/orders/a%25%32%65', 'encoded percent followed by encoded hex'],
+      ['/v1/orders/..%3B/admin', 'dot segment with an encoded parameter delimiter'],
+      ['/v1/orders/.%3bx/1', 'dot segment with an encoded lower-case parameter delimiter'],
+      ['/v1/orders/%C0%AE%C0%AE/admin', 'overlong UTF-8 dots'],
+      ['/v1/orders/%e0%80%ae%e0%80%ae/admin', 'three-byte overlong UTF-8 dots'],
+      ['/v1/orders/%C0%AF', 'overlong UTF-8 slash'],
+      ['/v1/orders/%FF', 'a byte that is never UTF-8'],
     ] as const
   ).map(([path, name]): Case => ({
     name: `path: ${name} (${path})`,
@@ -354,6 +449,13 @@ const cases: Case[] = [
     parts: get('orders.test', '/v1/orders/1?_method=DELETE'),
     expect: { statuses: [403], phrase: 'method_override_not_allowed', forwarded: [] },
   },
+  ...(['?%5F%6Dethod=DELETE', '?a=1;_method=DELETE', '?_Method=delete', '?%5f%6d%65%74%68%6f%64=PUT'] as const).map(
+    (query): Case => ({
+      name: `_method spelled in the query as ${query}`,
+      parts: get('orders.test', `/v1/orders/1${query}`),
+      expect: { statuses: [403], phrase: 'method_override_not_allowed', forwarded: [] },
+    }),
+  ),
   {
     name: 'an override claiming an allowed method',
     parts: get('orders.test', '/v1/orders/1', 'x-http-method-override: GET'),
@@ -482,6 +584,48 @@ const cases: Case[] = [
       return [Buffer.concat([Buffer.from(req(head)), gz])];
     },
     expect: { statuses: [403], phrase: 'mcp_message_invalid', forwarded: [] },
+  },
+  ...(['Tools/Call', 'TOOLS/CALL', 'tools/call ', ' tools/call', 'tools/\\u0043all'] as const).map((method): Case => ({
+    name: `MCP method spelled ${JSON.stringify(method)} with a forbidden tool`,
+    host: 'mcp.test',
+    parts: mcpPost(`{"jsonrpc":"2.0","id":1,"method":"${method}","params":{"name":"delete_repo"}}`),
+    expect: { statuses: [403], phrase: 'mcp_message_invalid', forwarded: [] },
+  })),
+  {
+    name: 'MCP body in UTF-7 whose +-encoded key is "name" to a UTF-7 reader',
+    host: 'mcp.test',
+    parts: withBody(
+      'POST',
+      'mcp.test',
+      '/mcp',
+      `content-type: application/json; charset=utf-7\ncontent-length: ${utf7.length}`,
+      utf7,
+    ),
+    expect: { statuses: [403], phrase: 'mcp_message_invalid', forwarded: [] },
+  },
+  {
+    name: 'MCP plain JSON labelled with a content coding',
+    host: 'mcp.test',
+    parts: withBody(
+      'POST',
+      'mcp.test',
+      '/mcp',
+      `content-type: application/json\ncontent-encoding: deflate\ncontent-length: ${call('search_issues').length}`,
+      call('search_issues'),
+    ),
+    expect: { statuses: [403], phrase: 'mcp_message_invalid', forwarded: [] },
+  },
+  {
+    name: 'MCP allowed tool with charset=utf-8: forwarded',
+    host: 'mcp.test',
+    parts: withBody(
+      'POST',
+      'mcp.test',
+      '/mcp',
+      `content-type: application/json; charset=UTF-8\ncontent-length: ${call('search_issues').length}`,
+      call('search_issues'),
+    ),
+    expect: { statuses: [200], forwarded: ['POST /mcp'], body: call('search_issues') },
   },
   {
     name: 'MCP GET without a body (event stream)',

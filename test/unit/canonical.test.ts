@@ -25,7 +25,7 @@ describe('canonical path', () => {
     ['/100%25', '/100%25'],
     ['/100%25done', '/100%25done'],
     ['/a"b<c>{d}|e^`', '/a%22b%3Cc%3E%7Bd%7D%7Ce%5E%60'],
-    ['/caf\u00e9', '/caf%E9'],
+    ['/caf\u00c3\u00a9', '/caf%C3%A9'],
     ['/file%2etxt', '/file.txt'],
     ['/a/...', '/a/...'],
     ['/a;v=1/b', '/a;v=1/b'],
@@ -47,6 +47,12 @@ describe('canonical path', () => {
     ['/a%0d%0ab', 'control'],
     ['/a%zz', 'hex'],
     ['/a%4', 'hex'],
+    ['/a/..%3B/b', 'parameters'],
+    ['/a/.%3bx/b', 'parameters'],
+    ['/a/%C0%AE%C0%AE/b', 'UTF-8'],
+    ['/a/%e0%80%ae/b', 'UTF-8'],
+    ['/a/%ED%A0%80', 'UTF-8'],
+    ['/caf\u00e9', 'UTF-8'],
   ])('%s is refused as ambiguous_path (%s)', (raw, why) => {
     const c = canonicalPath(raw);
     expect(c).toMatchObject({ error: 'ambiguous_path' });
@@ -56,6 +62,7 @@ describe('canonical path', () => {
   it('refuses relative paths and control characters as malformed', () => {
     expect(canonicalPath('a/b')).toMatchObject({ error: 'malformed_target' });
     expect(canonicalPath('/a\u0001')).toMatchObject({ error: 'malformed_target' });
+    expect(canonicalPath('/a#frag')).toMatchObject({ error: 'malformed_target' });
   });
 
   it('is idempotent: the canonical form of a canonical path is itself', () => {
@@ -133,7 +140,19 @@ describe('forwarded headers', () => {
   });
   it.each(['content-length', 'Transfer-Encoding', 'host', 'keep-alive, Content-Length'])(
     'refuses Connection: %s',
-    (value) => expect(requestHead(['Connection', value], 'a')).toMatch(/Connection may not nominate/),
+    (value) =>
+      expect(requestHead(['Connection', value], 'a')).toMatchObject({
+        error: 'bad_connection_header',
+        detail: expect.stringMatching(/Connection may not nominate/) as unknown,
+      }),
+  );
+  it.each(['Content-Type', 'authorization', 'User-Agent', 'Referer'])(
+    'refuses a second %s (the parser judges the first, a joined value would be forwarded)',
+    (name) =>
+      expect(requestHead([name, 'a', name.toLowerCase(), 'b'], 'h')).toEqual({
+        error: 'duplicate_header',
+        detail: `${name.toLowerCase()} may appear only once`,
+      }),
   );
   it('drops what Connection nominates and reports method overrides', () => {
     expect(requestHead(['Connection', 'x-secret', 'X-Secret', '1', 'X-HTTP-Method-Override', 'delete'], 'a')).toEqual({

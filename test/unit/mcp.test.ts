@@ -55,6 +55,37 @@ describe('MCP bodies, judged canonically', () => {
     );
   });
 
+  it('forwards bytes that are already canonical as they are (no second copy of a large body)', () => {
+    const bytes = Buffer.from(call('get_issue').replace('}}', `,"arguments":{"q":"${'x'.repeat(100_000)}"}}}`));
+    const v = judgeMcpBody(bytes, tools);
+    expect(v).toMatchObject({ ok: true });
+    if (v.ok) expect(v.body).toBe(bytes);
+    // Not canonical: whitespace, an escape JSON.stringify would not write, a byte-order mark.
+    for (const body of [
+      Buffer.from(`${call('get_issue')} `),
+      Buffer.from('{"method":"tools/list","x":"a\\/b"}'),
+      Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from(call('get_issue'))]),
+    ]) {
+      const w = judgeMcpBody(body, tools);
+      expect(w).toMatchObject({ ok: true });
+      if (w.ok) {
+        expect(w.body).not.toBe(body);
+        expect(w.body.toString()).toBe(JSON.stringify(JSON.parse(body.toString().replace(/^\uFEFF/, ''))));
+      }
+    }
+  });
+
+  it.each(['Tools/Call', 'TOOLS/CALL', 'tools/call ', '\ttools/call', 'tools/ call'])(
+    'refuses method %j, tools/call in another spelling',
+    (method) =>
+      expect(
+        judge(`{"jsonrpc":"2.0","id":1,"method":${JSON.stringify(method)},"params":{"name":"merge_pr"}}`),
+      ).toMatchObject({
+        ok: false,
+        reason: 'mcp_message_invalid',
+      }),
+  );
+
   it('refuses absurd nesting without overflowing the stack', () => {
     expect(judge(`${'['.repeat(10_000)}${']'.repeat(10_000)}`)).toMatchObject({ ok: false });
   });

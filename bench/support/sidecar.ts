@@ -1,0 +1,105 @@
+// The sidecar as the container runs it, for benchmarks: compiled JavaScript (type stripping would add ~30 MB of
+// RSS), static entitlements from a file, audit lines to a file. Also the small process helpers benchmarks share.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { openSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { connect, createServer } from 'node:net';
+import { join } from 'node:path';
+import { stringify } from 'yaml';
+
+const root = new URL('../..', import.meta.url).pathname;
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = createServer().listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as { port: number };
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+export async function waitPort(port: number): Promise<void> {
+  for (let i = 0; i < 100; i++) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = connect(port, '127.0.0.1');
+      s.once('connect', () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.once('error', () => resolve(false));
+    });
+    if (ok) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`nothing listening on ${port}`);
+}
+
+/** Resident set size of a process, in MB (MiB), from /proc. */
+export function rssMB(pid: number | undefined): number {
+  const status = readFileSync(`/proc/${pid ?? 0}/status`, 'utf8');
+  return Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0) / 1024;
+}
+
+export interface SidecarProcess {
+  child: ChildProcess;
+  port: number;
+  /** The admin listener (/metrics). */
+  adminPort: number;
+  auditFile: string;
+}
+
+/**
+ * Builds the project into `work`/dist and starts the sidecar in static mode with the given entitlement spec
+ * (an AgentEntitlement `spec`). The child is pushed onto `children` for the caller to stop.
+ */
+export async function startSidecar(
+  work: string,
+  spec: Record<string, unknown>,
+  children: ChildProcess[],
+  /** Node flags for the sidecar process only (e.g. a V8 heap cap). */
+  nodeFlags: string[] = [],
+): Promise<SidecarProcess> {
+  const entitlements = join(work, 'entitlement.yaml');
+  writeFileSync(
+    entitlements,
+    stringify({
+      apiVersion: 'agentfence.io/v1alpha1',
+      kind: 'AgentEntitlement',
+      metadata: { name: 'bench', namespace: 'bench' },
+      spec,
+    }),
+  );
+  const port = await freePort();
+  const adminPort = await freePort();
+  const auditFile = join(work, 'audit.jsonl');
+  const dist = join(work, 'dist');
+  const built = spawnSync(
+    process.execPath,
+    [join(root, 'node_modules/typescript/bin/tsc'), '-p', join(root, 'tsconfig.build.json'), '--outDir', dist],
+    { stdio: 'inherit' },
+  );
+  if (built.status !== 0) throw new Error('build failed');
+  symlinkSync(join(root, 'node_modules'), join(work, 'node_modules'));
+  const runner = `import(${JSON.stringify(join(dist, 'cli/main.js'))}).then((m) => m.main(process.argv.slice(1))).then((c) => { process.exitCode = c; })`;
+  const child = spawn(
+    process.execPath,
+    [
+      ...nodeFlags,
+      '--input-type=module',
+      '-e',
+      runner,
+      'sidecar',
+      '--entitlements',
+      entitlements,
+      '--listen',
+      `127.0.0.1:${port}`,
+      '--admin-listen',
+      `127.0.0.1:${adminPort}`,
+      '--log-level',
+      'warn',
+    ],
+    { stdio: ['ignore', openSync(auditFile, 'w'), 'inherit'] },
+  );
+  children.push(child);
+  await waitPort(port);
+  return { child, port, adminPort, auditFile };
+}
