@@ -5,7 +5,7 @@
  */
 import { parseArgs } from 'node:util';
 import type { CommandContext } from './main.ts';
-import { connect, kubeTarget } from './flags.ts';
+import { connect, kubeTarget } from './kube-target.ts';
 import { createLogger, isLogLevel } from '../lib/log.ts';
 import { cleanup, type CleanupConfig } from '../operator/cleanup.ts';
 import { CONTROLLER } from '../operator/defaults.ts';
