@@ -205,18 +205,20 @@ describe('exchange caching and rate limiting', () => {
   it('refuses a pod whose live spec is not the injected one, with the stable code pod_not_fenced', async () => {
     let current = pod;
     const svc = service({ count: 0 }, { t: 9_000_000 }, () => current);
-    await expect(svc.exchange('t')).resolves.toMatchObject({ revision: 'sha256:1' });
+    // A token of the API server's shape (the review guard refuses anything else before the fence is reached).
+    const t = saToken();
+    await expect(svc.exchange(t)).resolves.toMatchObject({ revision: 'sha256:1' });
     const swapped = structuredClone(pod);
     const sidecar = swapped.spec?.initContainers as { name: string; image: string }[];
     sidecar[0] = { ...sidecar[0], name: 'agentfence-sidecar', image: 'registry.example/not-the-sidecar:1' };
     current = swapped;
-    await expect(svc.exchange('t')).rejects.toMatchObject({ code: 'pod_not_fenced', status: 403 });
+    await expect(svc.exchange(t)).rejects.toMatchObject({ code: 'pod_not_fenced', status: 403 });
     // A labelled, annotated pod without any sidecar (label and annotation added after creation).
     current = {
       metadata: pod.metadata,
       spec: { serviceAccountName: 'agent', containers: [{ name: 'app', image: 'registry.example/agent:1' }] },
     };
-    await expect(svc.exchange('t')).rejects.toMatchObject({ code: 'pod_not_fenced' });
+    await expect(svc.exchange(t)).rejects.toMatchObject({ code: 'pod_not_fenced' });
   });
 
   it('rate-limits per pod and refills over time', async () => {
