@@ -196,6 +196,31 @@ describe('identity without a fence: variants', () => {
     expect(await exchange('clean', systemNs)).toMatchObject({ status: 503, error: 'entitlement_pending' });
   });
 
+  it("the app's own API token cannot mint an operator-audience token for its pod (RBAC default; see README)", async () => {
+    // What automountServiceAccountToken gives the app: a token for the API server, as its service account.
+    const stored = JSON.parse(await runOrThrow(['get', 'pod', 'agent-a', '-n', ns, '-o', 'json'])) as {
+      metadata: { name: string; uid: string };
+    };
+    const apiToken = await serviceAccountToken(ns, 'support-agent', stored, [
+      (JSON.parse(await runOrThrow(['get', '--raw', '/.well-known/openid-configuration'])) as { issuer: string })
+        .issuer,
+    ]);
+    const mint = await kubeRequest(
+      'POST',
+      `/api/v1/namespaces/${ns}/serviceaccounts/support-agent/token`,
+      {
+        apiVersion: 'authentication.k8s.io/v1',
+        kind: 'TokenRequest',
+        spec: {
+          audiences: ['agentfence.io/operator'],
+          boundObjectRef: { kind: 'Pod', apiVersion: 'v1', name: 'agent-a', uid: stored.metadata.uid },
+        },
+      },
+      apiToken,
+    );
+    expect(mint.status).toBe(403);
+  });
+
   it('refuses capabilities spelled in lower case or with CAP_, and the sidecar UID set only at pod level', async () => {
     const cases: [Record<string, unknown>, string][] = [
       [
