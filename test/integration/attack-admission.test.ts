@@ -291,6 +291,32 @@ describe('identity without a fence: variants', () => {
     }
   });
 
+  it('refuses identity changes through the pods/status subresource (its update keeps metadata changes)', async () => {
+    const status = `/api/v1/namespaces/${ns}/pods/agent-a/status`;
+    const attempts: [Record<string, unknown>, string][] = [
+      [{ metadata: { labels: { 'agentfence.io/agent': 'payments-agent' } } }, '[agent-label-changed]'],
+      [{ metadata: { labels: { 'agentfence.io/inject': null } } }, '[inject-label-removed]'],
+      [{ metadata: { annotations: { 'agentfence.io/injected': '{}' } } }, '[injected-annotation-changed]'],
+    ];
+    for (const [patch, rule] of attempts) {
+      const res = await kubeRequest('PATCH', status, patch);
+      expect(res.status, rule).toBe(403);
+      expect(JSON.stringify(res.body)).toContain(rule);
+    }
+    const plain = await kubeRequest('PATCH', `/api/v1/namespaces/${ns}/pods/plain/status`, {
+      metadata: { labels: { 'agentfence.io/inject': 'true' } },
+    });
+    expect(plain.status).toBe(403);
+    expect(JSON.stringify(plain.body)).toContain('[inject-label-added]');
+    const after = (await kubeRequest('GET', `/api/v1/namespaces/${ns}/pods/agent-a`)).body as {
+      metadata: { labels: Record<string, string> };
+    };
+    expect(after.metadata.labels['agentfence.io/agent']).toBe('support-agent');
+    // A status update that leaves our labels alone still works (the kubelet writes status all the time).
+    const ok = await kubeRequest('PATCH', status, { metadata: { labels: { team: 'support' } } });
+    expect(ok.status).toBe(200);
+  });
+
   it('refuses ephemeral containers through raw PATCH and PUT of the subresource, any shape', async () => {
     const path = `/api/v1/namespaces/${ns}/pods/agent-a/ephemeralcontainers`;
     const harmless = { name: 'dbg', image: 'busybox', targetContainerName: 'agent' };
