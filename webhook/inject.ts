@@ -114,6 +114,7 @@ export type RefusalReason =
   | 'HostPID'
   | 'HostIPC'
   | 'HostPathVolume'
+  | 'OperatorAudienceToken'
   | 'EphemeralContainer'
   | 'ReservedVolume'
   | 'PortConflict'
@@ -238,6 +239,13 @@ function refuseUnfenceable(pod: Pod): (InjectResult & { allowed: false }) | unde
       `volume ${hostPath.name} is a hostPath: through the node's file system the app could reach the sidecar's token; use another volume type`,
     );
   }
+  const minted = (spec.volumes ?? []).find(projectsOperatorToken);
+  if (minted) {
+    return refuse(
+      'OperatorAudienceToken',
+      `volume ${minted.name} projects a service-account token for audience ${OPERATOR_AUDIENCE}, which only the sidecar may hold: with it the app could obtain the agent's identity itself and bypass the sidecar; use another audience`,
+    );
+  }
   if ((spec.ephemeralContainers ?? []).length > 0) {
     return refuse(
       'EphemeralContainer',
@@ -282,6 +290,20 @@ function refuseUnfenceable(pod: Pod): (InjectResult & { allowed: false }) | unde
     }
   }
   return undefined;
+}
+
+/**
+ * A projected service-account token for the operator's audience is bound to this pod like the sidecar's own, so
+ * the token exchange cannot tell them apart: only the injected volume may carry one. (Compared without case or
+ * surrounding space, though the API server matches audiences exactly: no near-miss spelling is worth allowing.)
+ */
+function projectsOperatorToken(volume: Record<string, unknown>): boolean {
+  const sources = (volume.projected as { sources?: unknown } | undefined)?.sources;
+  if (!Array.isArray(sources)) return false;
+  return sources.some((source: unknown) => {
+    const audience = (source as { serviceAccountToken?: { audience?: unknown } } | null)?.serviceAccountToken?.audience;
+    return typeof audience === 'string' && audience.trim().toLowerCase() === OPERATOR_AUDIENCE;
+  });
 }
 
 function sidecarContainer(config: InjectorConfig, resources: InjectorConfig['resources'], logLevel: string): Container {

@@ -33,14 +33,19 @@ const isInjectedOld = labelled('oldObject');
 const isLabelled = labelled('object');
 /** An agent pod before this request: labelled, annotated or carrying the sidecar. */
 const agentPodOld = `(${isInjectedOld} || ${annotated('oldObject')} || size(${sidecars('oldObject')}) > 0)`;
-// request.subResource is absent (not empty) on the pod itself.
-const onSubresource = `(has(request.subResource) && request.subResource != '')`;
-const onPodUpdate = `request.operation != 'UPDATE' || ${onSubresource}`;
+/**
+ * Every UPDATE of the pod object, whichever endpoint it comes through: the `pods/status` subresource keeps changes
+ * to labels and annotations (its strategy resets only the spec), so exempting subresources let
+ * `PATCH pods/x/status {"metadata":{"labels":{"agentfence.io/agent":"other"}}}` rename a live agent. On
+ * `pods/ephemeralcontainers` the API server resets everything but the ephemeral containers, so these rules hold
+ * trivially there.
+ */
+const onPodUpdate = `request.operation != 'UPDATE'`;
 
 /**
  * Each rule's message starts with its name in brackets, so a refused `kubectl` call says which rule refused it.
- * The rules run inside the API server (they cannot be down) on pods and on the `pods/ephemeralcontainers`
- * subresource, which `kubectl debug` uses.
+ * The rules run inside the API server (they cannot be down) on pods, on `pods/status` (which can change labels
+ * and annotations too) and on the `pods/ephemeralcontainers` subresource, which `kubectl debug` uses.
  */
 export const POD_INTEGRITY_RULES = {
   sidecarPresent: 'sidecar-present',
@@ -107,7 +112,7 @@ export function podIntegrityPolicy(): Record<string, unknown> {
             apiGroups: [''],
             apiVersions: ['v1'],
             operations: ['CREATE', 'UPDATE'],
-            resources: ['pods', 'pods/ephemeralcontainers'],
+            resources: ['pods', 'pods/status', 'pods/ephemeralcontainers'],
           },
         ],
       },

@@ -2,7 +2,7 @@
  * One AgentPolicy compiled: its grant (the entitlement rules every selected pod gets), its NetworkPolicies
  * (its own, and callee-side ingress in callee namespaces), its CiliumNetworkPolicy, and its report.
  */
-import type { AgentPolicy, EntitlementEgressRule, LabelSelector } from '../../lib/api/types.generated.ts';
+import type { AgentPolicy, EntitlementEgressRule, HTTPRule, LabelSelector } from '../../lib/api/types.generated.ts';
 import type { OwnerReference } from '../../lib/api/meta.ts';
 import { API_VERSION, LABEL_INJECT, LABEL_MANAGED_BY, MANAGED_BY } from '../../lib/api/constants.ts';
 import { agentEntitlementSpec } from '../../lib/api/schema.ts';
@@ -311,8 +311,8 @@ export function compilePolicy(
       ...(hosts.length > 0 ? { hosts: sortedUnique(hosts) } : {}),
       ...(cidrs.length > 0 ? { cidrs: boundedCidrs(cidrs, problem) } : {}),
       ports,
-      ...(rule.http ? { http: rule.http } : {}),
-      ...(rule.mcp ? { mcp: rule.mcp } : {}),
+      ...(rule.http ? { http: canonicalHttp(rule.http) } : {}),
+      ...(rule.mcp ? { mcp: { ...rule.mcp, tools: sortedUnique(rule.mcp.tools) } } : {}),
       ...(rule.audience !== undefined ? { audience: rule.audience } : {}),
       ...(spec.expiresAt !== undefined ? { expiresAt: spec.expiresAt } : {}),
     });
@@ -434,5 +434,23 @@ function dedupeProblems(problems: Problem[]): Problem[] {
       compareStrings(a.rule ?? '', b.rule ?? '') ||
       compareStrings(a.reason, b.reason) ||
       compareStrings(a.message, b.message),
+  );
+}
+
+/**
+ * HTTP rules as sets, the way the sidecar reads them (any listed shape, any listed method, any listed path): the
+ * same grant in another order is the same entitlement, so a reordered list rewrites nothing and moves no revision.
+ */
+function canonicalHttp(rules: readonly HTTPRule[]): HTTPRule[] {
+  const byJson = <T>(items: readonly T[]): T[] =>
+    [...new Map(items.map((i) => [canonicalJSON(i), i])).entries()]
+      .sort(([a], [b]) => compareStrings(a, b))
+      .map(([, i]) => i);
+  return byJson(
+    rules.map((r) => ({
+      ...r,
+      ...(r.methods ? { methods: sortedUnique(r.methods) as NonNullable<HTTPRule['methods']> } : {}),
+      ...(r.paths ? { paths: byJson(r.paths) } : {}),
+    })),
   );
 }

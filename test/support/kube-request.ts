@@ -3,7 +3,7 @@ import { request } from 'node:https';
 import { cluster } from './cluster.ts';
 
 export function kubeRequest(
-  method: 'GET' | 'POST' | 'DELETE' | 'PATCH',
+  method: 'GET' | 'POST' | 'PUT' | 'DELETE' | 'PATCH',
   path: string,
   body?: unknown,
   bearerToken?: string,
