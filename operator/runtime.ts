@@ -10,6 +10,7 @@ import { LABEL_INJECT } from '../lib/api/constants.ts';
 import type { AgentEntitlement } from '../lib/api/types.generated.ts';
 import type { Logger } from '../lib/log.ts';
 import { counter } from '../lib/metrics.ts';
+import { sleep } from '../lib/sleep.ts';
 import { startHealthServer, type HealthServer } from '../lib/health.ts';
 import type { KubeClient, KubeObject } from '../lib/kube/client.ts';
 import { writeStatus } from '../lib/kube/apply.ts';
@@ -224,7 +225,7 @@ export async function startOperator(
       : {}),
     onStartedLeading: async (signal, term) => {
       logger.info('leading', { identity: config.podName });
-      await Promise.all([rotateKeys(keys, term, logger), ...tasks.map((t) => t.run(signal, term))]);
+      await Promise.all([keyRotationLoop(keys, term, logger), ...tasks.map((t) => t.run(signal, term))]);
     },
     onStoppedLeading: () => logger.info('stopped leading', { identity: config.podName }),
   });
@@ -266,7 +267,11 @@ export function untilAborted(signal: AbortSignal): Promise<void> {
 }
 
 /** Leader loop: rotate, then sleep until the next rotation step or leadership ends. */
-async function rotateKeys(keys: SigningKeyStore, term: LeaderTerm, logger: Logger): Promise<void> {
+export async function keyRotationLoop(
+  keys: Pick<SigningKeyStore, 'rotate'>,
+  term: LeaderTerm,
+  logger: Logger,
+): Promise<void> {
   const { signal } = term;
   while (!signal.aborted) {
     let waitMs: number;
@@ -276,13 +281,7 @@ async function rotateKeys(keys: SigningKeyStore, term: LeaderTerm, logger: Logge
       logger.error('signing key rotation failed', { err });
       waitMs = 5_000;
     }
-    await new Promise<void>((resolve) => {
-      const timer = setTimeout(resolve, waitMs);
-      signal.addEventListener('abort', () => {
-        clearTimeout(timer);
-        resolve();
-      });
-    });
+    await sleep(waitMs, signal);
   }
 }
 

@@ -23,7 +23,8 @@ import {
 import { Informer } from '../lib/kube/informer.ts';
 import { X509Certificate } from 'node:crypto';
 import type { ServingCertSource, ServingCertificate } from './serving.ts';
-import { untilAborted, type LeaderTask } from './runtime.ts';
+import { sleep } from '../lib/sleep.ts';
+import type { LeaderTask } from './runtime.ts';
 import { RESOURCES, type DataObject } from '../lib/kube/resources.ts';
 
 const CA_DAYS = 3650;
@@ -180,7 +181,7 @@ export async function selfManagedCertificates(
           } catch (err) {
             if (!isNotFound(err)) o.logger.warn('serving certificate upkeep failed', { err });
           }
-          await Promise.race([untilAborted(signal), new Promise((r) => setTimeout(r, 60_000))]);
+          await sleep(60_000, signal);
         }
       },
     }),
