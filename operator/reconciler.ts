@@ -32,7 +32,7 @@ import { Informer, objectKey } from '../lib/kube/informer.ts';
 import { compile } from './compiler/compile.ts';
 import { BASELINE_NAME } from './compiler/names.ts';
 import { compileSelector } from './compiler/selectors.ts';
-import type { CompileOptions, CompileOutput, Namespace, NetworkPolicy, Pod, Service } from './compiler/types.ts';
+import type { CompileOptions, CompileOutput, Namespace, NetworkPolicy, PodInput, Service } from './compiler/types.ts';
 import { policyStatus } from './policy-status.ts';
 import { untilAborted, type AgentEntitlementObject, type LeaderTask } from './runtime.ts';
 import { RESOURCES } from '../lib/kube/resources.ts';
@@ -104,7 +104,7 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
     logger,
     registry,
   });
-  const pods = new Informer<KubeObject & Pod>({ client, resource: R.pods, name: 'pods', logger, registry });
+  const pods = new Informer<KubeObject & PodInput>({ client, resource: R.pods, name: 'pods', logger, registry });
   const namespaces = new Informer<KubeObject & Namespace>({
     client,
     resource: R.namespaces,

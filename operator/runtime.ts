@@ -20,7 +20,7 @@ import { createAgentVerifier, type AgentVerifier } from '../lib/verify/index.ts'
 import { EntitlementHub, type PodKey } from './distribution/hub.ts';
 import { createDistributionRouter } from './distribution/http.ts';
 import { cachedIdentityCluster } from './identity/cached-cluster.ts';
-import { IdentityExchange, type PodView } from './identity/exchange.ts';
+import { IdentityExchange, type PodIdentity } from './identity/exchange.ts';
 import { createIdentityApp } from './identity/http.ts';
 import { TokenIssuer } from './identity/issuer.ts';
 import { publicJwks, type KeySet } from './identity/keys.ts';
@@ -29,7 +29,7 @@ import { startServingServer, type ServingCertSource, type ServingServer } from '
 import { RESOURCES } from '../lib/kube/resources.ts';
 import type { InjectorConfig } from '../webhook/inject.ts';
 
-export type AgentPod = KubeObject & PodView;
+export type AgentPod = KubeObject & PodIdentity;
 export type AgentEntitlementObject = KubeObject & AgentEntitlement;
 
 export interface RuntimeConfig {

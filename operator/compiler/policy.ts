@@ -8,7 +8,7 @@ import { API_VERSION, LABEL_INJECT, LABEL_MANAGED_BY, MANAGED_BY } from '../../l
 import { agentEntitlementSpec } from '../../lib/api/schema.ts';
 import { canonicalJSON, compareStrings, sortedUnique } from './canonical.ts';
 import { ciliumDnsRule, namespaceSelectorFor } from './baseline.ts';
-import { NAMESPACE_NAME_LABEL, type ClusterIndex, type PodView } from './cluster-index.ts';
+import { NAMESPACE_NAME_LABEL, type ClusterIndex, type IndexedPod } from './cluster-index.ts';
 import { consentedCallees } from './consent.ts';
 import type { PolicyGrant } from './entitlement.ts';
 import { metadataExcept, nonPublicRanges, parseCidr } from '../../lib/ip.ts';
@@ -91,7 +91,7 @@ function agentPeerSelectors(peer: {
 
 export interface PolicyResult {
   grant: PolicyGrant;
-  selected: PodView[];
+  selected: IndexedPod[];
   networkPolicies: NetworkPolicy[];
   cilium?: CiliumNetworkPolicy;
   report: PolicyReport;
