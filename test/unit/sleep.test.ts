@@ -67,4 +67,19 @@ describe('one abortable sleep', () => {
     }
     expect(offenders.filter((f) => f !== join('lib', 'sleep.ts'))).toEqual([]);
   });
+
+  it('no source file outside lib/sleep.ts writes its own sleep', () => {
+    const root = join(import.meta.dirname, '../..');
+    const offenders: string[] = [];
+    for (const dir of ['lib', 'operator', 'webhook', 'cli', 'localcluster']) {
+      for (const entry of readdirSync(join(root, dir), { recursive: true, withFileTypes: true })) {
+        if (!entry.isFile() || !entry.name.endsWith('.ts')) continue;
+        const path = join(entry.parentPath, entry.name);
+        const text = readFileSync(path, 'utf8');
+        if (/new Promise(<void>)?\(\((r|resolve)\) => setTimeout\((r|resolve), /.test(text))
+          offenders.push(relative(root, path));
+      }
+    }
+    expect(offenders).toEqual([]);
+  });
 });
