@@ -43,14 +43,14 @@ export async function demoCommand(ctx: CommandContext): Promise<number> {
     ...(ctx.env.KUBEBUILDER_ASSETS ? { assetsDir: ctx.env.KUBEBUILDER_ASSETS } : {}),
   });
   const until = values.once
-    ? Promise.resolve()
+    ? undefined
     : new Promise((done) => {
         process.once('SIGINT', done);
         process.once('SIGTERM', done);
       });
   await runDemo({
     binaries,
-    until,
+    ...(until ? { until } : {}),
     out: (line) => ctx.stdout(`${line}\n`),
     logger: createLogger({ level, fields: { component: 'demo' } }),
     ...(values.kubeconfig ? { kubeconfigPath: resolve(values.kubeconfig) } : {}),

@@ -1,4 +1,23 @@
 /** Flag value parsers shared by every subcommand; each error names the flag and the value it got. */
+import { clientFromKubeconfig, clientInCluster, type KubeClient } from '../lib/kube/client.ts';
+
+/** Which cluster a command talks to: --kubeconfig, else $KUBECONFIG, else the pod's service account. */
+export type KubeTarget = { kubeconfigPath: string } | { inCluster: { host: string; port: string } };
+
+export function kubeTarget(
+  kubeconfigFlag: string | undefined,
+  env: Readonly<Record<string, string | undefined>>,
+): KubeTarget {
+  const kubeconfigPath = kubeconfigFlag ?? env.KUBECONFIG;
+  if (kubeconfigPath) return { kubeconfigPath };
+  if (env.KUBERNETES_SERVICE_HOST && env.KUBERNETES_SERVICE_PORT)
+    return { inCluster: { host: env.KUBERNETES_SERVICE_HOST, port: env.KUBERNETES_SERVICE_PORT } };
+  throw new Error('no cluster: pass --kubeconfig, set KUBECONFIG, or run in a pod');
+}
+
+export function connect(target: KubeTarget): Promise<KubeClient> {
+  return 'kubeconfigPath' in target ? clientFromKubeconfig(target.kubeconfigPath) : clientInCluster(target.inCluster);
+}
 
 export function parseListen(flag: string, value: string): { host: string; port: number } {
   const match = /^(\[[0-9a-fA-F:]+\]|[^:[\]]+):(\d{1,5})$/.exec(value);

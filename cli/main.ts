@@ -25,6 +25,11 @@ const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }
     summary: 'compile AgentPolicies against manifests offline; print the AgentEntitlements and NetworkPolicies',
     load: async () => (await import('./render.ts')).renderCommand,
   },
+  cleanup: {
+    summary:
+      'remove what the controller created (NetworkPolicies, entitlements, CA bundles, Secrets, Lease); run on uninstall',
+    load: async () => (await import('./cleanup.ts')).cleanupCommand,
+  },
   'local-cluster': {
     summary: 'run a real local control plane (etcd, kube-apiserver, kube-controller-manager) with the CRDs installed',
     load: async () => (await import('./local-cluster.ts')).localClusterCommand,

@@ -2,10 +2,10 @@ import { parseArgs } from 'node:util';
 import { hostname } from 'node:os';
 import type { CommandContext } from './main.ts';
 import { createLogger, isLogLevel, type LogLevel } from '../lib/log.ts';
-import { clientFromKubeconfig, clientInCluster, type KubeClient } from '../lib/kube/client.ts';
+import type { KubeClient } from '../lib/kube/client.ts';
 import { createRegistry } from '../lib/metrics.ts';
 import { isTrustDomain } from '../lib/identity/claims.ts';
-import { parseListen, parseDurationFlag } from './flags.ts';
+import { connect, kubeTarget, parseListen, parseDurationFlag, type KubeTarget } from './flags.ts';
 import { certificatesFromDir, type ServingCertSource } from '../operator/serving.ts';
 import { selfManagedCertificates } from '../operator/selfcerts.ts';
 import { startOperator, type RuntimeConfig } from '../operator/runtime.ts';
@@ -15,10 +15,11 @@ import { EventRecorder } from '../lib/kube/events.ts';
 import { createAdmissionRouter } from '../webhook/admission.ts';
 import { PACKAGE_VERSION } from '../lib/paths.ts';
 import { DEFAULT_DNS } from '../operator/compiler/compile.ts';
+import { CONTROLLER } from '../operator/defaults.ts';
 
 export interface OperatorConfig {
   runtime: RuntimeConfig;
-  kube: { kubeconfigPath: string } | { inCluster: { host: string; port: string } };
+  kube: KubeTarget;
   certDir?: string;
   certSecret?: string;
   serviceName: string;
@@ -37,16 +38,16 @@ Flags:
   --kubeconfig PATH            use this kubeconfig (default: $KUBECONFIG, else in-cluster)
   --namespace NS               the controller's own namespace (Lease, Secrets)         [$POD_NAMESPACE]
   --pod-name NAME              this replica's identity for leader election              [$POD_NAME]
-  --listen HOST:PORT           TLS: webhook, identity, distribution (default 0.0.0.0:8443)
-  --admin-listen HOST:PORT     HTTP: /healthz /readyz /metrics (default 0.0.0.0:9090)
-  --service-name NAME          the controller Service (default agentfence-controller)
+  --listen HOST:PORT           TLS: webhook, identity, distribution (default 0.0.0.0:${CONTROLLER.port})
+  --admin-listen HOST:PORT     HTTP: /healthz /readyz /metrics (default 0.0.0.0:${CONTROLLER.adminPort})
+  --service-name NAME          the controller Service (default ${CONTROLLER.serviceName})
   --issuer-url URL             iss of agent tokens (default https://<service>.<namespace>.svc)
   --trust-domain TD            SPIFFE trust domain (default cluster.local)
   --network-provider P         kubernetes | cilium (default kubernetes)
   --dns-mode M                 kube-dns | node-local (default kube-dns); --dns-ip for node-local
   --cert-dir DIR               serve tls.crt/tls.key from DIR (cert-manager); else --cert-secret
   --cert-secret NAME           self-managed CA and serving certificate in this Secret
-  --keys-secret NAME           signing keys Secret (default agentfence-signing-keys)
+  --keys-secret NAME           signing keys Secret (default ${CONTROLLER.keysSecretName})
   --webhook-config-name NAME   MutatingWebhookConfiguration whose caBundle we keep current
   --sidecar-image IMAGE        the image injected as sidecar
   --accept-injection VER=IMAGE also issue identities to pods injected by version VER with sidecar IMAGE (the same
@@ -63,9 +64,9 @@ export function loadOperatorConfig(argv: string[], env: CommandContext['env']): 
       kubeconfig: { type: 'string' },
       namespace: { type: 'string' },
       'pod-name': { type: 'string' },
-      listen: { type: 'string', default: '0.0.0.0:8443' },
-      'admin-listen': { type: 'string', default: '0.0.0.0:9090' },
-      'service-name': { type: 'string', default: 'agentfence-controller' },
+      listen: { type: 'string', default: `0.0.0.0:${CONTROLLER.port}` },
+      'admin-listen': { type: 'string', default: `0.0.0.0:${CONTROLLER.adminPort}` },
+      'service-name': { type: 'string', default: CONTROLLER.serviceName },
       'issuer-url': { type: 'string' },
       'trust-domain': { type: 'string', default: 'cluster.local' },
       'network-provider': { type: 'string', default: 'kubernetes' },
@@ -73,8 +74,8 @@ export function loadOperatorConfig(argv: string[], env: CommandContext['env']): 
       'dns-ip': { type: 'string' },
       'cert-dir': { type: 'string' },
       'cert-secret': { type: 'string' },
-      'keys-secret': { type: 'string', default: 'agentfence-signing-keys' },
-      'webhook-config-name': { type: 'string', default: 'agentfence-sidecar-injector' },
+      'keys-secret': { type: 'string', default: CONTROLLER.keysSecretName },
+      'webhook-config-name': { type: 'string', default: CONTROLLER.webhookConfigName },
       'sidecar-image': { type: 'string', default: 'ghcr.io/agentfence/agentfence:0.1.0' },
       'accept-injection': { type: 'string', multiple: true, default: [] },
       'sidecar-log-level': { type: 'string', default: 'info' },
@@ -115,12 +116,7 @@ export function loadOperatorConfig(argv: string[], env: CommandContext['env']): 
   const issuerUrl = values['issuer-url'] ?? `https://${serviceName}.${namespace}.svc`;
   if (!/^https:\/\/[^/?#]+$/.test(issuerUrl))
     throw new Error(`--issuer-url must be https://host[:port] with no path (got '${issuerUrl}')`);
-  const kubeconfigPath = values.kubeconfig ?? env.KUBECONFIG;
-  let kube: OperatorConfig['kube'];
-  if (kubeconfigPath) kube = { kubeconfigPath };
-  else if (env.KUBERNETES_SERVICE_HOST && env.KUBERNETES_SERVICE_PORT) {
-    kube = { inCluster: { host: env.KUBERNETES_SERVICE_HOST, port: env.KUBERNETES_SERVICE_PORT } };
-  } else throw new Error('no cluster: pass --kubeconfig, set KUBECONFIG, or run in a pod');
+  const kube = kubeTarget(values.kubeconfig, env);
 
   const config: OperatorConfig = {
     runtime: {
@@ -131,7 +127,7 @@ export function loadOperatorConfig(argv: string[], env: CommandContext['env']): 
       issuerUrl,
       trustDomain,
       keysSecretName: values['keys-secret'],
-      leaseName: 'agentfence-controller',
+      leaseName: CONTROLLER.leaseName,
       // The sidecar flags, as one object for the webhook and the token exchange: what is injected is what the
       // exchange checks.
       injector: {
@@ -175,16 +171,13 @@ export async function operatorCommand(ctx: CommandContext): Promise<number> {
     level: config.logLevel,
     fields: { component: 'operator', pod: config.runtime.podName },
   });
-  const client: KubeClient =
-    'kubeconfigPath' in config.kube
-      ? await clientFromKubeconfig(config.kube.kubeconfigPath)
-      : await clientInCluster(config.kube.inCluster);
+  const client: KubeClient = await connect(config.kube);
   const selfManaged = config.certDir
     ? undefined
     : await selfManagedCertificates({
         client,
         namespace: config.runtime.namespace,
-        secretName: config.certSecret ?? 'agentfence-serving-cert',
+        secretName: config.certSecret ?? CONTROLLER.certSecretName,
         serviceName: config.serviceName,
         webhookConfigName: config.webhookConfigName,
         logger,
@@ -228,7 +221,7 @@ export async function operatorCommand(ctx: CommandContext): Promise<number> {
               config.dns.mode === 'node-local' ? { kind: 'addresses', addresses: [config.dns.ip ?? ''] } : DEFAULT_DNS,
             operator: {
               namespace: config.runtime.namespace,
-              podLabels: { 'app.kubernetes.io/name': 'agentfence', 'app.kubernetes.io/component': 'controller' },
+              podLabels: { ...CONTROLLER.podLabels },
               port: config.runtime.listen.port,
             },
           },

@@ -18,7 +18,13 @@ BINARIES=(etcd kube-apiserver kube-controller-manager kubectl helm)
 
 log() { echo "build-k8s-binaries: $*" >&2; }
 
-all_present() { for b in "${BINARIES[@]}"; do [[ -x "$BIN/$b" ]] || return 1; done; }
+# helm's ldflags changed after the first builds (its default Kubernetes version): a helm built with other
+# ldflags than these is rebuilt, so machines that cached the old one get the new one.
+HELM_BUILD_STAMP="$BIN/.helm-ldflags-v2"
+all_present() {
+  for b in "${BINARIES[@]}"; do [[ -x "$BIN/$b" ]] || return 1; done
+  [[ -f $HELM_BUILD_STAMP ]]
+}
 if all_present; then echo "$BIN"; exit 0; fi
 if [[ ${1:-} == --check ]]; then log "not built yet: $BIN"; exit 3; fi
 
@@ -67,15 +73,25 @@ if [[ ! -x "$BIN/etcd" ]]; then
   mv "$BIN/etcd.tmp" "$BIN/etcd"
 fi
 
-# --- helm: no replace lines, but build in a wrapper too so the version ldflags can be set
-if [[ ! -x "$BIN/helm" ]]; then
+# --- helm: no replace lines, but build in a wrapper too so the version ldflags can be set. The ldflags are
+#     those of helm's own Makefile: its version, and the default Kubernetes version (`helm template` without
+#     --kube-version, lint's deprecation checks) derived from the client-go it is built with, as v(1+major).minor.
+if [[ ! -x "$BIN/helm" || ! -f $HELM_BUILD_STAMP ]]; then
   dir="$WORK/helm-$HELM_VERSION"; mkdir -p "$dir"; cd "$dir"
   [[ -f go.mod ]] || go mod init local/agentfence-helmbin >/dev/null 2>&1
   log "building helm $HELM_VERSION"
   go get "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" 2>/dev/null || go get "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
-  go build -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
-    -o "$BIN/helm.tmp" helm.sh/helm/v3/cmd/helm
+  clientgo=$(go list -m -f '{{.Version}}' k8s.io/client-go)   # v0.36.3 -> Kubernetes 1.36
+  kmajor=$(( $(echo "${clientgo#v}" | cut -d. -f1) + 1 ))
+  kminor=$(echo "${clientgo#v}" | cut -d. -f2)
+  h=helm.sh/helm/v3
+  go build -trimpath -ldflags "-s -w -X $h/internal/version.version=$HELM_VERSION -X $h/internal/version.metadata= \
+    -X $h/internal/version.gitTreeState=clean \
+    -X $h/pkg/lint/rules.k8sVersionMajor=$kmajor -X $h/pkg/lint/rules.k8sVersionMinor=$kminor \
+    -X $h/pkg/chartutil.k8sVersionMajor=$kmajor -X $h/pkg/chartutil.k8sVersionMinor=$kminor" \
+    -o "$BIN/helm.tmp" $h/cmd/helm
   mv "$BIN/helm.tmp" "$BIN/helm"
+  touch "$HELM_BUILD_STAMP"
 fi
 
 all_present || { log "some binaries are missing in $BIN"; exit 1; }

@@ -5,7 +5,7 @@
 import { accessSync, constants } from 'node:fs';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { packageRoot } from '../lib/paths.ts';
 
 export interface Binaries {
   etcd: string;
@@ -25,8 +25,9 @@ export interface BinariesConfig {
   build: boolean;
 }
 
-const BUILD_SCRIPT = fileURLToPath(new URL('../hack/build-k8s-binaries.sh', import.meta.url));
-const NODE_BUILD_SCRIPT = fileURLToPath(new URL('../hack/build-node-binaries.sh', import.meta.url));
+// From the package root, not this file: compiled, this module lives in dist/localcluster/.
+const BUILD_SCRIPT = join(packageRoot(), 'hack', 'build-k8s-binaries.sh');
+const NODE_BUILD_SCRIPT = join(packageRoot(), 'hack', 'build-node-binaries.sh');
 
 function executable(path: string): boolean {
   try {

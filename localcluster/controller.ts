@@ -12,6 +12,7 @@ import { freePort } from './controlplane.ts';
 import { startOperator, type RunningOperator, type RuntimeExtensions } from '../operator/runtime.ts';
 import { staticCertificates } from '../operator/serving.ts';
 import type { InjectorConfig } from '../webhook/inject.ts';
+import { CONTROLLER } from '../operator/defaults.ts';
 
 export interface LocalController {
   operator: RunningOperator;
@@ -67,8 +68,8 @@ export async function startLocalController(options: {
         adminListen: { host: '127.0.0.1', port: 0 },
         issuerUrl,
         trustDomain: 'cluster.local',
-        keysSecretName: 'agentfence-signing-keys',
-        leaseName: 'agentfence-controller',
+        keysSecretName: CONTROLLER.keysSecretName,
+        leaseName: CONTROLLER.leaseName,
         injector,
         ...(options.heartbeatMs ? { heartbeatMs: options.heartbeatMs } : {}),
       },

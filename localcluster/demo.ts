@@ -28,12 +28,16 @@ import type { Binaries } from './binaries.ts';
 import { startControlPlane } from './controlplane.ts';
 import { localInjectorConfig, startLocalController } from './controller.ts';
 import { installCRDs, kubectlOrThrow } from './kubectl.ts';
+import { CONTROLLER } from '../operator/defaults.ts';
 
 export interface DemoOptions {
   binaries: Binaries;
   kubeconfigPath?: string;
-  /** Resolves when the user wants to stop (Ctrl-C); the demo then tears everything down. */
-  until: Promise<unknown>;
+  /**
+   * Resolves when the user wants to stop (Ctrl-C); the demo then tears everything down. Absent (--once): tear
+   * down right after the narration.
+   */
+  until?: Promise<unknown>;
   out: (line: string) => void;
   logger: Logger;
 }
@@ -99,11 +103,11 @@ export async function runDemo(options: DemoOptions): Promise<void> {
     cleanup.push(() => rm(dir, { recursive: true, force: true }));
 
     // The controller: reconciler, webhook, identity issuer and entitlement distribution, on one TLS port.
-    await k(['create', 'namespace', 'agentfence-system']);
+    await k(['create', 'namespace', CONTROLLER.namespace]);
     const { operator, issuerUrl, caPem } = await startLocalController({
       client,
-      namespace: 'agentfence-system',
-      podName: 'agentfence-controller-0',
+      namespace: CONTROLLER.namespace,
+      podName: `${CONTROLLER.serviceName}-0`,
       heartbeatMs: 5000,
       logger: options.logger,
       injector: (controllerUrl) => localInjectorConfig(controllerUrl, 'demo'),
@@ -128,7 +132,7 @@ export async function runDemo(options: DemoOptions): Promise<void> {
     await writeFile(join(dir, 'ca.crt'), caPem);
     cleanup.push(() => operator.stop());
     const caBundle = Buffer.from(ca.certPem).toString('base64');
-    const exclude = ['kube-system', 'kube-public', 'kube-node-lease', 'agentfence-system'];
+    const exclude = ['kube-system', 'kube-public', 'kube-node-lease', CONTROLLER.namespace];
     await k(
       ['apply', '--server-side', '-f', '-'],
       JSON.stringify(
@@ -354,9 +358,12 @@ export async function runDemo(options: DemoOptions): Promise<void> {
     await show('support-agent', support, 'GET', `http://127.0.0.1:${ordersPort}/v1/orders/42`);
 
     out('');
-    out(
-      `Done in ${((Date.now() - started) / 1000).toFixed(1)} s. The cluster keeps running: kubectl --kubeconfig ${plane.kubeconfigPath} get ap,ae,netpol -A`,
-    );
+    const took = `Done in ${((Date.now() - started) / 1000).toFixed(1)} s.`;
+    if (!options.until) {
+      out(`${took} Stopping the control plane and removing every process and file.`);
+      return;
+    }
+    out(`${took} The cluster keeps running: kubectl --kubeconfig ${plane.kubeconfigPath} get ap,ae,netpol -A`);
     out(`  kubectl: ${options.binaries.kubectl}`);
     out('Press Ctrl-C to stop; everything is removed on exit.');
     await options.until;

@@ -1,9 +1,38 @@
 /**
  * A child process in its own process group, so stopping it also stops anything it spawned, with its output
  * in a log file. Stop = SIGTERM to the group, then SIGKILL after a grace period.
+ *
+ * The child never outlives this process, however this process ends (SIGKILL, a crash, the OOM killer): it
+ * runs under a small POSIX shell guard that holds the read end of a pipe whose write end only this process
+ * has. When this process is gone the kernel closes that end, the guard reads end-of-file and kills the child.
+ * Portable (no prctl, no native code) and free while the parent lives (one blocked `read`).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { openSync, closeSync, readFileSync } from 'node:fs';
+import { Socket } from 'node:net';
+
+/**
+ * Runs "$@" (without fd 3) in the background, in the guard's process group (ManagedProcess starts the guard
+ * detached, as a group leader). A watcher subshell blocks reading fd 3 and at end-of-file SIGKILLs the whole
+ * group: the child, anything it spawned, the guard. SIGTERM/SIGINT to the guard are passed on to the child
+ * and the guard waits until it is gone, so the exit ManagedProcess sees is the child's. The trap comes first
+ * so a stop() right after start() is not lost. Builtins only: one extra process, the watcher.
+ */
+const GUARD = `
+trap 'kill -TERM "$child" 2>/dev/null' TERM INT
+"$@" 3<&- &
+child=$!
+( while read -r _ <&3; do :; done; kill -KILL 0 ) &
+watcher=$!
+exec 3<&-
+while :; do
+  wait "$child"; status=$?
+  kill -0 "$child" 2>/dev/null || break
+done
+kill -KILL "$watcher" 2>/dev/null
+wait "$watcher" 2>/dev/null
+exit "$status"
+`;
 
 export interface ExitStatus {
   code: number | null;
@@ -36,7 +65,17 @@ export class ManagedProcess {
   static start(name: string, binary: string, args: string[], logFile: string): ManagedProcess {
     const fd = openSync(logFile, 'a');
     try {
-      const child = spawn(binary, args, { detached: true, stdio: ['ignore', fd, fd] });
+      // fd 3: the lifeline. Nothing is ever written to it; it only ends when this process does.
+      const child = spawn('/bin/sh', ['-c', GUARD, `agentfence-guard(${name})`, binary, ...args], {
+        detached: true,
+        stdio: ['ignore', fd, fd, 'pipe'],
+      });
+      // The lifeline must not keep this process's event loop alive, and its end is no error of ours.
+      const lifeline = child.stdio[3];
+      if (lifeline instanceof Socket) {
+        lifeline.unref();
+        lifeline.on('error', () => undefined);
+      }
       return new ManagedProcess(name, child, logFile);
     } finally {
       closeSync(fd); // the child holds its own copy

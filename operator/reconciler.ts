@@ -4,7 +4,9 @@
  * bench/compile.ts) and converges the cluster to it:
  *   - writes (server-side apply, one field manager) only objects whose managed fields differ from the cache;
  *   - deletes managed objects that are no longer desired (uid precondition; never objects we did not create);
- *   - protects the per-namespace baseline with a finalizer while agent pods remain, recreates it if it goes;
+ *   - recreates the per-namespace baseline the moment it goes (its deletion is a watch event like any other);
+ *     it carries no finalizer, so a controller that is gone (uninstalled, crashed, scaled to zero) never
+ *     blocks a namespace's deletion, and the finalizer earlier versions set is removed;
  *   - writes each AgentPolicy's status through /status only when it changed;
  *   - requeues exactly at the next grant expiry.
  * An unchanged world therefore costs one compile and zero writes.
@@ -30,14 +32,19 @@ import { Controller } from '../lib/kube/controller.ts';
 import type { EventRecorder } from '../lib/kube/events.ts';
 import { Informer, objectKey } from '../lib/kube/informer.ts';
 import { compile } from './compiler/compile.ts';
-import { BASELINE_NAME } from './compiler/names.ts';
 import { compileSelector } from './compiler/selectors.ts';
 import type { CompileOptions, CompileOutput, Namespace, NetworkPolicy, PodInput, Service } from './compiler/types.ts';
 import { policyStatus } from './policy-status.ts';
 import { untilAborted, type AgentEntitlementObject, type LeaderTask } from './runtime.ts';
 import { RESOURCES } from '../lib/kube/resources.ts';
 
-export const BASELINE_FINALIZER = 'agentfence.io/protect-baseline';
+/**
+ * Set on baselines by earlier versions; removed wherever found. A finalizer could only delay a deletion that
+ * whoever may delete NetworkPolicies in the namespace can defeat anyway (NetworkPolicies are additive: an
+ * allow-all policy next to the baseline opens it just the same), at the price of namespaces stuck Terminating
+ * whenever the controller is not running. Recreating the baseline on its delete event is the protection.
+ */
+export const LEGACY_BASELINE_FINALIZER = 'agentfence.io/protect-baseline';
 const KEY = 'cluster';
 
 const R = {
@@ -61,6 +68,31 @@ export interface ReconcilerOptions {
   entitlements: Informer<AgentEntitlementObject>;
   compileOptions: Omit<CompileOptions, 'now'>;
   now?: () => Date;
+}
+
+/**
+ * Removes one finalizer from an object, test-then-remove, so a concurrent change to the list fails (409/422)
+ * instead of removing someone else's entry. A no-op when the object does not carry it.
+ */
+export async function removeFinalizer(
+  client: WriteClient,
+  resource: ResourceRef,
+  obj: KubeObject,
+  finalizer: string,
+): Promise<void> {
+  const index = (obj.metadata.finalizers ?? []).indexOf(finalizer);
+  if (index < 0) return;
+  await client.request(
+    'PATCH',
+    resourcePath(resource, { namespace: obj.metadata.namespace, name: obj.metadata.name }),
+    {
+      contentType: CONTENT_TYPE.jsonPatch,
+      body: [
+        { op: 'test', path: `/metadata/finalizers/${index}`, value: finalizer },
+        { op: 'remove', path: `/metadata/finalizers/${index}` },
+      ],
+    },
+  );
 }
 
 /** True when every field present in `desired` has the same value in `current` (defaults the server adds are ignored). */
@@ -236,14 +268,18 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
       }
     };
 
-    // Baselines carry the protecting finalizer while their namespace has agent pods.
-    const desiredNetpols = output.networkPolicies.map((np) =>
-      np.metadata.name === BASELINE_NAME
-        ? { ...np, metadata: { ...np.metadata, finalizers: [BASELINE_FINALIZER] } }
-        : np,
-    );
+    const desiredNetpols = output.networkPolicies;
     for (const np of desiredNetpols)
       await write(R.networkPolicies, np as unknown as KubeObject, netpols.get(objectKey(np as unknown as KubeObject)));
+    for (const np of netpols.list())
+      if (
+        np.metadata.labels?.[LABEL_MANAGED_BY] === MANAGED_BY &&
+        np.metadata.finalizers?.includes(LEGACY_BASELINE_FINALIZER)
+      )
+        await removeLegacyFinalizer(R.networkPolicies, np).catch((err: unknown) => {
+          if (err instanceof KubeApiError && (err.status === 404 || err.status === 409)) return; // next round
+          logger.warn('removing the legacy baseline finalizer failed', { key: objectKey(np), err });
+        });
     for (const ae of output.entitlements)
       await write(
         RESOURCES.agentEntitlements,
@@ -274,6 +310,9 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
     }
   };
 
+  const removeLegacyFinalizer = (resource: ResourceRef, obj: KubeObject): Promise<void> =>
+    removeFinalizer(writer, resource, obj, LEGACY_BASELINE_FINALIZER);
+
   const prune = async (
     resource: ResourceRef,
     obj: KubeObject,
@@ -281,22 +320,7 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
     policy: string | undefined,
   ): Promise<void> => {
     try {
-      const finalizers = obj.metadata.finalizers ?? [];
-      const index = finalizers.indexOf(BASELINE_FINALIZER);
-      if (index >= 0) {
-        // test-then-remove, so a concurrent change to the list fails instead of removing someone else's entry.
-        await writer.request(
-          'PATCH',
-          resourcePath(resource, { namespace: obj.metadata.namespace, name: obj.metadata.name }),
-          {
-            contentType: CONTENT_TYPE.jsonPatch,
-            body: [
-              { op: 'test', path: `/metadata/finalizers/${index}`, value: BASELINE_FINALIZER },
-              { op: 'remove', path: `/metadata/finalizers/${index}` },
-            ],
-          },
-        );
-      }
+      await removeLegacyFinalizer(resource, obj);
       if (!obj.metadata.deletionTimestamp) {
         await deleteObject(
           writer,

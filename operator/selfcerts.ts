@@ -181,6 +181,8 @@ export async function selfManagedCertificates(
           } catch (err) {
             if (!isNotFound(err)) o.logger.warn('serving certificate upkeep failed', { err });
           }
+          // Abortable: a plain timer raced against the signal stayed armed after stop() and held the process
+          // for up to a minute after SIGTERM.
           await sleep(60_000, signal);
         }
       },

@@ -30,15 +30,31 @@ export function renderCrdFiles(): GeneratedFile[] {
   ] as const;
   return [
     ...crds.map(([file, crd]) => ({ path: `crds/${file}`, content: renderYaml(crd) })),
-    // The chart ships the same CRDs as templates (Helm's crds/ directory is never upgraded), kept on uninstall.
+    // The chart ships the same CRDs as templates, so that `helm upgrade` upgrades them; see renderChartCrd.
     ...crds.map(([file, crd]) => ({ path: `charts/agentfence/templates/crds/${file}`, content: renderChartCrd(crd) })),
   ];
 }
 
+/**
+ * A CRD as a chart template (the cert-manager convention: `crds.install`, `crds.keep`). It is rendered only
+ * when the cluster does not have it yet or this release owns it, so `helm install` works where the CRDs
+ * already exist (applied with kubectl, left by another release, installed by `agentfence local-cluster`):
+ * those are left as they are (NOTES.txt says so). `helm template` cannot look, and always renders it.
+ */
 function renderChartCrd(crd: Record<string, unknown>): string {
   const metadata = crd.metadata as Record<string, unknown>;
-  const kept = { ...crd, metadata: { ...metadata, annotations: { 'helm.sh/resource-policy': 'keep' } } };
-  return `{{- if .Values.crds.install }}\n${renderYaml(kept)}{{- end }}\n`;
+  const name = String(metadata.name);
+  const kept = { ...crd, metadata: { ...metadata, annotations: { KEEP: 'KEEP' } } };
+  const body = renderYaml(kept).replace(
+    '    KEEP: KEEP\n',
+    '    {{- if .Values.crds.keep }}\n    helm.sh/resource-policy: keep\n    {{- end }}\n',
+  );
+  return [
+    `{{- if and .Values.crds.install (include "agentfence.crdOwned" (list . "${name}")) }}`,
+    body.trimEnd(),
+    '{{- end }}',
+    '',
+  ].join('\n');
 }
 
 function renderYaml(doc: unknown): string {

@@ -218,7 +218,10 @@ export class Informer<T extends KubeObject = KubeObject> {
         // A watch that keeps failing from the same resourceVersion may be stuck on it (e.g. "too large resource
         // version" after an etcd restore): start over from a fresh list.
         if (this.#backoff.failures('watch') % RELIST_AFTER_FAILURES === 0) this.#resourceVersion = undefined;
-        this.#logger.warn('list/watch failed, retrying', {
+        // One failure is routine (an API server starting or rolling, a watch cache re-initializing after a CRD
+        // is created): info. Failures in a row are worth a warning.
+        const level = this.#backoff.failures('watch') > 1 ? 'warn' : 'info';
+        this.#logger[level]('list/watch failed, retrying', {
           err,
           status: err instanceof KubeApiError ? err.status : undefined,
           retryInMs: Math.round(delay),

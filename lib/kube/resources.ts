@@ -17,6 +17,7 @@ export const RESOURCES = {
     version: 'v1',
     resource: 'mutatingwebhookconfigurations',
   },
+  leases: { group: 'coordination.k8s.io', version: 'v1', resource: 'leases' },
   agentPolicies: { group: GROUP, version: VERSION, resource: AGENT_POLICY.plural },
   agentEntitlements: { group: GROUP, version: VERSION, resource: AGENT_ENTITLEMENT.plural },
 } as const satisfies Record<string, ResourceRef>;

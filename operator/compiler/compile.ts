@@ -19,14 +19,16 @@ import type {
   OperatorEndpoint,
   PolicyReport,
 } from './types.ts';
+import { CONTROLLER } from '../defaults.ts';
 
 export const DEFAULT_TRUST_DOMAIN = 'cluster.local';
 export const DEFAULT_CLUSTER_DOMAIN = 'cluster.local';
 export const DEFAULT_DNS: DnsTarget = { kind: 'pods', namespace: 'kube-system', podLabels: { 'k8s-app': 'kube-dns' } };
+/** Where the chart's controller runs by default (operator/defaults.ts): what the baseline lets agents reach. */
 export const DEFAULT_OPERATOR: OperatorEndpoint = {
-  namespace: 'agentfence-system',
-  podLabels: { 'app.kubernetes.io/name': 'agentfence', 'app.kubernetes.io/component': 'operator' },
-  port: 8443,
+  namespace: CONTROLLER.namespace,
+  podLabels: { ...CONTROLLER.podLabels },
+  port: CONTROLLER.port,
 };
 
 export function compile(input: CompileInput, compileOptions: CompileOptions): CompileOutput {

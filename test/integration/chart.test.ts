@@ -19,6 +19,7 @@ import { cluster, createNamespace, eventually, run, runOrThrow } from '../suppor
 import { kubeRequest } from '../support/kube-request.ts';
 import { expectGolden } from '../support/golden.ts';
 import { mutatingWebhookConfiguration, podIntegrityBinding, podIntegrityPolicy } from '../../webhook/manifests.ts';
+import { CONTROLLER } from '../../operator/defaults.ts';
 
 const run$ = promisify(execFile);
 const chartDir = new URL('../../charts/agentfence', import.meta.url).pathname;
@@ -72,6 +73,56 @@ describe('Helm chart', () => {
     await run$(helm(), ['lint', chartDir, ...CUSTOM]);
   });
 
+  it('helm knows the Kubernetes version it was built for: template needs no --kube-version', async () => {
+    // helm's default is set by ldflags from its client-go (hack/build-k8s-binaries.sh, as helm's Makefile does);
+    // without them it is v1.20 and the chart's kubeVersion (>= 1.30) refuses to render.
+    const { stdout } = await run$(helm(), ['template', 'agentfence', chartDir, '--namespace', RELEASE_NS]);
+    expect(stdout).toContain('kind: Deployment');
+  });
+
+  it('installs the controller defaults that render, the demo and the CLI use (operator/defaults.ts)', async () => {
+    const docs = parseAllDocuments(await template([])).map(
+      (d) => d.toJS() as { kind?: string; metadata?: { name?: string }; spec?: Record<string, unknown> },
+    );
+    const deployment = docs.find((d) => d.kind === 'Deployment') as unknown as {
+      metadata: { name: string };
+      spec: {
+        template: {
+          metadata: { labels: Record<string, string> };
+          spec: { serviceAccountName: string; containers: { args: string[]; ports: { containerPort: number }[] }[] };
+        };
+      };
+    };
+    expect(deployment.metadata.name).toBe(CONTROLLER.serviceName);
+    expect(deployment.spec.template.metadata.labels).toMatchObject(CONTROLLER.podLabels);
+    const [container] = deployment.spec.template.spec.containers;
+    expect(container?.ports.map((p) => p.containerPort)).toEqual([CONTROLLER.port, CONTROLLER.adminPort]);
+    expect(container?.args).toEqual(
+      expect.arrayContaining([
+        `--listen=0.0.0.0:${CONTROLLER.port}`,
+        `--admin-listen=0.0.0.0:${CONTROLLER.adminPort}`,
+        `--service-name=${CONTROLLER.serviceName}`,
+        `--webhook-config-name=${CONTROLLER.webhookConfigName}`,
+        `--cert-secret=${CONTROLLER.certSecretName}`,
+      ]),
+    );
+    expect(docs.find((d) => d.kind === 'Service')?.metadata?.name).toBe(CONTROLLER.serviceName);
+    expect(docs.find((d) => d.kind === 'MutatingWebhookConfiguration')?.metadata?.name).toBe(
+      CONTROLLER.webhookConfigName,
+    );
+    // The cleanup hook's Role names exactly the controller's Secrets and Lease.
+    const role = docs.find(
+      (d) => d.kind === 'Role' && d.metadata?.name === 'agentfence-controller-cleanup',
+    ) as unknown as {
+      rules: { resources: string[]; resourceNames: string[] }[];
+    };
+    expect(role.rules.find((r) => r.resources.includes('secrets'))?.resourceNames).toEqual([
+      CONTROLLER.keysSecretName,
+      CONTROLLER.certSecretName,
+    ]);
+    expect(role.rules.find((r) => r.resources.includes('leases'))?.resourceNames).toEqual([CONTROLLER.leaseName]);
+  });
+
   it('renders exactly the golden output (default values)', async () => {
     golden('default.yaml', await template([]));
   });
@@ -123,9 +174,10 @@ describe('chart objects on the real API server, and the controller under the cha
   beforeAll(async () => {
     const rendered = await template([]);
     await run(['create', 'namespace', RELEASE_NS]);
+    // Hooks (the uninstall cleanup) are not part of an install: chart-lifecycle.test.ts runs them.
     const docs = parseAllDocuments(rendered)
-      .map((d) => d.toJS() as { kind?: string } | null)
-      .filter((d): d is { kind: string } => !!d?.kind);
+      .map((d) => d.toJS() as { kind?: string; metadata?: { annotations?: Record<string, string> } } | null)
+      .filter((d): d is { kind: string } => !!d?.kind && !d.metadata?.annotations?.['helm.sh/hook']);
     // Admission configurations would send every labelled pod of the other tests to a controller that is not
     // running here: check them with a server-side dry run; create everything else for real.
     const admission = new Set(['MutatingWebhookConfiguration', 'ValidatingAdmissionPolicyBinding']);
@@ -146,6 +198,14 @@ describe('chart objects on the real API server, and the controller under the cha
   afterAll(async () => {
     await operator?.stop();
     client?.close();
+    // The cluster-wide objects, so that a `helm install` in another test file does not meet them.
+    for (const [kind, name] of [
+      ['clusterrole', 'agentfence-controller'],
+      ['clusterrolebinding', 'agentfence-controller'],
+      ['validatingadmissionpolicy', 'agentfence-pod-integrity'],
+    ] as const)
+      await run(['delete', kind, name, '--ignore-not-found']);
+    await run(['delete', 'namespace', RELEASE_NS, '--wait=false']);
   });
 
   it('runs the controller with the chart ServiceAccount token: caches sync, keys are created, it leads', async () => {

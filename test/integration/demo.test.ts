@@ -33,5 +33,11 @@ describe('agentfence demo', () => {
     expect(stdout).toContain('networkpolicy.networking.k8s.io/agentfence-baseline');
     expect(stdout).toMatch(/"decision":"deny","reason":"method_not_allowed"/);
     expect(stdout).toMatch(/enforced \d+ ms after kubectl apply[\s\S]*→ 403 no_rule_for_destination/);
+    // --once ends by itself: no promise of a cluster that keeps running, no Ctrl-C.
+    expect(stdout).toMatch(/Done in [\d.]+ s\. Stopping the control plane/);
+    expect(stdout).not.toContain('Press Ctrl-C');
+    expect(stdout).not.toContain('keeps running');
+    // The narration is not interrupted by component warnings (a routine retry while the API server warms up).
+    expect(stderr).not.toContain('"level":"warn"');
   }, 120_000);
 });

@@ -29,6 +29,18 @@ function childrenOf(pid: number): number[] {
   return out;
 }
 
+function descendantsOf(pid: number): number[] {
+  const out: number[] = [];
+  const queue = [pid];
+  while (queue.length > 0) {
+    for (const c of childrenOf(queue.shift() ?? -1)) {
+      out.push(c);
+      queue.push(c);
+    }
+  }
+  return out;
+}
+
 function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
@@ -80,6 +92,35 @@ describe('agentfence local-cluster', () => {
     } finally {
       await rm(work, { recursive: true, force: true });
     }
+  });
+
+  it('SIGKILL of the CLI leaves no etcd, kube-apiserver or kube-controller-manager behind', async () => {
+    const binDir = cluster().binaries.kubectl.replace(/\/kubectl$/, '');
+    const child = spawn(process.execPath, [cli, 'local-cluster', '--no-build'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, KUBEBUILDER_ASSETS: binDir }, // eslint-disable-line no-restricted-properties -- passes the test's environment on
+    });
+    let stdout = '';
+    child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+    const deadline = Date.now() + 60_000;
+    while (!stdout.includes('Press Ctrl-C')) {
+      if (child.exitCode !== null || Date.now() > deadline) throw new Error('local-cluster did not start');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    // The whole tree: guards, their watchers, etcd, kube-apiserver, kube-controller-manager.
+    const tree = descendantsOf(child.pid ?? -1);
+    const names = tree.map((pid) => {
+      try {
+        return readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+      } catch {
+        return '';
+      }
+    });
+    expect(names).toEqual(expect.arrayContaining(['etcd', 'kube-apiserver', 'kube-controller']));
+    child.kill('SIGKILL');
+    const gone = Date.now() + 10_000;
+    while (tree.some(alive) && Date.now() < gone) await new Promise((r) => setTimeout(r, 100));
+    expect(tree.filter(alive), 'processes left after SIGKILL').toEqual([]);
   });
 
   it('refuses to overwrite an existing kubeconfig and exits non-zero with the reason', async () => {

@@ -27,6 +27,7 @@ async function reconciles(): Promise<number> {
 interface Obj {
   metadata: {
     name: string;
+    uid?: string;
     generation?: number;
     finalizers?: string[];
     deletionTimestamp?: string;
@@ -102,7 +103,8 @@ describe('policy reconciler', () => {
     expect(np.metadata.ownerReferences?.[0]).toMatchObject({ kind: 'AgentPolicy', name: 'planner' });
     expect(JSON.stringify(np.spec)).toContain('10.40.0.0/16');
     const baseline = await eventually(() => get('networkpolicy', 'agentfence-baseline'), 'baseline');
-    expect(baseline.metadata.finalizers).toContain('agentfence.io/protect-baseline');
+    // No finalizer: a controller that is gone must never hold a namespace's deletion.
+    expect(baseline.metadata.finalizers ?? []).toEqual([]);
     expect(baseline.spec.policyTypes).toEqual(['Ingress', 'Egress']);
 
     const ae = await eventually(() => get('agententitlement', 'planner-0'), 'entitlement of planner-0');
@@ -161,10 +163,14 @@ describe('policy reconciler', () => {
     );
   });
 
-  it('keeps the baseline while agent pods remain, and recreates it when it is force-removed', async () => {
-    await runOrThrow(['delete', 'networkpolicy', 'agentfence-baseline', '-n', ns, '--wait=false']);
-    const held = await get('networkpolicy', 'agentfence-baseline');
-    expect(held?.metadata.deletionTimestamp).toBeDefined(); // protected: still there, still enforced
+  it('recreates the baseline when it is deleted, and removes the finalizer earlier versions set', async () => {
+    const before = await eventually(() => get('networkpolicy', 'agentfence-baseline'), 'baseline');
+    await runOrThrow(['delete', 'networkpolicy', 'agentfence-baseline', '-n', ns]);
+    await eventually(async () => {
+      const b = await get('networkpolicy', 'agentfence-baseline');
+      return b && b.metadata.uid !== before.metadata.uid ? true : undefined;
+    }, 'baseline recreated');
+    // An upgrade from a version that protected the baseline with a finalizer: the controller takes it off.
     await runOrThrow([
       'patch',
       'networkpolicy',
@@ -173,12 +179,12 @@ describe('policy reconciler', () => {
       ns,
       '--type=merge',
       '-p',
-      '{"metadata":{"finalizers":null}}',
+      '{"metadata":{"finalizers":["agentfence.io/protect-baseline"]}}',
     ]);
     await eventually(async () => {
       const b = await get('networkpolicy', 'agentfence-baseline');
-      return b && !b.metadata.deletionTimestamp ? true : undefined;
-    }, 'baseline recreated');
+      return b && (b.metadata.finalizers ?? []).length === 0 ? true : undefined;
+    }, 'legacy finalizer removed');
   });
 
   it('narrows a pod relabelled out of a policy', async () => {

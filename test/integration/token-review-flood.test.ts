@@ -10,7 +10,7 @@ import { fetchWithCA } from '../../lib/verify/fetch-with-ca.ts';
 import { startLocalController, type LocalController } from '../../localcluster/controller.ts';
 import { cluster, createNamespace, eventually, runOrThrow } from '../support/cluster.ts';
 import { kubeRequest } from '../support/kube-request.ts';
-import { createAgentPod, serviceAccountToken } from '../support/identity-server.ts';
+import { createAgentPod, serviceAccountToken, TEST_INJECTOR } from '../support/identity-server.ts';
 
 let client: KubeClient;
 let controller: LocalController;
@@ -65,7 +65,8 @@ beforeAll(async () => {
   const system = await createNamespace('af-flood-system');
   const ns = await createNamespace('flood');
   await runOrThrow(['create', 'serviceaccount', 'support-agent', '-n', ns]);
-  controller = await startLocalController({ client, namespace: system });
+  // The pods below are rendered with TEST_INJECTOR: the exchange must expect the same sidecar.
+  controller = await startLocalController({ client, namespace: system, injector: () => TEST_INJECTOR });
   const pod = await createAgentPod(ns, 'agent-0');
   realToken = await serviceAccountToken(ns, 'support-agent', pod);
   const f = fetchWithCA(controller.caPem);

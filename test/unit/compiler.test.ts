@@ -869,7 +869,7 @@ describe('baseline', () => {
             {
               namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'agentfence-system' } },
               podSelector: {
-                matchLabels: { 'app.kubernetes.io/component': 'operator', 'app.kubernetes.io/name': 'agentfence' },
+                matchLabels: { 'app.kubernetes.io/component': 'controller', 'app.kubernetes.io/name': 'agentfence' },
               },
             },
           ],

@@ -258,3 +258,32 @@ describe('Informer', () => {
     },
   );
 });
+
+describe('informer failure logging', () => {
+  it('logs a single list failure at info, and failures in a row at warn', async () => {
+    const lines: { level: string; msg: string }[] = [];
+    const logger = {
+      debug: (msg: string) => lines.push({ level: 'debug', msg }),
+      info: (msg: string) => lines.push({ level: 'info', msg }),
+      warn: (msg: string) => lines.push({ level: 'warn', msg }),
+      error: (msg: string) => lines.push({ level: 'error', msg }),
+      child: () => logger,
+    };
+    const api = new FakeApi();
+    const initializing = (): never => {
+      throw new KubeApiError(429, 'TooManyRequests', 'storage is (re)initializing', 'GET', '/x');
+    };
+    api.lists.push(initializing, initializing, list('5', obj('a', '5')));
+    const informer = new Informer({
+      client: api,
+      resource: { group: '', version: 'v1', resource: 'pods' },
+      logger,
+      backoff: { baseDelayMs: 1, maxDelayMs: 2 },
+    });
+    informer.start();
+    await until(() => informer.list().length === 1, 'the third list to succeed');
+    await informer.stop();
+    const failures = lines.filter((l) => l.msg === 'list/watch failed, retrying').map((l) => l.level);
+    expect(failures).toEqual(['info', 'warn']);
+  });
+});

@@ -1,6 +1,6 @@
 /** `agentfence render` and the manifest reader behind it: workloads to pods, CRD-schema validation, errors. */
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -127,6 +127,50 @@ spec:
       trustDomain: 'cluster.local',
     });
     expect(config !== 'help' && config.files.every((f) => f.endsWith('.yaml'))).toBe(true);
+  });
+  it('compiles with the chart defaults: the baseline lets agents reach the chart controller pods and port', () => {
+    const chart = readFileSync(join(root, 'charts/agentfence/templates/deployment.yaml'), 'utf8');
+    const config = loadRenderConfig(
+      ['-f', join(root, 'examples'), '--values', join(root, 'charts/agentfence/values.yaml')],
+      new Date(0),
+    );
+    if (config === 'help') throw new Error('help');
+    expect(config.operator.namespace).toBe('agentfence-system');
+    expect(config.operator.podLabels).toEqual({
+      'app.kubernetes.io/name': 'agentfence',
+      'app.kubernetes.io/component': 'controller',
+    });
+    expect(chart).toContain(`containerPort: ${config.operator.port}`);
+    expect(config).toMatchObject({ trustDomain: 'cluster.local', networkProvider: 'kubernetes' });
+    expect(config.dns).toBeUndefined(); // kube-dns pods
+  });
+
+  it('takes the install values (--values) and the release namespace, flags override values', () => {
+    const values = file(
+      'values.yaml',
+      'trustDomain: prod.example\nnetworkProvider: cilium\ndns: {mode: node-local, nodeLocalIP: 169.254.20.10}\ncontroller: {replicas: 3}\n',
+    );
+    const config = loadRenderConfig(
+      ['-f', join(root, 'examples'), '--values', values, '--namespace', 'fence'],
+      new Date(0),
+    );
+    expect(config).toMatchObject({
+      trustDomain: 'prod.example',
+      networkProvider: 'cilium',
+      dns: { kind: 'addresses', addresses: ['169.254.20.10'] },
+      operator: { namespace: 'fence', port: 8443 },
+    });
+    const overridden = loadRenderConfig(
+      ['-f', join(root, 'examples'), '--values', values, '--network-provider', 'kubernetes'],
+      new Date(0),
+    );
+    expect(overridden).toMatchObject({ networkProvider: 'kubernetes', trustDomain: 'prod.example' });
+    const bad = file('bad-values.yaml', 'dns: {mode: node-local}\n');
+    expect(() => loadRenderConfig(['-f', root, '--values', bad], new Date(0))).toThrow('dns.nodeLocalIP');
+    const wrong = file('wrong-values.yaml', 'trustDomain: [a]\n');
+    expect(() => loadRenderConfig(['-f', root, '--values', wrong], new Date(0))).toThrow(
+      'trustDomain must be a string',
+    );
   });
 });
 
