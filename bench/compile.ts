@@ -6,7 +6,7 @@
 import { performance } from 'node:perf_hooks';
 import type { AgentPolicy } from '../lib/api/types.generated.ts';
 import { compile } from '../operator/compiler/index.ts';
-import type { CompileInput, Namespace, Pod, Service } from '../operator/compiler/types.ts';
+import type { CompileInput, Namespace, PodInput, Service } from '../operator/compiler/types.ts';
 
 const NAMESPACES = 100;
 const PODS_PER_NAMESPACE = 100;
@@ -15,7 +15,7 @@ const POLICIES_PER_NAMESPACE = 10;
 
 function generate(): CompileInput {
   const namespaces: Namespace[] = [];
-  const pods: Pod[] = [];
+  const pods: PodInput[] = [];
   const services: Service[] = [];
   const policies: AgentPolicy[] = [];
   for (let n = 0; n < NAMESPACES; n++) {

@@ -138,7 +138,7 @@ export function loadRenderConfig(argv: string[], now: Date): RenderConfig | 'hel
   return config;
 }
 
-function readDocuments(file: string): SourceDocument[] {
+export function readDocuments(file: string): SourceDocument[] {
   const text = readFileSync(file, 'utf8');
   return parseAllDocuments(text).map((doc, i) => {
     const [error] = doc.errors;

@@ -87,6 +87,47 @@ export function hostCidr(address: string): string | undefined {
 export const NEVER_GRANTED = ['169.254.0.0/16', 'fe80::/10', 'fd00:ec2::254/128'] as const;
 const neverGranted = NEVER_GRANTED.map((c) => ({ text: c, cidr: parseCidr(c) as Cidr }));
 
+/**
+ * Special-purpose ranges (this network, private, shared/CGNAT, loopback, IETF protocol assignments,
+ * benchmarking, multicast and reserved; unspecified, loopback, IPv4-mapped, unique-local and multicast IPv6):
+ * inside the cluster or not routable on the internet. Reachable only through a rule whose `cidrs` contain them:
+ * a host-name grant alone, or "any public address", never opens them. The one list every layer uses: the
+ * sidecar's resolved-address check and the compiler's public-address NetworkPolicy rule.
+ */
+export const INTERNAL_RANGES = [
+  '0.0.0.0/8',
+  '10.0.0.0/8',
+  '100.64.0.0/10',
+  '127.0.0.0/8',
+  '172.16.0.0/12',
+  '192.0.0.0/24',
+  '192.168.0.0/16',
+  '198.18.0.0/15',
+  '224.0.0.0/3',
+  '::/128',
+  '::1/128',
+  '::ffff:0:0/96',
+  'fc00::/7',
+  'ff00::/8',
+] as const;
+
+/** IPv4-mapped addresses never appear on the wire (the packet is IPv4), and Kubernetes warns on them in ipBlocks. */
+const IPV4_MAPPED = parseCidr('::ffff:0:0/96') as Cidr;
+
+/**
+ * What "any public address" excludes in one family, for a NetworkPolicy ipBlock.except under 0.0.0.0/0 or ::/0:
+ * every never-granted and internal range, without those inside another (or IPv4-mapped), ordered by address.
+ */
+export function nonPublicRanges(family: 4 | 6): string[] {
+  const all = [...NEVER_GRANTED, ...INTERNAL_RANGES]
+    .map((text) => ({ text, cidr: parseCidr(text) as Cidr }))
+    .filter((r) => r.cidr.family === family && !containsCidr(IPV4_MAPPED, r.cidr));
+  return all
+    .filter((r) => !all.some((o) => o !== r && containsCidr(o.cidr, r.cidr) && o.cidr.prefix < r.cidr.prefix))
+    .sort((a, b) => (a.cidr.network < b.cidr.network ? -1 : a.cidr.network > b.cidr.network ? 1 : 0))
+    .map((r) => r.text);
+}
+
 /** The never-granted ranges that fall inside cidr, in a stable order (for a NetworkPolicy ipBlock.except). */
 export function metadataExcept(cidr: string): string[] {
   const parsed = parseCidr(cidr);

@@ -21,6 +21,7 @@ import {
   publicKeyPem,
 } from '../lib/tls/pki.ts';
 import type { Logger } from '../lib/log.ts';
+import { sleep } from '../lib/sleep.ts';
 
 export interface ControlPlaneOptions {
   binaries: Binaries;
@@ -74,8 +75,6 @@ export async function freePort(): Promise<number> {
     });
   });
 }
-
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 export interface HttpsClientIdentity {
   caPem: string;

@@ -15,6 +15,7 @@ import { stringify } from 'yaml';
 import { clientFromKubeconfig } from '../lib/kube/client.ts';
 import { createRegistry } from '../lib/metrics.ts';
 import { silentLogger, type Logger } from '../lib/log.ts';
+import { sleep } from '../lib/sleep.ts';
 import { createAgentVerifier } from '../lib/verify/index.ts';
 import { agentOf, requireAgent } from '../lib/verify/express.ts';
 import { fetchWithCA } from '../lib/verify/fetch-with-ca.ts';
@@ -284,8 +285,7 @@ export async function runDemo(options: DemoOptions): Promise<void> {
       sidecars.set(agent, sidecar);
     }
     for (const [agent, sidecar] of sidecars) {
-      for (let i = 0; i < 300 && (await fetch(`${sidecar.adminUrl}/readyz`)).status !== 200; i++)
-        await new Promise((r) => setTimeout(r, 100));
+      for (let i = 0; i < 300 && (await fetch(`${sidecar.adminUrl}/readyz`)).status !== 200; i++) await sleep(100);
       const status = (await (await fetch(`${sidecar.adminUrl}/status`)).json()) as { agent: string; revision: string };
       out(`✔ sidecar of ${agent} ready: identity ${status.agent}, entitlements ${status.revision.slice(0, 19)}…`);
     }
@@ -328,7 +328,7 @@ export async function runDemo(options: DemoOptions): Promise<void> {
 
     out('');
     out(`▶ kubectl get agentpolicies,agententitlements,networkpolicies -n ${NS}`);
-    await new Promise((r) => setTimeout(r, 500));
+    await sleep(500);
     for (const line of (await k(['get', 'agentpolicies,agententitlements,networkpolicies', '-n', NS]))
       .trimEnd()
       .split('\n'))

@@ -1,6 +1,7 @@
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { packageRoot } from '../lib/paths.ts';
+import { sleep } from '../lib/sleep.ts';
 
 export interface KubectlTarget {
   binaries: { kubectl: string };
@@ -56,6 +57,6 @@ export async function installCRDs(target: KubectlTarget): Promise<void> {
     ]);
     if (result.code === 0) return;
     if (Date.now() > deadline) throw new Error(`the CRDs did not become Established: ${result.stderr.trim()}`);
-    await new Promise((r) => setTimeout(r, 200));
+    await sleep(200);
   }
 }

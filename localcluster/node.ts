@@ -35,6 +35,7 @@ import {
   snapshotHost,
   type HostSnapshot,
 } from './host.ts';
+import { sleep } from '../lib/sleep.ts';
 
 export const NODE_NAME = 'agentfence-node';
 /** The bridge's own address is the node's InternalIP (this kernel has no dummy interfaces). */
@@ -98,7 +99,6 @@ export interface LocalNode {
 }
 
 const HACK = fileURLToPath(new URL('../hack/', import.meta.url));
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Why this machine cannot run a node, or undefined when it can (the binaries are checked separately). */
 export function nodeUnsupportedReason(): string | undefined {

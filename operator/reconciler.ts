@@ -33,7 +33,7 @@ import type { EventRecorder } from '../lib/kube/events.ts';
 import { Informer, objectKey } from '../lib/kube/informer.ts';
 import { compile } from './compiler/compile.ts';
 import { compileSelector } from './compiler/selectors.ts';
-import type { CompileOptions, CompileOutput, Namespace, NetworkPolicy, Pod, Service } from './compiler/types.ts';
+import type { CompileOptions, CompileOutput, Namespace, NetworkPolicy, PodInput, Service } from './compiler/types.ts';
 import { policyStatus } from './policy-status.ts';
 import { untilAborted, type AgentEntitlementObject, type LeaderTask } from './runtime.ts';
 import { RESOURCES } from '../lib/kube/resources.ts';
@@ -136,7 +136,7 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
     logger,
     registry,
   });
-  const pods = new Informer<KubeObject & Pod>({ client, resource: R.pods, name: 'pods', logger, registry });
+  const pods = new Informer<KubeObject & PodInput>({ client, resource: R.pods, name: 'pods', logger, registry });
   const namespaces = new Informer<KubeObject & Namespace>({
     client,
     resource: R.namespaces,

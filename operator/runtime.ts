@@ -10,6 +10,7 @@ import { LABEL_INJECT } from '../lib/api/constants.ts';
 import type { AgentEntitlement } from '../lib/api/types.generated.ts';
 import type { Logger } from '../lib/log.ts';
 import { counter } from '../lib/metrics.ts';
+import { sleep } from '../lib/sleep.ts';
 import { startHealthServer, type HealthServer } from '../lib/health.ts';
 import type { KubeClient, KubeObject } from '../lib/kube/client.ts';
 import { writeStatus } from '../lib/kube/apply.ts';
@@ -19,7 +20,7 @@ import { createAgentVerifier, type AgentVerifier } from '../lib/verify/index.ts'
 import { EntitlementHub, type PodKey } from './distribution/hub.ts';
 import { createDistributionRouter } from './distribution/http.ts';
 import { cachedIdentityCluster } from './identity/cached-cluster.ts';
-import { IdentityExchange, type PodView } from './identity/exchange.ts';
+import { IdentityExchange, type PodIdentity } from './identity/exchange.ts';
 import { createIdentityApp } from './identity/http.ts';
 import { TokenIssuer } from './identity/issuer.ts';
 import { publicJwks, type KeySet } from './identity/keys.ts';
@@ -28,7 +29,7 @@ import { startServingServer, type ServingCertSource, type ServingServer } from '
 import { RESOURCES } from '../lib/kube/resources.ts';
 import type { InjectorConfig } from '../webhook/inject.ts';
 
-export type AgentPod = KubeObject & PodView;
+export type AgentPod = KubeObject & PodIdentity;
 export type AgentEntitlementObject = KubeObject & AgentEntitlement;
 
 export interface RuntimeConfig {
@@ -224,7 +225,7 @@ export async function startOperator(
       : {}),
     onStartedLeading: async (signal, term) => {
       logger.info('leading', { identity: config.podName });
-      await Promise.all([rotateKeys(keys, term, logger), ...tasks.map((t) => t.run(signal, term))]);
+      await Promise.all([keyRotationLoop(keys, term, logger), ...tasks.map((t) => t.run(signal, term))]);
     },
     onStoppedLeading: () => logger.info('stopped leading', { identity: config.podName }),
   });
@@ -266,7 +267,11 @@ export function untilAborted(signal: AbortSignal): Promise<void> {
 }
 
 /** Leader loop: rotate, then sleep until the next rotation step or leadership ends. */
-async function rotateKeys(keys: SigningKeyStore, term: LeaderTerm, logger: Logger): Promise<void> {
+export async function keyRotationLoop(
+  keys: Pick<SigningKeyStore, 'rotate'>,
+  term: LeaderTerm,
+  logger: Logger,
+): Promise<void> {
   const { signal } = term;
   while (!signal.aborted) {
     let waitMs: number;
@@ -276,13 +281,7 @@ async function rotateKeys(keys: SigningKeyStore, term: LeaderTerm, logger: Logge
       logger.error('signing key rotation failed', { err });
       waitMs = 5_000;
     }
-    await new Promise<void>((resolve) => {
-      const timer = setTimeout(resolve, waitMs);
-      signal.addEventListener('abort', () => {
-        clearTimeout(timer);
-        resolve();
-      });
-    });
+    await sleep(waitMs, signal);
   }
 }
 

@@ -4,7 +4,6 @@
  * (a 409 means another replica won; its Secret is used). The leader renews the serving certificate when a third
  * of its life remains, keeping the CA, and keeps the MutatingWebhookConfiguration's caBundle equal to the CA.
  */
-import { setTimeout as sleep } from 'node:timers/promises';
 import {
   createCertificateAuthority,
   issueCertificate,
@@ -24,6 +23,7 @@ import {
 import { Informer } from '../lib/kube/informer.ts';
 import { X509Certificate } from 'node:crypto';
 import type { ServingCertSource, ServingCertificate } from './serving.ts';
+import { sleep } from '../lib/sleep.ts';
 import type { LeaderTask } from './runtime.ts';
 import { RESOURCES, type DataObject } from '../lib/kube/resources.ts';
 
@@ -183,7 +183,7 @@ export async function selfManagedCertificates(
           }
           // Abortable: a plain timer raced against the signal stayed armed after stop() and held the process
           // for up to a minute after SIGTERM.
-          await sleep(60_000, undefined, { signal }).catch(() => undefined);
+          await sleep(60_000, signal);
         }
       },
     }),

@@ -9,28 +9,21 @@
  */
 import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
-import { NEVER_GRANTED, containsCidr, embeddedIPv4, parseCidr, parseIP, type Cidr } from '../lib/ip.ts';
+import {
+  INTERNAL_RANGES,
+  NEVER_GRANTED,
+  containsCidr,
+  embeddedIPv4,
+  parseCidr,
+  parseIP,
+  type Cidr,
+} from '../lib/ip.ts';
 import type { CompiledRule } from './match.ts';
 
 const cidrs = (list: string[]): Cidr[] => list.map((c) => parseCidr(c)).filter((c): c is Cidr => c !== undefined);
 
 const NEVER = cidrs([...NEVER_GRANTED]);
-const SPECIAL = cidrs([
-  '0.0.0.0/8',
-  '10.0.0.0/8',
-  '100.64.0.0/10',
-  '127.0.0.0/8',
-  '172.16.0.0/12',
-  '192.0.0.0/24',
-  '192.168.0.0/16',
-  '198.18.0.0/15',
-  '224.0.0.0/3',
-  '::/128',
-  '::1/128',
-  '::ffff:0:0/96',
-  'fc00::/7',
-  'ff00::/8',
-]);
+const SPECIAL = cidrs([...INTERNAL_RANGES]);
 
 export type AddressVerdict = { ok: true } | { ok: false; reason: 'metadata_address' | 'private_address' };
 

@@ -8,7 +8,7 @@
  */
 import { createHash } from 'node:crypto';
 import { ANNOTATION_INJECTED, LABEL_AGENT, LABEL_INJECT, OPERATOR_AUDIENCE } from '../lib/api/constants.ts';
-import type { ObjectMeta } from '../lib/api/meta.ts';
+import type { Container, EnvVar, Pod } from '../lib/kube/pod.ts';
 
 export const SIDECAR_NAME = 'agentfence-sidecar';
 /** The sidecar's fixed UID (also the image's USER); app containers may not use it. */
@@ -62,48 +62,8 @@ export interface InjectorConfig {
   resources: { cpuRequest: string; memoryRequest: string; memoryLimit: string };
 }
 
-export interface EnvVar {
-  name: string;
-  value?: string;
-  valueFrom?: unknown;
-}
-
-export interface Container {
-  name: string;
-  image?: string;
-  env?: EnvVar[];
-  envFrom?: unknown[];
-  ports?: { containerPort?: number; [field: string]: unknown }[];
-  volumeMounts?: { name: string; [field: string]: unknown }[];
-  securityContext?: {
-    runAsUser?: number;
-    capabilities?: { add?: string[]; drop?: string[] };
-    privileged?: boolean;
-    [field: string]: unknown;
-  };
-  restartPolicy?: string;
-  [field: string]: unknown;
-}
-
-export interface Pod {
-  apiVersion?: string;
-  kind?: string;
-  metadata: ObjectMeta;
-  spec: {
-    containers: Container[];
-    initContainers?: Container[];
-    ephemeralContainers?: Container[];
-    volumes?: { name: string; hostPath?: unknown; [field: string]: unknown }[];
-    hostNetwork?: boolean;
-    hostPID?: boolean;
-    hostIPC?: boolean;
-    shareProcessNamespace?: boolean;
-    serviceAccountName?: string;
-    securityContext?: { runAsUser?: number };
-    [field: string]: unknown;
-  };
-  [field: string]: unknown;
-}
+// The webhook's pod is the one Pod type; re-exported for the webhook's callers.
+export type { Container, EnvVar, Pod };
 
 export type InjectResult =
   { allowed: true; pod: Pod; warnings: string[] } | { allowed: false; reason: RefusalReason; message: string };

@@ -10,6 +10,7 @@
  * each CEL rule from these bounds and refuses unbounded schemas.
  */
 import { AGENT_ENTITLEMENT, AGENT_POLICY, GROUP, VERSION } from './constants.ts';
+import { NEVER_GRANTED } from '../ip.ts';
 
 export interface Validation {
   rule: string;
@@ -194,10 +195,10 @@ const cidr: Schema = str(49, 'An IPv4 or IPv6 CIDR, such as 10.20.0.0/16.', {
       rule: '!isCIDR(self) || cidr(self) == cidr(self).masked()',
       message: 'cidrs must not have host bits set: write the network address, like 10.0.0.0/8 rather than 10.0.0.1/8',
     },
+    // Generated from lib/ip.ts, the list the compiler and the sidecar use too.
     {
-      rule: "!isCIDR(self) || !(cidr('169.254.0.0/16').containsCIDR(self) || cidr('fe80::/10').containsCIDR(self) || cidr('fd00:ec2::254/128').containsCIDR(self))",
-      message:
-        'link-local and cloud metadata ranges (169.254.0.0/16, fe80::/10, fd00:ec2::254) can never be granted; they are excluded from every rule',
+      rule: `!isCIDR(self) || !(${NEVER_GRANTED.map((c) => `cidr('${c}').containsCIDR(self)`).join(' || ')})`,
+      message: `link-local and cloud metadata ranges (${NEVER_GRANTED.join(', ')}) can never be granted; they are excluded from every rule`,
     },
   ],
 });

@@ -7,6 +7,7 @@ import { readFile } from 'node:fs/promises';
 import { Agent, request, type RequestOptions } from 'node:https';
 import { KubeConfig } from '@kubernetes/client-node';
 import type { ObjectMeta } from '../api/meta.ts';
+import { sleep } from '../sleep.ts';
 
 /** A resource as the API server names it in URLs; `group` is '' for the core API. */
 export interface ResourceRef {
@@ -116,7 +117,7 @@ export class KubeClient {
     // 429 (API Priority and Fairness) means the request was refused before it ran, so any method may be retried.
     for (let attempt = 1; res.status === 429 && attempt <= THROTTLE_RETRIES; attempt++) {
       res.stream.resume();
-      await new Promise((r) => setTimeout(r, retryAfterMs(res.stream.headers['retry-after'])));
+      await sleep(retryAfterMs(res.stream.headers['retry-after']), init.signal);
       res = await this.#send(method, path, init, init.timeoutMs ?? this.#defaultTimeoutMs);
     }
     const text = await readBody(res.stream);

@@ -9,6 +9,7 @@ import type { Registry } from 'prom-client';
 import { silentLogger, type Logger } from '../log.ts';
 import { DURATION_BUCKETS, counter, gauge, histogram } from '../metrics.ts';
 import { WorkQueue, type BackoffOptions } from './workqueue.ts';
+import { sleep } from '../sleep.ts';
 
 /** An error that retrying cannot fix (invalid spec, forbidden): logged and counted, never requeued. */
 export class TerminalError extends Error {
@@ -117,7 +118,7 @@ export class Controller {
     const poll = this.#options.syncPollMs ?? 50;
     while (!informers.every((i) => i.hasSynced())) {
       if (this.#abort.signal.aborted) return;
-      await new Promise((r) => setTimeout(r, poll));
+      await sleep(poll, this.#abort.signal);
     }
     if (this.#abort.signal.aborted) return;
     const concurrency = Math.max(1, this.#options.concurrency ?? 1);

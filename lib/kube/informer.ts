@@ -22,6 +22,7 @@ import {
   type WatchEvent,
 } from './client.ts';
 import { ItemBackoff } from './workqueue.ts';
+import { sleep } from '../sleep.ts';
 
 export interface EventHandlers<T extends KubeObject> {
   add?(obj: T): void;
@@ -197,7 +198,7 @@ export class Informer<T extends KubeObject = KubeObject> {
         if (stopped()) break;
         this.#metrics.restarts?.inc({ informer: this.name, reason: 'closed' });
         // A watch that ends at once without a single event is a failure in disguise (e.g. a proxy closing it).
-        if (events === 0 && Date.now() - started < 1000) await this.#sleep(this.#backoff.when('watch'), signal);
+        if (events === 0 && Date.now() - started < 1000) await sleep(this.#backoff.when('watch'), signal);
         else this.#backoff.forget('watch');
       } catch (err) {
         if (stopped()) break;
@@ -208,7 +209,7 @@ export class Informer<T extends KubeObject = KubeObject> {
           // The first expiry relists at once; expiries with no healthy watch in between back off, so a server
           // that keeps answering 410 cannot drive a tight relist loop.
           const delay = this.#backoff.when('watch');
-          if (this.#backoff.failures('watch') > 1) await this.#sleep(delay, signal);
+          if (this.#backoff.failures('watch') > 1) await sleep(delay, signal);
           continue;
         }
         const backoff = this.#backoff.when('watch');
@@ -225,7 +226,7 @@ export class Informer<T extends KubeObject = KubeObject> {
           status: err instanceof KubeApiError ? err.status : undefined,
           retryInMs: Math.round(delay),
         });
-        await this.#sleep(delay, signal);
+        await sleep(delay, signal);
       }
     }
   }
@@ -369,17 +370,5 @@ export class Informer<T extends KubeObject = KubeObject> {
         this.#logger.error('event handler threw', { err, event: kind, key: objectKey(obj) });
       }
     }
-  }
-
-  #sleep(ms: number, signal: AbortSignal): Promise<void> {
-    return new Promise((resolve) => {
-      const timer = setTimeout(done, ms);
-      function done(): void {
-        clearTimeout(timer);
-        signal.removeEventListener('abort', done);
-        resolve();
-      }
-      signal.addEventListener('abort', done, { once: true });
-    });
   }
 }

@@ -15,6 +15,7 @@
 import type { Registry } from 'prom-client';
 import { silentLogger, type Logger } from '../log.ts';
 import { gauge } from '../metrics.ts';
+import { sleep } from '../sleep.ts';
 import { isConflict, isNotFound, resourcePath, type KubeClient, type KubeObject } from './client.ts';
 import { microTime } from './conditions.ts';
 import { deepEqual } from './json.ts';
@@ -117,7 +118,7 @@ export class LeaderElector {
     const stopped = (): boolean => this.#stop.signal.aborted;
     while (!stopped()) {
       if (!(await this.#tryAcquireOrRenew(this.#o.renewDeadlineMs))) {
-        await this.#sleep(this.#o.retryPeriodMs * (1 + Math.random() * 0.2));
+        await sleep(this.#o.retryPeriodMs * (1 + Math.random() * 0.2), this.#stop.signal);
         continue;
       }
       const work = new AbortController();
@@ -132,7 +133,7 @@ export class LeaderElector {
         .catch((err: unknown) => this.#logger.error('onStartedLeading failed', { err }));
       let lastRenew = this.#now();
       while (!stopped()) {
-        await this.#sleep(this.#o.retryPeriodMs);
+        await sleep(this.#o.retryPeriodMs, this.#stop.signal);
         if (stopped()) break;
         // A hung request must not keep us leading past the renew deadline: bound it by the time left.
         const left = lastRenew + this.#o.renewDeadlineMs - this.#now();
@@ -253,19 +254,5 @@ export class LeaderElector {
     } catch (err) {
       this.#logger.error('leader election callback threw', { err });
     }
-  }
-
-  #sleep(ms: number): Promise<void> {
-    const signal = this.#stop.signal;
-    if (signal.aborted) return Promise.resolve();
-    return new Promise((resolve) => {
-      const done = (): void => {
-        clearTimeout(timer);
-        signal.removeEventListener('abort', done);
-        resolve();
-      };
-      const timer = setTimeout(done, ms);
-      signal.addEventListener('abort', done, { once: true });
-    });
   }
 }

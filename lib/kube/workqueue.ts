@@ -8,8 +8,7 @@
  */
 import type { Registry } from 'prom-client';
 import { DURATION_BUCKETS, counter, gauge, histogram } from '../metrics.ts';
-
-const MAX_TIMER_MS = 2 ** 31 - 1;
+import { MAX_TIMER_MS } from '../sleep.ts';
 
 export interface BackoffOptions {
   baseDelayMs?: number;

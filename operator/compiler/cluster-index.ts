@@ -4,22 +4,22 @@ import type { AgentPolicy, LabelSelector } from '../../lib/api/types.generated.t
 import { byNamespaceAndName, compareStrings, sortedUnique } from './canonical.ts';
 import { hostCidr } from '../../lib/ip.ts';
 import { LabelIndex, compileSelector, type Labels } from './selectors.ts';
-import type { CompileInput, Pod, Service, SkippedPod } from './types.ts';
+import type { CompileInput, PodInput, Service, SkippedPod } from './types.ts';
 
 export const NAMESPACE_NAME_LABEL = 'kubernetes.io/metadata.name';
 
-/** A pod as the compiler sees it, after the fields it needs have been read once. */
-export interface PodView {
+/** A pod as the compiler indexes it: the fields it needs, read once from its PodInput. */
+export interface IndexedPod {
   namespace: string;
   name: string;
   uid: string;
   labels: Labels;
   /** Host CIDRs (/32, /128) of the pod's IPs; empty before the pod is scheduled. */
   ips: string[];
-  pod: Pod;
+  pod: PodInput;
 }
 
-function podView(pod: Pod): PodView {
+function indexPod(pod: PodInput): IndexedPod {
   const ips = pod.status?.podIPs?.map((p) => p.ip) ?? (pod.status?.podIP ? [pod.status.podIP] : []);
   return {
     namespace: pod.metadata.namespace ?? 'default',
@@ -33,8 +33,8 @@ function podView(pod: Pod): PodView {
 
 /** The cluster state, indexed once per compile. */
 export class ClusterIndex {
-  readonly pods = new Map<string, LabelIndex<PodView>>();
-  readonly agents = new Map<string, LabelIndex<PodView>>();
+  readonly pods = new Map<string, LabelIndex<IndexedPod>>();
+  readonly agents = new Map<string, LabelIndex<IndexedPod>>();
   readonly services = new Map<string, Service>();
   readonly namespaceLabels = new Map<string, Labels>();
   private readonly policiesByNamespace = new Map<string, AgentPolicy[]>();
@@ -46,7 +46,7 @@ export class ClusterIndex {
       this.namespaceLabels.set(name, { ...ns.metadata.labels, [NAMESPACE_NAME_LABEL]: name });
     }
     for (const pod of [...input.pods].sort(byNamespaceAndName)) {
-      const view = podView(pod);
+      const view = indexPod(pod);
       this.knowNamespace(view.namespace);
       const agent = view.labels[LABEL_INJECT] === 'true';
       if (pod.metadata.deletionTimestamp) {
@@ -80,9 +80,9 @@ export class ClusterIndex {
     if (!this.namespaceLabels.has(name)) this.namespaceLabels.set(name, { [NAMESPACE_NAME_LABEL]: name });
   }
 
-  private indexFor(map: Map<string, LabelIndex<PodView>>, ns: string): LabelIndex<PodView> {
+  private indexFor(map: Map<string, LabelIndex<IndexedPod>>, ns: string): LabelIndex<IndexedPod> {
     let index = map.get(ns);
-    if (!index) map.set(ns, (index = new LabelIndex<PodView>()));
+    if (!index) map.set(ns, (index = new LabelIndex<IndexedPod>()));
     return index;
   }
 

@@ -6,7 +6,7 @@
 import type { AgentEntitlement } from '../../lib/api/types.generated.ts';
 import { baselinePolicy } from './baseline.ts';
 import { byNamespaceAndName, compareStrings } from './canonical.ts';
-import { ClusterIndex, type PodView } from './cluster-index.ts';
+import { ClusterIndex, type IndexedPod } from './cluster-index.ts';
 import { EgressDigests, entitlementFor, type PolicyGrant } from './entitlement.ts';
 import { compilePolicy } from './policy.ts';
 import type {
@@ -41,7 +41,7 @@ export function compile(input: CompileInput, compileOptions: CompileOptions): Co
     ...compileOptions,
   };
   const index = new ClusterIndex(input);
-  const grantsByPod = new Map<PodView, PolicyGrant[]>();
+  const grantsByPod = new Map<IndexedPod, PolicyGrant[]>();
   const networkPolicies: NetworkPolicy[] = [];
   const ciliumNetworkPolicies: CiliumNetworkPolicy[] = [];
   const reports: PolicyReport[] = [];

@@ -7,7 +7,7 @@
  * anything in the first tenant's namespace.
  */
 import type { AgentPolicy } from '../../lib/api/types.generated.ts';
-import type { ClusterIndex, PodView } from './cluster-index.ts';
+import type { ClusterIndex, IndexedPod } from './cluster-index.ts';
 import { compileSelector } from './selectors.ts';
 
 function expired(policy: AgentPolicy, now: Date): boolean {
@@ -22,11 +22,11 @@ function expired(policy: AgentPolicy, now: Date): boolean {
 export function consentedCallees(
   index: ClusterIndex,
   callerNamespace: string,
-  callers: readonly PodView[],
+  callers: readonly IndexedPod[],
   calleeNamespace: string,
   now: Date,
-): Set<PodView> {
-  const opened = new Set<PodView>();
+): Set<IndexedPod> {
+  const opened = new Set<IndexedPod>();
   for (const policy of index.policiesIn(calleeNamespace)) {
     if (expired(policy, now)) continue;
     const admits = (policy.spec.ingress ?? []).some((rule) => {

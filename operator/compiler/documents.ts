@@ -7,7 +7,7 @@ import type { AgentPolicy } from '../../lib/api/types.generated.ts';
 import { API_VERSION } from '../../lib/api/constants.ts';
 import { agentPolicySpec } from '../../lib/api/schema.ts';
 import { validateSchema } from '../../lib/api/validate.ts';
-import type { CompileInput, Namespace, Pod, Service } from './types.ts';
+import type { CompileInput, Namespace, PodInput, Service } from './types.ts';
 
 export interface SourceDocument {
   /** Where it came from: a file name. */
@@ -49,7 +49,7 @@ export interface ManifestSet extends CompileInput {
 export function collectManifests(documents: readonly SourceDocument[]): ManifestSet {
   const problems: string[] = [];
   const policies: AgentPolicy[] = [];
-  const pods: Pod[] = [];
+  const pods: PodInput[] = [];
   const namespaces: Namespace[] = [];
   const services: Service[] = [];
   const ignored: string[] = [];
@@ -100,7 +100,10 @@ export function collectManifests(documents: readonly SourceDocument[]): Manifest
         return;
       }
       case 'Pod':
-        pods.push({ ...(value as unknown as Pod), metadata: { ...(metadata as Pod['metadata']), namespace } });
+        pods.push({
+          ...(value as unknown as PodInput),
+          metadata: { ...(metadata as PodInput['metadata']), namespace },
+        });
         return;
       case 'Service':
         services.push({

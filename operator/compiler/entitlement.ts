@@ -8,7 +8,7 @@ import {
   TOKEN_TTL_DEFAULT_SECONDS,
 } from '../../lib/api/constants.ts';
 import { sha256Revision } from './canonical.ts';
-import type { PodView } from './cluster-index.ts';
+import type { IndexedPod } from './cluster-index.ts';
 import { formatDurationSeconds } from '../../lib/api/duration.ts';
 import type { CompileOptions } from './types.ts';
 
@@ -21,7 +21,7 @@ export interface PolicyGrant {
 }
 
 export function entitlementFor(
-  pod: PodView,
+  pod: IndexedPod,
   grants: PolicyGrant[],
   options: Required<CompileOptions>,
   egressDigests: EgressDigests,

@@ -8,10 +8,10 @@ import { API_VERSION, LABEL_INJECT, LABEL_MANAGED_BY, MANAGED_BY } from '../../l
 import { agentEntitlementSpec } from '../../lib/api/schema.ts';
 import { canonicalJSON, compareStrings, sortedUnique } from './canonical.ts';
 import { ciliumDnsRule, namespaceSelectorFor } from './baseline.ts';
-import { NAMESPACE_NAME_LABEL, type ClusterIndex, type PodView } from './cluster-index.ts';
+import { NAMESPACE_NAME_LABEL, type ClusterIndex, type IndexedPod } from './cluster-index.ts';
 import { consentedCallees } from './consent.ts';
 import type { PolicyGrant } from './entitlement.ts';
-import { metadataExcept, parseCidr } from '../../lib/ip.ts';
+import { metadataExcept, nonPublicRanges, parseCidr } from '../../lib/ip.ts';
 import { LABEL_POLICY, LABEL_POLICY_NAMESPACE, calleeIngressName, labelValue, policyObjectName } from './names.ts';
 import { normalizePorts, toNetworkPolicyPorts } from './ports.ts';
 import { parseDurationSeconds } from '../../lib/api/duration.ts';
@@ -50,11 +50,11 @@ function boundedCidrs(
 }
 
 /**
- * Under provider kubernetes a hosts rule can only be opened as "public addresses on these ports": private,
- * shared (CGNAT) and link-local ranges stay closed, so the coarse rule never reaches cluster or metadata addresses.
+ * Under provider kubernetes a hosts rule can only be opened as "public addresses on these ports": the internal
+ * and never-granted ranges of lib/ip.ts stay closed, so the coarse rule never reaches cluster or metadata addresses.
  */
-const PUBLIC_V4_EXCEPT = ['10.0.0.0/8', '100.64.0.0/10', '169.254.0.0/16', '172.16.0.0/12', '192.168.0.0/16'];
-const PUBLIC_V6_EXCEPT = ['fc00::/7', 'fe80::/10'];
+const PUBLIC_V4_EXCEPT = nonPublicRanges(4);
+const PUBLIC_V6_EXCEPT = nonPublicRanges(6);
 
 function ipBlockPeers(cidrs: readonly string[]): NetworkPolicyPeer[] {
   return cidrs.map((cidr) => {
@@ -91,7 +91,7 @@ function agentPeerSelectors(peer: {
 
 export interface PolicyResult {
   grant: PolicyGrant;
-  selected: PodView[];
+  selected: IndexedPod[];
   networkPolicies: NetworkPolicy[];
   cilium?: CiliumNetworkPolicy;
   report: PolicyReport;

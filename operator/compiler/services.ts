@@ -5,7 +5,7 @@
  */
 import type { LabelSelector, PortRange, ServiceReference } from '../../lib/api/types.generated.ts';
 import { canonicalJSON, compareStrings } from './canonical.ts';
-import type { ClusterIndex, PodView } from './cluster-index.ts';
+import type { ClusterIndex, IndexedPod } from './cluster-index.ts';
 import { compileSelector } from './selectors.ts';
 import { LABEL_INJECT } from '../../lib/api/constants.ts';
 import type { NetworkPolicyPeer, NetworkPolicyPort, ProblemReason, ServicePort } from './types.ts';
@@ -33,7 +33,7 @@ function portMatches(rulePorts: readonly PortRange[], port: ServicePort): boolea
 }
 
 /** The pod port a Service port lands on for this pod, or undefined when a named port is not declared. */
-function targetPortFor(port: ServicePort, pod: PodView): number | undefined {
+function targetPortFor(port: ServicePort, pod: IndexedPod): number | undefined {
   const target = port.targetPort ?? port.port;
   if (typeof target === 'number') return target;
   if (/^\d+$/.test(target)) return Number(target);
@@ -116,7 +116,7 @@ export function compileServiceTarget(
   out.selector = selector;
   out.agentBackends = backends.some((p) => p.labels[LABEL_INJECT] === 'true');
   // Group the backends by the target ports they resolve to.
-  const groups = new Map<string, { ports: NetworkPolicyPort[]; pods: PodView[] }>();
+  const groups = new Map<string, { ports: NetworkPolicyPort[]; pods: IndexedPod[] }>();
   const unresolved: string[] = [];
   for (const pod of backends) {
     const ports: NetworkPolicyPort[] = [];
@@ -186,7 +186,7 @@ export function compileServiceTarget(
  * the labels all pods of their group share. When those labels also match another group's pod, the narrowing
  * would be wrong: fall back to the Service selector (a wider grant) and say so.
  */
-function commonLabels(pods: readonly PodView[]): Record<string, string> {
+function commonLabels(pods: readonly IndexedPod[]): Record<string, string> {
   const [first, ...rest] = pods;
   const common: Record<string, string> = {};
   for (const [k, v] of Object.entries(first?.labels ?? {})) if (rest.every((p) => p.labels[k] === v)) common[k] = v;
@@ -194,7 +194,7 @@ function commonLabels(pods: readonly PodView[]): Record<string, string> {
 }
 
 function splitPeers(
-  groups: { ports: NetworkPolicyPort[]; pods: PodView[] }[],
+  groups: { ports: NetworkPolicyPort[]; pods: IndexedPod[] }[],
   selector: Record<string, string>,
   peer: (s: LabelSelector) => NetworkPolicyPeer,
   id: string,

@@ -3,24 +3,20 @@
  * strings), reduced to the fields the compiler reads or writes.
  */
 import type { ObjectMeta } from '../../lib/api/meta.ts';
+import type { Container, ContainerPort as CorePort, Pod, PodSpec, PodStatus } from '../../lib/kube/pod.ts';
 import type { AgentEntitlement, AgentPolicy, LabelSelector } from '../../lib/api/types.generated.ts';
 
-export interface ContainerPort {
-  name?: string;
-  containerPort: number;
-  protocol?: 'TCP' | 'UDP' | 'SCTP';
-}
+/** A container port as the compiler reads it: a number is required to resolve a Service's named targetPort. */
+export type ContainerPort = Pick<CorePort, 'name' | 'protocol'> & Required<Pick<CorePort, 'containerPort'>>;
+type ContainerInput = Pick<Container, 'name'> & { ports?: ContainerPort[] };
 
-export interface Pod {
-  apiVersion?: string;
-  kind?: string;
-  metadata: ObjectMeta;
-  spec?: {
-    serviceAccountName?: string;
-    containers?: { name: string; ports?: ContainerPort[] }[];
-    initContainers?: { name: string; ports?: ContainerPort[] }[];
-  };
-  status?: { podIP?: string; podIPs?: { ip: string }[] };
+/**
+ * The compiler's narrow view of the one Pod type (lib/kube/pod.ts): identity, labels, service account, ports
+ * and IPs. The spec may be absent in a manifest given to `render`.
+ */
+export interface PodInput extends Pick<Pod, 'apiVersion' | 'kind' | 'metadata'> {
+  spec?: Pick<PodSpec, 'serviceAccountName'> & { containers?: ContainerInput[]; initContainers?: ContainerInput[] };
+  status?: Pick<PodStatus, 'podIP' | 'podIPs'>;
 }
 
 export interface ServicePort {
@@ -129,7 +125,7 @@ export interface CompileOptions {
 
 export interface CompileInput {
   policies: readonly AgentPolicy[];
-  pods: readonly Pod[];
+  pods: readonly PodInput[];
   namespaces: readonly Namespace[];
   services: readonly Service[];
 }

@@ -8,11 +8,11 @@ import { AGENT_ENTITLEMENT, API_VERSION } from '../../lib/api/constants.ts';
 import type { AgentEntitlement } from '../../lib/api/types.generated.ts';
 import { isNotFound, type KubeClient, type KubeObject } from '../../lib/kube/client.ts';
 import type { Informer } from '../../lib/kube/informer.ts';
-import type { IdentityCluster, PodView, TokenReviewStatus } from './exchange.ts';
+import type { IdentityCluster, PodIdentity, TokenReviewStatus } from './exchange.ts';
 
 export function cachedIdentityCluster(
   client: KubeClient,
-  pods: Informer<KubeObject & PodView>,
+  pods: Informer<KubeObject & PodIdentity>,
   entitlements: Informer<KubeObject & AgentEntitlement>,
 ): IdentityCluster {
   const live = async <T>(path: string): Promise<T | undefined> => {
@@ -38,7 +38,7 @@ export function cachedIdentityCluster(
     async getPod(namespace, name) {
       const cached = pods.get(`${namespace}/${name}`);
       if (cached) return cached;
-      return live<PodView>(`/api/v1/namespaces/${ns(namespace)}/pods/${encodeURIComponent(name)}`);
+      return live<PodIdentity>(`/api/v1/namespaces/${ns(namespace)}/pods/${encodeURIComponent(name)}`);
     },
     async getEntitlement(namespace, podName) {
       const cached = entitlements.get(`${namespace}/${podName}`);

@@ -12,7 +12,7 @@ import {
   TOKEN_TTL_DEFAULT_SECONDS,
 } from '../../lib/api/constants.ts';
 import type { AgentEntitlement } from '../../lib/api/types.generated.ts';
-import type { ObjectMeta } from '../../lib/api/meta.ts';
+import type { Pod, PodSpec } from '../../lib/kube/pod.ts';
 import { agentSpiffeId } from '../../lib/identity/claims.ts';
 import type { AgentIdentity, AgentVerifier } from '../../lib/verify/index.ts';
 import type { IssuedToken, TokenIssuer } from './issuer.ts';
@@ -76,15 +76,15 @@ export interface TokenReviewStatus {
   user?: { username?: string; uid?: string; groups?: string[]; extra?: Record<string, string[]> };
 }
 
-export interface PodView {
-  metadata: ObjectMeta;
-  spec?: { serviceAccountName?: string; nodeName?: string; [field: string]: unknown };
+/** The exchange's view of the one Pod type (lib/kube/pod.ts): what a token's pod is checked against. */
+export interface PodIdentity extends Pick<Pod, 'metadata'> {
+  spec?: Pick<PodSpec, 'serviceAccountName' | 'nodeName'> & { [field: string]: unknown };
 }
 
 /** What the exchange needs from the cluster; the operator backs it with the API server and its caches. */
 export interface IdentityCluster {
   reviewToken(token: string, audiences: string[]): Promise<TokenReviewStatus>;
-  getPod(namespace: string, name: string): Promise<PodView | undefined>;
+  getPod(namespace: string, name: string): Promise<PodIdentity | undefined>;
   getEntitlement(namespace: string, podName: string): Promise<AgentEntitlement | undefined>;
 }
 
@@ -131,7 +131,7 @@ export function subjectFromReview(status: TokenReviewStatus, audience: string): 
 const AGENT_NAME = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
 
 /** Checks the live pod against the reviewed token; returns the agent name. */
-export function checkPod(pod: PodView | undefined, subject: ReviewedSubject): string {
+export function checkPod(pod: PodIdentity | undefined, subject: ReviewedSubject): string {
   if (!pod) throw new Refusal('pod_not_found', `pod ${subject.namespace}/${subject.podName} does not exist`);
   if (pod.metadata.uid !== subject.podUID) {
     throw new Refusal(
@@ -155,7 +155,7 @@ export function checkPod(pod: PodView | undefined, subject: ReviewedSubject): st
  * The live pod must carry the sidecar exactly as this controller injects it (webhook/fence.ts renders it again
  * and compares): a label or annotation added later, a swapped sidecar image or an ephemeral container is refused.
  */
-export function checkFenced(pod: PodView | undefined, fenced: (pod: unknown) => string | undefined): void {
+export function checkFenced(pod: PodIdentity | undefined, fenced: (pod: unknown) => string | undefined): void {
   const problem = fenced(pod);
   if (problem) throw new Refusal('pod_not_fenced', `the pod is not fenced as injected: ${problem}`);
 }

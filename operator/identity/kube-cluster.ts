@@ -1,7 +1,7 @@
 /** IdentityCluster on the Kubernetes API: TokenReview, pod and AgentEntitlement reads. */
 import { API_VERSION, AGENT_ENTITLEMENT } from '../../lib/api/constants.ts';
 import type { AgentEntitlement } from '../../lib/api/types.generated.ts';
-import type { IdentityCluster, PodView, TokenReviewStatus } from './exchange.ts';
+import type { IdentityCluster, PodIdentity, TokenReviewStatus } from './exchange.ts';
 
 export type KubeRequest = (
   method: 'GET' | 'POST',
@@ -27,7 +27,7 @@ export function kubeIdentityCluster(request: KubeRequest): IdentityCluster {
       return (res.body as { status?: TokenReviewStatus }).status ?? {};
     },
     getPod: (namespace, name) =>
-      get<PodView>(`/api/v1/namespaces/${encodeURIComponent(namespace)}/pods/${encodeURIComponent(name)}`),
+      get<PodIdentity>(`/api/v1/namespaces/${encodeURIComponent(namespace)}/pods/${encodeURIComponent(name)}`),
     getEntitlement: (namespace, podName) =>
       get<AgentEntitlement>(
         `/apis/${API_VERSION}/namespaces/${encodeURIComponent(namespace)}/${AGENT_ENTITLEMENT.plural}/${encodeURIComponent(podName)}`,

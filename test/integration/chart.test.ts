@@ -7,7 +7,7 @@
 import { policyReconcilerTask } from '../../operator/reconciler.ts';
 import { startLocalController } from '../../localcluster/controller.ts';
 import { execFile } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseAllDocuments, stringify } from 'yaml';
@@ -17,6 +17,7 @@ import { renderKubeconfig } from '../../localcluster/kubeconfig.ts';
 import { type RunningOperator } from '../../operator/runtime.ts';
 import { cluster, createNamespace, eventually, run, runOrThrow } from '../support/cluster.ts';
 import { kubeRequest } from '../support/kube-request.ts';
+import { expectGolden } from '../support/golden.ts';
 import { mutatingWebhookConfiguration, podIntegrityBinding, podIntegrityPolicy } from '../../webhook/manifests.ts';
 import { CONTROLLER } from '../../operator/defaults.ts';
 
@@ -63,15 +64,7 @@ const CUSTOM = [
 ];
 
 function golden(name: string, actual: string): void {
-  const path = `${goldenDir}${name}`;
-  // eslint-disable-next-line no-restricted-properties -- test-only switch to refresh golden files
-  if (process.env.UPDATE_GOLDEN === '1') {
-    mkdirSync(goldenDir, { recursive: true });
-    writeFileSync(path, actual);
-  }
-  // A missing golden file is a failure, not a fresh baseline: refresh deliberately with UPDATE_GOLDEN=1.
-  expect(existsSync(path), `${path} is missing; run with UPDATE_GOLDEN=1`).toBe(true);
-  expect(actual).toBe(readFileSync(path, 'utf8'));
+  expectGolden(`${goldenDir}${name}`, actual);
 }
 
 describe('Helm chart', () => {

@@ -1,6 +1,6 @@
 /** Small builders for compiler inputs: realistic objects with only the fields that matter to a test. */
 import type { AgentPolicy, AgentPolicySpec } from '../../lib/api/types.generated.ts';
-import type { ContainerPort, Namespace, Pod, Service } from '../../operator/compiler/types.ts';
+import type { ContainerPort, Namespace, PodInput, Service } from '../../operator/compiler/types.ts';
 
 export const NOW = new Date('2026-06-01T12:00:00Z');
 
@@ -29,7 +29,7 @@ export function agentPod(
     serviceAccountName?: string;
     terminating?: boolean;
   } = {},
-): Pod {
+): PodInput {
   const ip = extra.ip === undefined ? `10.1.${Math.floor(++ipCounter / 250)}.${(ipCounter % 250) + 1}` : extra.ip;
   return {
     metadata: {
@@ -50,7 +50,7 @@ export function backendPod(
   labels: Record<string, string>,
   ports: ContainerPort[],
   ip?: string,
-): Pod {
+): PodInput {
   return {
     metadata: { name, namespace, uid: `uid-${namespace}-${name}`, labels },
     spec: { containers: [{ name: 'app', ports }] },

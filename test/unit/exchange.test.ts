@@ -6,7 +6,7 @@ import {
   checkPod,
   subjectFromReview,
   type IdentityCluster,
-  type PodView,
+  type PodIdentity,
   type TokenReviewStatus,
 } from '../../operator/identity/exchange.ts';
 import { TokenIssuer } from '../../operator/identity/issuer.ts';
@@ -46,7 +46,7 @@ const rendered = inject(
 );
 if (!rendered.allowed) throw new Error(rendered.message);
 /** An agent pod exactly as the webhook injects it, as the API server stores it (with a uid). */
-const pod: PodView = { ...rendered.pod, metadata: { ...rendered.pod.metadata, uid: 'uid-1' } };
+const pod: PodIdentity = { ...rendered.pod, metadata: { ...rendered.pod.metadata, uid: 'uid-1' } };
 expect(pod.metadata.annotations?.[ANNOTATION_INJECTED]).toContain('"version":"0.1.0"');
 const subject = { namespace: 'support', serviceAccount: 'agent', podName: 'p1', podUID: 'uid-1' };
 
@@ -138,7 +138,7 @@ describe('pod checks', () => {
       },
       'invalid_agent_label',
     ],
-  ] as [string, PodView | undefined, string][])('refuses %s', (_, p, expected) => {
+  ] as [string, PodIdentity | undefined, string][])('refuses %s', (_, p, expected) => {
     expect(code(() => checkPod(p, subject))).toBe(expected);
   });
   it('defaults the agent name to the service account', () => {
@@ -160,7 +160,7 @@ describe('exchange caching and rate limiting', () => {
   function service(
     reviews: { count: number },
     now: { t: number },
-    currentPod: () => PodView,
+    currentPod: () => PodIdentity,
     review: (token: string) => TokenReviewStatus = () => goodReview,
   ) {
     const cluster: IdentityCluster = {

@@ -3,12 +3,13 @@
  * an independent implementation (fast-json-patch) and must give <case>.output.yaml; then the output is admitted
  * again and must come back unchanged (idempotency, reinvocation). UPDATE_GOLDEN=1 rewrites the outputs.
  */
-import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import fastJsonPatch from 'fast-json-patch';
 import { describe, expect, it } from 'vitest';
 import { parse, stringify } from 'yaml';
 import { review } from '../../webhook/admission.ts';
 import { inject, type InjectorConfig, type Pod } from '../../webhook/inject.ts';
+import { expectGolden } from '../support/golden.ts';
 
 const dir = new URL('../golden/inject/', import.meta.url).pathname;
 const config: InjectorConfig = {
@@ -42,12 +43,7 @@ describe('injection golden files', () => {
     expect(first.response.allowed).toBe(true);
     expect(first.response.patchType).toBe('JSONPatch');
     const output = applyPatch(input, first.response.patch);
-    const goldenPath = `${dir}${name}.output.yaml`;
-    // eslint-disable-next-line no-restricted-properties -- test-only switch to refresh golden files
-    if (process.env.UPDATE_GOLDEN === '1') writeFileSync(goldenPath, stringify(output));
-    // A missing golden file is a failure, not a fresh baseline.
-    expect(existsSync(goldenPath), `${goldenPath} is missing; run with UPDATE_GOLDEN=1`).toBe(true);
-    expect(output).toEqual(parse(readFileSync(goldenPath, 'utf8')));
+    expectGolden(`${dir}${name}.output.yaml`, stringify(output));
 
     const second = admit(output, 'UPDATE');
     expect(second.response.allowed).toBe(true);

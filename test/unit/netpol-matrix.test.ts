@@ -6,11 +6,11 @@
 import { describe, expect, it } from 'vitest';
 import { compile } from '../../operator/compiler/index.ts';
 import { CONTROLLER } from '../../operator/defaults.ts';
-import type { CompileInput, Pod } from '../../operator/compiler/types.ts';
+import type { CompileInput, PodInput } from '../../operator/compiler/types.ts';
 import { allowed, type EvalPod, type EvalTarget, type EvalWorld } from '../support/netpol-eval.ts';
 import { NOW, backendPod, namespace, policy, service } from '../support/compiler-fixtures.ts';
 
-const agentWithPorts = (ns: string, name: string, agent: string, ip: string, ports: number[] = []): Pod => ({
+const agentWithPorts = (ns: string, name: string, agent: string, ip: string, ports: number[] = []): PodInput => ({
   metadata: {
     name,
     namespace: ns,
@@ -25,7 +25,7 @@ const agentsOf = (ns: string, agent: string) => ({
   agentSelector: { matchLabels: { 'agentfence.io/agent': agent } },
 });
 
-const pods: Pod[] = [
+const pods: PodInput[] = [
   agentWithPorts('team-a', 'orchestrator-0', 'orchestrator', '10.1.0.1', [9000]),
   agentWithPorts('team-a', 'support-0', 'support', '10.1.0.2'),
   backendPod('team-a', 'db-0', { app: 'db' }, [{ name: 'pg', containerPort: 5432 }], '10.1.0.3'),

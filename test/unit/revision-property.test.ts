@@ -8,7 +8,7 @@ import type { AgentEntitlement, AgentPolicy, EgressRule } from '../../lib/api/ty
 import { canonicalJSON } from '../../operator/compiler/canonical.ts';
 import { compile } from '../../operator/compiler/compile.ts';
 import { entitlementRevision } from '../../operator/compiler/entitlement.ts';
-import type { Pod } from '../../operator/compiler/types.ts';
+import type { PodInput } from '../../operator/compiler/types.ts';
 import { NOW, agentPod, namespace, policy } from '../support/compiler-fixtures.ts';
 
 /** mulberry32: small, seedable, good enough to drive a generator. */
@@ -62,14 +62,14 @@ function randomPolicy(rng: Rng, ns: string, name: string): AgentPolicy {
 
 interface World {
   policies: AgentPolicy[];
-  pods: Pod[];
+  pods: PodInput[];
 }
 
 function randomWorld(rng: Rng): World {
   const policies: AgentPolicy[] = [];
   for (const ns of NAMESPACES)
     for (const name of POLICY_NAMES) if (rng.chance(0.7)) policies.push(randomPolicy(rng, ns, name));
-  const pods: Pod[] = [];
+  const pods: PodInput[] = [];
   for (const ns of NAMESPACES)
     for (let i = 0; i < 4; i++) pods.push(agentPod(ns, `pod-${i}`, rng.pick(AGENTS), { ip: `10.9.${pods.length}.1` }));
   return { policies, pods };
