@@ -10,6 +10,7 @@ import { silentLogger, type Logger } from '../log.ts';
 import { DURATION_BUCKETS, counter, gauge, histogram } from '../metrics.ts';
 import { WorkQueue, type BackoffOptions } from './workqueue.ts';
 import { sleep } from '../sleep.ts';
+import { LeadershipLostError } from './fenced.ts';
 
 /** An error that retrying cannot fix (invalid spec, forbidden): logged and counted, never requeued. */
 export class TerminalError extends Error {
@@ -49,7 +50,7 @@ export interface ControllerOptions {
   syncPollMs?: number;
 }
 
-type Outcome = 'success' | 'error' | 'requeue_after';
+type Outcome = 'success' | 'error' | 'requeue_after' | 'cancelled';
 
 export class Controller {
   readonly name: string;
@@ -165,6 +166,14 @@ export class Controller {
       }
       logger.debug('reconciled', { outcome, requeueAfterMs: after });
     } catch (err) {
+      if (this.#abort.signal.aborted || err instanceof LeadershipLostError) {
+        // Stopping, or this replica lost the lease mid-reconcile (its writes were refused on purpose): not a
+        // failure to retry here — the next leader reconciles the key from its own caches.
+        outcome = 'cancelled';
+        logger.info('reconcile cancelled', { reason: this.#abort.signal.aborted ? 'stopping' : 'leadership_lost' });
+        this.#metrics.total?.inc({ controller: this.name, result: outcome });
+        return;
+      }
       outcome = 'error';
       this.#metrics.errors?.inc({ controller: this.name });
       if (err instanceof TerminalError) {
