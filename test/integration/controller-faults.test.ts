@@ -108,7 +108,7 @@ describe('controller paused longer than the staleness bound', () => {
         'stale stream detected',
       );
       const attemptsSince = (): number => (set.connections.get('solo') ?? 0) - connectionsBefore;
-      await eventually(async () => (attemptsSince() >= 2 ? true : undefined), 'reconnect attempts', 20_000);
+      await eventually(() => Promise.resolve(attemptsSince() >= 2 ? true : undefined), 'reconnect attempts', 20_000);
       const attempts = attemptsSince();
       expect(attempts).toBeLessThan(20); // backoff: not a tight loop
       expect(((await sc.status()).stream as { lastEvent?: string }).lastEvent).toBe('stale');
