@@ -59,6 +59,11 @@ export interface ControlPlane {
   readonly serviceAccountIssuer: string;
   readonly binaries: Binaries;
   readonly processes: readonly ManagedProcess[];
+  /**
+   * Stops kube-apiserver, waits `downtimeMs` (default 0), starts it again with the same flags, port and
+   * certificates, and resolves once /readyz answers 200: a real API-server restart for fault-injection tests.
+   */
+  restartApiServer(options?: { downtimeMs?: number; timeoutMs?: number }): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -239,8 +244,8 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
     });
     logger.debug('etcd ready', { url: etcdUrl });
 
-    // kube-apiserver
-    processes.push(
+    // kube-apiserver (one definition of its flags: restartApiServer() starts it again the same way)
+    const startApiServer = (): ManagedProcess =>
       ManagedProcess.start(
         'kube-apiserver',
         binaries.kubeApiserver,
@@ -275,8 +280,8 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
           '--v=0',
         ],
         join(logs, 'kube-apiserver.log'),
-      ),
-    );
+      );
+    const apiServerIndex = processes.push(startApiServer()) - 1;
     const adminIdentity = { caPem: servingCA.certPem, certPem: admin.certPem, keyPem: admin.keyPem };
     await waitFor('kube-apiserver /readyz', deadline, processes, async () => {
       return (await httpsGet(`${server}/readyz`, adminIdentity)).status === 200;
@@ -331,6 +336,20 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
       userKubeconfigWritten = true;
     }
 
+    const restartApiServer = async (restart?: { downtimeMs?: number; timeoutMs?: number }): Promise<void> => {
+      const old = processes[apiServerIndex];
+      if (old) await old.stop();
+      if (restart?.downtimeMs) await sleep(restart.downtimeMs);
+      const fresh = startApiServer();
+      // Replaced in place so stop() stops the new process and waitFor() watches it.
+      processes[apiServerIndex] = fresh;
+      const restartDeadline = Date.now() + (restart?.timeoutMs ?? 60_000);
+      await waitFor('restarted kube-apiserver /readyz', restartDeadline, processes, async () => {
+        return (await httpsGet(`${server}/readyz`, adminIdentity)).status === 200;
+      });
+      logger.debug('kube-apiserver restarted', { server });
+    };
+
     return {
       dir,
       server,
@@ -340,6 +359,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
       serviceAccountIssuer: server,
       binaries,
       processes,
+      restartApiServer,
       stop,
     };
   } catch (err) {

@@ -51,8 +51,11 @@ export interface InformerOptions {
   backoff?: { baseDelayMs?: number; maxDelayMs?: number };
   /**
    * Cap on the retry delay while the API server cannot be reached at all (refused, reset, timed out: no HTTP
-   * answer), default 2 s. Such a retry costs the server nothing, and after an API-server restart the cache must
-   * not sit out a long backoff: policy edits reach sidecars through it. HTTP errors keep the full backoff.
+   * answer) or says it is not ready (503, or 429 after the client's own Retry-After retries: refused before any
+   * work), default 2 s. Such a retry costs the server next to nothing, and after an API-server restart the cache
+   * must not sit out a long backoff: policy edits reach sidecars through it. A restarting kube-apiserver answers
+   * 503 ("before all known HTTP paths have been installed") and 429 ("storage is (re)initializing") for a moment
+   * after it listens (test/integration/apiserver-restart.test.ts). Other HTTP errors keep the full backoff.
    */
   unreachableMaxDelayMs?: number;
 }
@@ -64,6 +67,11 @@ export function objectKey(obj: KubeObject): string {
 }
 
 const RELIST_AFTER_FAILURES = 3;
+
+/** No HTTP answer at all, or the server saying it is not ready yet (see unreachableMaxDelayMs). */
+function notServing(err: unknown): boolean {
+  return !(err instanceof KubeApiError) || err.status === 503 || err.status === 429;
+}
 
 /** Thrown inside the loop to relist: the watch's resourceVersion is too old. */
 class Expired extends Error {}
@@ -213,7 +221,7 @@ export class Informer<T extends KubeObject = KubeObject> {
           continue;
         }
         const backoff = this.#backoff.when('watch');
-        const delay = err instanceof KubeApiError ? backoff : Math.min(backoff, this.#o.unreachableMaxDelayMs ?? 2_000);
+        const delay = notServing(err) ? Math.min(backoff, this.#o.unreachableMaxDelayMs ?? 2_000) : backoff;
         this.#metrics.restarts?.inc({ informer: this.name, reason: 'error' });
         // A watch that keeps failing from the same resourceVersion may be stuck on it (e.g. "too large resource
         // version" after an etcd restore): start over from a fresh list.

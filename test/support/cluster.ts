@@ -11,6 +11,8 @@ export interface ClusterInfo {
   kubeconfigPath: string;
   serviceAccountIssuer: string;
   binaries: Binaries;
+  /** Served by the global setup: POST restarts the shared kube-apiserver (use restartApiServer()). */
+  restartApiServerUrl: string;
 }
 
 export function cluster(): ClusterInfo {
@@ -23,6 +25,15 @@ export function run(args: string[], input?: string): Promise<CommandResult> {
 
 export function runOrThrow(args: string[], input?: string): Promise<string> {
   return kubectlOrThrow(cluster(), args, input);
+}
+
+/**
+ * Restarts the shared kube-apiserver (same flags, port and certificates), down for `downtimeMs`; resolves once it
+ * is ready again, so the next test file finds a healthy server.
+ */
+export async function restartApiServer(downtimeMs: number): Promise<void> {
+  const res = await fetch(`${cluster().restartApiServerUrl}?downtimeMs=${downtimeMs}`, { method: 'POST' });
+  if (res.status !== 204) throw new Error(`restarting kube-apiserver: HTTP ${res.status} ${await res.text()}`);
 }
 
 /** Creates a uniquely named namespace (never waits for deletion: tests do not share namespaces). */

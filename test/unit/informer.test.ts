@@ -218,7 +218,7 @@ describe('Informer', () => {
   });
 
   it(
-    'retries an unreachable API server at least every unreachableMaxDelayMs, HTTP errors with the full backoff',
+    'retries an unreachable or not-ready (503, 429) API server at least every unreachableMaxDelayMs, other HTTP errors with the full backoff',
     { timeout: 20_000 },
     async () => {
       const api = new FakeApi();
@@ -230,10 +230,19 @@ describe('Informer', () => {
           if (r.msg === 'list/watch failed, retrying') delays.push({ status: r.status, retryInMs: r.retryInMs ?? 0 });
         },
       });
-      for (let i = 0; i < 6; i++)
+      for (let i = 0; i < 2; i++)
         api.lists.push(() => {
           throw new Error('connect ECONNREFUSED 127.0.0.1:6443');
         });
+      // What a restarting kube-apiserver answers once it listens but before it serves everything.
+      for (let i = 0; i < 2; i++) {
+        api.lists.push(() => {
+          throw new KubeApiError(503, undefined, 'before all known HTTP paths have been installed', 'GET', '/x');
+        });
+        api.lists.push(() => {
+          throw new KubeApiError(429, 'TooManyRequests', 'storage is (re)initializing', 'GET', '/x');
+        });
+      }
       for (let i = 0; i < 2; i++)
         api.lists.push(() => {
           throw new KubeApiError(403, 'Forbidden', 'forbidden', 'GET', '/x');
@@ -249,7 +258,7 @@ describe('Informer', () => {
       informer.start();
       await until(() => informer.hasSynced(), 'synced after the outage', 10_000);
       await informer.stop();
-      const unreachable = delays.filter((d) => d.status === undefined).map((d) => d.retryInMs);
+      const unreachable = delays.filter((d) => d.status !== 403).map((d) => d.retryInMs);
       const http = delays.filter((d) => d.status === 403).map((d) => d.retryInMs);
       expect(unreachable).toHaveLength(6);
       expect(Math.max(...unreachable)).toBeLessThanOrEqual(50); // uncapped, the sixth would wait 160 ms+
