@@ -316,8 +316,15 @@ describe('helm install → controller → upgrade --force → uninstall → agen
         .map((d) => JSON.stringify(d))
         .join('\n'),
     );
-    for (const kind of ['networkpolicies', 'agententitlements', 'configmaps', 'secrets', 'leases'])
+    for (const kind of ['networkpolicies', 'agententitlements', 'configmaps'])
       expect(await managed(kind), kind).toEqual([]);
+    // Secrets and the Lease are the release's own, in its namespace: another installation's (another test's
+    // controller in its own namespace) are not this uninstall's to delete.
+    for (const kind of ['secrets', 'leases'])
+      expect(
+        (await managed(kind)).filter((key) => key.startsWith(`${NS}/`)),
+        kind,
+      ).toEqual([]);
     expect((await run(['get', 'lease', CONTROLLER.leaseName, '-n', NS])).code).not.toBe(0);
     for (const [kind, name] of [
       ['clusterrole', 'agentfence-controller'],
