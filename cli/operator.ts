@@ -7,25 +7,20 @@ import { createRegistry } from '../lib/metrics.ts';
 import { isTrustDomain } from '../lib/identity/claims.ts';
 import { parseListen, parseDurationFlag } from './flags.ts';
 import { connect, kubeTarget, type KubeTarget } from './kube-target.ts';
-import { certificatesFromDir, type ServingCertSource } from '../operator/serving.ts';
+import { certificatesFromDir } from '../operator/serving.ts';
 import { selfManagedCertificates } from '../operator/selfcerts.ts';
-import { startOperator, type RuntimeConfig } from '../operator/runtime.ts';
-import { policyReconcilerTask } from '../operator/reconciler.ts';
-import { caBundleTask } from '../operator/cabundle.ts';
-import { EventRecorder } from '../lib/kube/events.ts';
-import { createAdmissionRouter } from '../webhook/admission.ts';
+import { startController, type ControllerConfig } from '../operator/controller.ts';
 import { PACKAGE_VERSION } from '../lib/paths.ts';
 import { DEFAULT_DNS } from '../operator/compiler/compile.ts';
 import { CONTROLLER } from '../operator/defaults.ts';
 
+/** The flags, parsed: the controller's own config plus what the process needs to build its dependencies. */
 export interface OperatorConfig {
-  runtime: RuntimeConfig;
+  controller: ControllerConfig;
   kube: KubeTarget;
-  certDir?: string;
-  certSecret?: string;
+  /** Serve tls.crt/tls.key from a directory (cert-manager), or issue and rotate them in a Secret. */
+  certs: { dir: string } | { secret: string };
   serviceName: string;
-  networkProvider: 'kubernetes' | 'cilium';
-  dns: { mode: 'kube-dns' | 'node-local'; ip?: string };
   webhookConfigName: string;
   logLevel: LogLevel;
 }
@@ -119,46 +114,55 @@ export function loadOperatorConfig(argv: string[], env: CommandContext['env']): 
     throw new Error(`--issuer-url must be https://host[:port] with no path (got '${issuerUrl}')`);
   const kube = kubeTarget(values.kubeconfig, env);
 
-  const config: OperatorConfig = {
-    runtime: {
-      namespace,
-      podName: values['pod-name'] ?? env.POD_NAME ?? hostname(),
-      listen: parseListen('--listen', values.listen),
-      adminListen: parseListen('--admin-listen', values['admin-listen']),
-      issuerUrl,
-      trustDomain,
-      keysSecretName: values['keys-secret'],
-      leaseName: CONTROLLER.leaseName,
-      // The sidecar flags, as one object for the webhook and the token exchange: what is injected is what the
-      // exchange checks.
-      injector: {
-        version: PACKAGE_VERSION,
-        image: values['sidecar-image'],
-        controllerUrl: issuerUrl,
-        logLevel: sidecarLogLevel,
-        maxStaleness: `${parseDurationFlag('--sidecar-max-staleness', values['sidecar-max-staleness'])}s`,
-        resources: {
-          cpuRequest: values['sidecar-cpu-request'],
-          memoryRequest: values['sidecar-memory-request'],
-          memoryLimit: values['sidecar-memory-limit'],
-        },
+  const runtime: ControllerConfig['runtime'] = {
+    namespace,
+    podName: values['pod-name'] ?? env.POD_NAME ?? hostname(),
+    listen: parseListen('--listen', values.listen),
+    adminListen: parseListen('--admin-listen', values['admin-listen']),
+    issuerUrl,
+    trustDomain,
+    keysSecretName: values['keys-secret'],
+    leaseName: CONTROLLER.leaseName,
+    // The sidecar flags, as one object for the webhook and the token exchange: what is injected is what the
+    // exchange checks.
+    injector: {
+      version: PACKAGE_VERSION,
+      image: values['sidecar-image'],
+      controllerUrl: issuerUrl,
+      logLevel: sidecarLogLevel,
+      maxStaleness: `${parseDurationFlag('--sidecar-max-staleness', values['sidecar-max-staleness'])}s`,
+      resources: {
+        cpuRequest: values['sidecar-cpu-request'],
+        memoryRequest: values['sidecar-memory-request'],
+        memoryLimit: values['sidecar-memory-limit'],
       },
     },
-    kube,
-    serviceName,
-    networkProvider: provider,
-    dns: dnsMode === 'node-local' ? { mode: dnsMode, ip: values['dns-ip'] ?? '' } : { mode: dnsMode },
-    webhookConfigName: values['webhook-config-name'],
-    logLevel: logLevel as LogLevel,
   };
   const accepted = values['accept-injection'].map((spec) => {
     const match = /^([^=\s]+)=(\S+)$/.exec(spec);
     if (!match?.[1] || !match[2]) throw new Error(`--accept-injection must be VERSION=IMAGE (got '${spec}')`);
-    return { ...config.runtime.injector, version: match[1], image: match[2] };
+    return { ...runtime.injector, version: match[1], image: match[2] };
   });
-  if (accepted.length > 0) config.runtime.acceptedInjectors = accepted;
-  if (values['cert-dir']) config.certDir = values['cert-dir'];
-  if (values['cert-secret']) config.certSecret = values['cert-secret'];
+  if (accepted.length > 0) runtime.acceptedInjectors = accepted;
+  const dnsIp = values['dns-ip'] ?? '';
+  const config: OperatorConfig = {
+    controller: {
+      runtime,
+      reconciler: {
+        networkProvider: provider,
+        dns: dnsMode === 'node-local' ? { kind: 'addresses', addresses: [dnsIp] } : DEFAULT_DNS,
+        // Agents may reach the controller's own pods (webhook-injected sidecars fetch identity and entitlements).
+        operator: { namespace, podLabels: { ...CONTROLLER.podLabels }, port: runtime.listen.port },
+      },
+    },
+    kube,
+    certs: values['cert-dir']
+      ? { dir: values['cert-dir'] }
+      : { secret: values['cert-secret'] ?? CONTROLLER.certSecretName },
+    serviceName,
+    webhookConfigName: values['webhook-config-name'],
+    logLevel: logLevel as LogLevel,
+  };
   return config;
 }
 
@@ -168,73 +172,28 @@ export async function operatorCommand(ctx: CommandContext): Promise<number> {
     ctx.stdout(HELP);
     return 0;
   }
+  const { runtime } = config.controller;
   const logger = createLogger({
     level: config.logLevel,
-    fields: { component: 'operator', pod: config.runtime.podName },
+    fields: { component: 'operator', pod: runtime.podName },
   });
   const client: KubeClient = await connect(config.kube);
-  const selfManaged = config.certDir
-    ? undefined
-    : await selfManagedCertificates({
-        client,
-        namespace: config.runtime.namespace,
-        secretName: config.certSecret ?? CONTROLLER.certSecretName,
-        serviceName: config.serviceName,
-        webhookConfigName: config.webhookConfigName,
-        logger,
-      });
-  const certs: ServingCertSource = selfManaged ?? (await certificatesFromDir(config.certDir ?? '', logger));
-  const registry = createRegistry();
-  const events = new EventRecorder({
-    client,
-    reportingController: 'agentfence.io/operator',
-    reportingInstance: config.runtime.podName,
-    logger,
-    registry,
-  });
-  const running = await startOperator({ config: config.runtime, client, logger, registry }, certs, {
-    admission: createAdmissionRouter({
-      config: config.runtime.injector,
-      logger,
-      registry,
-    }),
-    leaderTasks: (ctx) => {
-      const caBundles = caBundleTask({
-        client,
-        pods: ctx.pods,
-        caBundle: () => certs.current().caPem,
-        logger,
-        registry,
-      });
-      certs.onChange(() => caBundles.refresh()); // a rotated CA reaches every agent namespace
-      return [
-        ...(selfManaged ? [selfManaged.leaderTask()] : []),
-        policyReconcilerTask({
+  const certs =
+    'dir' in config.certs
+      ? await certificatesFromDir(config.certs.dir, logger)
+      : await selfManagedCertificates({
           client,
+          namespace: runtime.namespace,
+          secretName: config.certs.secret,
+          serviceName: config.serviceName,
+          webhookConfigName: config.webhookConfigName,
           logger,
-          registry,
-          events,
-          entitlements: ctx.entitlements,
-          compileOptions: {
-            trustDomain: config.runtime.trustDomain,
-            networkProvider: config.networkProvider,
-            dns:
-              config.dns.mode === 'node-local' ? { kind: 'addresses', addresses: [config.dns.ip ?? ''] } : DEFAULT_DNS,
-            operator: {
-              namespace: config.runtime.namespace,
-              podLabels: { ...CONTROLLER.podLabels },
-              port: config.runtime.listen.port,
-            },
-          },
-        }),
-        caBundles,
-      ];
-    },
-  });
+        });
+  const running = await startController(config.controller, { client, logger, registry: createRegistry(), certs });
   logger.info('operator started', {
     listen: running.serving.url,
     admin: running.health.url,
-    issuer: config.runtime.issuerUrl,
+    issuer: runtime.issuerUrl,
   });
   const signal = await new Promise<NodeJS.Signals>((resolve) => {
     process.once('SIGTERM', resolve);

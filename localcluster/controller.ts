@@ -1,7 +1,7 @@
 /**
- * The controller runtime on loopback, for the demo and the integration tests: its own CA and serving
- * certificate for 127.0.0.1, a free port (the issuer URL must be known before the server listens), and the
- * caller's extensions.
+ * The whole controller on loopback, for the demo and the integration tests: the same startController() the CLI
+ * calls, with a loopback config — its own CA and serving certificate for 127.0.0.1, a free port (the issuer URL
+ * must be known before the server listens).
  */
 import type { Registry } from 'prom-client';
 import type { KubeClient } from '../lib/kube/client.ts';
@@ -9,7 +9,8 @@ import { createRegistry } from '../lib/metrics.ts';
 import { silentLogger, type Logger } from '../lib/log.ts';
 import { createCertificateAuthority, issueCertificate } from '../lib/tls/pki.ts';
 import { freePort } from './controlplane.ts';
-import { startOperator, type RunningOperator, type RuntimeExtensions } from '../operator/runtime.ts';
+import type { RunningOperator } from '../operator/runtime.ts';
+import { startController, type ReconcilerConfig } from '../operator/controller.ts';
 import { staticCertificates } from '../operator/serving.ts';
 import type { InjectorConfig } from '../webhook/inject.ts';
 import { CONTROLLER } from '../operator/defaults.ts';
@@ -45,7 +46,11 @@ export async function startLocalController(options: {
   logger?: Logger;
   /** What the webhook injects and the token exchange checks; default localInjectorConfig(issuerUrl). */
   injector?: (issuerUrl: string) => InjectorConfig;
-  extensions?: (env: { registry: Registry; issuerUrl: string; injector: InjectorConfig }) => RuntimeExtensions;
+  /**
+   * The reconciler's compile options (default: the compiler's defaults), or false for none: only for tests that
+   * write AgentEntitlements themselves.
+   */
+  reconciler?: ReconcilerConfig | false;
 }): Promise<LocalController> {
   const host = options.host ?? '127.0.0.1';
   const ca = await createCertificateAuthority('agentfence-test-controller-ca', 1);
@@ -59,9 +64,9 @@ export async function startLocalController(options: {
   const issuerUrl = `https://${host}:${port}`;
   const registry = options.registry ?? createRegistry({ defaultMetrics: false });
   const injector = options.injector?.(issuerUrl) ?? localInjectorConfig(issuerUrl);
-  const operator = await startOperator(
+  const operator = await startController(
     {
-      config: {
+      runtime: {
         namespace: options.namespace,
         podName: options.podName ?? 'controller-0',
         listen: { host, port },
@@ -73,12 +78,14 @@ export async function startLocalController(options: {
         injector,
         ...(options.heartbeatMs ? { heartbeatMs: options.heartbeatMs } : {}),
       },
+      reconciler: options.reconciler ?? {},
+    },
+    {
       client: options.client,
       logger: options.logger ?? silentLogger,
       registry,
+      certs: staticCertificates({ ...serving, caPem: ca.certPem }),
     },
-    staticCertificates({ ...serving, caPem: ca.certPem }),
-    options.extensions?.({ registry, issuerUrl, injector }) ?? {},
   );
   return { operator, issuerUrl, caPem: ca.certPem, registry, injector };
 }

@@ -19,8 +19,6 @@ import { sleep } from '../lib/sleep.ts';
 import { createAgentVerifier } from '../lib/verify/index.ts';
 import { agentOf, requireAgent } from '../lib/verify/express.ts';
 import { fetchWithCA } from '../lib/verify/fetch-with-ca.ts';
-import { policyReconcilerTask } from '../operator/reconciler.ts';
-import { createAdmissionRouter } from '../webhook/admission.ts';
 import { mutatingWebhookConfiguration, podIntegrityBinding, podIntegrityPolicy } from '../webhook/manifests.ts';
 import { startSidecar, type RunningSidecar } from '../sidecar/runtime.ts';
 import type { AuditRecord } from '../sidecar/audit.ts';
@@ -111,22 +109,6 @@ export async function runDemo(options: DemoOptions): Promise<void> {
       heartbeatMs: 5000,
       logger: options.logger,
       injector: (controllerUrl) => localInjectorConfig(controllerUrl, 'demo'),
-      extensions: ({ registry, injector }) => ({
-        admission: createAdmissionRouter({
-          config: injector,
-          logger: options.logger,
-          registry,
-        }),
-        leaderTasks: (ctx) => [
-          policyReconcilerTask({
-            client,
-            logger: options.logger,
-            registry,
-            entitlements: ctx.entitlements,
-            compileOptions: { trustDomain: 'cluster.local' },
-          }),
-        ],
-      }),
     });
     const ca = { certPem: caPem };
     await writeFile(join(dir, 'ca.crt'), caPem);

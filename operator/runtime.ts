@@ -1,8 +1,8 @@
 /**
  * The controller process, assembled. Every replica serves the webhook, identity and entitlement distribution from
  * its caches; only the Lease holder writes desired state (policies → entitlements and NetworkPolicies) and rotates
- * signing keys. Extension points (the policy reconciler, the admission handler) are passed in, so this file is
- * only wiring.
+ * signing keys. The admission handler and the leader-only tasks (policy reconciler, CA bundles, certificates) are
+ * passed in by the one assembly, startController() in controller.ts; nothing else calls this.
  */
 import express, { type RequestHandler } from 'express';
 import type { Registry } from 'prom-client';
@@ -72,11 +72,12 @@ export interface LeaderTask {
   ready?(): boolean;
 }
 
-export interface RuntimeExtensions {
-  /** The admission handler (router), mounted at /mutate-pods when present. */
-  admission?: RequestHandler;
+/** The parts startController() adds to the runtime. */
+export interface RuntimeParts {
+  /** The admission handler (router), mounted at /mutate-pods. */
+  admission: RequestHandler;
   /** Leader-only work besides key rotation, e.g. the policy reconciler; built with the shared caches. */
-  leaderTasks?: (ctx: RuntimeContext) => LeaderTask[];
+  leaderTasks: (ctx: RuntimeContext) => LeaderTask[];
 }
 
 export interface RunningOperator {
@@ -93,7 +94,7 @@ export interface RunningOperator {
 export async function startOperator(
   ctx: Omit<RuntimeContext, 'pods' | 'entitlements'>,
   certs: ServingCertSource,
-  extensions: RuntimeExtensions = {},
+  parts: RuntimeParts,
 ): Promise<RunningOperator> {
   const { config, client, logger, registry } = ctx;
   const pods = new Informer<AgentPod>({
@@ -176,7 +177,7 @@ export async function startOperator(
 
   const app = express();
   app.disable('x-powered-by');
-  if (extensions.admission) app.use('/mutate-pods', extensions.admission);
+  app.use('/mutate-pods', parts.admission);
   app.use((req, res, next) => {
     // Until the signing keys are loaded nothing can be issued or verified: answer 503, not 500.
     if (!keys.ready() && req.path.startsWith('/v1/')) {
@@ -208,7 +209,7 @@ export async function startOperator(
   );
 
   const serving = await startServingServer({ ...config.listen, certs, handler: app, logger });
-  const tasks = extensions.leaderTasks?.({ ...ctx, pods, entitlements }) ?? [];
+  const tasks = parts.leaderTasks({ ...ctx, pods, entitlements });
   const elector = new LeaderElector({
     client,
     namespace: config.namespace,

@@ -8,10 +8,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
 import { localInjectorConfig, startLocalController } from '../../localcluster/controller.ts';
 import { clientFromKubeconfig, type KubeClient } from '../../lib/kube/client.ts';
-import { silentLogger } from '../../lib/log.ts';
 import { fetchWithCA } from '../../lib/verify/fetch-with-ca.ts';
 import { type RunningOperator } from '../../operator/runtime.ts';
-import { createAdmissionRouter } from '../../webhook/admission.ts';
 import type { InjectorConfig } from '../../webhook/inject.ts';
 import { mutatingWebhookConfiguration, podIntegrityBinding, podIntegrityPolicy } from '../../webhook/manifests.ts';
 import { cluster, eventually, run, runOrThrow } from '../support/cluster.ts';
@@ -87,9 +85,7 @@ beforeAll(async () => {
     namespace: systemNs,
     podName: 'atk-0',
     injector: (url) => ({ ...localInjectorConfig(url, 'test'), image: 'ghcr.io/agentfence/agentfence:test' }),
-    extensions: ({ registry: r, injector: config }) => ({
-      admission: createAdmissionRouter({ config, logger: silentLogger, registry: r }),
-    }),
+    reconciler: false, // the tests write AgentEntitlements themselves
   });
   operator = started.operator;
   injector = started.injector;

@@ -7,9 +7,7 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { clientFromKubeconfig, type KubeClient } from '../../lib/kube/client.ts';
-import { silentLogger } from '../../lib/log.ts';
 import { startLocalController, type LocalController } from '../../localcluster/controller.ts';
-import { policyReconcilerTask } from '../../operator/reconciler.ts';
 import { cluster, createNamespace, eventually, run, runOrThrow } from '../support/cluster.ts';
 import { TEST_INJECTOR } from '../support/identity-server.ts';
 import { createInjectedPod, startTestSidecar, startUpstream, type TestSidecar } from '../support/agents.ts';
@@ -87,17 +85,6 @@ beforeAll(async () => {
     namespace: system,
     heartbeatMs: 500,
     injector: () => TEST_INJECTOR,
-    extensions: ({ registry }) => ({
-      leaderTasks: (ctx) => [
-        policyReconcilerTask({
-          client,
-          logger: silentLogger,
-          registry,
-          entitlements: ctx.entitlements,
-          compileOptions: { trustDomain: 'cluster.local' },
-        }),
-      ],
-    }),
   });
   await runOrThrow(['create', 'namespace', ns]);
   await runOrThrow(['apply', '-f', '-'], policy({ orders: true }));

@@ -6,9 +6,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startLocalController } from '../../localcluster/controller.ts';
 import { clientFromKubeconfig, type KubeClient } from '../../lib/kube/client.ts';
-import { silentLogger } from '../../lib/log.ts';
 import { type RunningOperator } from '../../operator/runtime.ts';
-import { policyReconcilerTask } from '../../operator/reconciler.ts';
 import { cluster, createNamespace, eventually, run, runOrThrow } from '../support/cluster.ts';
 import { allowed, type EvalPolicy, type EvalWorld } from '../support/netpol-eval.ts';
 
@@ -63,17 +61,6 @@ beforeAll(async () => {
   const started = await startLocalController({
     client,
     namespace: system,
-    extensions: ({ registry }) => ({
-      leaderTasks: (ctx) => [
-        policyReconcilerTask({
-          client,
-          logger: silentLogger,
-          registry,
-          entitlements: ctx.entitlements,
-          compileOptions: { trustDomain: 'cluster.local' },
-        }),
-      ],
-    }),
   });
   operator = started.operator;
   await runOrThrow(['apply', '-f', '-'], pod(victim, 'planner-0', 'planner'));

@@ -4,7 +4,6 @@
  * run with the chart's own ServiceAccount token (TokenRequest) and RBAC — proving those permissions suffice.
  * Refresh the golden files with UPDATE_GOLDEN=1.
  */
-import { policyReconcilerTask } from '../../operator/reconciler.ts';
 import { startLocalController } from '../../localcluster/controller.ts';
 import { execFile } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
@@ -12,7 +11,6 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseAllDocuments, stringify } from 'yaml';
 import { KubeClient, clientFromKubeconfig } from '../../lib/kube/client.ts';
-import { silentLogger } from '../../lib/log.ts';
 import { renderKubeconfig } from '../../localcluster/kubeconfig.ts';
 import { type RunningOperator } from '../../operator/runtime.ts';
 import { cluster, createNamespace, eventually, run, runOrThrow } from '../support/cluster.ts';
@@ -230,17 +228,6 @@ describe('chart objects on the real API server, and the controller under the cha
         client: sa,
         namespace: RELEASE_NS,
         podName: 'agentfence-controller-0',
-        extensions: ({ registry }) => ({
-          leaderTasks: (ctx) => [
-            policyReconcilerTask({
-              client: sa,
-              logger: silentLogger,
-              registry,
-              entitlements: ctx.entitlements,
-              compileOptions: { trustDomain: 'cluster.local' },
-            }),
-          ],
-        }),
       })
     ).operator;
     await eventually(

@@ -19,7 +19,6 @@ import { silentLogger } from '../../lib/log.ts';
 import { createAgentVerifier } from '../../lib/verify/index.ts';
 import { fetchWithCA } from '../../lib/verify/fetch-with-ca.ts';
 import { type RunningOperator } from '../../operator/runtime.ts';
-import { policyReconcilerTask } from '../../operator/reconciler.ts';
 import { startSidecar, type RunningSidecar } from '../../sidecar/runtime.ts';
 import type { AuditRecord } from '../../sidecar/audit.ts';
 import { createOrdersApi } from '../../examples/resource-server/orders-api.ts';
@@ -85,17 +84,6 @@ beforeAll(async () => {
     namespace: system,
     podName: 'e2e-0',
     heartbeatMs: 500,
-    extensions: ({ registry }) => ({
-      leaderTasks: (ctx) => [
-        policyReconcilerTask({
-          client,
-          logger: silentLogger,
-          registry,
-          entitlements: ctx.entitlements,
-          compileOptions: { trustDomain: 'cluster.local' },
-        }),
-      ],
-    }),
   });
   operator = started.operator;
   const issuerUrl = started.issuerUrl;

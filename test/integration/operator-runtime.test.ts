@@ -54,7 +54,8 @@ beforeAll(async () => {
   system = await createNamespace('af-system');
   ns = await createNamespace('runtime');
   await runOrThrow(['create', 'serviceaccount', 'support-agent', '-n', ns]);
-  const started = await startLocalController({ client, namespace: system });
+  // The test writes the AgentEntitlement itself: no reconciler to race it.
+  const started = await startLocalController({ client, namespace: system, reconciler: false });
   operator = started.operator;
   caPem = started.caPem;
   injector = started.injector;

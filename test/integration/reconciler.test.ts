@@ -7,9 +7,7 @@ import { startLocalController } from '../../localcluster/controller.ts';
 import type { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { clientFromKubeconfig, type KubeClient } from '../../lib/kube/client.ts';
-import { silentLogger } from '../../lib/log.ts';
 import { type RunningOperator } from '../../operator/runtime.ts';
-import { policyReconcilerTask } from '../../operator/reconciler.ts';
 import { cluster, createNamespace, eventually, run, runOrThrow } from '../support/cluster.ts';
 
 let client: KubeClient;
@@ -66,20 +64,7 @@ beforeAll(async () => {
     client,
     namespace: system,
     // The reconciler shares the runtime's AgentEntitlement cache.
-    extensions: ({ registry: r }) => ({
-      leaderTasks: (ctx) => [
-        policyReconcilerTask({
-          client,
-          logger: silentLogger,
-          registry: r,
-          entitlements: ctx.entitlements,
-          compileOptions: {
-            trustDomain: 'cluster.local',
-            operator: { namespace: system, podLabels: { app: 'agentfence' }, port: 8443 },
-          },
-        }),
-      ],
-    }),
+    reconciler: { operator: { namespace: system, podLabels: { app: 'agentfence' }, port: 8443 } },
   });
   operator = started.operator;
   registry = started.registry;

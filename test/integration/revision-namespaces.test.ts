@@ -6,9 +6,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { clientFromKubeconfig, type KubeClient } from '../../lib/kube/client.ts';
-import { silentLogger } from '../../lib/log.ts';
 import { startLocalController, type LocalController } from '../../localcluster/controller.ts';
-import { policyReconcilerTask } from '../../operator/reconciler.ts';
 import { cluster, createNamespace, eventually, runOrThrow } from '../support/cluster.ts';
 import { TEST_INJECTOR } from '../support/identity-server.ts';
 import { createInjectedPod, startTestSidecar, startUpstream, type TestSidecar } from '../support/agents.ts';
@@ -76,17 +74,6 @@ beforeAll(async () => {
     namespace: system,
     heartbeatMs: 500,
     injector: () => TEST_INJECTOR,
-    extensions: ({ registry }) => ({
-      leaderTasks: (ctx) => [
-        policyReconcilerTask({
-          client,
-          logger: silentLogger,
-          registry,
-          entitlements: ctx.entitlements,
-          compileOptions: { trustDomain: 'cluster.local' },
-        }),
-      ],
-    }),
   });
   for (const prefix of ['team-a', 'team-b', 'team-c']) {
     const ns = await createNamespace(prefix);

@@ -8,9 +8,7 @@ import type { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startLocalController } from '../../localcluster/controller.ts';
 import { clientFromKubeconfig, type KubeClient } from '../../lib/kube/client.ts';
-import { silentLogger } from '../../lib/log.ts';
 import { type RunningOperator } from '../../operator/runtime.ts';
-import { policyReconcilerTask } from '../../operator/reconciler.ts';
 import { calleeIngressName } from '../../operator/compiler/names.ts';
 import { cluster, createNamespace, eventually, run, runOrThrow } from '../support/cluster.ts';
 import { allowed, type EvalPod, type EvalPolicy, type EvalWorld } from '../support/netpol-eval.ts';
@@ -89,17 +87,6 @@ beforeAll(async () => {
   const started = await startLocalController({
     client,
     namespace: system,
-    extensions: ({ registry }) => ({
-      leaderTasks: (ctx) => [
-        policyReconcilerTask({
-          client,
-          logger: silentLogger,
-          registry,
-          entitlements: ctx.entitlements,
-          compileOptions: { trustDomain: 'cluster.local' },
-        }),
-      ],
-    }),
   });
   operator = started.operator;
   registry = started.registry;

@@ -66,7 +66,12 @@ beforeAll(async () => {
   const ns = await createNamespace('flood');
   await runOrThrow(['create', 'serviceaccount', 'support-agent', '-n', ns]);
   // The pods below are rendered with TEST_INJECTOR: the exchange must expect the same sidecar.
-  controller = await startLocalController({ client, namespace: system, injector: () => TEST_INJECTOR });
+  controller = await startLocalController({
+    client,
+    namespace: system,
+    injector: () => TEST_INJECTOR,
+    reconciler: false, // identity only: no policies here
+  });
   const pod = await createAgentPod(ns, 'agent-0');
   realToken = await serviceAccountToken(ns, 'support-agent', pod);
   const f = fetchWithCA(controller.caPem);

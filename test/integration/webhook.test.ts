@@ -13,9 +13,7 @@ import type { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
 import { clientFromKubeconfig, type KubeClient } from '../../lib/kube/client.ts';
-import { silentLogger } from '../../lib/log.ts';
 import { type RunningOperator } from '../../operator/runtime.ts';
-import { createAdmissionRouter } from '../../webhook/admission.ts';
 import { mutatingWebhookConfiguration, podIntegrityBinding, podIntegrityPolicy } from '../../webhook/manifests.ts';
 import { cluster, eventually, run, runOrThrow } from '../support/cluster.ts';
 
@@ -80,9 +78,7 @@ beforeAll(async () => {
     podName: 'wh-0',
     // One configuration for the webhook and the token exchange, as in the operator.
     injector: (url) => ({ ...localInjectorConfig(url, 'test'), image: 'ghcr.io/agentfence/agentfence:test' }),
-    extensions: ({ registry: r, injector: config }) => ({
-      admission: createAdmissionRouter({ config, logger: silentLogger, registry: r }),
-    }),
+    reconciler: false, // the tests write AgentEntitlements themselves
   });
   operator = started.operator;
   injector = started.injector;

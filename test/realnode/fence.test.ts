@@ -12,10 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
 import { startLocalController } from '../../localcluster/controller.ts';
 import { clientFromKubeconfig, type KubeClient } from '../../lib/kube/client.ts';
-import { silentLogger } from '../../lib/log.ts';
 import type { RunningOperator } from '../../operator/runtime.ts';
-import { policyReconcilerTask } from '../../operator/reconciler.ts';
-import { createAdmissionRouter } from '../../webhook/admission.ts';
 import { mutatingWebhookConfiguration } from '../../webhook/manifests.ts';
 import {
   createNamespace,
@@ -181,28 +178,14 @@ describe.skipIf(reason)('the fence on a real node', () => {
       podName: 'realnode-controller-0',
       host: info.nodeIp,
       heartbeatMs: 500,
-      extensions: ({ registry, issuerUrl }) => ({
-        admission: createAdmissionRouter({
-          config: {
-            version: 'realnode',
-            image: info.image,
-            controllerUrl: issuerUrl,
-            logLevel: 'info',
-            maxStaleness: `${MAX_STALENESS_S}s`,
-            resources: { cpuRequest: '50m', memoryRequest: '48Mi', memoryLimit: '128Mi' },
-          },
-          logger: silentLogger,
-          registry,
-        }),
-        leaderTasks: (ctx) => [
-          policyReconcilerTask({
-            client,
-            logger: silentLogger,
-            registry,
-            entitlements: ctx.entitlements,
-            compileOptions: { trustDomain: 'cluster.local' },
-          }),
-        ],
+      // What the webhook injects is what the token exchange accepts: the image under test.
+      injector: (controllerUrl) => ({
+        version: 'realnode',
+        image: info.image,
+        controllerUrl,
+        logLevel: 'info',
+        maxStaleness: `${MAX_STALENESS_S}s`,
+        resources: { cpuRequest: '50m', memoryRequest: '48Mi', memoryLimit: '128Mi' },
       }),
     });
     operator = started.operator;

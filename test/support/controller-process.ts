@@ -1,14 +1,13 @@
 /**
- * One controller replica as its own process, for fault-injection tests (SIGSTOP/SIGCONT, SIGKILL): the full
- * runtime (identity, distribution, leader election) plus the policy reconciler, against the test API server.
+ * One controller replica as its own process, for fault-injection tests (SIGSTOP/SIGCONT, SIGKILL): the whole
+ * controller (startController, as the CLI assembles it) against the test API server.
  * Configured by one JSON argument (see ControllerProcessConfig); prints "ready" on stdout once serving.
  * Started by startControllerProcess() in controller-processes.ts.
  */
 import { clientFromKubeconfig } from '../../lib/kube/client.ts';
 import { createLogger, isLogLevel } from '../../lib/log.ts';
 import { createRegistry } from '../../lib/metrics.ts';
-import { policyReconcilerTask } from '../../operator/reconciler.ts';
-import { startOperator } from '../../operator/runtime.ts';
+import { startController } from '../../operator/controller.ts';
 import { staticCertificates } from '../../operator/serving.ts';
 import { TEST_INJECTOR } from './identity-server.ts';
 
@@ -30,9 +29,9 @@ const level = isLogLevel(config.logLevel) ? config.logLevel : 'warn';
 const logger = createLogger({ level, fields: { component: 'controller', replica: config.podName } });
 const client = await clientFromKubeconfig(config.kubeconfig);
 const registry = createRegistry({ defaultMetrics: false });
-const operator = await startOperator(
+const operator = await startController(
   {
-    config: {
+    runtime: {
       namespace: config.namespace,
       podName: config.podName,
       listen: { host: '127.0.0.1', port: config.port },
@@ -45,22 +44,9 @@ const operator = await startOperator(
       lease: config.lease,
       injector: TEST_INJECTOR,
     },
-    client,
-    logger,
-    registry,
+    reconciler: {},
   },
-  staticCertificates(config.tls),
-  {
-    leaderTasks: (ctx) => [
-      policyReconcilerTask({
-        client,
-        logger,
-        registry,
-        entitlements: ctx.entitlements,
-        compileOptions: { trustDomain: config.trustDomain },
-      }),
-    ],
-  },
+  { client, logger, registry, certs: staticCertificates(config.tls) },
 );
 process.stdout.write(`ready ${operator.health.url}\n`);
 const stop = async (): Promise<void> => {
