@@ -1,4 +1,4 @@
-# One image for every role: `agentfence operator` (controller: reconciler, webhook, identity, distribution) and
+# One image for every role: `agentfence controller` (the controller: reconciler, webhook, identity, distribution) and
 # `agentfence sidecar` (the injected egress fence). Multi-stage: build with dev dependencies, ship without them.
 # syntax=docker/dockerfile:1
 

@@ -11,10 +11,12 @@ export interface CommandContext {
 
 export type Command = (ctx: CommandContext) => Promise<number>;
 
-// Loaded on demand: the sidecar must not pay (in start-up time and memory) for the operator's modules.
-const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }> = {
-  operator: {
+// Loaded on demand: the sidecar must not pay (in start-up time and memory) for the controller's modules.
+const COMMANDS: Record<string, { summary: string; aliases?: string[]; load: () => Promise<Command> }> = {
+  controller: {
     summary: 'run the controller: policy reconciler, admission webhook, identity issuer, entitlement distribution',
+    // The verb was `operator` before it took the chart's name; manifests that still say so keep working.
+    aliases: ['operator'],
     load: async () => (await import('./operator.ts')).operatorCommand,
   },
   sidecar: {
@@ -41,7 +43,9 @@ const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }
 };
 
 function usage(): string {
-  const lines = Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(16)}${c.summary}`);
+  const lines = Object.entries(COMMANDS).map(
+    ([name, c]) => `  ${name.padEnd(16)}${c.summary}${c.aliases ? ` (alias: ${c.aliases.join(', ')})` : ''}`,
+  );
   return `Usage: agentfence <command> [flags]\n\nCommands:\n${lines.join('\n')}\n\nRun 'agentfence <command> --help' for its flags.\n`;
 }
 
@@ -56,7 +60,7 @@ export async function main(argv: string[]): Promise<number> {
     ctx.stdout(usage());
     return name === undefined ? 2 : 0;
   }
-  const command = COMMANDS[name];
+  const command = COMMANDS[name] ?? Object.values(COMMANDS).find((c) => c.aliases?.includes(name));
   if (!command) {
     ctx.stderr(`agentfence: unknown command '${name}'\n\n${usage()}`);
     return 2;

@@ -25,7 +25,7 @@ export interface OperatorConfig {
   logLevel: LogLevel;
 }
 
-const HELP = `Usage: agentfence operator [flags]
+const HELP = `Usage: agentfence controller [flags]   (alias: agentfence operator, the verb's earlier name)
 
 The controller: compiles AgentPolicies into AgentEntitlements and NetworkPolicies (leader only), injects the
 sidecar (admission webhook), issues agent identities and streams entitlements to sidecars (every replica).
@@ -175,7 +175,7 @@ export async function operatorCommand(ctx: CommandContext): Promise<number> {
   const { runtime } = config.controller;
   const logger = createLogger({
     level: config.logLevel,
-    fields: { component: 'operator', pod: runtime.podName },
+    fields: { component: 'controller', pod: runtime.podName },
   });
   const client: KubeClient = await connect(config.kube);
   const certs =
@@ -190,7 +190,7 @@ export async function operatorCommand(ctx: CommandContext): Promise<number> {
           logger,
         });
   const running = await startController(config.controller, { client, logger, registry: createRegistry(), certs });
-  logger.info('operator started', {
+  logger.info('controller started', {
     listen: running.serving.url,
     admin: running.health.url,
     issuer: runtime.issuerUrl,
@@ -199,7 +199,7 @@ export async function operatorCommand(ctx: CommandContext): Promise<number> {
     process.once('SIGTERM', resolve);
     process.once('SIGINT', resolve);
   });
-  logger.info('operator stopping', { signal });
+  logger.info('controller stopping', { signal });
   await running.stop();
   certs.stop();
   client.close();

@@ -149,7 +149,7 @@ describe('helm install → controller → upgrade --force → uninstall → agen
     const manifest = docs((await helm(['get', 'manifest', RELEASE, '-n', NS])).stdout);
     const deployment = manifest.find((d) => d.kind === 'Deployment');
     const args = deployment?.spec?.template?.spec?.containers?.[0]?.args ?? [];
-    expect(args[0]).toBe('operator');
+    expect(args[0]).toBe('controller');
     const [admin, serving] = [await freePort(), await freePort()];
     const flags = args.slice(1).map((a) =>
       a
@@ -161,7 +161,7 @@ describe('helm install → controller → upgrade --force → uninstall → agen
     const { path } = await serviceAccountKubeconfig(CONTROLLER.serviceName);
     controllerFlags = flags;
     controllerKubeconfig = path;
-    controller = start(['operator', ...flags], path);
+    controller = start(['controller', ...flags], path);
     await eventually(
       async () =>
         (await fetch(`http://127.0.0.1:${admin}/readyz`).catch(() => undefined))?.status === 200 ? true : undefined,
@@ -267,6 +267,7 @@ describe('helm install → controller → upgrade --force → uninstall → agen
           ? `--admin-listen=127.0.0.1:${admin}`
           : f,
     );
+    // The verb's earlier name, `operator`, is an alias: manifests that still say it run the same controller.
     const running = start(['operator', ...flags], controllerKubeconfig);
     await eventually(
       async () =>
