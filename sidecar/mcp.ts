@@ -95,21 +95,12 @@ class Parser {
       this.ws();
       if (this.text[this.i] !== '"') throw new Refusal(`expected a key at offset ${this.i}`);
       const key = this.string();
-      if (this.lenient) {
-        this.ws();
-        if (this.text[this.i] !== ':') throw new Refusal(`expected : at offset ${this.i}`);
-        this.i++;
-        entries.push([key, this.value(depth + 1)]);
-        this.ws();
-        const c = this.text[this.i++];
-        if (c === '}') return { obj: entries };
-        if (c !== ',') throw new Refusal(`expected , or } at offset ${this.i - 1}`);
-        continue;
+      if (!this.lenient) {
+        const folded = fold(key);
+        if (seen.has(folded)) throw new Refusal(`duplicate or case-variant key ${JSON.stringify(key)}`);
+        if (MEMBERS.has(folded) && folded !== key) throw new Refusal(`member ${JSON.stringify(key)} in another case`);
+        seen.add(folded);
       }
-      const folded = fold(key);
-      if (seen.has(folded)) throw new Refusal(`duplicate or case-variant key ${JSON.stringify(key)}`);
-      if (MEMBERS.has(folded) && folded !== key) throw new Refusal(`member ${JSON.stringify(key)} in another case`);
-      seen.add(folded);
       this.ws();
       if (this.text[this.i] !== ':') throw new Refusal(`expected : at offset ${this.i}`);
       this.i++;

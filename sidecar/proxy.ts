@@ -28,7 +28,7 @@ import { forwardHttp } from './forward.ts';
 import { forwardUpgrade } from './upgrade.ts';
 import { canonicalRequest, type TunnelTarget } from './request.ts';
 import { normalizeHost, type CompiledRule, type Matcher } from './match.ts';
-import { admit, type Admission, type CanonicalRequest } from './pipeline.ts';
+import { admit, type Admission, type BodyReader, type CanonicalRequest, type PipelineContext } from './pipeline.ts';
 import { sendRefusal, writeRawRefusal, type Refusal } from './respond.ts';
 import { TLS_HANDSHAKE_FAILURE, blindTunnel, sniff } from './tunnel.ts';
 
@@ -280,6 +280,18 @@ export class FenceProxy {
     });
   }
 
+  /** The pipeline's inputs now: the snapshot in force, the clock, the resolver, and (plain HTTP) the body reader. */
+  #pipeline(body?: { maxBytes: number; read: BodyReader }): PipelineContext {
+    const context: PipelineContext = {
+      matcher: this.#o.matcher(),
+      now: this.#now(),
+      resolver: this.#resolver,
+      maxMcpBodyBytes: body?.maxBytes ?? 0,
+    };
+    if (body) context.body = body.read;
+    return context;
+  }
+
   #refusal(facts: AuditFacts, status: number, reason: string, missing: string, revision: string): Refusal {
     return {
       status,
@@ -348,13 +360,13 @@ export class FenceProxy {
     }
     const { request, headers } = c;
     const facts = { method: request.method, host: request.host, port: request.port, path: request.path };
-    const adm = await admit(request, {
-      matcher: this.#o.matcher(),
-      now: this.#now(),
-      resolver: this.#resolver,
-      maxMcpBodyBytes: this.#o.maxMcpBodyBytes ?? 1024 * 1024,
-      body: (limit) => this.#readBody(req, res, limit, expect),
-    });
+    const adm = await admit(
+      request,
+      this.#pipeline({
+        maxBytes: this.#o.maxMcpBodyBytes ?? 1024 * 1024,
+        read: (limit) => this.#readBody(req, res, limit, expect),
+      }),
+    );
     if (!adm.allow) {
       this.#deny({ res, close: unread() }, facts, adm, t);
       return;
@@ -444,12 +456,7 @@ export class FenceProxy {
     }
     const { request, headers } = c;
     const facts = { method: request.method, host: request.host, port: request.port, path: request.path };
-    const adm = await admit(request, {
-      matcher: this.#o.matcher(),
-      now: this.#now(),
-      resolver: this.#resolver,
-      maxMcpBodyBytes: 0,
-    });
+    const adm = await admit(request, this.#pipeline());
     if (!adm.allow) {
       this.#deny({ socket: client }, facts, adm, t);
       return;
@@ -485,12 +492,7 @@ export class FenceProxy {
       overrides: [],
       framing: { kind: 'none' },
     };
-    const adm = await admit(request, {
-      matcher: this.#o.matcher(),
-      now: this.#now(),
-      resolver: this.#resolver,
-      maxMcpBodyBytes: 0,
-    });
+    const adm = await admit(request, this.#pipeline());
     if (!adm.allow) {
       this.#deny({ socket: client }, facts, adm, t);
       return;
