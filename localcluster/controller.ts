@@ -11,7 +11,7 @@ import { createCertificateAuthority, issueCertificate } from '../lib/tls/pki.ts'
 import { freePort } from './controlplane.ts';
 import type { RunningOperator } from '../operator/runtime.ts';
 import { startController, type ReconcilerConfig } from '../operator/controller.ts';
-import { staticCertificates } from '../operator/serving.ts';
+import { staticCertificates } from '../operator/certs/serving.ts';
 import type { InjectorConfig } from '../webhook/inject.ts';
 import { CONTROLLER } from '../operator/defaults.ts';
 

@@ -17,7 +17,7 @@ import { deleteObject } from '../lib/kube/apply.ts';
 import { isNotFound, resourcePath, type KubeClient, type KubeObject, type ResourceRef } from '../lib/kube/client.ts';
 import { RESOURCES } from '../lib/kube/resources.ts';
 import type { Logger } from '../lib/log.ts';
-import { CA_BUNDLE_CONFIGMAP } from './cabundle.ts';
+import { CA_BUNDLE_CONFIGMAP } from './certs/ca-bundles.ts';
 import { LEGACY_BASELINE_FINALIZER, removeFinalizer } from './reconciler.ts';
 
 export interface CleanupConfig {

@@ -10,11 +10,11 @@ import type { Logger } from '../lib/log.ts';
 import type { KubeClient } from '../lib/kube/client.ts';
 import { EventRecorder } from '../lib/kube/events.ts';
 import { createAdmissionRouter } from '../webhook/admission.ts';
-import { caBundleTask } from './cabundle.ts';
+import { caBundleTask } from './certs/ca-bundles.ts';
 import type { CompileOptions } from './compiler/types.ts';
 import { policyReconcilerTask } from './reconciler.ts';
 import { startOperator, type LeaderTask, type RunningOperator, type RuntimeConfig } from './runtime.ts';
-import type { ServingCertSource } from './serving.ts';
+import type { ServingCertSource } from './certs/serving.ts';
 
 /** What the reconciler compiles with besides the trust domain (the runtime's); unset fields take the defaults. */
 export type ReconcilerConfig = Omit<CompileOptions, 'now' | 'trustDomain'>;

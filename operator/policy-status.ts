@@ -4,7 +4,7 @@
  * widen the agents' egress. Conditions follow metav1.Condition rules (lastTransitionTime moves only on a flip),
  * so an unchanged world produces an identical status and no write.
  */
-import type { AgentPolicy, AgentPolicyStatus } from '../lib/api/types.generated.ts';
+import type { AgentEntitlement, AgentPolicy, AgentPolicyStatus } from '../lib/api/types.generated.ts';
 import { setCondition, type Condition } from '../lib/kube/conditions.ts';
 import type { PolicyReport } from './compiler/types.ts';
 
@@ -100,4 +100,20 @@ export function policyStatus(policy: AgentPolicy, observed: PolicyObservation, n
 
 function truncate(message: string, max = 4000): string {
   return message.length <= max ? message : `${message.slice(0, max - 1)}…`;
+}
+
+/**
+ * Acknowledged revisions, per policy key (namespace/name): how many sidecars of pods the policy selects enforce
+ * their entitlement's current revision.
+ */
+export function acknowledgedRevisions(entitlements: readonly AgentEntitlement[]): Map<string, number> {
+  const inSync = new Map<string, number>();
+  for (const ae of entitlements) {
+    if (ae.status?.inSync !== true || ae.status.enforcedRevision !== ae.spec.revision) continue;
+    for (const p of ae.spec.policies ?? []) {
+      const k = `${ae.metadata.namespace ?? ''}/${p}`;
+      inSync.set(k, (inSync.get(k) ?? 0) + 1);
+    }
+  }
+  return inSync;
 }

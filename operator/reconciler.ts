@@ -10,9 +10,16 @@
  *   - writes each AgentPolicy's status through /status only when it changed;
  *   - requeues exactly at the next grant expiry.
  * An unchanged world therefore costs one compile and zero writes.
+ *
+ * One reconcile is four steps; only the I/O ones live here, the rest are pure functions:
+ *   1. observe — the informer caches of policies, pods, namespaces, services, NetworkPolicies (this file);
+ *   2. compile — desired state and per-policy reports (compiler/compile.ts), foreign NetworkPolicies that
+ *      overlap a policy's agents (overlap.ts), acknowledged revisions and the status itself (policy-status.ts);
+ *   3. apply — `converge`/`prune` here, writing only what `upToDate` (managed.ts) says differs;
+ *   4. report — status writes, foreign-problem log lines and metrics (`writeStatuses`/`reportForeignProblems` here).
  */
 import type { Registry } from 'prom-client';
-import { LABEL_MANAGED_BY, MANAGED_BY, AGENT_POLICY } from '../lib/api/constants.ts';
+import { LABEL_MANAGED_BY, MANAGED_BY } from '../lib/api/constants.ts';
 import type { AgentPolicy } from '../lib/api/types.generated.ts';
 import type { Logger } from '../lib/log.ts';
 import { gauge } from '../lib/metrics.ts';
@@ -32,9 +39,10 @@ import { Controller } from '../lib/kube/controller.ts';
 import type { EventRecorder } from '../lib/kube/events.ts';
 import { Informer, objectKey } from '../lib/kube/informer.ts';
 import { compile } from './compiler/compile.ts';
-import { compileSelector } from './compiler/selectors.ts';
 import type { CompileOptions, CompileOutput, Namespace, NetworkPolicy, PodInput, Service } from './compiler/types.ts';
-import { policyStatus } from './policy-status.ts';
+import { owningPolicy, policyRef, upToDate } from './managed.ts';
+import { acknowledgedRevisions, policyStatus } from './policy-status.ts';
+import { foreignOverlaps } from './overlap.ts';
 import { untilAborted, type AgentEntitlementObject, type LeaderTask } from './runtime.ts';
 import { RESOURCES } from '../lib/kube/resources.ts';
 
@@ -93,36 +101,6 @@ export async function removeFinalizer(
       ],
     },
   );
-}
-
-/** True when every field present in `desired` has the same value in `current` (defaults the server adds are ignored). */
-export function isSubset(desired: unknown, current: unknown): boolean {
-  if (desired === current) return true;
-  if (Array.isArray(desired)) {
-    return (
-      Array.isArray(current) && desired.length === current.length && desired.every((d, i) => isSubset(d, current[i]))
-    );
-  }
-  if (desired !== null && typeof desired === 'object') {
-    if (current === null || typeof current !== 'object' || Array.isArray(current)) return false;
-    return Object.entries(desired).every(
-      ([k, v]) => v === undefined || isSubset(v, (current as Record<string, unknown>)[k]),
-    );
-  }
-  return false;
-}
-
-/** The fields we own on a managed object: labels, annotations, ownerReferences, finalizers and the payload. */
-function managedView(obj: KubeObject): Record<string, unknown> {
-  const { metadata, ...rest } = obj;
-  const view: Record<string, unknown> = { ...rest, metadata: {} };
-  const meta = view.metadata as Record<string, unknown>;
-  for (const k of ['labels', 'annotations', 'ownerReferences', 'finalizers'] as const)
-    if (metadata[k] !== undefined) meta[k] = metadata[k];
-  delete view.status;
-  delete view.apiVersion;
-  delete view.kind;
-  return view;
 }
 
 export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
@@ -245,25 +223,19 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
     output: CompileOutput,
     fail: (policy: string | undefined, message: string) => void,
   ): Promise<void> => {
-    const policyOf = (obj: KubeObject): string | undefined => {
-      const owner = obj.metadata.ownerReferences?.find((o) => o.kind === AGENT_POLICY.kind);
-      const label = obj.metadata.labels?.['agentfence.io/policy'];
-      const ns = obj.metadata.labels?.['agentfence.io/policy-namespace'] ?? obj.metadata.namespace;
-      return owner ? `${obj.metadata.namespace ?? ''}/${owner.name}` : label ? `${ns ?? ''}/${label}` : undefined;
-    };
     const write = async (
       resource: ResourceRef,
       desired: KubeObject,
       current: KubeObject | undefined,
     ): Promise<void> => {
-      if (current && isSubset(managedView(desired), managedView(current))) return;
+      if (upToDate(desired, current)) return;
       try {
         await applyObject(writer, resource, desired);
       } catch (err) {
         if (isLeadershipLoss(err, term?.signal)) throw err;
         const message = `${desired.kind ?? ''} ${objectKey(desired)}: ${err instanceof Error ? err.message : String(err)}`;
         logger.warn('apply failed', { kind: desired.kind, key: objectKey(desired), err });
-        fail(policyOf(desired), message);
+        fail(owningPolicy(desired), message);
         if (stillLeading()) options.events?.warning(policyRef(desired), 'ApplyFailed', 'Apply', message);
       }
     };
@@ -296,7 +268,7 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
     const wantedNetpols = wanted(desiredNetpols);
     for (const np of netpols.list()) {
       if (np.metadata.labels?.[LABEL_MANAGED_BY] !== MANAGED_BY || wantedNetpols.has(objectKey(np))) continue;
-      await prune(R.networkPolicies, np, fail, policyOf(np));
+      await prune(R.networkPolicies, np, fail, owningPolicy(np));
     }
     const wantedAEs = wanted(output.entitlements);
     for (const ae of entitlements.list()) {
@@ -306,7 +278,7 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
     if (cilium) {
       const wantedCnps = wanted(output.ciliumNetworkPolicies);
       for (const cnp of cilium.list())
-        if (!wantedCnps.has(objectKey(cnp))) await prune(R.cilium, cnp, fail, policyOf(cnp));
+        if (!wantedCnps.has(objectKey(cnp))) await prune(R.cilium, cnp, fail, owningPolicy(cnp));
     }
   };
 
@@ -339,16 +311,8 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
 
   const writeStatuses = async (output: CompileOutput, errors: Map<string, string[]>, now: Date): Promise<void> => {
     const reports = new Map(output.reports.map((r) => [`${r.namespace}/${r.name}`, r]));
-    // Acknowledged revisions, per policy: sidecars of pods this policy selects that enforce their current revision.
-    const inSync = new Map<string, number>();
-    for (const ae of entitlements.list()) {
-      if (ae.status?.inSync !== true || ae.status.enforcedRevision !== ae.spec.revision) continue;
-      for (const p of ae.spec.policies ?? []) {
-        const k = `${ae.metadata.namespace ?? ''}/${p}`;
-        inSync.set(k, (inSync.get(k) ?? 0) + 1);
-      }
-    }
-    const overlaps = foreignOverlaps(output);
+    const inSync = acknowledgedRevisions(entitlements.list());
+    const overlaps = foreignOverlaps(output.entitlements, netpols.list(), pods.list());
     for (const policy of policies.list()) {
       const key = objectKey(policy);
       const expiresAt = policy.spec.expiresAt ? Date.parse(policy.spec.expiresAt) : undefined;
@@ -370,37 +334,6 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
         throw err;
       }
     }
-  };
-
-  /** Foreign NetworkPolicies with egress rules that select pods a policy also selects (NetworkPolicies are unions). */
-  const foreignOverlaps = (output: CompileOutput): Map<string, string[]> => {
-    const result = new Map<string, string[]>();
-    const selectedBy = new Map<string, string[]>(); // pod key → policy keys
-    for (const ae of output.entitlements) {
-      selectedBy.set(
-        `${ae.metadata.namespace ?? ''}/${ae.spec.podName}`,
-        (ae.spec.policies ?? []).map((p) => `${ae.metadata.namespace ?? ''}/${p}`),
-      );
-    }
-    for (const np of netpols.list()) {
-      if (np.metadata.labels?.[LABEL_MANAGED_BY] === MANAGED_BY) continue;
-      const hasEgress = np.spec.policyTypes.includes('Egress') && (np.spec.egress?.length ?? 0) > 0;
-      if (!hasEgress) continue;
-      for (const pod of pods.list()) {
-        if (
-          pod.metadata.namespace !== np.metadata.namespace ||
-          !compileSelector(np.spec.podSelector)(pod.metadata.labels ?? {})
-        )
-          continue;
-        for (const policyKey of selectedBy.get(objectKey(pod)) ?? []) {
-          const list = result.get(policyKey) ?? [];
-          const name = objectKey(np);
-          if (!list.includes(name)) list.push(name);
-          result.set(policyKey, list);
-        }
-      }
-    }
-    return result;
   };
 
   return {
@@ -430,22 +363,5 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
       term = undefined;
       writer = client;
     },
-  };
-}
-
-function policyRef(obj: KubeObject): { apiVersion: string; kind: string; name: string; namespace?: string } {
-  const owner = obj.metadata.ownerReferences?.[0];
-  if (owner)
-    return {
-      apiVersion: owner.apiVersion,
-      kind: owner.kind,
-      name: owner.name,
-      ...(obj.metadata.namespace ? { namespace: obj.metadata.namespace } : {}),
-    };
-  return {
-    apiVersion: obj.apiVersion ?? '',
-    kind: obj.kind ?? '',
-    name: obj.metadata.name ?? '',
-    ...(obj.metadata.namespace ? { namespace: obj.metadata.namespace } : {}),
   };
 }

@@ -25,7 +25,7 @@ import { createIdentityApp } from './identity/http.ts';
 import { TokenIssuer } from './identity/issuer.ts';
 import { publicJwks, type KeySet } from './identity/keys.ts';
 import { SigningKeyStore } from './identity/keystore.ts';
-import { startServingServer, type ServingCertSource, type ServingServer } from './serving.ts';
+import { startServingServer, type ServingCertSource, type ServingServer } from './certs/serving.ts';
 import { RESOURCES } from '../lib/kube/resources.ts';
 import type { InjectorConfig } from '../webhook/inject.ts';
 

@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { clientFromKubeconfig, type KubeClient } from '../../lib/kube/client.ts';
 import { silentLogger } from '../../lib/log.ts';
 import { createCertificateAuthority, issueCertificate } from '../../lib/tls/pki.ts';
-import { selfManagedCertificates } from '../../operator/selfcerts.ts';
+import { selfManagedCertificates } from '../../operator/certs/self-managed.ts';
 import { mutatingWebhookConfiguration } from '../../webhook/manifests.ts';
 import { cluster, createNamespace, eventually, runOrThrow } from '../support/cluster.ts';
 

@@ -8,7 +8,7 @@ import { clientFromKubeconfig } from '../../lib/kube/client.ts';
 import { createLogger, isLogLevel } from '../../lib/log.ts';
 import { createRegistry } from '../../lib/metrics.ts';
 import { startController } from '../../operator/controller.ts';
-import { staticCertificates } from '../../operator/serving.ts';
+import { staticCertificates } from '../../operator/certs/serving.ts';
 import { TEST_INJECTOR } from './identity-server.ts';
 
 export interface ControllerProcessConfig {

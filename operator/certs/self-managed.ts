@@ -9,9 +9,9 @@ import {
   issueCertificate,
   loadCertificateAuthority,
   type CertificateAuthority,
-} from '../lib/tls/pki.ts';
-import { LABEL_MANAGED_BY, MANAGED_BY } from '../lib/api/constants.ts';
-import type { Logger } from '../lib/log.ts';
+} from '../../lib/tls/pki.ts';
+import { LABEL_MANAGED_BY, MANAGED_BY } from '../../lib/api/constants.ts';
+import type { Logger } from '../../lib/log.ts';
 import {
   CONTENT_TYPE,
   isConflict,
@@ -19,13 +19,13 @@ import {
   resourcePath,
   type KubeClient,
   type KubeObject,
-} from '../lib/kube/client.ts';
-import { Informer } from '../lib/kube/informer.ts';
+} from '../../lib/kube/client.ts';
+import { Informer } from '../../lib/kube/informer.ts';
 import { X509Certificate } from 'node:crypto';
 import type { ServingCertSource, ServingCertificate } from './serving.ts';
-import { sleep } from '../lib/sleep.ts';
-import type { LeaderTask } from './runtime.ts';
-import { RESOURCES, type DataObject } from '../lib/kube/resources.ts';
+import { sleep } from '../../lib/sleep.ts';
+import type { LeaderTask } from '../runtime.ts';
+import { RESOURCES, type DataObject } from '../../lib/kube/resources.ts';
 
 const CA_DAYS = 3650;
 const LEAF_DAYS = 90;

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
 import type { RequestListener } from 'node:http';
-import type { Logger } from '../lib/log.ts';
+import type { Logger } from '../../lib/log.ts';
 
 export interface ServingCertificate {
   certPem: string;

@@ -4,16 +4,16 @@
  * certificate, and the kubelet refreshes the mounted copy when we rotate the CA. Public material only.
  * Removed again when the last agent pod of a namespace is gone.
  */
-import { LABEL_MANAGED_BY, MANAGED_BY } from '../lib/api/constants.ts';
-import type { Logger } from '../lib/log.ts';
+import { LABEL_MANAGED_BY, MANAGED_BY } from '../../lib/api/constants.ts';
+import type { Logger } from '../../lib/log.ts';
 import type { Registry } from 'prom-client';
-import { applyObject, deleteObject } from '../lib/kube/apply.ts';
-import type { KubeClient, WriteClient } from '../lib/kube/client.ts';
-import { fencedClient } from '../lib/kube/fenced.ts';
-import { Controller } from '../lib/kube/controller.ts';
-import { Informer } from '../lib/kube/informer.ts';
-import { untilAborted, type AgentPod, type LeaderTask } from './runtime.ts';
-import { RESOURCES, type DataObject } from '../lib/kube/resources.ts';
+import { applyObject, deleteObject } from '../../lib/kube/apply.ts';
+import type { KubeClient, WriteClient } from '../../lib/kube/client.ts';
+import { fencedClient } from '../../lib/kube/fenced.ts';
+import { Controller } from '../../lib/kube/controller.ts';
+import { Informer } from '../../lib/kube/informer.ts';
+import { untilAborted, type AgentPod, type LeaderTask } from '../runtime.ts';
+import { RESOURCES, type DataObject } from '../../lib/kube/resources.ts';
 
 export const CA_BUNDLE_CONFIGMAP = 'agentfence-ca';
 export const CA_BUNDLE_KEY = 'ca.crt';
