@@ -7,7 +7,7 @@ import { chmodSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { request, Agent } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { rssMB, startSidecar } from './support/sidecar.ts';
+import { BENCH_POD, rssMB, startSidecar } from './support/sidecar.ts';
 
 const CLIENTS = 100;
 const WAVES = 3;
@@ -57,11 +57,7 @@ try {
   const sidecar = await startSidecar(
     work,
     {
-      podName: 'bench',
-      podUID: 'u',
-      agent: 'bench',
-      spiffeID: 'spiffe://cluster.local/ns/bench/agent/bench',
-      revision: 'sha256:bench',
+      ...BENCH_POD,
       egress: [
         {
           policy: 'bench',

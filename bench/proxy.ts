@@ -7,7 +7,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { freePort, rssMB, startSidecar, waitPort } from './support/sidecar.ts';
+import { BENCH_POD, freePort, rssMB, startSidecar, waitPort } from './support/sidecar.ts';
 
 const here = new URL('.', import.meta.url).pathname;
 const work = mkdtempSync(join(tmpdir(), 'agentfence-bench-'));
@@ -69,11 +69,7 @@ try {
   const sidecar = await startSidecar(
     work,
     {
-      podName: 'bench',
-      podUID: 'u',
-      agent: 'bench',
-      spiffeID: 'spiffe://cluster.local/ns/bench/agent/bench',
-      revision: 'sha256:bench',
+      ...BENCH_POD,
       egress: [
         ...Array.from({ length: 20 }, (_, i) => ({
           policy: 'noise',

@@ -17,6 +17,8 @@ WORK="$CACHE/build"
 BINARIES=(etcd kube-apiserver kube-controller-manager kubectl helm)
 
 log() { echo "build-k8s-binaries: $*" >&2; }
+# shellcheck source=k8s-ldflags.sh
+source "$(dirname "${BASH_SOURCE[0]}")/k8s-ldflags.sh"
 
 # helm's ldflags changed after the first builds (its default Kubernetes version): a helm built with other
 # ldflags than these is rebuilt, so machines that cached the old one get the new one.
@@ -48,12 +50,7 @@ if [[ ! -x "$BIN/kube-apiserver" || ! -x "$BIN/kube-controller-manager" || ! -x 
     grep -E '^\s+k8s\.io/[a-z0-9-]+ v0\.0\.0$' "$kmod" | awk -v v="$staging" '{print "\t" $1 " => " $1 " " v}'
     echo ")"
   } > go.mod
-  ldflags="-s -w -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor \
-    -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitTreeState=clean \
-    -X k8s.io/component-base/version.gitCommit=0000000000000000000000000000000000000000 \
-    -X k8s.io/component-base/version.buildDate=1970-01-01T00:00:00Z \
-    -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor \
-    -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION -X k8s.io/client-go/pkg/version.gitTreeState=clean"
+  ldflags=$(k8s_ldflags)
   for cmd in kube-apiserver kube-controller-manager kubectl; do
     [[ -x "$BIN/$cmd" ]] && continue
     log "building $cmd $K8S_VERSION (slow the first time)"

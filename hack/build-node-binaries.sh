@@ -23,6 +23,8 @@ PACKAGES=(runc containernetworking-plugins iptables ipset)
 PACKAGE_FILES=(/usr/sbin/runc /usr/lib/cni/bridge /usr/sbin/iptables /usr/sbin/ipset)
 
 log() { echo "build-node-binaries: $*" >&2; }
+# shellcheck source=k8s-ldflags.sh
+source "$(dirname "${BASH_SOURCE[0]}")/k8s-ldflags.sh"
 
 all_built() { for b in "${BINARIES[@]}"; do [[ -x "$BIN/$b" ]] || return 1; done; }
 packages_present() { for f in "${PACKAGE_FILES[@]}"; do [[ -x $f ]] || return 1; done; }
@@ -91,19 +93,13 @@ fi
 # --- kubelet and kube-scheduler: the same wrapper module as the control plane (k/k requires its staging
 # modules at v0.0.0, which the proxy does not serve), so a warm Go cache is shared with kube-apiserver.
 if [[ ! -x "$BIN/kubelet" || ! -x "$BIN/kube-scheduler" ]]; then
-  minor=$(echo "$K8S_VERSION" | cut -d. -f2)
   dir="$WORK/k8s-$K8S_VERSION"
   # Built last and only after the control plane: both builds edit that module's go.mod.
   if ! "$HERE/build-k8s-binaries.sh" --check >/dev/null 2>&1 || [[ ! -f $dir/go.mod ]]; then
     log "the control-plane binaries are not built yet: run hack/build-k8s-binaries.sh first"; exit 1
   fi
   cd "$dir"
-  ldflags="-s -w -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor \
-    -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitTreeState=clean \
-    -X k8s.io/component-base/version.gitCommit=0000000000000000000000000000000000000000 \
-    -X k8s.io/component-base/version.buildDate=1970-01-01T00:00:00Z \
-    -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor \
-    -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION -X k8s.io/client-go/pkg/version.gitTreeState=clean"
+  ldflags=$(k8s_ldflags)
   for cmd in kubelet kube-scheduler; do
     [[ -x "$BIN/$cmd" ]] && continue
     log "building $cmd $K8S_VERSION"

@@ -8,6 +8,15 @@ import { stringify } from 'yaml';
 
 const root = new URL('../..', import.meta.url).pathname;
 
+/** The identity fields of the benchmarks' AgentEntitlement spec (the sidecar validates them as in a pod). */
+export const BENCH_POD = {
+  podName: 'bench',
+  podUID: 'u',
+  agent: 'bench',
+  spiffeID: 'spiffe://cluster.local/ns/bench/agent/bench',
+  revision: 'sha256:bench',
+} as const;
+
 export async function freePort(): Promise<number> {
   return new Promise((resolve) => {
     const s = createServer().listen(0, '127.0.0.1', () => {
