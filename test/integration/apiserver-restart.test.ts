@@ -10,7 +10,13 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createNamespace, eventually, restartApiServer, runOrThrow } from '../support/cluster.ts';
-import { createInjectedPod, startTestSidecar, startUpstream, type TestSidecar } from '../support/agents.ts';
+import {
+  createInjectedPod,
+  startTestSidecar,
+  startUpstream,
+  type TestSidecar,
+  workerPolicy,
+} from '../support/agents.ts';
 import { startReplicaSet, type ReplicaSet } from '../support/controller-processes.ts';
 
 const LEASE = { durationMs: 4000, renewDeadlineMs: 3000, retryPeriodMs: 500 };
@@ -18,19 +24,6 @@ const DOWNTIME_MS = 5000;
 let upstream: Awaited<ReturnType<typeof startUpstream>>;
 let set: ReplicaSet | undefined;
 let sidecar: TestSidecar | undefined;
-
-/** One rule to the upstream's port, or (revoked) to a port nothing listens on. */
-function policy(ns: string, port: number): string {
-  return JSON.stringify({
-    apiVersion: 'agentfence.io/v1alpha1',
-    kind: 'AgentPolicy',
-    metadata: { name: 'worker', namespace: ns },
-    spec: {
-      agentSelector: { matchLabels: { 'agentfence.io/agent': 'worker' } },
-      egress: [{ name: 'up', to: { cidrs: ['127.0.0.1/32'] }, ports: [{ port }] }],
-    },
-  });
-}
 
 async function revision(ns: string): Promise<string> {
   const ae = JSON.parse(await runOrThrow(['get', 'ae', 'worker-0', '-n', ns, '-o', 'json'])) as {
@@ -72,7 +65,7 @@ describe('kube-apiserver restart', () => {
       lease: LEASE,
       logLevel: 'info', // the first failed list/watch of a run is logged at info (see retryDelays)
     });
-    await runOrThrow(['apply', '-f', '-'], policy(ns, upstream.port));
+    await runOrThrow(['apply', '-f', '-'], workerPolicy(ns, upstream.port));
     const pod = await createInjectedPod(ns, 'worker-0', 'worker');
     const sc = await startTestSidecar({ ns, pod, controllerUrl: set.url, caPem: set.caPem, maxStalenessMs: 60_000 });
     sidecar = sc;
@@ -84,7 +77,7 @@ describe('kube-apiserver restart', () => {
     // The sidecar kept enforcing from the controller's caches throughout.
     expect((await sc.get(`${upstream.url}/x`)).status).toBe(200);
 
-    await runOrThrow(['apply', '-f', '-'], policy(ns, upstream.port + 1));
+    await runOrThrow(['apply', '-f', '-'], workerPolicy(ns, upstream.port + 1));
     const applied = Date.now();
     const written = eventually(
       async () => ((await revision(ns)) !== before ? Date.now() - applied : undefined),

@@ -11,25 +11,19 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { clientFromKubeconfig, resourcePath, type KubeClient, type KubeObject } from '../../lib/kube/client.ts';
 import { RESOURCES } from '../../lib/kube/resources.ts';
 import { createNamespace, cluster, eventually, runOrThrow } from '../support/cluster.ts';
-import { createInjectedPod, startTestSidecar, startUpstream, type TestSidecar } from '../support/agents.ts';
+import {
+  createInjectedPod,
+  startTestSidecar,
+  startUpstream,
+  type TestSidecar,
+  workerPolicy,
+} from '../support/agents.ts';
 import { startReplicaSet, type ReplicaSet } from '../support/controller-processes.ts';
 
 const LEASE = { durationMs: 4000, renewDeadlineMs: 3000, retryPeriodMs: 500 };
 let client: KubeClient;
 let upstream: Awaited<ReturnType<typeof startUpstream>>;
 const cleanups: (() => Promise<void> | void)[] = [];
-
-function policy(ns: string, port: number): string {
-  return JSON.stringify({
-    apiVersion: 'agentfence.io/v1alpha1',
-    kind: 'AgentPolicy',
-    metadata: { name: 'worker', namespace: ns },
-    spec: {
-      agentSelector: { matchLabels: { 'agentfence.io/agent': 'worker' } },
-      egress: [{ name: 'up', to: { cidrs: ['127.0.0.1/32'] }, ports: [{ port }] }],
-    },
-  });
-}
 
 async function leaseHolder(ns: string): Promise<string> {
   const lease = JSON.parse(await runOrThrow(['get', 'lease', 'agentfence-controller', '-n', ns, '-o', 'json'])) as {
@@ -58,7 +52,7 @@ async function scenario(options: {
   });
   cleanups.push(() => set.stop());
   if (options.route) set.route(options.route);
-  await runOrThrow(['apply', '-f', '-'], policy(ns, upstream.port));
+  await runOrThrow(['apply', '-f', '-'], workerPolicy(ns, upstream.port));
   const pod = await createInjectedPod(ns, 'worker-0', 'worker');
   if (options.sidecar === false) return { ns, system, set };
   const sidecar = await startTestSidecar({
@@ -197,7 +191,7 @@ describe('a leader paused past its lease', () => {
         20_000,
       );
       // A policy edit while the old leader sleeps: its caches will be stale when it wakes.
-      await runOrThrow(['apply', '-f', '-'], policy(ns, upstream.port + 1));
+      await runOrThrow(['apply', '-f', '-'], workerPolicy(ns, upstream.port + 1));
       await eventually(async () => {
         const ae = JSON.parse(await runOrThrow(['get', 'ae', 'worker-0', '-n', ns, '-o', 'json'])) as {
           spec: { egress?: { ports?: { port: number }[] }[] };

@@ -1,4 +1,5 @@
 /** Helpers for the real-node suite: the shared cluster and node, skipping with a reason, pods and exec. */
+import { eventually as poll } from '../support/eventually.ts';
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { inject } from 'vitest';
@@ -44,23 +45,13 @@ export async function createNamespace(prefix: string): Promise<string> {
   return name;
 }
 
-export async function eventually<T>(
+/** Polls like the integration helper, with the slower cadence and longer bound a real node needs. */
+export function eventually<T>(
   probe: () => T | undefined | Promise<T | undefined>,
   what: string,
   timeoutMs = 60_000,
 ): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let lastError: unknown;
-  while (Date.now() < deadline) {
-    try {
-      const value = await probe();
-      if (value !== undefined) return value;
-    } catch (err) {
-      lastError = err;
-    }
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  throw new Error(`timed out waiting for ${what}${lastError instanceof Error ? `: ${lastError.message}` : ''}`);
+  return poll(probe, what, timeoutMs, 200);
 }
 
 export interface PodStatus {

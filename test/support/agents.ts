@@ -129,3 +129,16 @@ export async function startUpstream(): Promise<{ port: number; url: string; clos
     },
   };
 }
+
+/** The "worker" agents' AgentPolicy: one rule to 127.0.0.1 on `port` (revoke it with a port nothing listens on). */
+export function workerPolicy(ns: string, port: number): string {
+  return JSON.stringify({
+    apiVersion: 'agentfence.io/v1alpha1',
+    kind: 'AgentPolicy',
+    metadata: { name: 'worker', namespace: ns },
+    spec: {
+      agentSelector: { matchLabels: { 'agentfence.io/agent': 'worker' } },
+      egress: [{ name: 'up', to: { cidrs: ['127.0.0.1/32'] }, ports: [{ port }] }],
+    },
+  });
+}
