@@ -1,26 +1,31 @@
 #!/usr/bin/env bash
 # Builds what a real local node needs on top of the control plane (hack/build-k8s-binaries.sh): kubelet and
-# kube-scheduler, containerd v2 with ctr and the runc shim, kube-router (the NetworkPolicy engine) and a static
-# pause binary, from their Go modules into a cache outside the repo. Re-running is cheap: a version whose
+# kube-scheduler and kube-proxy, containerd v2 with ctr and the runc shim, kube-router (the NetworkPolicy engine),
+# CoreDNS with the plugins in hack/coredns (the cluster DNS) and a static pause binary, from their Go modules into a cache outside the repo. Re-running is cheap: a version whose
 # binaries are all present is not rebuilt. runc, the CNI plugins, iptables and ipset come from Debian packages
-# (installed with apt-get when missing and running as root, checked otherwise).
+# (installed with apt-get when missing and running as root, checked otherwise); so does conntrack, which the node's
+# teardown uses to drop the connection-tracking entries kube-proxy's NAT left.
 #
 # Usage: hack/build-node-binaries.sh            # prints the bin directory on stdout when done
 #        hack/build-node-binaries.sh --check    # prints it only if everything is built and installed, else exits 3
-# Env:   AGENTFENCE_CACHE (default ~/.cache/agentfence), K8S_VERSION, CONTAINERD_VERSION, KUBE_ROUTER_VERSION
+# Env:   AGENTFENCE_CACHE (default ~/.cache/agentfence), K8S_VERSION, CONTAINERD_VERSION, KUBE_ROUTER_VERSION,
+#        COREDNS_VERSION
 set -euo pipefail
 
 K8S_VERSION=${K8S_VERSION:-v1.36.3}
 CONTAINERD_VERSION=${CONTAINERD_VERSION:-v2.4.2}    # kubelet 1.36 needs containerd 2.x (Debian's 1.6 does not work)
 KUBE_ROUTER_VERSION=${KUBE_ROUTER_VERSION:-v2.1.0}  # the newest the module proxy serves
+COREDNS_VERSION=${COREDNS_VERSION:-v1.15.0}
 CACHE=${AGENTFENCE_CACHE:-$HOME/.cache/agentfence}
-BIN="$CACHE/node-k8s-$K8S_VERSION-containerd-$CONTAINERD_VERSION-kube-router-$KUBE_ROUTER_VERSION/bin"
+# Every version is in the name (kube-proxy goes with K8S_VERSION): a changed version is a new directory, built
+# whole. A cold build of this directory is ~6 min on 2 cores with a warm Go cache from the control plane.
+BIN="$CACHE/node-k8s-$K8S_VERSION-containerd-$CONTAINERD_VERSION-kube-router-$KUBE_ROUTER_VERSION-coredns-$COREDNS_VERSION/bin"
 WORK="$CACHE/build"
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-BINARIES=(kubelet kube-scheduler containerd ctr containerd-shim-runc-v2 kube-router pause)
+BINARIES=(kubelet kube-scheduler kube-proxy containerd ctr containerd-shim-runc-v2 kube-router coredns pause)
 # Debian packages and one file each proves installed.
-PACKAGES=(runc containernetworking-plugins iptables ipset)
-PACKAGE_FILES=(/usr/sbin/runc /usr/lib/cni/bridge /usr/sbin/iptables /usr/sbin/ipset)
+PACKAGES=(runc containernetworking-plugins iptables ipset conntrack)
+PACKAGE_FILES=(/usr/sbin/runc /usr/lib/cni/bridge /usr/sbin/iptables /usr/sbin/ipset /usr/sbin/conntrack)
 
 log() { echo "build-node-binaries: $*" >&2; }
 # shellcheck source=k8s-ldflags.sh
@@ -81,6 +86,17 @@ if [[ ! -x "$BIN/kube-router" ]]; then
   mv "$BIN/kube-router.tmp" "$BIN/kube-router"
 fi
 
+# --- coredns: only the plugins the local cluster's DNS uses (hack/coredns/main.go), packed into an image by
+# localcluster/node.ts
+if [[ ! -x "$BIN/coredns" ]]; then
+  wrapper "$WORK/coredns-$COREDNS_VERSION" corednsbin
+  cp "$HERE/coredns/main.go" main.go
+  log "building coredns $COREDNS_VERSION"
+  go get "github.com/coredns/coredns@$COREDNS_VERSION" >/dev/null 2>&1 || go get "github.com/coredns/coredns@$COREDNS_VERSION"
+  go build -trimpath -ldflags "-s -w" -o "$BIN/coredns.tmp" .
+  mv "$BIN/coredns.tmp" "$BIN/coredns"
+fi
+
 # --- pause: the sandbox's PID 1 (source in hack/pause), packed into an image by hack/build-image.sh
 if [[ ! -x "$BIN/pause" ]]; then
   wrapper "$WORK/pause" pausebin
@@ -90,9 +106,9 @@ if [[ ! -x "$BIN/pause" ]]; then
   mv "$BIN/pause.tmp" "$BIN/pause"
 fi
 
-# --- kubelet and kube-scheduler: the same wrapper module as the control plane (k/k requires its staging
+# --- kubelet, kube-scheduler and kube-proxy: the same wrapper module as the control plane (k/k requires its staging
 # modules at v0.0.0, which the proxy does not serve), so a warm Go cache is shared with kube-apiserver.
-if [[ ! -x "$BIN/kubelet" || ! -x "$BIN/kube-scheduler" ]]; then
+if [[ ! -x "$BIN/kubelet" || ! -x "$BIN/kube-scheduler" || ! -x "$BIN/kube-proxy" ]]; then
   dir="$WORK/k8s-$K8S_VERSION"
   # Built last and only after the control plane: both builds edit that module's go.mod.
   if ! "$HERE/build-k8s-binaries.sh" --check >/dev/null 2>&1 || [[ ! -f $dir/go.mod ]]; then
@@ -100,7 +116,7 @@ if [[ ! -x "$BIN/kubelet" || ! -x "$BIN/kube-scheduler" ]]; then
   fi
   cd "$dir"
   ldflags=$(k8s_ldflags)
-  for cmd in kubelet kube-scheduler; do
+  for cmd in kubelet kube-scheduler kube-proxy; do
     [[ -x "$BIN/$cmd" ]] && continue
     log "building $cmd $K8S_VERSION"
     go get "k8s.io/kubernetes/cmd/$cmd@$K8S_VERSION" >/dev/null 2>&1 || go get "k8s.io/kubernetes/cmd/$cmd@$K8S_VERSION"

@@ -40,6 +40,9 @@ export interface ControlPlaneOptions {
 }
 
 /** The controllers a real node needs on top of the default four (see ControlPlaneOptions.node). */
+/** Where Services get their cluster IPs (the API server's serving certificate names the first, 10.0.0.1). */
+export const SERVICE_CLUSTER_IP_RANGE = '10.0.0.0/24';
+
 export const NODE_CONTROLLERS = [
   'node-lifecycle-controller',
   'node-ipam-controller',
@@ -262,7 +265,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
           `--service-account-key-file=${files.saPub}`,
           `--service-account-signing-key-file=${files.saKey}`,
           `--api-audiences=${server}`,
-          '--service-cluster-ip-range=10.0.0.0/24',
+          `--service-cluster-ip-range=${SERVICE_CLUSTER_IP_RANGE}`,
           '--authorization-mode=RBAC',
           '--allow-privileged=true',
           '--enable-admission-plugins=MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ValidatingAdmissionPolicy',
@@ -309,7 +312,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
                   '--allocate-node-cidrs=true',
                   `--cluster-cidr=${options.node.clusterCidr}`,
                   `--node-cidr-mask-size=${options.node.nodeCidrMaskSize}`,
-                  '--service-cluster-ip-range=10.0.0.0/24',
+                  `--service-cluster-ip-range=${SERVICE_CLUSTER_IP_RANGE}`,
                 ]
               : []),
             `--root-ca-file=${files.servingCA}`,

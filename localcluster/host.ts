@@ -149,18 +149,70 @@ export function removeCgroupTree(dir: string): void {
   }
 }
 
-/** Sysctls the kubelet sets at start (it "fixes" kernel defaults); restored at teardown. */
-export const KUBELET_SYSCTLS = [
+/**
+ * Sysctls the kubelet sets at start (it "fixes" kernel defaults) and those kube-proxy may set (connection
+ * tracking limits and timeouts, route_localnet; the node's kube-proxy configuration asks it to leave them, and
+ * teardown restores them whatever it did). Forwarding is only ever enabled on the node's own bridge, which goes
+ * with it; the global switch is here so a test would see it change.
+ */
+export const NODE_SYSCTLS = [
   'vm/overcommit_memory',
   'vm/panic_on_oom',
   'kernel/panic',
   'kernel/panic_on_oops',
   'kernel/keys/root_maxkeys',
   'kernel/keys/root_maxbytes',
+  'net/ipv4/ip_forward',
+  'net/ipv4/conf/all/route_localnet',
+  'net/netfilter/nf_conntrack_max',
+  'net/netfilter/nf_conntrack_tcp_timeout_established',
+  'net/netfilter/nf_conntrack_tcp_timeout_close_wait',
+  'net/netfilter/nf_conntrack_tcp_be_liberal',
+  'net/netfilter/nf_conntrack_udp_timeout',
+  'net/netfilter/nf_conntrack_udp_timeout_stream',
 ];
 
+/** Values of the sysctls that exist here (nf_conntrack's appear only once its module is loaded). */
 export function readSysctls(names: string[]): Record<string, string> {
-  return Object.fromEntries(names.map((n) => [n, readFileSync(`/proc/sys/${n}`, 'utf8').trim()]));
+  return Object.fromEntries(
+    names.filter((n) => existsSync(`/proc/sys/${n}`)).map((n) => [n, readFileSync(`/proc/sys/${n}`, 'utf8').trim()]),
+  );
+}
+
+/**
+ * Connection-tracking entries (`conntrack -L`, IPv4) whose original source or destination lies in one of these
+ * CIDRs (a.b.c.0/24 prefixes only): what kube-proxy's NAT and the pods' traffic leave in the kernel, each as
+ * the protocol and the original and reply tuples (timers and counters left out, so a listing is comparable).
+ */
+export async function conntrackEntries(cidrs: string[]): Promise<string[]> {
+  const prefixes = cidrs.map((c) => {
+    const [net, bits] = c.split('/');
+    if (bits !== '24' || !net?.endsWith('.0')) throw new Error(`conntrackEntries: ${c} is not a /24`);
+    return net.slice(0, -1);
+  });
+  const out = await host('conntrack', ['-L', '-f', 'ipv4']);
+  return out.stdout
+    .split('\n')
+    .filter((line) =>
+      [...line.matchAll(/\b(?:src|dst)=(\S+)/g)].some((m) => prefixes.some((p) => (m[1] ?? '').startsWith(p))),
+    )
+    .map((line) =>
+      line
+        .split(/\s+/)
+        .filter((f) => /^(?:tcp|udp|icmp|unknown|src=|dst=|sport=|dport=)/.test(f))
+        .join(' '),
+    )
+    .sort();
+}
+
+/** Deletes every conntrack entry from or to these CIDRs (stale NAT would outlive the node otherwise). */
+export async function removeConntrackEntries(cidrs: string[]): Promise<void> {
+  for (const cidr of cidrs) {
+    for (const side of ['--orig-src', '--orig-dst', '--reply-src', '--reply-dst']) {
+      // Exit code 1 means "no entry matched": nothing to do.
+      await host('conntrack', ['-D', '-f', 'ipv4', side, cidr]);
+    }
+  }
 }
 
 /** Paths a kubelet, containerd or the CNI plugins write to by default (ours are redirected; these are checked). */
@@ -191,7 +243,7 @@ export async function snapshotHost(): Promise<HostSnapshot> {
     chains: { iptables: await iptablesChains('iptables'), ip6tables: await iptablesChains('ip6tables') },
     ipsets: await ipsets(),
     existing: FIXED_PATHS.filter((p) => existsSync(p)),
-    sysctls: readSysctls(KUBELET_SYSCTLS),
+    sysctls: readSysctls(NODE_SYSCTLS),
     cgroups: cgroupDirs('kubepods'),
   };
 }

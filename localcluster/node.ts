@@ -1,9 +1,12 @@
 /**
- * A real node for the local control plane (root only): containerd, kubelet, kube-scheduler, a CNI bridge with
- * no uplink and kube-router enforcing NetworkPolicy. Pods run for real, from images imported into containerd
- * (no registry). Traffic stays on the machine: the bridge has no uplink, the CNI plugin neither masquerades nor
- * enables forwarding, pods get no default route (their one route is to the `kubernetes` Service address, which
- * the node itself holds), and their resolv.conf names 127.0.0.1. No Service proxy, no cluster DNS.
+ * A real node for the local control plane (root only): containerd, kubelet, kube-scheduler, kube-proxy
+ * (iptables mode: Services work), a CNI bridge with no uplink, kube-router enforcing NetworkPolicy, and CoreDNS
+ * as the cluster DNS (localcluster/dns.ts). Pods run for real, from images imported into containerd (no
+ * registry). Traffic stays on the machine: the bridge has no uplink, the CNI plugin does not masquerade, pods
+ * get no default route (their one route is the Service range, through the node), forwarding is enabled on the
+ * bridge alone (kube-proxy's NAT routes a pod's Service connection back onto the bridge) and a mangle-table rule
+ * drops anything the node would forward from the bridge to another interface. Cluster DNS answers Service names
+ * only, NXDOMAIN otherwise.
  *
  * One node per machine (the kubelet port, the bridge and a few paths are fixed). stop() removes everything the
  * node added — processes, mounts, network namespaces, the bridge, iptables chains, ipsets, cgroups, sysctls
@@ -11,14 +14,16 @@
  */
 import { existsSync, readdirSync, readlinkSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile, copyFile } from 'node:fs/promises';
+import { Resolver } from 'node:dns/promises';
 import { createServer, connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ControlPlane } from './controlplane.ts';
-import { freePort, httpsGet, waitFor } from './controlplane.ts';
+import { SERVICE_CLUSTER_IP_RANGE, freePort, httpsGet, waitFor } from './controlplane.ts';
 import { ManagedProcess } from './process.ts';
-import { kubectl } from './kubectl.ts';
+import { kubectl, kubectlOrThrow } from './kubectl.ts';
+import { CLUSTER_DNS_IP, CLUSTER_DOMAIN, DNS_IMAGE, DNS_UID, dnsManifests } from './dns.ts';
 import type { Logger } from '../lib/log.ts';
 import {
   FIXED_PATHS,
@@ -29,6 +34,7 @@ import {
   linkExists,
   mountPoints,
   processesRunning,
+  removeConntrackEntries,
   removeCgroupTree,
   removeNewChains,
   removeNewIpsets,
@@ -48,17 +54,23 @@ export const NODE_NETWORK = {
 export const PAUSE_IMAGE = 'localhost/agentfence/pause:1';
 /**
  * The `kubernetes` Service's cluster IP (first of the control plane's 10.0.0.0/24; its serving certificate
- * names it). There is no Service proxy: the node holds this address on the bridge and forwards port 443 to the
- * API server on loopback, so in-cluster clients (the chart's controller) work unchanged.
+ * names it). The API server listens on loopback only and publishes no endpoints for it (kube-proxy has nothing
+ * to forward to): the node holds this address on the bridge and forwards port 443 to the API server itself,
+ * so in-cluster clients (the chart's controller, CoreDNS) work unchanged.
  */
 export const KUBERNETES_SERVICE_IP = '10.0.0.1';
 /** Fixed because the kubelet, containerd shims and CNI need short, stable paths; one node per machine. */
 export const NODE_STATE_DIR = '/var/lib/agentfence-node';
 export const NODE_RUN_DIR = '/run/agentfence-node';
 
+/** The mangle-table chain that keeps forwarded traffic on the bridge (see the header). */
+const EGRESS_GUARD_CHAIN = 'AGENTFENCE-NODE-GUARD';
+
 export interface NodeBinaries {
   kubelet: string;
   kubeScheduler: string;
+  kubeProxy: string;
+  coredns: string;
   containerd: string;
   ctr: string;
   shim: string;
@@ -70,6 +82,8 @@ export function nodeBinariesIn(dir: string): NodeBinaries {
   return {
     kubelet: join(dir, 'kubelet'),
     kubeScheduler: join(dir, 'kube-scheduler'),
+    kubeProxy: join(dir, 'kube-proxy'),
+    coredns: join(dir, 'coredns'),
     containerd: join(dir, 'containerd'),
     ctr: join(dir, 'ctr'),
     shim: join(dir, 'containerd-shim-runc-v2'),
@@ -109,10 +123,11 @@ export function nodeUnsupportedReason(): string | undefined {
     '/usr/lib/cni/bridge',
     '/usr/sbin/iptables',
     '/usr/sbin/ipset',
+    '/usr/sbin/conntrack',
     '/usr/bin/tar',
   ]) {
     if (!existsSync(tool))
-      return `${tool} is missing (hack/build-node-binaries.sh installs runc, CNI plugins, iptables, ipset)`;
+      return `${tool} is missing (hack/build-node-binaries.sh installs runc, CNI plugins, iptables, ipset, conntrack)`;
   }
   return undefined;
 }
@@ -186,8 +201,9 @@ function cniConfig(ipamDir: string): string {
                 },
               ],
             ],
-            // The one route pods get: to the API server's service address, held by the node itself.
-            routes: [{ dst: `${KUBERNETES_SERVICE_IP}/32`, gw: NODE_NETWORK.nodeIp }],
+            // The one route pods get: the Service range, through the node (kube-proxy's NAT, and the API server's
+            // service address, which the node holds itself).
+            routes: [{ dst: SERVICE_CLUSTER_IP_RANGE, gw: NODE_NETWORK.nodeIp }],
           },
         },
         { type: 'loopback' },
@@ -218,8 +234,10 @@ function kubeletConfig(paths: { clientCA: string; socket: string; resolvConf: st
         x509: { clientCAFile: paths.clientCA },
       },
       authorization: { mode: 'Webhook' },
+      // Only for pods with dnsPolicy Default (CoreDNS itself); every other pod is given the cluster DNS.
       resolvConf: paths.resolvConf,
-      clusterDomain: 'cluster.local',
+      clusterDNS: [CLUSTER_DNS_IP],
+      clusterDomain: CLUSTER_DOMAIN,
       podLogsDir: paths.podLogs,
       failSwapOn: false,
       serializeImagePulls: false,
@@ -236,6 +254,57 @@ function kubeletConfig(paths: { clientCA: string; socket: string; resolvConf: st
     null,
     2,
   );
+}
+
+/**
+ * kube-proxy in iptables mode, confined to the node: NodePorts only on the bridge address (never on the host's
+ * other interfaces, never on localhost, so route_localnet stays off), and the host's connection-tracking limits
+ * and timeouts left as they are (zero means "do not set").
+ */
+function kubeProxyConfig(paths: { kubeconfig: string; healthzPort: number; metricsPort: number }): string {
+  return JSON.stringify(
+    {
+      apiVersion: 'kubeproxy.config.k8s.io/v1alpha1',
+      kind: 'KubeProxyConfiguration',
+      clientConnection: { kubeconfig: paths.kubeconfig },
+      hostnameOverride: NODE_NAME,
+      mode: 'iptables',
+      clusterCIDR: NODE_NETWORK.clusterCidr,
+      detectLocalMode: 'ClusterCIDR',
+      healthzBindAddress: `127.0.0.1:${paths.healthzPort}`,
+      metricsBindAddress: `127.0.0.1:${paths.metricsPort}`,
+      nodePortAddresses: [`${NODE_NETWORK.nodeIp}/32`],
+      // This VM refuses negative oom_score_adj values (no CAP_SYS_RESOURCE).
+      oomScoreAdj: 0,
+      iptables: { localhostNodePorts: false, masqueradeAll: false, syncPeriod: '30s', minSyncPeriod: '0s' },
+      conntrack: {
+        maxPerCore: 0,
+        min: 0,
+        tcpEstablishedTimeout: '0s',
+        tcpCloseWaitTimeout: '0s',
+        udpTimeout: '0s',
+        udpStreamTimeout: '0s',
+      },
+    },
+    null,
+    2,
+  );
+}
+
+/** Packs one static binary as a one-file image (hack/oci-image.sh) and imports it into containerd. */
+async function importBinaryImage(
+  ctr: (args: string[]) => Promise<string>,
+  binary: string,
+  image: { ref: string; file: string; user: string; archive: string },
+): Promise<void> {
+  const root = await mkdtemp(join(tmpdir(), 'agentfence-image-'));
+  try {
+    await copyFile(binary, join(root, image.file));
+    await hostOrThrow(join(HACK, 'oci-image.sh'), [root, image.ref, image.archive, image.user, `["/${image.file}"]`]);
+    await ctr(['images', 'import', image.archive]);
+  } finally {
+    await rm(root, { recursive: true, force: true });
+  }
 }
 
 export async function startNode(options: NodeOptions): Promise<LocalNode> {
@@ -293,6 +362,37 @@ export async function startNode(options: NodeOptions): Promise<LocalNode> {
     await hostOrThrow('ip', ['addr', 'add', `${NODE_NETWORK.nodeIp}/24`, 'dev', NODE_NETWORK.bridge]);
     await hostOrThrow('ip', ['addr', 'add', `${KUBERNETES_SERVICE_IP}/32`, 'dev', NODE_NETWORK.bridge]);
     await hostOrThrow('ip', ['link', 'set', NODE_NETWORK.bridge, 'up']);
+    // The host's own Service connections (the node's DNS check, `kubectl` users on the host) leave on the bridge
+    // from the node address, never towards the host's default route.
+    await hostOrThrow('ip', [
+      'route',
+      'add',
+      SERVICE_CLUSTER_IP_RANGE,
+      'dev',
+      NODE_NETWORK.bridge,
+      'src',
+      NODE_NETWORK.nodeIp,
+    ]);
+    // A pod's connection to a Service is DNATed to another pod and routed back onto the bridge: the node
+    // forwards for the bridge alone (the sysctl goes with the interface), and never out of it.
+    await writeFile(`/proc/sys/net/ipv4/conf/${NODE_NETWORK.bridge}/forwarding`, '1');
+    await hostOrThrow('iptables', ['-w', '5', '-t', 'mangle', '-N', EGRESS_GUARD_CHAIN]);
+    await hostOrThrow('iptables', [
+      '-w',
+      '5',
+      '-t',
+      'mangle',
+      '-A',
+      EGRESS_GUARD_CHAIN,
+      '-i',
+      NODE_NETWORK.bridge,
+      '!',
+      '-o',
+      NODE_NETWORK.bridge,
+      '-j',
+      'DROP',
+    ]);
+    await hostOrThrow('iptables', ['-w', '5', '-t', 'mangle', '-I', 'FORWARD', '1', '-j', EGRESS_GUARD_CHAIN]);
     apiForwarder = await forwardApiServer(new URL(plane.server));
     await writeFile(join(paths.cniConf, '10-agentfence.conflist'), cniConfig(paths.ipam));
     await writeFile(paths.resolvConf, 'nameserver 127.0.0.1\n');
@@ -316,16 +416,19 @@ export async function startNode(options: NodeOptions): Promise<LocalNode> {
       async () => (await host(binaries.ctr, ['--address', paths.socket, 'version'])).code === 0,
     );
 
-    // The sandbox image: the static pause binary as a one-file image.
-    const pauseRoot = await mkdtemp(join(tmpdir(), 'agentfence-pause-'));
-    try {
-      await copyFile(binaries.pause, join(pauseRoot, 'pause'));
-      const archive = join(state, 'pause.tar');
-      await hostOrThrow(join(HACK, 'oci-image.sh'), [pauseRoot, PAUSE_IMAGE, archive, '65535:65535', '["/pause"]']);
-      await ctr(['images', 'import', archive]);
-    } finally {
-      await rm(pauseRoot, { recursive: true, force: true });
-    }
+    // The sandbox image and the cluster DNS's: static binaries as one-file images.
+    await importBinaryImage(ctr, binaries.pause, {
+      ref: PAUSE_IMAGE,
+      file: 'pause',
+      user: '65535:65535',
+      archive: join(state, 'pause.tar'),
+    });
+    await importBinaryImage(ctr, binaries.coredns, {
+      ref: DNS_IMAGE,
+      file: 'coredns',
+      user: `${DNS_UID}:${DNS_UID}`,
+      archive: join(state, 'coredns.tar'),
+    });
 
     await writeFile(
       join(state, 'kubelet.json'),
@@ -400,10 +503,37 @@ export async function startNode(options: NodeOptions): Promise<LocalNode> {
       ),
     );
 
+    const proxyPorts = { healthzPort: await freePort(), metricsPort: await freePort() };
+    await writeFile(
+      join(state, 'kube-proxy.json'),
+      kubeProxyConfig({ kubeconfig: plane.kubeconfigPath, ...proxyPorts }),
+    );
+    processes.push(
+      ManagedProcess.start(
+        'kube-proxy',
+        binaries.kubeProxy,
+        [`--config=${join(state, 'kube-proxy.json')}`, '--v=1'],
+        join(paths.logs, 'kube-proxy.log'),
+      ),
+    );
+
     // kube-router's firewall is programmed once its chains exist (policies apply within a second after that).
     await waitFor('kube-router firewall chains', deadline, processes, async () => {
       const out = await host('iptables-save', ['-t', 'filter']);
       return out.stdout.includes(':KUBE-ROUTER-FORWARD');
+    });
+    // kube-proxy reports healthy once its first full sync has written the Service rules.
+    await waitFor('kube-proxy synced', deadline, processes, async () => {
+      const res = await fetch(`http://127.0.0.1:${proxyPorts.healthzPort}/healthz`).catch(() => undefined);
+      return res?.status === 200;
+    });
+    // The cluster DNS, as pods behind the kube-dns Service: answering through kube-proxy proves both.
+    await kubectlOrThrow(plane, ['apply', '--server-side', '-f', '-'], JSON.stringify(dnsManifests()));
+    const resolver = new Resolver({ timeout: 1000, tries: 1 });
+    resolver.setServers([CLUSTER_DNS_IP]);
+    await waitFor('cluster DNS answering through the kube-dns Service', deadline, processes, async () => {
+      const answer = await resolver.resolve4(`kube-dns.kube-system.svc.${CLUSTER_DOMAIN}`).catch((): string[] => []);
+      return answer.includes(CLUSTER_DNS_IP);
     });
     logger.info('local node ready', { node: NODE_NAME, ip: NODE_NETWORK.nodeIp });
 
@@ -467,7 +597,7 @@ async function teardown(input: TeardownInput): Promise<void> {
     }
   });
   // 2. The node's own processes (their process groups).
-  for (const name of ['kube-router', 'kube-scheduler', 'kubelet']) {
+  for (const name of ['kube-proxy', 'kube-router', 'kube-scheduler', 'kubelet']) {
     await step(`stop ${name}`, async () => {
       await byName(name)?.stop(5_000);
     });
@@ -524,6 +654,10 @@ async function teardown(input: TeardownInput): Promise<void> {
   });
   await step('remove iptables chains', () => removeNewChains(before.chains));
   await step('remove ipsets', () => removeNewIpsets(before.ipsets));
+  // kube-proxy's NAT and the pods' connections live on in the kernel's connection tracking until they expire.
+  await step('remove conntrack entries', () =>
+    removeConntrackEntries([NODE_NETWORK.clusterCidr, SERVICE_CLUSTER_IP_RANGE]),
+  );
   // 6. Sysctls the kubelet changed, and files it or containerd wrote to fixed paths.
   await step('restore sysctls', async () => {
     for (const [name, value] of Object.entries(before.sysctls)) await writeFile(`/proc/sys/${name}`, value);

@@ -1,10 +1,14 @@
 /**
- * A node leaves nothing behind: the host after `stop()` equals the host before start — processes, mounts,
- * network interfaces, network namespaces, every iptables rule and chain (IPv4 and IPv6), ipsets, pod cgroups,
- * the sysctls the kubelet changes, and the fixed paths kubelet/containerd/CNI write to. The same snapshot is
- * checked while the node runs with a pod and a NetworkPolicy, so the comparison is known to see the changes.
+ * A node leaves nothing behind: the host after `stop()` equals the host before start — processes (the node's
+ * own and the cluster DNS in its pod), mounts, network interfaces, network namespaces, every iptables rule and
+ * chain (IPv4 and IPv6: kube-router's, kube-proxy's, the kubelet's, the node's guard), nftables tables, ipsets,
+ * connection-tracking entries of pod and Service addresses (kube-proxy's NAT), pod cgroups, the sysctls the
+ * kubelet and kube-proxy may change, and the fixed paths kubelet/containerd/CNI write to. The same snapshot is
+ * checked while the node runs with a pod, a NetworkPolicy and the DNS answering through its Service, so the
+ * comparison is known to see the changes.
  */
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { Resolver } from 'node:dns/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -15,8 +19,10 @@ import { startControlPlane } from '../../localcluster/controlplane.ts';
 import { kubectlOrThrow } from '../../localcluster/kubectl.ts';
 import {
   FIXED_PATHS,
-  KUBELET_SYSCTLS,
+  NODE_SYSCTLS,
   cgroupDirs,
+  conntrackEntries,
+  host,
   ipsets,
   iptablesRules,
   linkExists,
@@ -24,6 +30,8 @@ import {
   processesRunning,
   readSysctls,
 } from '../../localcluster/host.ts';
+import { CLUSTER_DNS_IP } from '../../localcluster/dns.ts';
+import { SERVICE_CLUSTER_IP_RANGE } from '../../localcluster/controlplane.ts';
 import {
   NODE_NETWORK,
   NODE_RUN_DIR,
@@ -44,17 +52,46 @@ const config = {
 const reason = await machineSkipReason(config);
 if (reason) process.stderr.write(`\nrealnode-teardown: SKIPPED on this machine: ${reason}\n\n`);
 
-async function hostState(binaries: string[]): Promise<Record<string, unknown>> {
+/** PIDs of CoreDNS (it runs in a container: its executable is not a host path, its command line is ours). */
+function dnsProcesses(): number[] {
+  return readdirSync('/proc')
+    .filter((e) => /^\d+$/.test(e))
+    .filter((pid) => {
+      try {
+        return readFileSync(`/proc/${pid}/cmdline`, 'utf8').startsWith('/coredns\0-conf\0');
+      } catch {
+        return false;
+      }
+    })
+    .map(Number);
+}
+
+/** Whether anything answers DNS at the cluster DNS address (through kube-proxy's NAT to the CoreDNS pod). */
+async function dnsAnswers(): Promise<boolean> {
+  const resolver = new Resolver({ timeout: 1000, tries: 1 });
+  resolver.setServers([CLUSTER_DNS_IP]);
+  return resolver.resolve4('kube-dns.kube-system.svc.cluster.local').then(
+    () => true,
+    () => false,
+  );
+}
+
+async function hostState(binaries: string[], sysctls = NODE_SYSCTLS): Promise<Record<string, unknown>> {
   return {
     processes: processesRunning(binaries).map((p) => p.exe),
+    dnsProcesses: dnsProcesses().length,
+    dns: await dnsAnswers(),
     mounts: mountPoints().filter((m) => /kubelet|containerd|netns|agentfence/.test(m)),
     bridge: linkExists(NODE_NETWORK.bridge),
     links: readdirSync('/sys/class/net').sort(),
     iptables: await iptablesRules('iptables'),
     ip6tables: await iptablesRules('ip6tables'),
+    nftables: (await host('nft', ['list', 'tables'])).stdout.split('\n').filter(Boolean).sort(),
     ipsets: await ipsets(),
+    conntrack: await conntrackEntries([NODE_NETWORK.clusterCidr, SERVICE_CLUSTER_IP_RANGE]),
     cgroups: cgroupDirs('kubepods'),
-    sysctls: readSysctls(KUBELET_SYSCTLS),
+    // Those present before: nf_conntrack's appear when its module loads, and a module stays loaded.
+    sysctls: readSysctls(sysctls),
     paths: [...FIXED_PATHS, NODE_STATE_DIR, NODE_RUN_DIR].filter((p) => existsSync(p)),
   };
 }
@@ -71,8 +108,9 @@ describe.skipIf(reason)('local node teardown', () => {
   it('leaves the host exactly as it found it, after running a pod with volumes under a NetworkPolicy', async () => {
     const nb = nodeBinaries;
     // Only the node's binaries: other test runs on this machine may run etcd and kube-apiserver meanwhile.
-    const ours = [nb.containerd, nb.shim, nb.kubelet, nb.kubeScheduler, nb.kubeRouter, nb.pause];
-    const before = await hostState(ours);
+    const ours = [nb.containerd, nb.shim, nb.kubelet, nb.kubeScheduler, nb.kubeProxy, nb.kubeRouter, nb.pause];
+    const sysctls = Object.keys(readSysctls(NODE_SYSCTLS));
+    const before = await hostState(ours, sysctls);
 
     const logger = createLogger({ level: 'warn', fields: { component: 'realnode-teardown' } });
     const plane = await startControlPlane({ binaries, logger, node: NODE_NETWORK });
@@ -124,7 +162,7 @@ describe.skipIf(reason)('local node teardown', () => {
         const deadline = Date.now() + 30_000;
         while (Date.now() < deadline && !(await iptablesRules('iptables')).some((r) => r.includes('KUBE-POD-FW-')))
           await new Promise((r) => setTimeout(r, 250));
-        during = await hostState(ours);
+        during = await hostState(ours, sysctls);
       } finally {
         await node.stop();
       }
@@ -139,8 +177,15 @@ describe.skipIf(reason)('local node teardown', () => {
     expect(during.mounts).not.toEqual(before.mounts);
     expect(during.cgroups).not.toEqual(before.cgroups);
     expect(during.processes).not.toEqual(before.processes);
+    // kube-proxy's Service rules (the kube-dns Service has an endpoint), the DNS answering through them, and the
+    // connection tracking of that NAT.
+    expect((during.iptables as string[]).some((r) => r.startsWith('-A KUBE-SVC-'))).toBe(true);
+    expect(during.dns).toBe(true);
+    expect(during.dnsProcesses).toBe(1);
+    expect(during.conntrack).not.toEqual([]);
 
-    expect(await hostState(ours)).toEqual(before);
+    const after = await hostState(ours, sysctls);
+    expect(after).toEqual({ ...before, conntrack: [] });
   });
 });
 
