@@ -4,59 +4,33 @@
  * certificate), and the API server calls its webhook behind the chart's Service, so a labelled Deployment's
  * pods come out injected by the controller running in the cluster.
  *
- * Not covered here: sidecars reaching that controller. Its URL is the Service's DNS name, and this node has
- * no cluster DNS and no Service proxy (see the README); the fence suite runs the controller on the node's IP.
+ * Sidecars reaching this controller through its Service by name are the fence suite's (fence.test.ts).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawn } from 'node:child_process';
-import { packageRoot } from '../../lib/paths.ts';
-import { createNamespace, eventually, realnode, run, runOrThrow, skipReason } from './support.ts';
+import {
+  createNamespace,
+  eventually,
+  installChart,
+  realnode,
+  run,
+  runOrThrow,
+  skipReason,
+  uninstallChart,
+} from './support.ts';
 
 const reason = skipReason();
 let release: string;
 let apps: string;
 
-function helm(args: string[]): Promise<{ code: number; out: string }> {
-  return new Promise((resolve, reject) => {
-    const info = realnode();
-    if (!info.binaries.helm) {
-      reject(new Error('helm is not built (hack/build-k8s-binaries.sh builds it)'));
-      return;
-    }
-    const child = spawn(info.binaries.helm, [`--kubeconfig=${info.kubeconfigPath}`, ...args]);
-    let out = '';
-    child.stdout.on('data', (c: Buffer) => (out += c.toString()));
-    child.stderr.on('data', (c: Buffer) => (out += c.toString()));
-    child.once('error', reject);
-    child.once('close', (code) => resolve({ code: code ?? -1, out }));
-  });
-}
-
 describe.skipIf(reason)('the chart on a real node', () => {
   beforeAll(async () => {
-    const info = realnode();
     release = await createNamespace('af-chart');
     apps = await createNamespace('chart-apps');
-    const [repository, tag] = info.image.split(/:(?=[^:]+$)/);
-    const installed = await helm([
-      'install',
-      'agentfence',
-      `${packageRoot()}/charts/agentfence`,
-      '-n',
-      release,
-      `--set=image.repository=${repository ?? ''}`,
-      `--set=image.tag=${tag ?? ''}`,
-      '--set=image.pullPolicy=Never',
-      // The suite's control plane already has the CRDs (installed server-side); the chart would refuse to adopt them.
-      '--set=crds.install=false',
-      '--wait',
-      '--timeout=180s',
-    ]);
-    if (installed.code !== 0) throw new Error(`helm install failed:\n${installed.out}`);
+    await installChart(release);
   });
 
   afterAll(async () => {
-    if (release) await helm(['uninstall', 'agentfence', '-n', release, '--wait', '--timeout=60s']);
+    if (release) await uninstallChart(release);
     for (const ns of [apps, release]) if (ns) await run(['delete', 'namespace', ns, '--wait=false']);
   });
 

@@ -1,28 +1,25 @@
 /**
- * The fence on a real node: the webhook injects the real sidecar container into a Deployment's pods, the
- * kubelet runs it with the volumes, user and environment the webhook gave it, the app container talks through
- * it, and kube-router enforces the NetworkPolicies the operator wrote on real connections between pods.
- *
- * The controller runs in this process, serving on the node's IP (pods reach the host directly; this node has
- * no Service proxy and no cluster DNS), so the agent namespace gets one extra NetworkPolicy allowing egress
- * to that address and port — in a cluster the baseline's operator rule covers it.
+ * The fence on a real node, as a cluster runs it: the chart installs the controller (its Deployment runs as
+ * pods), the webhook injects the real sidecar container into a Deployment's pods, the kubelet runs it with the
+ * volumes, user and environment the webhook gave it, and the sidecar reaches the controller through its
+ * Service by name (`agentfence-controller.<ns>.svc`: cluster DNS, then kube-proxy's NAT), allowed by the
+ * operator's baseline NetworkPolicy alone. The app container talks through the sidecar, and kube-router
+ * enforces the NetworkPolicies the operator wrote on real connections between pods.
  */
 import { spawn } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
-import { startLocalController } from '../../localcluster/controller.ts';
-import { clientFromKubeconfig, type KubeClient } from '../../lib/kube/client.ts';
-import type { RunningOperator } from '../../operator/runtime.ts';
-import { mutatingWebhookConfiguration } from '../../webhook/manifests.ts';
 import {
   createNamespace,
   eventually,
   execNode,
   getPod,
+  installChart,
   realnode,
   run,
   runOrThrow,
   skipReason,
+  uninstallChart,
   waitPodReady,
   type PodStatus,
 } from './support.ts';
@@ -31,7 +28,9 @@ const reason = skipReason();
 const HTTP_PORT = 8080;
 const ECHO_PORT = 9000;
 const APP_UID = 1000;
-const MAX_STALENESS_S = 5;
+/** The sidecar's bound (the chart's sidecar.maxStaleness): above the controller's 15 s heartbeat, short for a test. */
+const MAX_STALENESS_S = 20;
+const CONTROLLER_REPLICAS = 2;
 
 /** A plain HTTP server naming itself, plus a TCP echo: what upstreams and agent apps run. */
 const SERVE = `const http=require('node:http'),net=require('node:net');
@@ -63,8 +62,6 @@ interface DirectResult {
   error?: string;
 }
 
-let client: KubeClient;
-let operator: RunningOperator | undefined;
 let system: string;
 let agents: string;
 let upstreams: string;
@@ -167,56 +164,15 @@ const direct = (ns: string, from: string, container: string, host: string, port:
 
 describe.skipIf(reason)('the fence on a real node', () => {
   beforeAll(async () => {
-    const info = realnode();
-    client = await clientFromKubeconfig(info.kubeconfigPath);
     system = await createNamespace('af-system');
     agents = await createNamespace('agents');
     upstreams = await createNamespace('upstreams');
-    const started = await startLocalController({
-      client,
-      namespace: system,
-      podName: 'realnode-controller-0',
-      host: info.nodeIp,
-      heartbeatMs: 500,
-      // What the webhook injects is what the token exchange accepts: the image under test.
-      injector: (controllerUrl) => ({
-        version: 'realnode',
-        image: info.image,
-        controllerUrl,
-        logLevel: 'info',
-        maxStaleness: `${MAX_STALENESS_S}s`,
-        resources: { cpuRequest: '50m', memoryRequest: '48Mi', memoryLimit: '128Mi' },
-      }),
+    // Upstream pods are never injected: their namespace is excluded like the system ones.
+    await installChart(system, {
+      'sidecar.maxStaleness': `${MAX_STALENESS_S}s`,
+      'controller.replicas': String(CONTROLLER_REPLICAS),
+      'webhook.excludeNamespaces': `{kube-system,kube-public,kube-node-lease,${upstreams}}`,
     });
-    operator = started.operator;
-    const controllerPort = Number(new URL(started.issuerUrl).port);
-    await runOrThrow(
-      ['apply', '--server-side', '-f', '-'],
-      JSON.stringify(
-        mutatingWebhookConfiguration({
-          clientConfig: { url: `${started.issuerUrl}/mutate-pods` },
-          caBundle: Buffer.from(started.caPem).toString('base64'),
-          excludeNamespaces: ['kube-system', 'kube-public', 'kube-node-lease', system, upstreams],
-        }),
-      ),
-    );
-    // What the operator's CA-bundle task and the baseline's operator rule provide in a cluster.
-    await runOrThrow(['create', 'configmap', 'agentfence-ca', '-n', agents, `--from-literal=ca.crt=${started.caPem}`]);
-    await runOrThrow(
-      ['apply', '-f', '-'],
-      JSON.stringify({
-        apiVersion: 'networking.k8s.io/v1',
-        kind: 'NetworkPolicy',
-        metadata: { name: 'controller-on-the-host', namespace: agents },
-        spec: {
-          podSelector: { matchLabels: { 'agentfence.io/inject': 'true' } },
-          policyTypes: ['Egress'],
-          egress: [
-            { to: [{ ipBlock: { cidr: `${info.nodeIp}/32` } }], ports: [{ protocol: 'TCP', port: controllerPort }] },
-          ],
-        },
-      }),
-    );
 
     for (const name of ['allowed', 'other']) await runOrThrow(['apply', '-f', '-'], upstreamPod(name));
     for (const name of ['allowed', 'other']) {
@@ -234,15 +190,23 @@ describe.skipIf(reason)('the fence on a real node', () => {
   });
 
   afterAll(async () => {
-    await operator?.stop();
-    client.close();
-    for (const ns of [agents, upstreams, system]) if (ns) await run(['delete', 'namespace', ns, '--wait=false']);
-    await run(['delete', 'mutatingwebhookconfiguration', 'agentfence-sidecar-injector', '--ignore-not-found']);
+    // Agent pods first, while the controller still answers their sidecars (and the webhook).
+    if (agents) await run(['delete', 'namespace', agents, '--wait=true', '--timeout=60s']);
+    if (system) await uninstallChart(system);
+    for (const ns of [upstreams, system]) if (ns) await run(['delete', 'namespace', ns, '--wait=false']);
   });
 
-  it('injects the sidecar into the Deployment’s pods; the kubelet runs it, it reads its token and becomes ready before the app', async () => {
+  it('injects the sidecar into the Deployment’s pods; the kubelet runs it, it reaches the chart’s controller through its Service by name and becomes ready before the app', async () => {
     const pod = await getPod(agents, pods.alpha ?? '');
     expect(pod.spec.initContainers?.map((c) => c.name)).toContain('agentfence-sidecar');
+    const args = (pod.spec.initContainers?.find((c) => c.name === 'agentfence-sidecar') as { args?: string[] }).args;
+    expect(args).toContain(`--controller=https://agentfence-controller.${system}.svc`);
+    // No NetworkPolicy in the agent namespace but the operator's: the baseline alone lets the sidecar reach it.
+    const policies = JSON.parse(await runOrThrow(['get', 'networkpolicies', '-n', agents, '-o', 'json'])) as {
+      items: { metadata: { labels?: Record<string, string> } }[];
+    };
+    expect(policies.items.length).toBeGreaterThan(0);
+    for (const p of policies.items) expect(p.metadata.labels?.['app.kubernetes.io/managed-by']).toBeDefined();
     const sidecar = pod.status.initContainerStatuses?.find((c) => c.name === 'agentfence-sidecar');
     expect(sidecar).toMatchObject({ ready: true, started: true, restartCount: 0 });
     expect(sidecar?.state?.running).toBeDefined();
@@ -392,10 +356,16 @@ s.on('error',(e)=>{console.log(JSON.stringify({error:e.code}));process.exit(0)})
     );
   });
 
-  it('fails closed in a real pod when the controller is gone longer than the staleness bound', async () => {
+  it('fails closed in a real pod once the controller Deployment is scaled to zero for longer than the staleness bound, and recovers when it is back', async () => {
     expect((await viaProxy(pods.alpha ?? '', `http://${ips.allowed}:${HTTP_PORT}/`)).status).toBe(200);
-    await operator?.stop();
-    operator = undefined;
+    // Scaled to zero rather than pods deleted: the Deployment would replace deleted pods at once, so "the
+    // controller is gone" holds only while it wants none; it also keeps the chart's objects for the way back.
+    const goneAt = Date.now();
+    await runOrThrow(['scale', 'deployment', 'agentfence-controller', '-n', system, '--replicas=0']);
+    await eventually(
+      async () => ((await runOrThrow(['get', 'pods', '-n', system, '-o', 'name'])).trim() === '' ? true : undefined),
+      'no controller pod left',
+    );
     const refused = await eventually(
       async () => {
         const res = await viaProxy(pods.alpha ?? '', `http://${ips.allowed}:${HTTP_PORT}/`);
@@ -404,7 +374,35 @@ s.on('error',(e)=>{console.log(JSON.stringify({error:e.code}));process.exit(0)})
       'the sidecar refusing once its snapshot is stale',
       (MAX_STALENESS_S + 30) * 1000,
     );
+    const refusedAfterMs = Date.now() - goneAt;
     expect(refused.status).toBeGreaterThanOrEqual(403);
+    // The refusal is the staleness bound's (not, say, a lost token): the sidecar says so, naming the bound.
+    const logs = await runOrThrow(['logs', pods.alpha ?? '', '-n', agents, '-c', 'agentfence-sidecar']);
+    const failedClosed = logs
+      .split('\n')
+      .filter((l) => l.includes('no entitlement snapshot within the staleness bound'))
+      .map((l) => JSON.parse(l) as { maxStalenessMs?: number });
+    expect(failedClosed.at(-1)?.maxStalenessMs).toBe(MAX_STALENESS_S * 1000);
+    process.stderr.write(
+      `realnode: controller scaled to 0 → sidecar refusing ${refusedAfterMs} ms later (bound ${MAX_STALENESS_S} s)\n`,
+    );
+
+    await runOrThrow([
+      'scale',
+      'deployment',
+      'agentfence-controller',
+      '-n',
+      system,
+      `--replicas=${CONTROLLER_REPLICAS}`,
+    ]);
+    await eventually(
+      async () => {
+        const res = await viaProxy(pods.alpha ?? '', `http://${ips.allowed}:${HTTP_PORT}/`);
+        return res.status === 200 ? res : undefined;
+      },
+      'the sidecar allowing again once the controller is back',
+      180_000,
+    );
   });
 });
 

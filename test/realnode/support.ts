@@ -1,6 +1,7 @@
 /** Helpers for the real-node suite: the shared cluster and node, skipping with a reason, pods and exec. */
 import { eventually as poll } from '../support/eventually.ts';
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
+import { packageRoot } from '../../lib/paths.ts';
 import { randomBytes } from 'node:crypto';
 import { inject } from 'vitest';
 import { resolveNodeBinDir, type Binaries, type BinariesConfig } from '../../localcluster/binaries.ts';
@@ -131,4 +132,52 @@ export async function machineSkipReason(config: BinariesConfig): Promise<string 
   if (!go) return 'the node binaries are not built and Go is not on PATH to build them';
   await resolveNodeBinDir(config);
   return nodeUnsupportedReason();
+}
+
+/** helm against the suite's cluster; never throws on a non-zero exit. */
+export function helm(args: string[]): Promise<{ code: number; out: string }> {
+  return new Promise((resolve, reject) => {
+    const info = realnode();
+    if (!info.binaries.helm) {
+      reject(new Error('helm is not built (hack/build-k8s-binaries.sh builds it)'));
+      return;
+    }
+    const child = spawn(info.binaries.helm, [`--kubeconfig=${info.kubeconfigPath}`, ...args]);
+    let out = '';
+    child.stdout.on('data', (c: Buffer) => (out += c.toString()));
+    child.stderr.on('data', (c: Buffer) => (out += c.toString()));
+    child.once('error', reject);
+    child.once('close', (code) => resolve({ code: code ?? -1, out }));
+  });
+}
+
+/**
+ * `helm install` of the chart into `namespace` with the suite's local image (never pulled), waiting until the
+ * controller Deployment is available. The control plane already has the CRDs (installed server-side), which the
+ * chart would refuse to adopt. `values` are extra --set pairs.
+ */
+export async function installChart(namespace: string, values: Record<string, string> = {}): Promise<void> {
+  const [repository, tag] = realnode().image.split(/:(?=[^:]+$)/);
+  const sets = {
+    'image.repository': repository ?? '',
+    'image.tag': tag ?? '',
+    'image.pullPolicy': 'Never',
+    'crds.install': 'false',
+    ...values,
+  };
+  const installed = await helm([
+    'install',
+    'agentfence',
+    `${packageRoot()}/charts/agentfence`,
+    '-n',
+    namespace,
+    ...Object.entries(sets).map(([k, v]) => `--set=${k}=${v}`),
+    '--wait',
+    '--timeout=180s',
+  ]);
+  if (installed.code !== 0) throw new Error(`helm install failed:\n${installed.out}`);
+}
+
+export async function uninstallChart(namespace: string): Promise<void> {
+  await helm(['uninstall', 'agentfence', '-n', namespace, '--wait', '--timeout=60s']);
 }
