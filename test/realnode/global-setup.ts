@@ -4,7 +4,6 @@
  * On a machine that cannot run a node (not root, not Linux, packages missing) it prints why and provides the
  * reason, and every test is reported as skipped: never a silent pass.
  */
-import { spawn } from 'node:child_process';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import type { TestProject } from 'vitest/node';
@@ -13,7 +12,7 @@ import { startControlPlane, type ControlPlane } from '../../localcluster/control
 import { installCRDs } from '../../localcluster/kubectl.ts';
 import { NODE_NETWORK, nodeBinariesIn, startNode, type LocalNode } from '../../localcluster/node.ts';
 import { createLogger } from '../../lib/log.ts';
-import { packageRoot } from '../../lib/paths.ts';
+import { buildProjectImage } from '../../localcluster/image.ts';
 import { machineSkipReason, type RealNodeInfo } from './support.ts';
 
 declare module 'vitest' {
@@ -24,22 +23,6 @@ declare module 'vitest' {
 
 let plane: ControlPlane | undefined;
 let node: LocalNode | undefined;
-
-function buildImage(node: LocalNode): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(
-      join(packageRoot(), 'hack', 'build-image.sh'),
-      ['--import', node.containerdSocket, node.binaries.ctr, IMAGE],
-      { stdio: ['ignore', 'pipe', 'inherit'] },
-    );
-    let out = '';
-    child.stdout.on('data', (c: Buffer) => (out += c.toString()));
-    child.once('error', reject);
-    child.once('exit', (code) =>
-      code === 0 ? resolve(out.trim()) : reject(new Error(`build-image.sh exited ${code}`)),
-    );
-  });
-}
 
 /** The project image as the suite's pods and the webhook name it. */
 export const IMAGE = 'localhost/agentfence/agentfence:realnode';
@@ -67,7 +50,7 @@ export async function setup(project: TestProject): Promise<void> {
     node = await startNode({ plane, binaries: nodeBinaries, logger });
     const nodeReadyMs = Date.now() - startedAt;
     const imageStartedAt = Date.now();
-    await buildImage(node);
+    await buildProjectImage(node, IMAGE);
     process.stderr.write(
       `realnode: control plane + node ready in ${(nodeReadyMs / 1000).toFixed(1)} s, image built and imported in ${((Date.now() - imageStartedAt) / 1000).toFixed(1)} s\n`,
     );
