@@ -31,8 +31,9 @@ and removes every temporary file, including the kubeconfig it wrote.
 
 Flags:
   --kubeconfig PATH   also write the admin kubeconfig here (must not exist yet)
-  --node              also run a real node (root only): containerd, kubelet, kube-scheduler, a CNI bridge
-                      with no uplink and kube-router enforcing NetworkPolicy; torn down completely on exit
+  --node              also run a real node (root only): containerd, kubelet, kube-scheduler, kube-proxy, a
+                      CNI bridge with no uplink, kube-router enforcing NetworkPolicy and CoreDNS as the
+                      cluster DNS; torn down completely on exit
   --no-build          fail instead of building missing binaries from the Go modules
   --log-level LEVEL   debug | info | warn | error (default info)
 

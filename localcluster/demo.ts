@@ -1,8 +1,11 @@
 /**
  * `npm run demo`: the whole of Agentfence on the built-in local control plane, narrated.
  * Real parts throughout: kube-apiserver calls the webhook over TLS, the controller compiles real AgentPolicies,
- * sidecars exchange real pod-bound tokens and proxy real HTTP to upstream servers on loopback. Only the kubelet
- * is missing, so the agent pods are admitted (and injected) but never run: their sidecars run here instead.
+ * sidecars exchange real pod-bound tokens and proxy real HTTP to upstream servers on loopback. By default the
+ * kubelet is missing, so the agent pods are admitted (and injected) but never run: their sidecars run here
+ * instead. With a node (`demo --node`, root) the same narration runs the agents as real pods: the kubelet runs
+ * the injected sidecar container, the agent calls go through it from the app container, and the upstreams
+ * listen on the node's address (localcluster/demo-node.ts).
  */
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { request as httpRequest, createServer, type Server } from 'node:http';
@@ -24,12 +27,17 @@ import { startSidecar, type RunningSidecar } from '../sidecar/runtime.ts';
 import type { AuditRecord } from '../sidecar/audit.ts';
 import type { Binaries } from './binaries.ts';
 import { startControlPlane } from './controlplane.ts';
+import { NODE_NETWORK, startNode, type NodeBinaries } from './node.ts';
+import { DEMO_IMAGE, nodeAgents } from './demo-node.ts';
+import { buildProjectImage } from './image.ts';
 import { localInjectorConfig, startLocalController } from './controller.ts';
 import { installCRDs, kubectlOrThrow } from './kubectl.ts';
 import { CONTROLLER } from '../operator/defaults.ts';
 
 export interface DemoOptions {
   binaries: Binaries;
+  /** Run the agents as real pods on a local node (root only): its binaries. */
+  nodeBinaries?: NodeBinaries;
   kubeconfigPath?: string;
   /**
    * Resolves when the user wants to stop (Ctrl-C); the demo then tears everything down. Absent (--once): tear
@@ -42,8 +50,39 @@ export interface DemoOptions {
 
 const NS = 'demo';
 
-async function listen(server: Server, cleanup: (() => Promise<void> | void)[]): Promise<number> {
-  server.listen(0, '127.0.0.1');
+export interface AgentResponse {
+  status: number;
+  body: string;
+}
+
+/** One running agent, as the narration drives it: its HTTP client (through its sidecar) and its sidecar's status. */
+export interface DemoAgent {
+  call(method: string, url: string, body?: string): Promise<AgentResponse>;
+  /** Resolves once the sidecar is ready: its identity and entitlement revision. */
+  ready(): Promise<{ agent: string; revision: string }>;
+}
+
+/** Where the agents run: sidecars in this process (default), or real pods on a node. */
+export interface AgentRunner {
+  /** The address the agents reach the upstreams at (they listen there; the policies allow it). */
+  host: string;
+  /** The agent pod's container, before injection. */
+  container(agent: string): object;
+  /** Whatever the agent namespace needs before pods are created there. */
+  prepareNamespace?(): Promise<void>;
+  /** The admitted (injected) pod's running agent. */
+  attach(pod: AdmittedPod, agent: string): Promise<DemoAgent>;
+  /** Audit records so far, oldest first. */
+  audits(): Promise<AuditRecord[]>;
+}
+
+export interface AdmittedPod {
+  metadata: { name: string; uid: string; labels: Record<string, string> };
+  spec: { initContainers?: { name: string }[] };
+}
+
+async function listen(server: Server, host: string, cleanup: (() => Promise<void> | void)[]): Promise<number> {
+  server.listen(0, host);
   await once(server, 'listening');
   cleanup.push(() => {
     server.close();
@@ -81,18 +120,87 @@ function call(
   });
 }
 
+/** The default runner: each agent pod is admitted but never runs; its sidecar runs here with a real token. */
+function inProcessAgents(ctx: {
+  k: (args: string[], input?: string) => Promise<string>;
+  dir: string;
+  issuerUrl: string;
+  cleanup: (() => Promise<void> | void)[];
+}): AgentRunner {
+  const audits: AuditRecord[] = [];
+  return {
+    host: '127.0.0.1',
+    container: (agent) => ({ name: 'agent', image: `registry.example/${agent}:1` }),
+    attach: async (pod, agent) => {
+      const token = JSON.parse(
+        await ctx.k([
+          'create',
+          'token',
+          agent,
+          '-n',
+          NS,
+          '--audience=agentfence.io/operator',
+          `--bound-object-kind=Pod`,
+          `--bound-object-name=${pod.metadata.name}`,
+          `--bound-object-uid=${pod.metadata.uid}`,
+          '--duration=10m',
+          '-o',
+          'json',
+        ]),
+      ) as { status: { token: string } };
+      const tokenFile = join(ctx.dir, `${agent}.token`);
+      await writeFile(tokenFile, token.status.token);
+      const sidecar = await startSidecar(
+        {
+          listen: { host: '127.0.0.1', port: 0 },
+          adminListen: { host: '127.0.0.1', port: 0 },
+          mode: { kind: 'controller', controllerUrl: ctx.issuerUrl, tokenFile, caFile: join(ctx.dir, 'ca.crt') },
+          maxStalenessMs: 60_000,
+          pod: { name: pod.metadata.name, namespace: NS },
+        },
+        silentLogger,
+        {
+          audit: { write: (r) => audits.push(r), dropped: () => 0, flush: () => undefined },
+          registry: createRegistry({ defaultMetrics: false }),
+        },
+      );
+      ctx.cleanup.push(() => sidecar.stop());
+      return {
+        call: (method, url, body) => call(sidecar, method, url, body),
+        ready: async () => {
+          for (let i = 0; i < 300 && (await fetch(`${sidecar.adminUrl}/readyz`)).status !== 200; i++) await sleep(100);
+          return (await (await fetch(`${sidecar.adminUrl}/status`)).json()) as { agent: string; revision: string };
+        },
+      };
+    },
+    audits: () => Promise.resolve(audits),
+  };
+}
+
 export async function runDemo(options: DemoOptions): Promise<void> {
   const { out } = options;
   const cleanup: (() => Promise<void> | void)[] = [];
   const started = Date.now();
   try {
-    out('▶ starting the local control plane (etcd, kube-apiserver, kube-controller-manager)…');
+    const onNode = options.nodeBinaries;
+    out(
+      onNode
+        ? '▶ starting the local control plane and a real node (containerd, kubelet, kube-proxy, kube-router, CoreDNS)…'
+        : '▶ starting the local control plane (etcd, kube-apiserver, kube-controller-manager)…',
+    );
     const plane = await startControlPlane({
       binaries: options.binaries,
       logger: options.logger,
       ...(options.kubeconfigPath ? { kubeconfigPath: options.kubeconfigPath } : {}),
+      ...(onNode ? { node: NODE_NETWORK } : {}),
     });
     cleanup.push(() => plane.stop());
+    const node = onNode ? await startNode({ plane, binaries: onNode, logger: options.logger }) : undefined;
+    if (node) {
+      cleanup.push(() => node.stop());
+      await buildProjectImage(node, DEMO_IMAGE);
+      out(`✔ node ${node.name} ready at ${node.ip}; project image ${DEMO_IMAGE} built and imported`);
+    }
     await installCRDs(plane);
     const k = (args: string[], input?: string): Promise<string> => kubectlOrThrow(plane, args, input);
     const client = await clientFromKubeconfig(plane.kubeconfigPath);
@@ -102,13 +210,18 @@ export async function runDemo(options: DemoOptions): Promise<void> {
 
     // The controller: reconciler, webhook, identity issuer and entitlement distribution, on one TLS port.
     await k(['create', 'namespace', CONTROLLER.namespace]);
+    // On a node the pods reach it (and the upstreams) at the node's address; the sidecar it injects is the image.
     const { operator, issuerUrl, caPem } = await startLocalController({
       client,
       namespace: CONTROLLER.namespace,
       podName: `${CONTROLLER.serviceName}-0`,
       heartbeatMs: 5000,
       logger: options.logger,
-      injector: (controllerUrl) => localInjectorConfig(controllerUrl, 'demo'),
+      ...(node ? { host: node.ip } : {}),
+      injector: (controllerUrl) => ({
+        ...localInjectorConfig(controllerUrl, 'demo'),
+        ...(node ? { image: DEMO_IMAGE } : {}),
+      }),
     });
     const ca = { certPem: caPem };
     await writeFile(join(dir, 'ca.crt'), caPem);
@@ -128,6 +241,11 @@ export async function runDemo(options: DemoOptions): Promise<void> {
     await k(['apply', '--server-side', '-f', '-'], JSON.stringify(podIntegrityPolicy()));
     await k(['apply', '--server-side', '-f', '-'], JSON.stringify(podIntegrityBinding({ excludeNamespaces: exclude })));
     out(`✔ controller up at ${issuerUrl} (webhook, identity, entitlements); webhook and admission policy registered`);
+    const runner = node
+      ? nodeAgents({ k, namespace: NS, controllerUrl: issuerUrl, host: node.ip })
+      : inProcessAgents({ k, dir, issuerUrl, cleanup });
+    const host = runner.host;
+    const base = `http://${host}`;
 
     // Upstreams an agent might talk to.
     const verifier = createAgentVerifier({
@@ -144,15 +262,17 @@ export async function runDemo(options: DemoOptions): Promise<void> {
         res.json({ order: req.params.id, status: 'shipped', verifiedCaller: agentOf(res).sub });
       },
     );
-    const ordersPort = await listen(createServer(ordersApp), cleanup);
+    const ordersPort = await listen(createServer(ordersApp), host, cleanup);
     const llmPort = await listen(
       createServer((_req, res) =>
         res.end(JSON.stringify({ choices: [{ message: { content: 'Here is a summary.' } }] })),
       ),
+      host,
       cleanup,
     );
     const docsPort = await listen(
       createServer((req, res) => res.end(`docs page ${req.url ?? ''}\n`)),
+      host,
       cleanup,
     );
     out(
@@ -161,6 +281,7 @@ export async function runDemo(options: DemoOptions): Promise<void> {
 
     // Policies and agents.
     await k(['create', 'namespace', NS]);
+    await runner.prepareNamespace?.();
     await k(['create', 'serviceaccount', 'support-agent', '-n', NS]);
     await k(['create', 'serviceaccount', 'research-agent', '-n', NS]);
     const supportPolicy = (withOrders: boolean): string =>
@@ -174,7 +295,7 @@ export async function runDemo(options: DemoOptions): Promise<void> {
             ? [
                 {
                   name: 'orders-api',
-                  to: { cidrs: ['127.0.0.1/32'] },
+                  to: { cidrs: [`${host}/32`] },
                   ports: [{ port: ordersPort }],
                   http: [{ methods: ['GET'], paths: [{ type: 'PathPrefix', value: '/v1/orders/' }] }],
                   audience: 'orders-api',
@@ -192,13 +313,13 @@ export async function runDemo(options: DemoOptions): Promise<void> {
         egress: [
           {
             name: 'llm-api',
-            to: { cidrs: ['127.0.0.1/32'] },
+            to: { cidrs: [`${host}/32`] },
             ports: [{ port: llmPort }],
             http: [{ methods: ['POST'], paths: [{ type: 'Exact', value: '/v1/chat/completions' }] }],
           },
           {
             name: 'docs-site',
-            to: { cidrs: ['127.0.0.1/32'] },
+            to: { cidrs: [`${host}/32`] },
             ports: [{ port: docsPort }],
             http: [{ methods: ['GET'], paths: [{ type: 'PathPrefix', value: '/docs/' }] }],
           },
@@ -211,8 +332,7 @@ export async function runDemo(options: DemoOptions): Promise<void> {
       '✔ AgentPolicies applied: support-agent → orders API (GET /v1/orders/*); research-agent → LLM (POST) + docs (GET /docs/*)',
     );
 
-    const sidecars = new Map<string, RunningSidecar>();
-    const audits: AuditRecord[] = [];
+    const agents = new Map<string, DemoAgent>();
     for (const agent of ['support-agent', 'research-agent']) {
       const pod = JSON.parse(
         await k(
@@ -221,68 +341,25 @@ export async function runDemo(options: DemoOptions): Promise<void> {
             apiVersion: 'v1',
             kind: 'Pod',
             metadata: { name: `${agent}-0`, namespace: NS, labels: { 'agentfence.io/inject': 'true' } },
-            spec: { serviceAccountName: agent, containers: [{ name: 'agent', image: `registry.example/${agent}:1` }] },
+            spec: { serviceAccountName: agent, containers: [runner.container(agent)] },
           }),
         ),
-      ) as {
-        metadata: { name: string; uid: string; labels: Record<string, string> };
-        spec: { initContainers?: { name: string }[] };
-      };
+      ) as AdmittedPod;
       out(
         `✔ pod ${NS}/${pod.metadata.name} created through the API server → injected: ${(pod.spec.initContainers ?? []).map((c) => c.name).join(', ')}, agent label ${pod.metadata.labels['agentfence.io/agent'] ?? '?'}`,
       );
-      const token = JSON.parse(
-        await k([
-          'create',
-          'token',
-          agent,
-          '-n',
-          NS,
-          '--audience=agentfence.io/operator',
-          `--bound-object-kind=Pod`,
-          `--bound-object-name=${pod.metadata.name}`,
-          `--bound-object-uid=${pod.metadata.uid}`,
-          '--duration=10m',
-          '-o',
-          'json',
-        ]),
-      ) as { status: { token: string } };
-      const tokenFile = join(dir, `${agent}.token`);
-      await writeFile(tokenFile, token.status.token);
-      const sidecar = await startSidecar(
-        {
-          listen: { host: '127.0.0.1', port: 0 },
-          adminListen: { host: '127.0.0.1', port: 0 },
-          mode: { kind: 'controller', controllerUrl: issuerUrl, tokenFile, caFile: join(dir, 'ca.crt') },
-          maxStalenessMs: 60_000,
-          pod: { name: pod.metadata.name, namespace: NS },
-        },
-        silentLogger,
-        {
-          audit: { write: (r) => audits.push(r), dropped: () => 0, flush: () => undefined },
-          registry: createRegistry({ defaultMetrics: false }),
-        },
-      );
-      cleanup.push(() => sidecar.stop());
-      sidecars.set(agent, sidecar);
+      agents.set(agent, await runner.attach(pod, agent));
     }
-    for (const [agent, sidecar] of sidecars) {
-      for (let i = 0; i < 300 && (await fetch(`${sidecar.adminUrl}/readyz`)).status !== 200; i++) await sleep(100);
-      const status = (await (await fetch(`${sidecar.adminUrl}/status`)).json()) as { agent: string; revision: string };
+    for (const [agent, running] of agents) {
+      const status = await running.ready();
       out(`✔ sidecar of ${agent} ready: identity ${status.agent}, entitlements ${status.revision.slice(0, 19)}…`);
     }
-    const support = sidecars.get('support-agent');
-    const research = sidecars.get('research-agent');
-    if (!support || !research) throw new Error('sidecars missing');
+    const support = agents.get('support-agent');
+    const research = agents.get('research-agent');
+    if (!support || !research) throw new Error('agents missing');
 
-    const show = async (
-      who: string,
-      sidecar: RunningSidecar,
-      method: string,
-      url: string,
-      body?: string,
-    ): Promise<number> => {
-      const res = await call(sidecar, method, url, body);
+    const show = async (who: string, agent: DemoAgent, method: string, url: string, body?: string): Promise<number> => {
+      const res = await agent.call(method, url, body);
       let detail = res.body.trim();
       try {
         const json = JSON.parse(detail) as Record<string, unknown>;
@@ -290,23 +367,17 @@ export async function runDemo(options: DemoOptions): Promise<void> {
       } catch {
         /* plain text */
       }
-      out(`  ${who.padEnd(15)} ${method.padEnd(4)} ${url.replace('http://127.0.0.1', '')} → ${res.status} ${detail}`);
+      out(`  ${who.padEnd(15)} ${method.padEnd(4)} ${url.replace(base, '')} → ${res.status} ${detail}`);
       return res.status;
     };
     out('');
     out('▶ agents making calls through their sidecars:');
-    await show('support-agent', support, 'GET', `http://127.0.0.1:${ordersPort}/v1/orders/42`);
-    await show('support-agent', support, 'POST', `http://127.0.0.1:${ordersPort}/v1/orders/42`, '{}');
-    await show('support-agent', support, 'POST', `http://127.0.0.1:${llmPort}/v1/chat/completions`, '{}');
-    await show(
-      'research-agent',
-      research,
-      'POST',
-      `http://127.0.0.1:${llmPort}/v1/chat/completions`,
-      '{"messages":[]}',
-    );
-    await show('research-agent', research, 'GET', `http://127.0.0.1:${docsPort}/docs/intro`);
-    await show('research-agent', research, 'GET', `http://127.0.0.1:${ordersPort}/v1/orders/42`);
+    await show('support-agent', support, 'GET', `${base}:${ordersPort}/v1/orders/42`);
+    await show('support-agent', support, 'POST', `${base}:${ordersPort}/v1/orders/42`, '{}');
+    await show('support-agent', support, 'POST', `${base}:${llmPort}/v1/chat/completions`, '{}');
+    await show('research-agent', research, 'POST', `${base}:${llmPort}/v1/chat/completions`, '{"messages":[]}');
+    await show('research-agent', research, 'GET', `${base}:${docsPort}/docs/intro`);
+    await show('research-agent', research, 'GET', `${base}:${ordersPort}/v1/orders/42`);
 
     out('');
     out(`▶ kubectl get agentpolicies,agententitlements,networkpolicies -n ${NS}`);
@@ -318,7 +389,7 @@ export async function runDemo(options: DemoOptions): Promise<void> {
 
     out('');
     out('▶ audit lines (one JSON object per decision on each sidecar’s stdout; three shown):');
-    for (const a of audits.slice(0, 3)) {
+    for (const a of (await runner.audits()).slice(0, 3)) {
       out(
         `  ${JSON.stringify({ agent: a.agent, method: a.method, host: a.host, port: a.port, path: a.path, decision: a.decision, reason: a.reason, rule: a.rule, status: a.status })}`,
       );
@@ -331,13 +402,15 @@ export async function runDemo(options: DemoOptions): Promise<void> {
     let status = 200;
     while (status !== 403 && Date.now() - t0 < 15_000) {
       // Revocation closes idle keep-alive connections; a request racing that close is simply retried.
-      status = await call(support, 'GET', `http://127.0.0.1:${ordersPort}/v1/orders/42`).then(
+      status = await support.call('GET', `${base}:${ordersPort}/v1/orders/42`).then(
         (r) => r.status,
         () => 0,
       );
     }
-    out(`  enforced ${Date.now() - t0} ms after kubectl apply (including kubectl itself):`);
-    await show('support-agent', support, 'GET', `http://127.0.0.1:${ordersPort}/v1/orders/42`);
+    out(
+      `  enforced ${Date.now() - t0} ms after kubectl apply (including kubectl itself${node ? ' and a kubectl exec per attempt' : ''}):`,
+    );
+    await show('support-agent', support, 'GET', `${base}:${ordersPort}/v1/orders/42`);
 
     out('');
     const took = `Done in ${((Date.now() - started) / 1000).toFixed(1)} s.`;
