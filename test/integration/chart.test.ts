@@ -18,6 +18,7 @@ import { kubeRequest } from '../support/kube-request.ts';
 import { expectGolden } from '../support/golden.ts';
 import { mutatingWebhookConfiguration, podIntegrityBinding, podIntegrityPolicy } from '../../webhook/manifests.ts';
 import { CONTROLLER } from '../../operator/defaults.ts';
+import { loadOperatorConfig } from '../../cli/operator.ts';
 
 const run$ = promisify(execFile);
 const chartDir = new URL('../../charts/agentfence', import.meta.url).pathname;
@@ -59,7 +60,19 @@ const CUSTOM = [
   'trustDomain=prod.example.com',
   '--set',
   'sidecar.maxStaleness=30s',
+  '--set',
+  'sidecar.acceptInjections[0].version=0.0.9',
+  '--set',
+  'sidecar.acceptInjections[0].image=registry.example/agentfence:0.0.9',
 ];
+
+/** The controller container's arguments in a rendering. */
+function controllerArgs(rendered: string): string[] {
+  const deployment = parseAllDocuments(rendered)
+    .map((d) => d.toJS() as { kind?: string; spec?: { template: { spec: { containers: { args: string[] }[] } } } })
+    .find((d) => d.kind === 'Deployment');
+  return deployment?.spec?.template.spec.containers[0]?.args ?? [];
+}
 
 function golden(name: string, actual: string): void {
   expectGolden(`${goldenDir}${name}`, actual);
@@ -119,6 +132,55 @@ describe('Helm chart', () => {
       CONTROLLER.certSecretName,
     ]);
     expect(role.rules.find((r) => r.resources.includes('leases'))?.resourceNames).toEqual([CONTROLLER.leaseName]);
+  });
+
+  it('passes sidecar.acceptInjections to the controller as --accept-injection, which the controller parses into accepted injectors with the current sidecar settings', async () => {
+    expect(controllerArgs(await template([])).filter((a) => a.startsWith('--accept-injection'))).toEqual([]);
+    const args = controllerArgs(
+      await template([
+        '--set',
+        'sidecar.acceptInjections[0].version=0.0.9',
+        '--set',
+        'sidecar.acceptInjections[0].image=registry.example/agentfence:0.0.9',
+        '--set',
+        'sidecar.acceptInjections[1].version=0.0.8',
+        '--set',
+        'sidecar.acceptInjections[1].image=registry.example/agentfence@sha256:' + 'ab'.repeat(32),
+      ]),
+    );
+    // The rendered arguments as the controller reads them ($(POD_*) are the kubelet's to expand).
+    const expanded = args
+      .slice(1)
+      .map((a) => a.replace('$(POD_NAMESPACE)', RELEASE_NS).replace('$(POD_NAME)', 'controller-0'));
+    const config = loadOperatorConfig(expanded, {
+      KUBERNETES_SERVICE_HOST: '10.0.0.1',
+      KUBERNETES_SERVICE_PORT: '443',
+    });
+    if (config === 'help') throw new Error('unexpected help');
+    const { injector, acceptedInjectors } = config.controller.runtime;
+    expect(acceptedInjectors).toEqual([
+      { ...injector, version: '0.0.9', image: 'registry.example/agentfence:0.0.9' },
+      { ...injector, version: '0.0.8', image: `registry.example/agentfence@sha256:${'ab'.repeat(32)}` },
+    ]);
+  });
+
+  it('refuses an acceptInjections entry that is not a version and an image', async () => {
+    for (const bad of [
+      ['sidecar.acceptInjections[0].version=1=2', 'sidecar.acceptInjections[0].image=img:1'],
+      ['sidecar.acceptInjections[0].version=0.0.9', 'sidecar.acceptInjections[0].image=img 1'],
+      ['sidecar.acceptInjections[0].version=0.0.9'],
+      [
+        'sidecar.acceptInjections[0].version=0.0.9',
+        'sidecar.acceptInjections[0].image=img:1',
+        'sidecar.acceptInjections[0].tag=x',
+      ],
+    ]) {
+      const refused = await template(bad.flatMap((v) => ['--set', v])).then(
+        () => undefined,
+        (err: unknown) => String((err as { stderr?: unknown }).stderr),
+      );
+      expect(refused, bad.join(' ')).toMatch(/acceptInjections/);
+    }
   });
 
   it('renders exactly the golden output (default values)', async () => {
