@@ -18,7 +18,7 @@ KUBE_ROUTER_VERSION=${KUBE_ROUTER_VERSION:-v2.1.0}  # the newest the module prox
 COREDNS_VERSION=${COREDNS_VERSION:-v1.15.0}
 CACHE=${AGENTFENCE_CACHE:-$HOME/.cache/agentfence}
 # Every version is in the name (kube-proxy goes with K8S_VERSION): a changed version is a new directory, built
-# whole. A cold build of this directory is ~6 min on 2 cores with a warm Go cache from the control plane.
+# whole. A cold build of this directory is ~8 min on 2 cores with a warm Go cache from the control plane.
 BIN="$CACHE/node-k8s-$K8S_VERSION-containerd-$CONTAINERD_VERSION-kube-router-$KUBE_ROUTER_VERSION-coredns-$COREDNS_VERSION/bin"
 WORK="$CACHE/build"
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
