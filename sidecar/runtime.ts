@@ -9,7 +9,7 @@ import { startHealthServer, type HealthServer } from '../lib/health.ts';
 import type { Logger } from '../lib/log.ts';
 // Not prom-client: the sidecar's metrics cost a few kB instead of ~17 MB resident in every pod (lib/prom-text.ts).
 import { counter, createRegistry, gauge, type Registry } from '../lib/prom-text.ts';
-import { fetchWithCA } from '../lib/verify/fetch-with-ca.ts';
+import { jsonFetchWithCA } from '../lib/verify/fetch-with-ca.ts';
 import { createAuditSink, type AuditSink } from './audit.ts';
 import {
   controllerEntitlements,
@@ -110,7 +110,7 @@ export async function startSidecar(
     identity = new IdentityClient({
       controllerUrl: config.mode.controllerUrl,
       tokenFile: config.mode.tokenFile,
-      fetch: fetchWithCA(caPem),
+      fetch: jsonFetchWithCA(caPem),
       logger,
       onFailure: (code) => identityFailures.inc({ code }),
     });
