@@ -158,6 +158,21 @@ describe('resolved-address check', () => {
     expect(judgeAddress('10.1.2.3', withCidr).ok).toBe(true);
     expect(judgeAddress('169.254.169.254', withCidr)).toEqual({ ok: false, reason: 'metadata_address' });
   });
+  it('keeps verdicts per rule: the same address judged again, and under another rule, gets its own verdict', () => {
+    if (!withCidr || !hostOnly) throw new Error('no rule');
+    for (let i = 0; i < 3; i++) {
+      expect(judgeAddress('10.9.9.9', withCidr)).toEqual({ ok: true });
+      expect(judgeAddress('10.9.9.9', hostOnly)).toEqual({ ok: false, reason: 'private_address' });
+      expect(judgeAddress('::ffff:10.9.9.9', hostOnly)).toEqual({ ok: false, reason: 'private_address' });
+    }
+    // A new snapshot compiles new rules: what an older rule allowed is judged anew.
+    const narrowed = new Matcher(ent([rule({ hosts: ['a.example'], cidrs: ['192.168.0.0/16'] })])).rules[0];
+    if (!narrowed) throw new Error('no rule');
+    expect(judgeAddress('10.9.9.9', narrowed)).toEqual({ ok: false, reason: 'private_address' });
+    // Past the bound, verdicts are computed again, and still right.
+    for (let i = 0; i < 1_100; i++) expect(judgeAddress(`8.8.${i >> 8}.${i & 255}`, hostOnly).ok).toBe(true);
+    expect(judgeAddress('10.9.9.9', hostOnly).ok).toBe(false);
+  });
 });
 
 describe('decision table', () => {
