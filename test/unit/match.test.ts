@@ -66,6 +66,12 @@ describe('host matching', () => {
     );
     expect(cm.decideConnect({ host: '10.40.1.2', port: 443 }, NOW)).toMatchObject({ allow: true, rule: { rule: 'c' } });
     expect(cm.decideConnect({ host: '10.41.1.2', port: 443 }, NOW).allow).toBe(false);
+    // Asked again (the containing rules are kept per address), on another port, and past the bound of kept ones.
+    for (let i = 0; i < 1_100; i++) cm.decideConnect({ host: `10.40.${i >> 8}.${i & 255}`, port: 443 }, NOW);
+    expect(cm.decideConnect({ host: '10.40.1.2', port: 443 }, NOW)).toMatchObject({ allow: true, rule: { rule: 'c' } });
+    expect(cm.decideConnect({ host: '10.40.1.2', port: 80 }, NOW).allow).toBe(false);
+    expect(cm.decideConnect({ host: '10.41.1.2', port: 443 }, NOW).allow).toBe(false);
+    expect(cm.decideConnect({ host: '::ffff:10.40.1.2', port: 443 }, NOW).allow).toBe(false);
   });
 });
 
