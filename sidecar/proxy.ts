@@ -57,7 +57,7 @@ export interface ProxyOptions {
   now?: () => number;
   /** Largest MCP request body inspected; larger ones are refused (default 1 MiB). */
   maxMcpBodyBytes?: number;
-  /** All request bodies buffered for inspection at once; past it, 503 + Retry-After (default 16 MiB). */
+  /** All request bodies buffered for inspection at once; past it, 503 + Retry-After (default 8 MiB). */
   maxBufferedBodyBytes?: number;
   /** A tunnel (CONNECT, upgrade) with no bytes either way for this long is closed (default 10 min). */
   tunnelIdleMs?: number;

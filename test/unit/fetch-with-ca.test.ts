@@ -23,7 +23,7 @@ describe('jsonFetchWithCA', () => {
     const script = `
       const { jsonFetchWithCA } = await import(${JSON.stringify(new URL('lib/verify/fetch-with-ca.ts', `file://${root}/`).href)});
       const { createServer } = process.getBuiltinModule('node:https');
-      const [caPem, certPem, keyPem, otherCa] = JSON.parse(process.env.PEMS);
+      const [caPem, certPem, keyPem, otherCa] = JSON.parse(process.argv[1]);
       const srv = createServer({ cert: certPem, key: keyPem }, (req, res) => {
         let body = '';
         req.on('data', (c) => (body += c));
@@ -47,10 +47,10 @@ describe('jsonFetchWithCA', () => {
         undici: process.moduleLoadList.filter((m) => m.includes('undici')),
       }));
     `;
-    const out = execFileSync(process.execPath, ['--input-type=module', '-e', script], {
+    const pems = JSON.stringify([ca.certPem, server.certPem, server.keyPem, other.certPem]);
+    const out = execFileSync(process.execPath, ['--input-type=module', '-e', script, pems], {
       cwd: root,
       encoding: 'utf8',
-      env: { ...process.env, PEMS: JSON.stringify([ca.certPem, server.certPem, server.keyPem, other.certPem]) },
     });
     expect(JSON.parse(out)).toEqual({
       ok: { ok: true, status: 200, json: { method: 'POST', auth: 'Bearer t', got: { a: 1 } } },
