@@ -3,7 +3,7 @@
  * sidecar is stopped. A real sidecar process (static mode), a real upstream, real requests: some finished, some
  * still waiting on the upstream when SIGTERM arrives. Every request must have its line on stdout at exit.
  */
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { Agent, createServer, request, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -14,7 +14,12 @@ import { afterAll, describe, expect, it } from 'vitest';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'agentfence-shutdown-'));
-afterAll(() => rmSync(dir, { recursive: true, force: true }));
+let started: ChildProcess | undefined;
+afterAll(() => {
+  // A failed run must not leave its sidecar behind.
+  if (started && started.exitCode === null && started.signalCode === null) started.kill('SIGKILL');
+  rmSync(dir, { recursive: true, force: true });
+});
 
 function get(proxyPort: number, url: string, agent: Agent): Promise<number> {
   return new Promise((resolve) => {
@@ -81,6 +86,7 @@ describe('sidecar shutdown', () => {
       ],
       { stdio: ['ignore', 'pipe', 'pipe'] },
     );
+    started = child;
     let stdout = '';
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
     const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
