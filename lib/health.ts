@@ -3,10 +3,14 @@
  * check passes, e.g. informer caches synced), /metrics (the component's private registry). Plain node:http: three
  * GET routes do not need a framework, and close() must be prompt and complete for tests and graceful shutdown.
  */
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import type { Registry } from 'prom-client';
+import type { Exposition } from './prom-text.ts';
 import { silentLogger, type Logger } from './log.ts';
+
+// node:http without its ESM facade, which loads undici (~13 MB resident) for WebSocket exports nobody here uses;
+// the sidecar serves this endpoint too.
+const { createServer } = process.getBuiltinModule('node:http');
 
 export type Check = () => boolean | Promise<boolean>;
 
@@ -15,7 +19,8 @@ export interface HealthServerOptions {
   host: string;
   /** 0 picks a free port. */
   port: number;
-  registry: Registry;
+  /** The component's metrics: a prom-client Registry (controller) or lib/prom-text.ts's (sidecar). */
+  registry: Exposition;
   /** Named readiness checks; /readyz is 200 only when all pass. */
   readiness?: Record<string, Check>;
   /** A JSON document served at /status (e.g. the sidecar's identity and enforced revision). */

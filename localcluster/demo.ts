@@ -16,7 +16,7 @@ import type { AddressInfo } from 'node:net';
 import express from 'express';
 import { stringify } from 'yaml';
 import { clientFromKubeconfig } from '../lib/kube/client.ts';
-import { createRegistry } from '../lib/metrics.ts';
+import { createRegistry } from '../lib/prom-text.ts';
 import { silentLogger, type Logger } from '../lib/log.ts';
 import { sleep } from '../lib/sleep.ts';
 import { createAgentVerifier } from '../lib/verify/index.ts';

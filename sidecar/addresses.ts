@@ -34,10 +34,30 @@ function judgeOne(single: Cidr, rule: CompiledRule): AddressVerdict {
 }
 
 /**
+ * Verdicts already reached, per rule and address. A verdict is a function of the address and the rule's cidrs
+ * alone; computing it costs BigInt arithmetic over every special range, the largest allocation the sidecar
+ * made per forwarded request. Compiled rules are immutable and replaced with each snapshot, so a new snapshot
+ * starts with no verdicts; each rule keeps at most MAX_VERDICTS addresses (then starts over).
+ */
+const verdicts = new WeakMap<CompiledRule, Map<string, AddressVerdict>>();
+const MAX_VERDICTS = 1_024;
+
+/**
  * Judges an address for a rule. An IPv6 address that embeds an IPv4 one (mapped, compatible, NAT64, 6to4,
  * Teredo) is judged twice: as itself and as the IPv4 address it reaches; both must pass.
  */
 export function judgeAddress(address: string, rule: CompiledRule): AddressVerdict {
+  let known = verdicts.get(rule);
+  const hit = known?.get(address);
+  if (hit) return hit;
+  const verdict = judge(address, rule);
+  if (!known) verdicts.set(rule, (known = new Map<string, AddressVerdict>()));
+  if (known.size >= MAX_VERDICTS) known.clear();
+  known.set(address, verdict);
+  return verdict;
+}
+
+function judge(address: string, rule: CompiledRule): AddressVerdict {
   const ip = parseIP(address);
   if (!ip) return { ok: false, reason: 'private_address' };
   const verdict = judgeOne({ family: ip.family, network: ip.value, prefix: ip.family === 4 ? 32 : 128 }, rule);

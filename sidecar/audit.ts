@@ -1,7 +1,9 @@
 /**
- * The audit stream: one JSON line per decision on stdout. Writes never block the data path: lines are batched
- * per event-loop turn, and when stdout cannot keep up (backpressure beyond a bound) lines are dropped and
- * counted rather than buffered without limit. Records carry no credentials: callers pass only the fields below.
+ * The audit stream: one JSON line per decision on stdout. Writes never block the data path: records are batched
+ * per event-loop turn and serialized with the batch, after the responses of that turn are on their way (not on
+ * each request's path); when stdout cannot keep up (backpressure beyond a bound) lines are dropped and counted
+ * rather than buffered without limit. flush() writes what is pending at once (shutdown). Records carry no
+ * credentials: callers pass only the fields below.
  */
 export interface AuditRecord {
   time: string;
@@ -33,14 +35,15 @@ export interface AuditSink {
 }
 
 export function createAuditSink(out: NodeJS.WritableStream = process.stdout, maxPendingLines = 10_000): AuditSink {
-  let pending: string[] = [];
+  let pending: AuditRecord[] = [];
   let scheduled = false;
   let blocked = false;
   let dropped = 0;
   const flush = (): void => {
     scheduled = false;
     if (pending.length === 0) return;
-    const chunk = pending.join('');
+    let chunk = '';
+    for (const record of pending) chunk += `${JSON.stringify(record)}\n`;
     pending = [];
     blocked = !out.write(chunk);
     if (blocked) out.once('drain', () => (blocked = false));
@@ -51,7 +54,8 @@ export function createAuditSink(out: NodeJS.WritableStream = process.stdout, max
         dropped++;
         return;
       }
-      pending.push(`${JSON.stringify(record)}\n`);
+      // Callers hand over a fresh object per line and never touch it again: it is serialized at flush.
+      pending.push(record);
       if (!scheduled) {
         scheduled = true;
         setImmediate(flush);

@@ -8,12 +8,12 @@
  */
 import { readFile } from 'node:fs/promises';
 import { watch, watchFile, unwatchFile, type FSWatcher } from 'node:fs';
-import { request } from 'node:https';
 import { API_VERSION, AGENT_ENTITLEMENT } from '../lib/api/constants.ts';
 import { agentEntitlementSpec } from '../lib/api/schema.ts';
 import type { AgentEntitlement } from '../lib/api/types.generated.ts';
 import { validateSchema } from '../lib/api/validate.ts';
 import type { Logger } from '../lib/log.ts';
+import type { ClientRequest } from 'node:http';
 
 /** Parses and validates one AgentEntitlement; errors name the source and the field. */
 export async function parseEntitlement(text: string, source: string): Promise<AgentEntitlement> {
@@ -46,6 +46,11 @@ export function checkEntitlement(doc: unknown, source: string): AgentEntitlement
     spec: spec as AgentEntitlement['spec'],
   };
 }
+
+/**
+ * node:https (and with it tls) only in controller mode: a static-mode sidecar never pays its ~7 MB resident.
+ */
+const https = (): typeof import('node:https') => process.getBuiltinModule('node:https');
 
 export interface EntitlementSource {
   start(): Promise<void>;
@@ -138,7 +143,7 @@ export function controllerEntitlements(options: {
   // Read through a function: stop() flips it while the loop awaits, which TypeScript's narrowing cannot see.
   const isStopped = (): boolean => stopped;
   let wake: (() => void) | undefined; // ends the reconnect wait at once on stop()
-  let current: ReturnType<typeof request> | undefined;
+  let current: ClientRequest | undefined;
   let failures = 0;
   let connected = false;
   let lastEvent: StreamEvent | undefined;
@@ -179,7 +184,7 @@ export function controllerEntitlements(options: {
         watchdog.unref();
       };
       let streamRevision: string | undefined; // the last snapshot this connection delivered and we applied
-      const req = request(
+      const req = https().request(
         `${base}/v1/entitlements/stream`,
         { ca: options.caPem, headers: { authorization: `Bearer ${token}`, accept: 'text/event-stream' } },
         (res) => {
@@ -285,7 +290,7 @@ export function controllerEntitlements(options: {
         return;
       }
       const body = JSON.stringify({ revision });
-      const req = request(
+      const req = https().request(
         `${base}/v1/entitlements/ack`,
         {
           method: 'POST',

@@ -4,10 +4,13 @@
  * keep-alive pool, and the response back. Exactly one audit line per request, whatever ends it: the response
  * end, an upstream error, or the client going away mid-stream.
  */
-import { request as httpRequest, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { applyFraming, endToEnd, type Framing } from './canonical.ts';
 import { ignore, type Core, type Timing } from './core.ts';
 import type { Admission, CanonicalRequest } from './pipeline.ts';
+
+// node:http without its ESM facade (which loads undici): see proxy.ts.
+const { request: httpRequest } = process.getBuiltinModule('node:http');
 
 type Allowed = Extract<Admission, { allow: true }>;
 

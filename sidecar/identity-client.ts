@@ -7,6 +7,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import type { Logger } from '../lib/log.ts';
+import type { JsonFetch, JsonResponse } from '../lib/verify/fetch-with-ca.ts';
 import { CodedError } from '../lib/errors.ts';
 
 export interface IdentityClientOptions {
@@ -14,8 +15,8 @@ export interface IdentityClientOptions {
   controllerUrl: string;
   /** The projected service-account token (audience agentfence.io/operator). */
   tokenFile: string;
-  /** A fetch that trusts the controller's CA. */
-  fetch: typeof fetch;
+  /** A fetch that trusts the controller's CA (jsonFetchWithCA, or fetchWithCA, or global fetch). */
+  fetch: JsonFetch;
   logger: Logger;
   now?: () => number;
   random?: () => number;
@@ -212,7 +213,7 @@ export class IdentityClient {
   }
 
   private async post(path: string, bearer: string, body?: unknown): Promise<TokenResponse> {
-    let res: Response;
+    let res: JsonResponse;
     try {
       res = await this.options.fetch(`${this.options.controllerUrl.replace(/\/$/, '')}${path}`, {
         method: 'POST',

@@ -70,6 +70,11 @@ export class Matcher {
   readonly auditOnly: boolean;
   private readonly hosts: HostIndex = { exact: new Map(), oneLabel: new Map(), anyDepth: new Map() };
   private readonly cidrRules: CompiledRule[] = [];
+  /**
+   * The cidr rules containing each IP-literal destination seen (at most 1,024, then it starts over): a function of
+   * the address and this snapshot alone, computed per request it cost BigInt arithmetic over every cidr.
+   */
+  private readonly cidrRulesOf = new Map<string, CompiledRule[]>();
 
   constructor(entitlement: AgentEntitlement | undefined) {
     this.revision = entitlement?.spec.revision ?? '';
@@ -102,11 +107,19 @@ export class Matcher {
         if (portMatches(r, dest.port) && (r.expiresAt === undefined || r.expiresAt > now)) out.push(r);
     };
     if (isIP(dest.host)) {
-      const ip = parseIP(dest.host);
-      if (ip) {
-        const single: Cidr = { family: ip.family, network: ip.value, prefix: ip.family === 4 ? 32 : 128 };
-        take(this.cidrRules.filter((r) => r.cidrs.some((c) => containsCidr(c, single))));
+      let rules = this.cidrRulesOf.get(dest.host);
+      if (!rules) {
+        const ip = parseIP(dest.host);
+        const single: Cidr | undefined = ip && {
+          family: ip.family,
+          network: ip.value,
+          prefix: ip.family === 4 ? 32 : 128,
+        };
+        rules = single ? this.cidrRules.filter((r) => r.cidrs.some((c) => containsCidr(c, single))) : [];
+        if (this.cidrRulesOf.size >= 1_024) this.cidrRulesOf.clear();
+        this.cidrRulesOf.set(dest.host, rules);
       }
+      take(rules);
       return out;
     }
     take(this.hosts.exact.get(dest.host));

@@ -12,14 +12,13 @@
  * Data-path care (PERFORMANCE.md): matchers are compiled once per snapshot; upstream connections are pooled per
  * address; tunnels are piped at the socket level; audit writes are batched and never block.
  */
-import { Agent, createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import { once } from 'node:events';
 import { Socket, type AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
-import type { Registry } from 'prom-client';
 import { AGENT_TOKEN_HEADER } from '../lib/identity/claims.ts';
 import type { Logger } from '../lib/log.ts';
-import { counter, gauge, histogram } from '../lib/metrics.ts';
+import { counter, gauge, histogram, type Registry } from '../lib/prom-text.ts';
 import { systemResolver, type Resolver } from './addresses.ts';
 import type { AuditSink } from './audit.ts';
 import { canonicalAuthority, splitAuthority } from './canonical.ts';
@@ -31,6 +30,11 @@ import { normalizeHost, type CompiledRule, type Matcher } from './match.ts';
 import { admit, type Admission, type BodyReader, type CanonicalRequest, type PipelineContext } from './pipeline.ts';
 import { sendRefusal, writeRawRefusal, type Refusal } from './respond.ts';
 import { TLS_HANDSHAKE_FAILURE, blindTunnel, sniff } from './tunnel.ts';
+
+// node:http through process.getBuiltinModule, not an ESM import: the ESM facade of node:http reads every export,
+// and WebSocket, CloseEvent and MessageEvent are lazy getters that load undici (~13 MB resident in every sidecar).
+const { Agent, createServer } = process.getBuiltinModule('node:http');
+type Agent = InstanceType<typeof Agent>;
 
 export interface AgentView {
   sub: string;
@@ -53,7 +57,7 @@ export interface ProxyOptions {
   now?: () => number;
   /** Largest MCP request body inspected; larger ones are refused (default 1 MiB). */
   maxMcpBodyBytes?: number;
-  /** All request bodies buffered for inspection at once; past it, 503 + Retry-After (default 16 MiB). */
+  /** All request bodies buffered for inspection at once; past it, 503 + Retry-After (default 8 MiB). */
   maxBufferedBodyBytes?: number;
   /** A tunnel (CONNECT, upgrade) with no bytes either way for this long is closed (default 10 min). */
   tunnelIdleMs?: number;

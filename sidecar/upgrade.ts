@@ -3,7 +3,7 @@
  * checked address; on the upstream's 101 both sockets are spliced into a tunnel (audited when it closes);
  * an upstream that declines gets its answer relayed and the connection closed.
  */
-import { request as httpRequest, type IncomingMessage } from 'node:http';
+import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { endToEnd } from './canonical.ts';
@@ -11,6 +11,9 @@ import { ignore, type Core, type Timing } from './core.ts';
 import type { Admission, CanonicalRequest } from './pipeline.ts';
 import { writeRawRefusal, type Refusal } from './respond.ts';
 import { splice } from './tunnel.ts';
+
+// node:http without its ESM facade (which loads undici): see proxy.ts.
+const { request: httpRequest } = process.getBuiltinModule('node:http');
 
 type Allowed = Extract<Admission, { allow: true }>;
 

@@ -1,12 +1,24 @@
 // The sidecar as the container runs it, for benchmarks: compiled JavaScript (type stripping would add ~30 MB of
-// RSS), static entitlements from a file, audit lines to a file. Also the small process helpers benchmarks share.
+// RSS), static entitlements from a JSON file (a pod's sidecar gets them from the controller and never loads the
+// YAML parser, ~10 MB, which a YAML file would), audit lines to a file. Also the small process helpers benchmarks
+// share.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { openSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, openSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
 import { join } from 'node:path';
-import { stringify } from 'yaml';
+import { parse } from 'yaml';
 
 const root = new URL('../..', import.meta.url).pathname;
+
+/** The chart's memory limit for the sidecar container (sidecar.resources.limits.memory), in MiB. */
+export const SIDECAR_LIMIT_MIB = ((): number => {
+  const values = parse(readFileSync(join(root, 'charts/agentfence/values.yaml'), 'utf8')) as {
+    sidecar: { resources: { limits: { memory: string } } };
+  };
+  const m = /^(\d+)Mi$/.exec(values.sidecar.resources.limits.memory);
+  if (!m) throw new Error(`sidecar.resources.limits.memory is not in Mi: ${values.sidecar.resources.limits.memory}`);
+  return Number(m[1]);
+})();
 
 /** The identity fields of the benchmarks' AgentEntitlement spec (the sidecar validates them as in a pod). */
 export const BENCH_POD = {
@@ -57,8 +69,8 @@ export interface SidecarProcess {
 }
 
 /**
- * Builds the project into `work`/dist and starts the sidecar in static mode with the given entitlement spec
- * (an AgentEntitlement `spec`). The child is pushed onto `children` for the caller to stop.
+ * Builds the project into `work`/dist (once per `work`) and starts a sidecar in static mode with the given
+ * entitlement spec (an AgentEntitlement `spec`). The child is pushed onto `children` for the caller to stop.
  */
 export async function startSidecar(
   work: string,
@@ -67,27 +79,29 @@ export async function startSidecar(
   /** Node flags for the sidecar process only (e.g. a V8 heap cap). */
   nodeFlags: string[] = [],
 ): Promise<SidecarProcess> {
-  const entitlements = join(work, 'entitlement.yaml');
+  const port = await freePort();
+  const adminPort = await freePort();
+  const entitlements = join(work, `entitlement-${port}.json`);
   writeFileSync(
     entitlements,
-    stringify({
+    JSON.stringify({
       apiVersion: 'agentfence.io/v1alpha1',
       kind: 'AgentEntitlement',
       metadata: { name: 'bench', namespace: 'bench' },
       spec,
     }),
   );
-  const port = await freePort();
-  const adminPort = await freePort();
-  const auditFile = join(work, 'audit.jsonl');
+  const auditFile = join(work, `audit-${port}.jsonl`);
   const dist = join(work, 'dist');
-  const built = spawnSync(
-    process.execPath,
-    [join(root, 'node_modules/typescript/bin/tsc'), '-p', join(root, 'tsconfig.build.json'), '--outDir', dist],
-    { stdio: 'inherit' },
-  );
-  if (built.status !== 0) throw new Error('build failed');
-  symlinkSync(join(root, 'node_modules'), join(work, 'node_modules'));
+  if (!existsSync(dist)) {
+    const built = spawnSync(
+      process.execPath,
+      [join(root, 'node_modules/typescript/bin/tsc'), '-p', join(root, 'tsconfig.build.json'), '--outDir', dist],
+      { stdio: 'inherit' },
+    );
+    if (built.status !== 0) throw new Error('build failed');
+    symlinkSync(join(root, 'node_modules'), join(work, 'node_modules'));
+  }
   const runner = `import(${JSON.stringify(join(dist, 'cli/main.js'))}).then((m) => m.main(process.argv.slice(1))).then((c) => { process.exitCode = c; })`;
   const child = spawn(
     process.execPath,

@@ -14,7 +14,7 @@ import type { AddressInfo } from 'node:net';
 import type { Server } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { clientFromKubeconfig, type KubeClient } from '../../lib/kube/client.ts';
-import { createRegistry } from '../../lib/metrics.ts';
+import { createRegistry } from '../../lib/prom-text.ts';
 import { silentLogger } from '../../lib/log.ts';
 import { createAgentVerifier } from '../../lib/verify/index.ts';
 import { fetchWithCA } from '../../lib/verify/fetch-with-ca.ts';

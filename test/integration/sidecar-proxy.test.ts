@@ -14,7 +14,7 @@ import { stringify } from 'yaml';
 import type { AuditRecord, AuditSink } from '../../sidecar/audit.ts';
 import { startSidecar, type RunningSidecar } from '../../sidecar/runtime.ts';
 import { silentLogger } from '../../lib/log.ts';
-import { createRegistry } from '../../lib/metrics.ts';
+import { createRegistry } from '../../lib/prom-text.ts';
 import { eventually } from '../support/cluster.ts';
 
 let upstream: Server;

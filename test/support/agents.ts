@@ -11,7 +11,7 @@ import { once } from 'node:events';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { silentLogger, type Logger } from '../../lib/log.ts';
-import { createRegistry } from '../../lib/metrics.ts';
+import { createRegistry } from '../../lib/prom-text.ts';
 import { startSidecar, type RunningSidecar } from '../../sidecar/runtime.ts';
 import { runOrThrow } from './cluster.ts';
 import { kubeRequest } from './kube-request.ts';

@@ -14,7 +14,7 @@ import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
 import type { AgentEntitlement, EntitlementEgressRule } from '../../lib/api/types.generated.ts';
 import { silentLogger } from '../../lib/log.ts';
-import { createRegistry } from '../../lib/metrics.ts';
+import { createRegistry } from '../../lib/prom-text.ts';
 import type { AuditRecord, AuditSink } from '../../sidecar/audit.ts';
 import { Matcher } from '../../sidecar/match.ts';
 import { FenceProxy, type ProxyOptions } from '../../sidecar/proxy.ts';

@@ -66,6 +66,12 @@ describe('host matching', () => {
     );
     expect(cm.decideConnect({ host: '10.40.1.2', port: 443 }, NOW)).toMatchObject({ allow: true, rule: { rule: 'c' } });
     expect(cm.decideConnect({ host: '10.41.1.2', port: 443 }, NOW).allow).toBe(false);
+    // Asked again (the containing rules are kept per address), on another port, and past the bound of kept ones.
+    for (let i = 0; i < 1_100; i++) cm.decideConnect({ host: `10.40.${i >> 8}.${i & 255}`, port: 443 }, NOW);
+    expect(cm.decideConnect({ host: '10.40.1.2', port: 443 }, NOW)).toMatchObject({ allow: true, rule: { rule: 'c' } });
+    expect(cm.decideConnect({ host: '10.40.1.2', port: 80 }, NOW).allow).toBe(false);
+    expect(cm.decideConnect({ host: '10.41.1.2', port: 443 }, NOW).allow).toBe(false);
+    expect(cm.decideConnect({ host: '::ffff:10.40.1.2', port: 443 }, NOW).allow).toBe(false);
   });
 });
 
@@ -157,6 +163,21 @@ describe('resolved-address check', () => {
     if (!withCidr) throw new Error('no rule');
     expect(judgeAddress('10.1.2.3', withCidr).ok).toBe(true);
     expect(judgeAddress('169.254.169.254', withCidr)).toEqual({ ok: false, reason: 'metadata_address' });
+  });
+  it('keeps verdicts per rule: the same address judged again, and under another rule, gets its own verdict', () => {
+    if (!withCidr || !hostOnly) throw new Error('no rule');
+    for (let i = 0; i < 3; i++) {
+      expect(judgeAddress('10.9.9.9', withCidr)).toEqual({ ok: true });
+      expect(judgeAddress('10.9.9.9', hostOnly)).toEqual({ ok: false, reason: 'private_address' });
+      expect(judgeAddress('::ffff:10.9.9.9', hostOnly)).toEqual({ ok: false, reason: 'private_address' });
+    }
+    // A new snapshot compiles new rules: what an older rule allowed is judged anew.
+    const narrowed = new Matcher(ent([rule({ hosts: ['a.example'], cidrs: ['192.168.0.0/16'] })])).rules[0];
+    if (!narrowed) throw new Error('no rule');
+    expect(judgeAddress('10.9.9.9', narrowed)).toEqual({ ok: false, reason: 'private_address' });
+    // Past the bound, verdicts are computed again, and still right.
+    for (let i = 0; i < 1_100; i++) expect(judgeAddress(`8.8.${i >> 8}.${i & 255}`, hostOnly).ok).toBe(true);
+    expect(judgeAddress('10.9.9.9', hostOnly).ok).toBe(false);
   });
 });
 
