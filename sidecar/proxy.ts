@@ -7,12 +7,15 @@
  *
  * A CONNECT to a destination whose rules need L7 checks is inspected: its first bytes are looked at; plain
  * HTTP/1.x is parsed by an inner HTTP server and every request in the tunnel is judged like a plain one; TLS
- * is refused (it cannot be inspected here).
+ * is terminated with a leaf from the pod CA (intercept.ts, pod-ca.ts) and the decrypted stream goes to that
+ * same inner server, its requests forwarded over verified TLS (forward.ts). Without a pod CA, TLS is refused.
  *
  * Data-path care (PERFORMANCE.md): matchers are compiled once per snapshot; upstream connections are pooled per
  * address; tunnels are piped at the socket level; audit writes are batched and never block.
  */
+import { createHash } from 'node:crypto';
 import { Agent, createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { Agent as HttpsAgent } from 'node:https';
 import { once } from 'node:events';
 import { Socket, type AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -31,6 +34,8 @@ import { normalizeHost, type CompiledRule, type Matcher } from './match.ts';
 import { admit, type Admission, type BodyReader, type CanonicalRequest, type PipelineContext } from './pipeline.ts';
 import { sendRefusal, writeRawRefusal, type Refusal } from './respond.ts';
 import { TLS_HANDSHAKE_FAILURE, blindTunnel, sniff } from './tunnel.ts';
+import { terminateTls } from './intercept.ts';
+import { publicRoots, type PodCA } from './pod-ca.ts';
 
 export interface AgentView {
   sub: string;
@@ -57,7 +62,21 @@ export interface ProxyOptions {
   maxBufferedBodyBytes?: number;
   /** A tunnel (CONNECT, upgrade) with no bytes either way for this long is closed (default 10 min). */
   tunnelIdleMs?: number;
+  /** The pod CA: TLS inside inspected tunnels is terminated with its leaves. Absent: such TLS is refused. */
+  interception?: PodCA;
+  /** A client that has not finished its TLS handshake inside an inspected tunnel by then is dropped (10 s). */
+  tlsHandshakeTimeoutMs?: number;
 }
+
+/** Tunnel endings that are refusals (status 403 in the tunnel's audit line), not the tunnel's own end. */
+const TUNNEL_REFUSALS = new Set([
+  'l7_rule_needs_plain_http',
+  'tls_client_rejected',
+  'tls_sni_mismatch',
+  'tls_alpn_unsupported',
+  'tls_handshake_timeout',
+  'tls_handshake_failed',
+]);
 
 type Denied = Extract<Admission, { allow: false }>;
 
@@ -69,6 +88,9 @@ export class FenceProxy {
   readonly #inner: Server;
   readonly #o: ProxyOptions;
   readonly #pools = new Map<string, Agent>();
+  readonly #tlsPools = new Map<string, HttpsAgent>();
+  /** Upstream trust for the public roots, built once (a fresh `ca` per pool would copy them each time). */
+  #publicRoots: string[] | undefined;
   readonly #tunnels = new Set<Tunnel>();
   readonly #targets = new WeakMap<object, TunnelTarget>();
   /** Requests in flight per client socket: a parse error there must not write a second response. */
@@ -118,6 +140,7 @@ export class FenceProxy {
       observe: (kind, t) => this.#durations[kind].observe((performance.now() - t.started) / 1000),
       upstreamError: () => this.#upstreamErrors.inc(),
       pool: (address, port) => this.#pool(address, port),
+      tlsPool: (address, port, servername, ca) => this.#tlsPool(address, port, servername, ca),
       track: (tunnel, rule) => {
         this.#tunnels.add(tunnel);
         this.#tunnelsOpen.inc();
@@ -194,6 +217,7 @@ export class FenceProxy {
     this.#inner.close();
     this.#inner.closeAllConnections();
     for (const pool of this.#pools.values()) pool.destroy();
+    for (const pool of this.#tlsPools.values()) pool.destroy();
     await once(this.server, 'close').catch(() => undefined);
   }
 
@@ -250,6 +274,28 @@ export class FenceProxy {
     if (!pool) {
       pool = new Agent({ keepAlive: true, maxSockets: 256, maxFreeSockets: 64, scheduling: 'lifo' });
       this.#pools.set(key, pool);
+    }
+    return pool;
+  }
+
+  #tlsPool(address: string, port: number, servername: string, ca: string | undefined): HttpsAgent {
+    const trust = ca === undefined ? 'public' : createHash('sha256').update(ca).digest('hex');
+    const key = `${address}|${port}|${servername}|${trust}`;
+    let pool = this.#tlsPools.get(key);
+    if (!pool) {
+      this.#publicRoots ??= publicRoots();
+      pool = new HttpsAgent({
+        keepAlive: true,
+        maxSockets: 256,
+        maxFreeSockets: 64,
+        scheduling: 'lifo',
+        // A rule's bundle replaces the public roots; an empty one trusts nothing (fail closed).
+        ca: ca === undefined ? this.#publicRoots : ca === '' ? [] : ca,
+        rejectUnauthorized: true,
+        ALPNProtocols: ['http/1.1'],
+        maxCachedSessions: 100,
+      });
+      this.#tlsPools.set(key, pool);
     }
     return pool;
   }
@@ -501,7 +547,7 @@ export class FenceProxy {
     const refusal = (status: number, reason: string, missing: string): Refusal =>
       this.#refusal(facts, status, reason, missing, adm.revision);
     if (!adm.inspect) {
-      blindTunnel(this.#core, client, head, adm.address, facts, grant, t, refusal);
+      blindTunnel(this.#core, client, head, adm.address, { ...facts, tls: 'passthrough' }, grant, t, refusal);
       return;
     }
     this.#inspect(client, head, { host, port }, facts, { ...grant, reason: 'inspected_tunnel' }, t);
@@ -520,6 +566,7 @@ export class FenceProxy {
     t: Timing,
   ): void {
     let closed = false;
+    let intercepted = false;
     const tunnel: Tunnel = {
       ...target,
       client,
@@ -528,9 +575,9 @@ export class FenceProxy {
         closed = true;
         client.destroy();
         this.#core.untrack(tunnel);
-        const denied = reason === 'l7_rule_needs_plain_http';
+        const denied = TUNNEL_REFUSALS.has(reason);
         this.#audit(
-          facts,
+          intercepted ? { ...facts, tls: 'inspected' } : facts,
           { decision: denied ? 'deny' : grant.decision, reason, status: denied ? 403 : 200 },
           grant.rule,
           grant.revision,
@@ -546,6 +593,12 @@ export class FenceProxy {
     client.write('HTTP/1.1 200 Connection Established\r\n\r\n');
     const start = (first: Buffer): void => {
       const kind = sniff(first[0] ?? 0);
+      const ca = this.#o.interception;
+      if (kind === 'tls' && ca) {
+        intercepted = true;
+        this.#intercept(client, first, target, ca, tunnel);
+        return;
+      }
       if (kind !== 'http') {
         this.#count('deny', 'l7_rule_needs_plain_http');
         // The client already has its 200: a TLS client gets a TLS alert; the reason is in the audit line.
@@ -566,12 +619,48 @@ export class FenceProxy {
     }
   }
 
+  /** TLS inside an inspected tunnel: terminated with the pod CA, then parsed by the inner server like plain HTTP. */
+  #intercept(client: Duplex, first: Buffer, target: TunnelTarget, ca: PodCA, tunnel: Tunnel): void {
+    terminateTls(client, first, target.host, ca, this.#o.tlsHandshakeTimeoutMs ?? 10_000).then(
+      (result) => {
+        if (!result.ok) {
+          this.#count('deny', result.reason);
+          this.#o.logger.info('tls interception refused', {
+            reason: result.reason,
+            detail: result.detail,
+            host: target.host,
+            port: target.port,
+          });
+          tunnel.close(result.reason);
+          return;
+        }
+        const socket = result.socket;
+        // The tunnel (revocation, expiry, idle) owns the raw socket; closing it ends the TLS stream too.
+        socket.on('close', () => tunnel.close('inspected_tunnel'));
+        this.#targets.set(socket, { ...target, tls: true });
+        this.#inner.emit('connection', socket);
+      },
+      (err: unknown) => {
+        this.#o.logger.error('tls interception failed', { err });
+        tunnel.close('tls_handshake_failed');
+      },
+    );
+  }
+
   #onClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
     socket.on('error', ignore);
     // A parse error while a request is in flight on this connection: a second response would corrupt the
     // first, so none is written.
     if (err.code === 'ECONNRESET' || !socket.writable) {
       socket.destroy();
+      return;
+    }
+    // A TLS ClientHello sent to the plain-HTTP proxy port (a client configured with an https:// proxy URL):
+    // answered in its own protocol, a TLS alert, rather than HTTP bytes it would read as a broken record.
+    const raw = (err as NodeJS.ErrnoException & { rawPacket?: Buffer }).rawPacket;
+    if (raw?.[0] === 0x16 && (this.#inFlight.get(socket) ?? 0) === 0) {
+      this.#count('deny', 'tls_to_plain_proxy_port');
+      socket.end(TLS_HANDSHAKE_FAILURE);
       return;
     }
     if ((this.#inFlight.get(socket) ?? 0) > 0) {
