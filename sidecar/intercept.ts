@@ -60,37 +60,58 @@ export async function terminateTls(
     },
   });
   return new Promise<Intercepted>((resolve) => {
+    let settled = false;
+    // Settled once; on failure the caller closes the tunnel (and with it this socket) with the reason.
+    const settle = (result: Intercepted): void => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      if (!result.ok) socket.destroy();
+      resolve(result);
+    };
     const timer = setTimeout(() => {
-      failure ??= {
+      settle({
+        ok: false,
         reason: 'tls_handshake_timeout',
         detail: `the client did not complete the TLS handshake within ${handshakeTimeoutMs} ms`,
-      };
-      socket.destroy();
+      });
     }, handshakeTimeoutMs);
     timer.unref();
     const fail = (err?: Error & { code?: string }): void => {
-      clearTimeout(timer);
-      socket.destroy();
-      client.destroy();
-      if (!failure) {
-        const code = err?.code ?? '';
-        failure =
-          code === 'ERR_SSL_NO_APPLICATION_PROTOCOL' || /no.application.protocol/i.test(err?.message ?? '')
-            ? { reason: 'tls_alpn_unsupported', detail: 'the client offered no ALPN protocol but h2; only http/1.1 is served' }
-            : /alert|unknown.ca|bad.certificate|certificate.unknown/i.test(err?.message ?? '')
-              ? { reason: 'tls_client_rejected', detail: 'the client refused the interception certificate (does it trust the pod CA?)' }
-              : { reason: 'tls_handshake_failed', detail: `TLS handshake failed: ${code || 'closed'}` };
+      if (failure) {
+        settle({ ok: false, ...failure });
+        return;
       }
-      resolve({ ok: false, ...failure });
+      const code = err?.code ?? '';
+      const message = err?.message ?? '';
+      settle(
+        code === 'ERR_SSL_NO_APPLICATION_PROTOCOL' || /no.application.protocol/i.test(message)
+          ? {
+              ok: false,
+              reason: 'tls_alpn_unsupported',
+              detail: 'the client offered no ALPN protocol but h2; only http/1.1 is served',
+            }
+          : err === undefined || /alert|unknown.ca|bad.certificate|certificate.unknown/i.test(message)
+            ? {
+                ok: false,
+                reason: 'tls_client_rejected',
+                detail:
+                  'the client refused the interception certificate or left during the handshake (does it trust the pod CA?)',
+              }
+            : { ok: false, reason: 'tls_handshake_failed', detail: `TLS handshake failed: ${code || message}` },
+      );
     };
     socket.once('error', fail);
+    // The tunnel's socket is half-open capable (its server allows it): an end before the handshake is done
+    // is the client giving up, not something to wait on.
+    socket.once('end', () => fail());
     socket.once('close', () => fail());
     socket.once('secure', () => {
-      clearTimeout(timer);
       socket.off('error', fail);
       socket.removeAllListeners('close');
+      socket.removeAllListeners('end');
       socket.on('error', () => socket.destroy());
-      resolve({ ok: true, socket });
+      settle({ ok: true, socket });
     });
   });
 }

@@ -567,6 +567,8 @@ export class FenceProxy {
   ): void {
     let closed = false;
     let intercepted = false;
+    /** While the TLS handshake runs, its outcome (not the socket's close) says why the tunnel ends. */
+    let handshaking = false;
     const tunnel: Tunnel = {
       ...target,
       client,
@@ -588,7 +590,9 @@ export class FenceProxy {
     };
     this.#count(grant.decision, grant.reason);
     this.#core.track(tunnel, grant.rule);
-    client.on('close', () => tunnel.close(grant.reason));
+    client.on('close', () => {
+      if (!handshaking) tunnel.close(grant.reason);
+    });
     if (client instanceof Socket) client.setTimeout(this.#core.idleMs, () => tunnel.close('idle_timeout'));
     client.write('HTTP/1.1 200 Connection Established\r\n\r\n');
     const start = (first: Buffer): void => {
@@ -596,7 +600,8 @@ export class FenceProxy {
       const ca = this.#o.interception;
       if (kind === 'tls' && ca) {
         intercepted = true;
-        this.#intercept(client, first, target, ca, tunnel);
+        handshaking = true;
+        this.#intercept(client, first, target, ca, tunnel, () => (handshaking = false));
         return;
       }
       if (kind !== 'http') {
@@ -620,9 +625,10 @@ export class FenceProxy {
   }
 
   /** TLS inside an inspected tunnel: terminated with the pod CA, then parsed by the inner server like plain HTTP. */
-  #intercept(client: Duplex, first: Buffer, target: TunnelTarget, ca: PodCA, tunnel: Tunnel): void {
+  #intercept(client: Duplex, first: Buffer, target: TunnelTarget, ca: PodCA, tunnel: Tunnel, done: () => void): void {
     terminateTls(client, first, target.host, ca, this.#o.tlsHandshakeTimeoutMs ?? 10_000).then(
       (result) => {
+        done();
         if (!result.ok) {
           this.#count('deny', result.reason);
           this.#o.logger.info('tls interception refused', {
@@ -635,12 +641,18 @@ export class FenceProxy {
           return;
         }
         const socket = result.socket;
+        if (client.destroyed) {
+          socket.destroy();
+          tunnel.close('inspected_tunnel');
+          return;
+        }
         // The tunnel (revocation, expiry, idle) owns the raw socket; closing it ends the TLS stream too.
         socket.on('close', () => tunnel.close('inspected_tunnel'));
         this.#targets.set(socket, { ...target, tls: true });
         this.#inner.emit('connection', socket);
       },
       (err: unknown) => {
+        done();
         this.#o.logger.error('tls interception failed', { err });
         tunnel.close('tls_handshake_failed');
       },

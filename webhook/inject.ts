@@ -448,7 +448,9 @@ function strip(pod: Pod): Pod {
   for (const c of [...(spec.initContainers ?? []), ...spec.containers]) {
     // Our read-only trust mount comes out (rendered again below); the user's mounts stay.
     if (c.volumeMounts) {
-      const mounts = c.volumeMounts.filter((m) => !(m.name === VOLUME_TRUST && m.mountPath === TRUST_DIR && m.readOnly));
+      const mounts = c.volumeMounts.filter(
+        (m) => !(m.name === VOLUME_TRUST && m.mountPath === TRUST_DIR && m.readOnly),
+      );
       if (mounts.length > 0) c.volumeMounts = mounts;
       else delete c.volumeMounts;
     }
