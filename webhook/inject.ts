@@ -153,16 +153,17 @@ export function inject(input: Pod, config: InjectorConfig): InjectResult {
     return refuse('InvalidAgentName', `${LABEL_AGENT} must be a lower-case DNS label (got '${labels[LABEL_AGENT]}')`);
   }
 
-  // Proxy environment and the trust bundle for every app and init container.
+  // Proxy environment and the trust bundle for every app and init container. The trust variables go first:
+  // NO_PROXY is stripped and appended again on every render, so it must stay last for a re-render to be a no-op.
   for (const c of appContainers) {
     warnings.push(...unreadableNoProxy(c));
+    const trust = setTrustEnv(c);
     const replaced = setProxyEnv(c);
     if (replaced.length > 0) {
       warnings.push(
         `container ${c.name}: ${replaced.join(', ')} replaced by the Agentfence sidecar address (egress goes through the fence)`,
       );
     }
-    const trust = setTrustEnv(c);
     if (trust.length > 0) {
       warnings.push(
         `container ${c.name}: ${trust.join(', ')} replaced by the Agentfence trust bundle (public roots + the pod's interception CA); a private CA for an upstream belongs in the policy rule's caBundle`,
