@@ -9,7 +9,6 @@ import { request as httpsRequest } from 'node:https';
 import { isIP } from 'node:net';
 import { applyFraming, endToEnd, type Framing } from './canonical.ts';
 import { ignore, type Core, type Timing } from './core.ts';
-import { checkServerIdentity, type PeerCertificate } from 'node:tls';
 import type { Admission, CanonicalRequest } from './pipeline.ts';
 
 type Allowed = Extract<Admission, { allow: true }>;
@@ -54,10 +53,11 @@ export function forwardHttp(
   const upstream: ClientRequest = canonical.tls
     ? httpsRequest({
         ...options,
-        // The connection goes to the checked address; the certificate is verified for the checked name (and
-        // there is no option to skip it: rejectUnauthorized stays true whatever the rule says).
+        // The connection goes to the checked address; Node verifies the certificate for `servername` (the checked
+        // name), or for the address itself when the checked host is an IP literal (it resolves to itself). There
+        // is no option to skip it: rejectUnauthorized stays true whatever the rule says. (No per-request
+        // checkServerIdentity: a function per request defeats the pool's connection reuse.)
         ...(isIP(canonical.host) ? {} : { servername: canonical.host }),
-        checkServerIdentity: (_host: string, cert: PeerCertificate) => checkServerIdentity(canonical.host, cert),
         rejectUnauthorized: true,
         agent: core.tlsPool(adm.address, canonical.port, canonical.host, adm.rule?.caBundle),
       })

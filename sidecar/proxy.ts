@@ -16,6 +16,7 @@
 import { createHash } from 'node:crypto';
 import { Agent, createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
+import { createSecureContext } from 'node:tls';
 import { once } from 'node:events';
 import { Socket, type AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -89,6 +90,7 @@ export class FenceProxy {
   readonly #o: ProxyOptions;
   readonly #pools = new Map<string, Agent>();
   readonly #tlsPools = new Map<string, HttpsAgent>();
+  readonly #trustKeys = new Map<string, string>();
   /** Upstream trust for the public roots, built once (a fresh `ca` per pool would copy them each time). */
   #publicRoots: string[] | undefined;
   readonly #tunnels = new Set<Tunnel>();
@@ -279,7 +281,13 @@ export class FenceProxy {
   }
 
   #tlsPool(address: string, port: number, servername: string, ca: string | undefined): HttpsAgent {
-    const trust = ca === undefined ? 'public' : createHash('sha256').update(ca).digest('hex');
+    let trust = ca === undefined ? 'public' : this.#trustKeys.get(ca);
+    if (trust === undefined && ca !== undefined) {
+      // Hashed once per distinct bundle (a handful: one per rule with caBundle), not once per request.
+      trust = createHash('sha256').update(ca).digest('hex');
+      if (this.#trustKeys.size > 1024) this.#trustKeys.clear();
+      this.#trustKeys.set(ca, trust);
+    }
     const key = `${address}|${port}|${servername}|${trust}`;
     let pool = this.#tlsPools.get(key);
     if (!pool) {
@@ -289,8 +297,9 @@ export class FenceProxy {
         maxSockets: 256,
         maxFreeSockets: 64,
         scheduling: 'lifo',
-        // A rule's bundle replaces the public roots; an empty one trusts nothing (fail closed).
-        ca: ca === undefined ? this.#publicRoots : ca === '' ? [] : ca,
+        // A rule's bundle replaces the public roots; an empty one trusts nothing (fail closed). One context per
+        // pool: a `ca` option would parse the roots again for every new connection.
+        secureContext: createSecureContext({ ca: ca === undefined ? this.#publicRoots : ca === '' ? [] : ca }),
         rejectUnauthorized: true,
         ALPNProtocols: ['http/1.1'],
         maxCachedSessions: 100,

@@ -198,6 +198,14 @@ export async function startSidecar(
     },
   });
   new Gauge({
+    name: 'agentfence_sidecar_tls_leaf_mints_total',
+    help: 'Interception leaf certificates minted (cache misses); a cached name costs no minting.',
+    registers: [registry],
+    collect() {
+      this.set(podCA.minted());
+    },
+  });
+  new Gauge({
     name: 'agentfence_sidecar_audit_dropped_total',
     help: 'Audit lines dropped because stdout could not keep up.',
     registers: [registry],
