@@ -294,7 +294,7 @@ const httpRules: Schema = {
   items: httpRule,
   'x-kubernetes-list-type': 'atomic',
   description:
-    'Plain-HTTP profile: the sidecar also checks method and path. (Inside a TLS tunnel only host and port can be checked.)',
+    'HTTP profile: the sidecar also checks method and path, for plain HTTP and for HTTPS (CONNECT), which it then inspects with the pod CA (see tls).',
 };
 
 const mcpProfile = named('MCPProfile', {

@@ -41,7 +41,7 @@ export interface EgressRule {
   to: EgressTarget;
   /** Destination ports (the Service port for services). */
   ports: PortRange[];
-  /** Plain-HTTP profile: the sidecar also checks method and path. (Inside a TLS tunnel only host and port can be checked.) */
+  /** HTTP profile: the sidecar also checks method and path, for plain HTTP and for HTTPS (CONNECT), which it then inspects with the pod CA (see tls). */
   http?: HTTPRule[];
   /** Model Context Protocol profile: only these tools may be called (JSON-RPC tools/call over HTTP). */
   mcp?: MCPProfile;
@@ -225,7 +225,7 @@ export interface EntitlementEgressRule {
   cidrs?: string[];
   /** Ports. */
   ports: PortRange[];
-  /** Plain-HTTP profile: the sidecar also checks method and path. (Inside a TLS tunnel only host and port can be checked.) */
+  /** HTTP profile: the sidecar also checks method and path, for plain HTTP and for HTTPS (CONNECT), which it then inspects with the pod CA (see tls). */
   http?: HTTPRule[];
   /** Model Context Protocol profile: only these tools may be called (JSON-RPC tools/call over HTTP). */
   mcp?: MCPProfile;

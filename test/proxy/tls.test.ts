@@ -267,6 +267,16 @@ describe('real clients through inspection, configured only by the rendered envir
     expect(s.out).toContain('data: two');
   });
 
+  it('pools upstream TLS: many client tunnels, one upstream connection', async () => {
+    await attempt('curl', ['-sS', `${api()}/v1/orders/warm`]);
+    const before = good.connections();
+    for (let i = 0; i < 5; i++) {
+      const out = await attempt('curl', ['-sS', `${api()}/v1/orders/pooled-${i}`]);
+      expect(out.stdout).toBe(echo(`/v1/orders/pooled-${i}`));
+    }
+    expect(good.connections()).toBe(before);
+  });
+
   it('audits inspected requests with method, path, status and tls: inspected (no query, no headers)', async () => {
     await attempt('curl', ['-sS', `${api()}/v1/orders/77?secret=s3cr3t`]);
     const line = await lastAudit((a) => a.path === '/v1/orders/77');

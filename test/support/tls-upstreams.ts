@@ -18,6 +18,8 @@ import {
 export interface HttpsUpstream {
   port: number;
   received: { method: string; url: string; host: string; headers: Record<string, string | string[] | undefined> }[];
+  /** TLS connections accepted so far (to see the sidecar's pool reuse them). */
+  connections(): number;
   /** Releases the held second half of the SSE stream opened with `?id=<id>`. */
   release(id: string): void;
   close(): Promise<void>;
@@ -54,11 +56,14 @@ export async function httpsUpstream(cert: { certPem: string; keyPem: string }): 
     });
     res.end(body);
   });
+  let connections = 0;
+  server.on('secureConnection', () => connections++);
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
   return {
     port: (server.address() as AddressInfo).port,
     received,
+    connections: () => connections,
     release(id) {
       const rest = held.get(id);
       if (rest) {
