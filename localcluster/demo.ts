@@ -4,8 +4,11 @@
  * sidecars exchange real pod-bound tokens and proxy real HTTP to upstream servers on loopback. Only the kubelet
  * is missing, so the agent pods are admitted (and injected) but never run: their sidecars run here instead.
  */
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { request as httpRequest, createServer, type Server } from 'node:http';
+import { createServer as createHttpsServer, request as httpsRequest } from 'node:https';
+import { connect as netConnect } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
 import { once } from 'node:events';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -27,6 +30,8 @@ import { startControlPlane } from './controlplane.ts';
 import { localInjectorConfig, startLocalController } from './controller.ts';
 import { installCRDs, kubectlOrThrow } from './kubectl.ts';
 import { CONTROLLER } from '../operator/defaults.ts';
+import { LABEL_CA_BUNDLE } from '../lib/api/constants.ts';
+import { createCertificateAuthority, issueCertificate } from '../lib/tls/pki.ts';
 
 export interface DemoOptions {
   binaries: Binaries;
@@ -78,6 +83,49 @@ function call(
     );
     req.on('error', reject);
     req.end(body);
+  });
+}
+
+/**
+ * An agent's HTTPS call, as its HTTP client makes it with HTTPS_PROXY and SSL_CERT_FILE from the webhook: a
+ * CONNECT to the sidecar, then TLS trusting the bundle the sidecar wrote (public roots + the pod CA).
+ */
+async function callHttps(
+  sidecar: RunningSidecar,
+  bundleFile: string,
+  method: string,
+  url: string,
+): Promise<{ status: number; body: string }> {
+  const target = new URL(url);
+  const proxy = new URL(sidecar.proxyUrl);
+  const raw = netConnect(Number(proxy.port), proxy.hostname);
+  await once(raw, 'connect');
+  raw.write(`CONNECT ${target.host} HTTP/1.1\r\nHost: ${target.host}\r\n\r\n`);
+  const [head] = (await once(raw, 'data')) as [Buffer];
+  if (!head.toString('latin1').startsWith('HTTP/1.1 200')) {
+    raw.destroy();
+    return {
+      status: Number(head.toString('latin1').slice(9, 12)),
+      body: head.toString('utf8').split('\r\n\r\n')[1] ?? '',
+    };
+  }
+  const socket = tlsConnect({ socket: raw, host: target.hostname, ca: await readFile(bundleFile, 'utf8') });
+  await once(socket, 'secureConnect');
+  return new Promise((resolve, reject) => {
+    const req = httpsRequest(
+      { host: target.hostname, port: target.port, method, path: target.pathname, createConnection: () => socket },
+      (res) => {
+        let text = '';
+        res.setEncoding('utf8');
+        res.on('data', (c: string) => (text += c));
+        res.on('end', () => {
+          socket.destroy();
+          resolve({ status: res.statusCode ?? 0, body: text });
+        });
+      },
+    );
+    req.on('error', reject);
+    req.end();
   });
 }
 
@@ -155,14 +203,38 @@ export async function runDemo(options: DemoOptions): Promise<void> {
       createServer((req, res) => res.end(`docs page ${req.url ?? ''}\n`)),
       cleanup,
     );
+    // An HTTPS API with its own CA (an internal service): the policy names that CA in a labelled ConfigMap.
+    const issuesCa = await createCertificateAuthority('demo issues-api CA', 1);
+    const issuesCert = await issueCertificate(issuesCa, {
+      commonName: '127.0.0.1',
+      ipAddresses: ['127.0.0.1'],
+      usage: 'server',
+      validityDays: 1,
+    });
+    const issuesPort = await listen(
+      createHttpsServer({ cert: issuesCert.certPem, key: issuesCert.keyPem }, (req, res) => {
+        res.setHeader('content-type', 'application/json');
+        res.end(JSON.stringify({ path: req.url, issues: [{ id: 7, title: 'TLS inspection' }] }));
+      }),
+      cleanup,
+    );
     out(
-      `✔ upstreams: orders API :${ordersPort} (verifies agent tokens), LLM-like API :${llmPort}, docs site :${docsPort}`,
+      `✔ upstreams: orders API :${ordersPort} (verifies agent tokens), LLM-like API :${llmPort}, docs site :${docsPort}, HTTPS issues API :${issuesPort} (own CA)`,
     );
 
     // Policies and agents.
     await k(['create', 'namespace', NS]);
     await k(['create', 'serviceaccount', 'support-agent', '-n', NS]);
     await k(['create', 'serviceaccount', 'research-agent', '-n', NS]);
+    await k(
+      ['apply', '-f', '-'],
+      stringify({
+        apiVersion: 'v1',
+        kind: 'ConfigMap',
+        metadata: { name: 'issues-api-ca', namespace: NS, labels: { [LABEL_CA_BUNDLE]: 'true' } },
+        data: { 'ca.crt': issuesCa.certPem },
+      }),
+    );
     const supportPolicy = (withOrders: boolean): string =>
       stringify({
         apiVersion: 'agentfence.io/v1alpha1',
@@ -202,13 +274,21 @@ export async function runDemo(options: DemoOptions): Promise<void> {
             ports: [{ port: docsPort }],
             http: [{ methods: ['GET'], paths: [{ type: 'PathPrefix', value: '/docs/' }] }],
           },
+          {
+            // HTTPS with a path rule: the sidecar inspects it with the pod CA, and verifies the API's own CA.
+            name: 'issues-api',
+            to: { cidrs: ['127.0.0.1/32'] },
+            ports: [{ port: issuesPort }],
+            http: [{ methods: ['GET'], paths: [{ type: 'PathPrefix', value: '/repos/agentfence/' }] }],
+            caBundle: { configMap: 'issues-api-ca' },
+          },
         ],
       },
     });
     await k(['apply', '-f', '-'], supportPolicy(true));
     await k(['apply', '-f', '-'], researchPolicy);
     out(
-      '✔ AgentPolicies applied: support-agent → orders API (GET /v1/orders/*); research-agent → LLM (POST) + docs (GET /docs/*)',
+      '✔ AgentPolicies applied: support-agent → orders API (GET /v1/orders/*); research-agent → LLM (POST) + docs (GET /docs/*) + HTTPS issues API (GET /repos/agentfence/*)',
     );
 
     const sidecars = new Map<string, RunningSidecar>();
@@ -256,6 +336,8 @@ export async function runDemo(options: DemoOptions): Promise<void> {
           mode: { kind: 'controller', controllerUrl: issuerUrl, tokenFile, caFile: join(dir, 'ca.crt') },
           maxStalenessMs: 60_000,
           pod: { name: pod.metadata.name, namespace: NS },
+          // The in-memory volume the webhook mounts read-only into the agent's containers.
+          trustBundleDir: join(dir, `${agent}-trust`),
         },
         silentLogger,
         {
@@ -307,6 +389,23 @@ export async function runDemo(options: DemoOptions): Promise<void> {
     );
     await show('research-agent', research, 'GET', `http://127.0.0.1:${docsPort}/docs/intro`);
     await show('research-agent', research, 'GET', `http://127.0.0.1:${ordersPort}/v1/orders/42`);
+
+    out('');
+    out('▶ HTTPS through the same fence: the sidecar terminates TLS with its pod CA (trusted through the bundle the');
+    out('  webhook mounts), judges each request, and verifies the upstream against the policy’s caBundle:');
+    const bundle = join(dir, 'research-agent-trust', 'ca-bundle.pem');
+    for (const path of ['/repos/agentfence/issues', '/admin/users']) {
+      const url = `https://127.0.0.1:${issuesPort}${path}`;
+      const res = await callHttps(research, bundle, 'GET', url);
+      let detail = res.body.trim();
+      try {
+        const json = JSON.parse(detail) as Record<string, unknown>;
+        detail = res.status === 403 ? `${String(json.reason)}: ${String(json.missing)}` : JSON.stringify(json);
+      } catch {
+        /* plain text */
+      }
+      out(`  ${'research-agent'.padEnd(15)} GET  ${url.replace('127.0.0.1', '')} → ${res.status} ${detail}`);
+    }
 
     out('');
     out(`▶ kubectl get agentpolicies,agententitlements,networkpolicies -n ${NS}`);
