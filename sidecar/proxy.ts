@@ -426,6 +426,10 @@ export class FenceProxy {
       this.#deny({ res, close: unread() }, facts, adm, t);
       return;
     }
+    // Between admission and forwarding, and only here, headers are set on the canonical request: the agent's
+    // identity now (and, later, brokered credentials). Plain HTTP and decrypted HTTPS both pass this point,
+    // and what is set here goes out only over the connection the request was judged for (verified TLS for
+    // inspected HTTPS).
     if (adm.decision === 'allow' && adm.rule?.audience && this.#o.tokenFor) {
       let token: string;
       try {
