@@ -19,6 +19,8 @@ Controller mode (what the webhook injects):
 Both:
   --listen HOST:PORT         proxy address (default 127.0.0.1:15001)
   --admin-listen HOST:PORT   /healthz /readyz /status /metrics (default 0.0.0.0:15020)
+  --trust-bundle-dir DIR     where the trust bundle (public roots + the pod's interception CA) is written for
+                             the app containers; the CA key itself never leaves memory (default: not written)
   --log-level LEVEL          debug | info | warn | error (default info)
 `;
 
@@ -41,6 +43,7 @@ export function loadSidecarConfig(
       listen: { type: 'string', default: '127.0.0.1:15001' },
       'admin-listen': { type: 'string', default: '0.0.0.0:15020' },
       'log-level': { type: 'string', default: 'info' },
+      'trust-bundle-dir': { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
@@ -73,6 +76,7 @@ export function loadSidecarConfig(
       mode,
       maxStalenessMs: maxStalenessSeconds * 1000,
       pod: { name: env.POD_NAME ?? '', namespace: env.POD_NAMESPACE ?? '' },
+      ...(values['trust-bundle-dir'] ? { trustBundleDir: values['trust-bundle-dir'] } : {}),
     },
   };
 }

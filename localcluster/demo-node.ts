@@ -21,6 +21,22 @@ const req=http.request({host:'127.0.0.1',port:${PROXY_PORT},method,path:url,head
 res.on('end',()=>console.log(JSON.stringify({status:res.statusCode,body:t})))});
 req.on('error',(e)=>console.log(JSON.stringify({status:0,body:String(e.code)})));req.end(body);`;
 
+/**
+ * An HTTPS call from the app container as an HTTPS_PROXY-aware client makes it: CONNECT through the sidecar, then
+ * TLS trusting the process's CA store — which holds the pod CA because the webhook set NODE_EXTRA_CA_CERTS to the
+ * trust bundle the sidecar wrote.
+ */
+const CALL_HTTPS = `const http=require('node:http'),https=require('node:https'),tls=require('node:tls');
+const [method,url]=JSON.parse(process.argv[1]);const u=new URL(url);const done=(o)=>console.log(JSON.stringify(o));
+http.request({host:'127.0.0.1',port:${PROXY_PORT},method:'CONNECT',path:u.host,headers:{host:u.host}})
+.on('connect',(res,socket,head)=>{if(res.statusCode!==200){let t=head.toString();socket.on('data',(c)=>t+=c);
+socket.on('end',()=>done({status:res.statusCode,body:t}));return;}
+const req=https.request({host:u.hostname,port:u.port,method,path:u.pathname,
+createConnection:()=>tls.connect({socket,host:u.hostname})},(r)=>{let t='';r.setEncoding('utf8');
+r.on('data',(c)=>t+=c);r.on('end',()=>{done({status:r.statusCode,body:t});socket.destroy();});});
+req.on('error',(e)=>done({status:0,body:String(e.code)}));req.end();})
+.on('error',(e)=>done({status:0,body:String(e.code)})).end();`;
+
 /** The sidecar's admin status, from the app container (the pod shares one network namespace). */
 const STATUS = `fetch('http://127.0.0.1:${ADMIN_PORT}/status').then(async(r)=>console.log(JSON.stringify(
 {ready:r.status===200,status:await r.json()})),(e)=>console.log(JSON.stringify({ready:false,error:String(e)})));`;
@@ -85,6 +101,7 @@ export function nodeAgents(ctx: {
       pods.push(name);
       return Promise.resolve({
         call: (method, url, body) => exec(name, CALL, JSON.stringify([method, url, body ?? ''])),
+        callHttps: (method, url) => exec(name, CALL_HTTPS, JSON.stringify([method, url])),
         ready: async () => {
           const deadline = Date.now() + READY_TIMEOUT_MS;
           for (;;) {

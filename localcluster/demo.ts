@@ -7,8 +7,11 @@
  * the injected sidecar container, the agent calls go through it from the app container, and the upstreams
  * listen on the node's address (localcluster/demo-node.ts).
  */
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { request as httpRequest, createServer, type Server } from 'node:http';
+import { createServer as createHttpsServer, request as httpsRequest } from 'node:https';
+import { connect as netConnect } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
 import { once } from 'node:events';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -33,6 +36,8 @@ import { buildProjectImage } from './image.ts';
 import { localInjectorConfig, startLocalController } from './controller.ts';
 import { installCRDs, kubectlOrThrow } from './kubectl.ts';
 import { CONTROLLER } from '../operator/defaults.ts';
+import { LABEL_CA_BUNDLE } from '../lib/api/constants.ts';
+import { createCertificateAuthority, issueCertificate } from '../lib/tls/pki.ts';
 
 export interface DemoOptions {
   binaries: Binaries;
@@ -58,6 +63,8 @@ export interface AgentResponse {
 /** One running agent, as the narration drives it: its HTTP client (through its sidecar) and its sidecar's status. */
 export interface DemoAgent {
   call(method: string, url: string, body?: string): Promise<AgentResponse>;
+  /** An HTTPS call through the sidecar (CONNECT, then TLS trusting the bundle the webhook mounts). */
+  callHttps(method: string, url: string): Promise<AgentResponse>;
   /** Resolves once the sidecar is ready: its identity and entitlement revision. */
   ready(): Promise<{ agent: string; revision: string }>;
 }
@@ -120,6 +127,49 @@ function call(
   });
 }
 
+/**
+ * An agent's HTTPS call, as its HTTP client makes it with HTTPS_PROXY and SSL_CERT_FILE from the webhook: a
+ * CONNECT to the sidecar, then TLS trusting the bundle the sidecar wrote (public roots + the pod CA).
+ */
+async function callHttps(
+  sidecar: RunningSidecar,
+  bundleFile: string,
+  method: string,
+  url: string,
+): Promise<{ status: number; body: string }> {
+  const target = new URL(url);
+  const proxy = new URL(sidecar.proxyUrl);
+  const raw = netConnect(Number(proxy.port), proxy.hostname);
+  await once(raw, 'connect');
+  raw.write(`CONNECT ${target.host} HTTP/1.1\r\nHost: ${target.host}\r\n\r\n`);
+  const [head] = (await once(raw, 'data')) as [Buffer];
+  if (!head.toString('latin1').startsWith('HTTP/1.1 200')) {
+    raw.destroy();
+    return {
+      status: Number(head.toString('latin1').slice(9, 12)),
+      body: head.toString('utf8').split('\r\n\r\n')[1] ?? '',
+    };
+  }
+  const socket = tlsConnect({ socket: raw, host: target.hostname, ca: await readFile(bundleFile, 'utf8') });
+  await once(socket, 'secureConnect');
+  return new Promise((resolve, reject) => {
+    const req = httpsRequest(
+      { host: target.hostname, port: target.port, method, path: target.pathname, createConnection: () => socket },
+      (res) => {
+        let text = '';
+        res.setEncoding('utf8');
+        res.on('data', (c: string) => (text += c));
+        res.on('end', () => {
+          socket.destroy();
+          resolve({ status: res.statusCode ?? 0, body: text });
+        });
+      },
+    );
+    req.on('error', reject);
+    req.end();
+  });
+}
+
 /** The default runner: each agent pod is admitted but never runs; its sidecar runs here with a real token. */
 function inProcessAgents(ctx: {
   k: (args: string[], input?: string) => Promise<string>;
@@ -157,6 +207,8 @@ function inProcessAgents(ctx: {
           mode: { kind: 'controller', controllerUrl: ctx.issuerUrl, tokenFile, caFile: join(ctx.dir, 'ca.crt') },
           maxStalenessMs: 60_000,
           pod: { name: pod.metadata.name, namespace: NS },
+          // The in-memory volume the webhook mounts read-only into the agent's containers.
+          trustBundleDir: join(ctx.dir, `${agent}-trust`),
         },
         silentLogger,
         {
@@ -167,6 +219,7 @@ function inProcessAgents(ctx: {
       ctx.cleanup.push(() => sidecar.stop());
       return {
         call: (method, url, body) => call(sidecar, method, url, body),
+        callHttps: (method, url) => callHttps(sidecar, join(ctx.dir, `${agent}-trust`, 'ca-bundle.pem'), method, url),
         ready: async () => {
           for (let i = 0; i < 300 && (await fetch(`${sidecar.adminUrl}/readyz`)).status !== 200; i++) await sleep(100);
           return (await (await fetch(`${sidecar.adminUrl}/status`)).json()) as { agent: string; revision: string };
@@ -275,8 +328,24 @@ export async function runDemo(options: DemoOptions): Promise<void> {
       host,
       cleanup,
     );
+    // An HTTPS API with its own CA (an internal service): the policy names that CA in a labelled ConfigMap.
+    const issuesCa = await createCertificateAuthority('demo issues-api CA', 1);
+    const issuesCert = await issueCertificate(issuesCa, {
+      commonName: host,
+      ipAddresses: [host],
+      usage: 'server',
+      validityDays: 1,
+    });
+    const issuesPort = await listen(
+      createHttpsServer({ cert: issuesCert.certPem, key: issuesCert.keyPem }, (req, res) => {
+        res.setHeader('content-type', 'application/json');
+        res.end(JSON.stringify({ path: req.url, issues: [{ id: 7, title: 'TLS inspection' }] }));
+      }),
+      host,
+      cleanup,
+    );
     out(
-      `✔ upstreams: orders API :${ordersPort} (verifies agent tokens), LLM-like API :${llmPort}, docs site :${docsPort}`,
+      `✔ upstreams: orders API :${ordersPort} (verifies agent tokens), LLM-like API :${llmPort}, docs site :${docsPort}, HTTPS issues API :${issuesPort} (own CA)`,
     );
 
     // Policies and agents.
@@ -284,6 +353,15 @@ export async function runDemo(options: DemoOptions): Promise<void> {
     await runner.prepareNamespace?.();
     await k(['create', 'serviceaccount', 'support-agent', '-n', NS]);
     await k(['create', 'serviceaccount', 'research-agent', '-n', NS]);
+    await k(
+      ['apply', '-f', '-'],
+      stringify({
+        apiVersion: 'v1',
+        kind: 'ConfigMap',
+        metadata: { name: 'issues-api-ca', namespace: NS, labels: { [LABEL_CA_BUNDLE]: 'true' } },
+        data: { 'ca.crt': issuesCa.certPem },
+      }),
+    );
     const supportPolicy = (withOrders: boolean): string =>
       stringify({
         apiVersion: 'agentfence.io/v1alpha1',
@@ -323,13 +401,21 @@ export async function runDemo(options: DemoOptions): Promise<void> {
             ports: [{ port: docsPort }],
             http: [{ methods: ['GET'], paths: [{ type: 'PathPrefix', value: '/docs/' }] }],
           },
+          {
+            // HTTPS with a path rule: the sidecar inspects it with the pod CA, and verifies the API's own CA.
+            name: 'issues-api',
+            to: { cidrs: [`${host}/32`] },
+            ports: [{ port: issuesPort }],
+            http: [{ methods: ['GET'], paths: [{ type: 'PathPrefix', value: '/repos/agentfence/' }] }],
+            caBundle: { configMap: 'issues-api-ca' },
+          },
         ],
       },
     });
     await k(['apply', '-f', '-'], supportPolicy(true));
     await k(['apply', '-f', '-'], researchPolicy);
     out(
-      '✔ AgentPolicies applied: support-agent → orders API (GET /v1/orders/*); research-agent → LLM (POST) + docs (GET /docs/*)',
+      '✔ AgentPolicies applied: support-agent → orders API (GET /v1/orders/*); research-agent → LLM (POST) + docs (GET /docs/*) + HTTPS issues API (GET /repos/agentfence/*)',
     );
 
     const agents = new Map<string, DemoAgent>();
@@ -378,6 +464,22 @@ export async function runDemo(options: DemoOptions): Promise<void> {
     await show('research-agent', research, 'POST', `${base}:${llmPort}/v1/chat/completions`, '{"messages":[]}');
     await show('research-agent', research, 'GET', `${base}:${docsPort}/docs/intro`);
     await show('research-agent', research, 'GET', `${base}:${ordersPort}/v1/orders/42`);
+
+    out('');
+    out('▶ HTTPS through the same fence: the sidecar terminates TLS with its pod CA (trusted through the bundle the');
+    out('  webhook mounts), judges each request, and verifies the upstream against the policy’s caBundle:');
+    for (const path of ['/repos/agentfence/issues', '/admin/users']) {
+      const url = `https://${host}:${issuesPort}${path}`;
+      const res = await research.callHttps('GET', url);
+      let detail = res.body.trim();
+      try {
+        const json = JSON.parse(detail) as Record<string, unknown>;
+        detail = res.status === 403 ? `${String(json.reason)}: ${String(json.missing)}` : JSON.stringify(json);
+      } catch {
+        /* plain text */
+      }
+      out(`  ${'research-agent'.padEnd(15)} GET  ${url.replace(host, '')} → ${res.status} ${detail}`);
+    }
 
     out('');
     out(`▶ kubectl get agentpolicies,agententitlements,networkpolicies -n ${NS}`);

@@ -19,7 +19,7 @@
  *   4. report — status writes, foreign-problem log lines and metrics (`writeStatuses`/`reportForeignProblems` here).
  */
 import type { Registry } from 'prom-client';
-import { LABEL_MANAGED_BY, MANAGED_BY } from '../lib/api/constants.ts';
+import { LABEL_CA_BUNDLE, LABEL_MANAGED_BY, MANAGED_BY } from '../lib/api/constants.ts';
 import type { AgentPolicy } from '../lib/api/types.generated.ts';
 import type { Logger } from '../lib/log.ts';
 import { gauge } from '../lib/metrics.ts';
@@ -39,7 +39,15 @@ import { Controller } from '../lib/kube/controller.ts';
 import type { EventRecorder } from '../lib/kube/events.ts';
 import { Informer, objectKey } from '../lib/kube/informer.ts';
 import { compile } from './compiler/compile.ts';
-import type { CompileOptions, CompileOutput, Namespace, NetworkPolicy, PodInput, Service } from './compiler/types.ts';
+import type {
+  CompileOptions,
+  CompileOutput,
+  ConfigMapInput,
+  Namespace,
+  NetworkPolicy,
+  PodInput,
+  Service,
+} from './compiler/types.ts';
 import { owningPolicy, policyRef, upToDate } from './managed.ts';
 import { acknowledgedRevisions, policyStatus } from './policy-status.ts';
 import { foreignOverlaps } from './overlap.ts';
@@ -60,6 +68,7 @@ const R = {
   pods: RESOURCES.pods,
   namespaces: RESOURCES.namespaces,
   services: RESOURCES.services,
+  configmaps: RESOURCES.configmaps,
   networkPolicies: RESOURCES.networkPolicies,
   cilium: RESOURCES.ciliumNetworkPolicies,
 };
@@ -129,6 +138,15 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
     logger,
     registry,
   });
+  // Upstream CA bundles named by rules (caBundle): only ConfigMaps that opted in by label are listed.
+  const caBundles = new Informer<KubeObject & ConfigMapInput>({
+    client,
+    resource: R.configmaps,
+    name: 'ca-bundle-configmaps',
+    labelSelector: `${LABEL_CA_BUNDLE}=true`,
+    logger,
+    registry,
+  });
   // All NetworkPolicies, not only ours: foreign ones that widen agents' egress are reported.
   const netpols = new Informer<NetworkPolicyObject>({
     client,
@@ -148,7 +166,7 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
           registry,
         })
       : undefined;
-  const informers = [policies, pods, namespaces, services, netpols, ...(cilium ? [cilium] : [])];
+  const informers = [policies, pods, namespaces, services, caBundles, netpols, ...(cilium ? [cilium] : [])];
   const managedObjects = gauge(registry, {
     name: 'agentfence_managed_objects',
     help: 'Objects the operator writes, by kind.',
@@ -197,7 +215,13 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
     if (!stillLeading()) throw new LeadershipLostError('reconcile', 'cluster');
     const now = options.now?.() ?? new Date();
     const output = compile(
-      { policies: policies.list(), pods: pods.list(), namespaces: namespaces.list(), services: services.list() },
+      {
+        policies: policies.list(),
+        pods: pods.list(),
+        namespaces: namespaces.list(),
+        services: services.list(),
+        configMaps: caBundles.list(),
+      },
       { ...options.compileOptions, now },
     );
     const errors = new Map<string, string[]>(); // policy key → messages

@@ -26,6 +26,8 @@ export interface AuditRecord {
   bytesIn: number;
   bytesOut: number;
   durationMs: number;
+  /** CONNECT traffic: decrypted and judged per request ("inspected"), or a blind byte tunnel ("passthrough"). */
+  tls?: 'inspected' | 'passthrough';
 }
 
 export interface AuditSink {

@@ -4,6 +4,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { Agent } from 'node:http';
+import type { Agent as HttpsAgent } from 'node:https';
 import type { Duplex } from 'node:stream';
 import type { AuditRecord } from './audit.ts';
 import type { CompiledRule } from './match.ts';
@@ -19,7 +20,7 @@ export interface Timing {
 export const startTiming = (): Timing => ({ id: randomUUID(), at: Date.now(), started: performance.now() });
 
 /** The request an audit line describes: exactly what was (or would have been) forwarded. */
-export type AuditFacts = Pick<AuditRecord, 'method' | 'host' | 'port' | 'path'>;
+export type AuditFacts = Pick<AuditRecord, 'method' | 'host' | 'port' | 'path' | 'tls'>;
 
 export type AuditOutcome = Pick<AuditRecord, 'decision' | 'reason' | 'status'> &
   Partial<Pick<AuditRecord, 'bytesIn' | 'bytesOut'>>;
@@ -39,6 +40,11 @@ export interface Core {
   observe(kind: 'http' | 'connect', t: Timing): void;
   upstreamError(): void;
   pool(address: string, port: number): Agent;
+  /**
+   * The pool for TLS to an upstream of an intercepted tunnel: keyed by address, port, verified name and trust
+   * (keep-alive and TLS session reuse within it). `ca`: the rule's bundle, or undefined for the public roots.
+   */
+  tlsPool(address: string, port: number, servername: string, ca: string | undefined): HttpsAgent;
   /** Registers an open tunnel (revocation, expiry, close on shutdown). */
   track(tunnel: Tunnel, rule: CompiledRule | undefined): void;
   untrack(tunnel: Tunnel): void;

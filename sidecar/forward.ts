@@ -4,7 +4,8 @@
  * keep-alive pool, and the response back. Exactly one audit line per request, whatever ends it: the response
  * end, an upstream error, or the client going away mid-stream.
  */
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { ClientRequest, IncomingMessage, ServerResponse } from 'node:http';
+import { isIP } from 'node:net';
 import { applyFraming, endToEnd, type Framing } from './canonical.ts';
 import { ignore, type Core, type Timing } from './core.ts';
 import type { Admission, CanonicalRequest } from './pipeline.ts';
@@ -24,7 +25,13 @@ export function forwardHttp(
   t: Timing,
   expectContinue: boolean,
 ): void {
-  const facts = { method: canonical.method, host: canonical.host, port: canonical.port, path: canonical.path };
+  const facts = {
+    method: canonical.method,
+    host: canonical.host,
+    port: canonical.port,
+    path: canonical.path,
+    ...(canonical.tls ? { tls: 'inspected' as const } : {}),
+  };
   const framing: Framing = adm.body ? { kind: 'length', length: adm.body.length } : canonical.framing;
   applyFraming(headers, framing);
   let bytesIn = adm.body?.length ?? (framing.kind === 'length' ? framing.length : 0);
@@ -37,15 +44,26 @@ export function forwardHttp(
     core.observe('http', t);
   };
   core.count(adm.decision, adm.reason);
-  const upstream = httpRequest({
+  const options = {
     host: adm.address,
     port: canonical.port,
     method: canonical.method,
     path: canonical.path + canonical.query,
     headers,
-    agent: core.pool(adm.address, canonical.port),
     setHost: false,
-  });
+  };
+  const upstream: ClientRequest = canonical.tls
+    ? process.getBuiltinModule('node:https').request({
+        ...options,
+        // The connection goes to the checked address; Node verifies the certificate for `servername` (the checked
+        // name), or for the address itself when the checked host is an IP literal (it resolves to itself). There
+        // is no option to skip it: rejectUnauthorized stays true whatever the rule says. (No per-request
+        // checkServerIdentity: a function per request defeats the pool's connection reuse.)
+        ...(isIP(canonical.host) ? {} : { servername: canonical.host }),
+        rejectUnauthorized: true,
+        agent: core.tlsPool(adm.address, canonical.port, canonical.host, adm.rule?.caBundle),
+      })
+    : httpRequest({ ...options, agent: core.pool(adm.address, canonical.port) });
   upstream.on('response', (up) => {
     up.on('error', ignore);
     const status = up.statusCode ?? 502;
@@ -71,22 +89,27 @@ export function forwardHttp(
       }
     });
   });
-  upstream.on('error', (err) => {
+  upstream.on('error', (err: Error & { code?: string }) => {
     core.upstreamError();
     if (!res.headersSent && !res.destroyed) {
+      // Nothing was sent: TLS verification fails before the first byte of the request leaves.
+      const reason = canonical.tls && isCertificateError(err) ? 'upstream_certificate_invalid' : 'upstream_error';
       const text = JSON.stringify({
         error: 'bad_gateway',
-        reason: 'upstream_error',
-        message: `upstream ${canonical.host}:${canonical.port} failed: ${err.message}`,
+        reason,
+        message:
+          reason === 'upstream_certificate_invalid'
+            ? `the certificate of ${canonical.host}:${canonical.port} did not verify (${err.code ?? 'invalid'}): nothing was sent`
+            : `upstream ${canonical.host}:${canonical.port} failed: ${err.message}`,
       });
       res
-        .writeHead(502, 'upstream_error', {
+        .writeHead(502, reason, {
           'content-type': 'application/json',
           'content-length': Buffer.byteLength(text),
           connection: 'close',
         })
         .end(text);
-      finish('upstream_error', 502);
+      finish(reason, 502);
     } else {
       // The response had begun: the client sees it cut short.
       res.destroy();
@@ -107,4 +130,28 @@ export function forwardHttp(
     if (framing.kind === 'chunked') req.on('data', (chunk: Buffer) => (bytesIn += chunk.length));
     req.pipe(upstream);
   }
+}
+
+/** OpenSSL's verification failures and Node's name check: the upstream is not who it must be. */
+const CERTIFICATE_ERRORS = new Set([
+  'ERR_TLS_CERT_ALTNAME_INVALID',
+  'CERT_HAS_EXPIRED',
+  'CERT_NOT_YET_VALID',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'CERT_SIGNATURE_FAILURE',
+  'CERT_UNTRUSTED',
+  'CERT_REJECTED',
+  'CERT_REVOKED',
+  'INVALID_CA',
+  'INVALID_PURPOSE',
+  'HOSTNAME_MISMATCH',
+  'IP_ADDRESS_MISMATCH',
+]);
+
+function isCertificateError(err: Error & { code?: string }): boolean {
+  return err.code !== undefined && CERTIFICATE_ERRORS.has(err.code);
 }

@@ -26,6 +26,10 @@ export interface CompiledRule {
   mcp?: { path: string; tools: Set<string> };
   audience?: string;
   expiresAt?: number;
+  /** HTTPS to this destination: forced inspection, or kept blind (never with a profile; the CRD refuses it). */
+  tls?: 'Inspect' | 'Passthrough';
+  /** PEM CAs that verify this destination's upstream TLS instead of the public roots ('' trusts nothing). */
+  caBundle?: string;
 }
 
 export interface Destination {
@@ -136,7 +140,8 @@ export class Matcher {
    */
   decideConnect(dest: Destination, now: number): Decision {
     const candidates = this.candidates(dest, now);
-    const plain = candidates.find((r) => !r.http && !r.mcp);
+    // A rule without a profile keeps the tunnel blind, unless it asks for inspection (tls: Inspect).
+    const plain = candidates.find((r) => !r.http && !r.mcp && r.tls !== 'Inspect');
     if (plain) return { allow: true, rule: plain, needsMcpCheck: false };
     const first = candidates[0];
     if (first) return { allow: true, rule: first, needsMcpCheck: false, inspect: true };
@@ -213,6 +218,8 @@ function compileRule(rule: EntitlementEgressRule): CompiledRule {
   if (rule.mcp) compiled.mcp = { path: canonical(rule.mcp.path ?? '/mcp'), tools: new Set(rule.mcp.tools) };
   if (rule.audience) compiled.audience = rule.audience;
   if (rule.expiresAt) compiled.expiresAt = Date.parse(rule.expiresAt);
+  if (rule.tls) compiled.tls = rule.tls;
+  if (rule.caBundle !== undefined) compiled.caBundle = rule.caBundle;
   return compiled;
 }
 

@@ -32,6 +32,8 @@ export interface CanonicalRequest {
   /** A content coding or charset by which the upstream reads the body's bytes as something else. */
   coding?: string;
   framing: Framing;
+  /** Inside an intercepted TLS tunnel: forwarded over TLS that verifies the upstream. */
+  tls?: boolean;
 }
 
 /** Reads the request body for judging: the bytes, or why not. */
@@ -131,6 +133,14 @@ export async function admit(req: CanonicalRequest, ctx: PipelineContext): Promis
       allow: false,
       reason: 'upgrade_needs_rule_without_l7',
       missing: `rule ${decision.rule.rule} restricts methods, paths or tools, which cannot be checked after a protocol upgrade; upgrades need a rule without an http/mcp profile`,
+      rule: decision.rule,
+    };
+  } else if (decision.allow && req.kind === 'upgrade' && req.tls) {
+    // The upgrade forwarder speaks plain TCP: it would carry an intercepted (TLS) client's bytes unencrypted.
+    decision = {
+      allow: false,
+      reason: 'upgrade_needs_rule_without_l7',
+      missing: `protocol upgrades inside inspected HTTPS are not forwarded; give ${req.host}:${req.port} a rule without an http/mcp profile and without tls: Inspect`,
       rule: decision.rule,
     };
   }

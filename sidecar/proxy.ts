@@ -7,12 +7,15 @@
  *
  * A CONNECT to a destination whose rules need L7 checks is inspected: its first bytes are looked at; plain
  * HTTP/1.x is parsed by an inner HTTP server and every request in the tunnel is judged like a plain one; TLS
- * is refused (it cannot be inspected here).
+ * is terminated with a leaf from the pod CA (intercept.ts, pod-ca.ts) and the decrypted stream goes to that
+ * same inner server, its requests forwarded over verified TLS (forward.ts). Without a pod CA, TLS is refused.
  *
  * Data-path care (PERFORMANCE.md): matchers are compiled once per snapshot; upstream connections are pooled per
  * address; tunnels are piped at the socket level; audit writes are batched and never block.
  */
+import { createHash } from 'node:crypto';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import type { Agent as HttpsAgent } from 'node:https';
 import { once } from 'node:events';
 import { Socket, type AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -30,6 +33,8 @@ import { normalizeHost, type CompiledRule, type Matcher } from './match.ts';
 import { admit, type Admission, type BodyReader, type CanonicalRequest, type PipelineContext } from './pipeline.ts';
 import { sendRefusal, writeRawRefusal, type Refusal } from './respond.ts';
 import { TLS_HANDSHAKE_FAILURE, blindTunnel, sniff } from './tunnel.ts';
+import { terminateTls } from './intercept.ts';
+import { publicRoots, type PodCA } from './pod-ca.ts';
 
 // node:http through process.getBuiltinModule, not an ESM import: the ESM facade of node:http reads every export,
 // and WebSocket, CloseEvent and MessageEvent are lazy getters that load undici (~13 MB resident in every sidecar).
@@ -61,7 +66,21 @@ export interface ProxyOptions {
   maxBufferedBodyBytes?: number;
   /** A tunnel (CONNECT, upgrade) with no bytes either way for this long is closed (default 10 min). */
   tunnelIdleMs?: number;
+  /** The pod CA: TLS inside inspected tunnels is terminated with its leaves. Absent: such TLS is refused. */
+  interception?: PodCA;
+  /** A client that has not finished its TLS handshake inside an inspected tunnel by then is dropped (10 s). */
+  tlsHandshakeTimeoutMs?: number;
 }
+
+/** Tunnel endings that are refusals (status 403 in the tunnel's audit line), not the tunnel's own end. */
+const TUNNEL_REFUSALS = new Set([
+  'l7_rule_needs_plain_http',
+  'tls_client_rejected',
+  'tls_sni_mismatch',
+  'tls_alpn_unsupported',
+  'tls_handshake_timeout',
+  'tls_handshake_failed',
+]);
 
 type Denied = Extract<Admission, { allow: false }>;
 
@@ -73,6 +92,10 @@ export class FenceProxy {
   readonly #inner: Server;
   readonly #o: ProxyOptions;
   readonly #pools = new Map<string, Agent>();
+  readonly #tlsPools = new Map<string, HttpsAgent>();
+  readonly #trustKeys = new Map<string, string>();
+  /** Upstream trust for the public roots, built once (a fresh `ca` per pool would copy them each time). */
+  #publicRoots: string[] | undefined;
   readonly #tunnels = new Set<Tunnel>();
   readonly #targets = new WeakMap<object, TunnelTarget>();
   /** Requests in flight per client socket: a parse error there must not write a second response. */
@@ -122,6 +145,7 @@ export class FenceProxy {
       observe: (kind, t) => this.#durations[kind].observe((performance.now() - t.started) / 1000),
       upstreamError: () => this.#upstreamErrors.inc(),
       pool: (address, port) => this.#pool(address, port),
+      tlsPool: (address, port, servername, ca) => this.#tlsPool(address, port, servername, ca),
       track: (tunnel, rule) => {
         this.#tunnels.add(tunnel);
         this.#tunnelsOpen.inc();
@@ -198,6 +222,7 @@ export class FenceProxy {
     this.#inner.close();
     this.#inner.closeAllConnections();
     for (const pool of this.#pools.values()) pool.destroy();
+    for (const pool of this.#tlsPools.values()) pool.destroy();
     await once(this.server, 'close').catch(() => undefined);
   }
 
@@ -254,6 +279,38 @@ export class FenceProxy {
     if (!pool) {
       pool = new Agent({ keepAlive: true, maxSockets: 256, maxFreeSockets: 64, scheduling: 'lifo' });
       this.#pools.set(key, pool);
+    }
+    return pool;
+  }
+
+  #tlsPool(address: string, port: number, servername: string, ca: string | undefined): HttpsAgent {
+    let trust = ca === undefined ? 'public' : this.#trustKeys.get(ca);
+    if (trust === undefined && ca !== undefined) {
+      // Hashed once per distinct bundle (a handful: one per rule with caBundle), not once per request.
+      trust = createHash('sha256').update(ca).digest('hex');
+      if (this.#trustKeys.size > 1024) this.#trustKeys.clear();
+      this.#trustKeys.set(ca, trust);
+    }
+    const key = `${address}|${port}|${servername}|${trust}`;
+    let pool = this.#tlsPools.get(key);
+    if (!pool) {
+      this.#publicRoots ??= publicRoots();
+      // node:https and node:tls on first use (~7 MB resident): a sidecar whose rules never originate TLS does not pay.
+      const { Agent: HttpsAgentClass } = process.getBuiltinModule('node:https');
+      const { createSecureContext } = process.getBuiltinModule('node:tls');
+      pool = new HttpsAgentClass({
+        keepAlive: true,
+        maxSockets: 256,
+        maxFreeSockets: 64,
+        scheduling: 'lifo',
+        // A rule's bundle replaces the public roots; an empty one trusts nothing (fail closed). One context per
+        // pool: a `ca` option would parse the roots again for every new connection.
+        secureContext: createSecureContext({ ca: ca === undefined ? this.#publicRoots : ca === '' ? [] : ca }),
+        rejectUnauthorized: true,
+        ALPNProtocols: ['http/1.1'],
+        maxCachedSessions: 100,
+      });
+      this.#tlsPools.set(key, pool);
     }
     return pool;
   }
@@ -375,6 +432,10 @@ export class FenceProxy {
       this.#deny({ res, close: unread() }, facts, adm, t);
       return;
     }
+    // Between admission and forwarding, and only here, headers are set on the canonical request: the agent's
+    // identity now (and, later, brokered credentials). Plain HTTP and decrypted HTTPS both pass this point,
+    // and what is set here goes out only over the connection the request was judged for (verified TLS for
+    // inspected HTTPS).
     if (adm.decision === 'allow' && adm.rule?.audience && this.#o.tokenFor) {
       let token: string;
       try {
@@ -505,7 +566,7 @@ export class FenceProxy {
     const refusal = (status: number, reason: string, missing: string): Refusal =>
       this.#refusal(facts, status, reason, missing, adm.revision);
     if (!adm.inspect) {
-      blindTunnel(this.#core, client, head, adm.address, facts, grant, t, refusal);
+      blindTunnel(this.#core, client, head, adm.address, { ...facts, tls: 'passthrough' }, grant, t, refusal);
       return;
     }
     this.#inspect(client, head, { host, port }, facts, { ...grant, reason: 'inspected_tunnel' }, t);
@@ -524,6 +585,9 @@ export class FenceProxy {
     t: Timing,
   ): void {
     let closed = false;
+    let intercepted = false;
+    /** While the TLS handshake runs, its outcome (not the socket's close) says why the tunnel ends. */
+    let handshaking = false;
     const tunnel: Tunnel = {
       ...target,
       client,
@@ -532,9 +596,9 @@ export class FenceProxy {
         closed = true;
         client.destroy();
         this.#core.untrack(tunnel);
-        const denied = reason === 'l7_rule_needs_plain_http';
+        const denied = TUNNEL_REFUSALS.has(reason);
         this.#audit(
-          facts,
+          intercepted ? { ...facts, tls: 'inspected' } : facts,
           { decision: denied ? 'deny' : grant.decision, reason, status: denied ? 403 : 200 },
           grant.rule,
           grant.revision,
@@ -545,11 +609,20 @@ export class FenceProxy {
     };
     this.#count(grant.decision, grant.reason);
     this.#core.track(tunnel, grant.rule);
-    client.on('close', () => tunnel.close(grant.reason));
+    client.on('close', () => {
+      if (!handshaking) tunnel.close(grant.reason);
+    });
     if (client instanceof Socket) client.setTimeout(this.#core.idleMs, () => tunnel.close('idle_timeout'));
     client.write('HTTP/1.1 200 Connection Established\r\n\r\n');
     const start = (first: Buffer): void => {
       const kind = sniff(first[0] ?? 0);
+      const ca = this.#o.interception;
+      if (kind === 'tls' && ca) {
+        intercepted = true;
+        handshaking = true;
+        this.#intercept(client, first, target, ca, tunnel, () => (handshaking = false));
+        return;
+      }
       if (kind !== 'http') {
         this.#count('deny', 'l7_rule_needs_plain_http');
         // The client already has its 200: a TLS client gets a TLS alert; the reason is in the audit line.
@@ -570,12 +643,55 @@ export class FenceProxy {
     }
   }
 
+  /** TLS inside an inspected tunnel: terminated with the pod CA, then parsed by the inner server like plain HTTP. */
+  #intercept(client: Duplex, first: Buffer, target: TunnelTarget, ca: PodCA, tunnel: Tunnel, done: () => void): void {
+    terminateTls(client, first, target.host, ca, this.#o.tlsHandshakeTimeoutMs ?? 10_000).then(
+      (result) => {
+        done();
+        if (!result.ok) {
+          this.#count('deny', result.reason);
+          this.#o.logger.info('tls interception refused', {
+            reason: result.reason,
+            detail: result.detail,
+            host: target.host,
+            port: target.port,
+          });
+          tunnel.close(result.reason);
+          return;
+        }
+        const socket = result.socket;
+        if (client.destroyed) {
+          socket.destroy();
+          tunnel.close('inspected_tunnel');
+          return;
+        }
+        // The tunnel (revocation, expiry, idle) owns the raw socket; closing it ends the TLS stream too.
+        socket.on('close', () => tunnel.close('inspected_tunnel'));
+        this.#targets.set(socket, { ...target, tls: true });
+        this.#inner.emit('connection', socket);
+      },
+      (err: unknown) => {
+        done();
+        this.#o.logger.error('tls interception failed', { err });
+        tunnel.close('tls_handshake_failed');
+      },
+    );
+  }
+
   #onClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
     socket.on('error', ignore);
     // A parse error while a request is in flight on this connection: a second response would corrupt the
     // first, so none is written.
     if (err.code === 'ECONNRESET' || !socket.writable) {
       socket.destroy();
+      return;
+    }
+    // A TLS ClientHello sent to the plain-HTTP proxy port (a client configured with an https:// proxy URL):
+    // answered in its own protocol, a TLS alert, rather than HTTP bytes it would read as a broken record.
+    const raw = (err as NodeJS.ErrnoException & { rawPacket?: Buffer }).rawPacket;
+    if (raw?.[0] === 0x16 && (this.#inFlight.get(socket) ?? 0) === 0) {
+      this.#count('deny', 'tls_to_plain_proxy_port');
+      socket.end(TLS_HANDSHAKE_FAILURE);
       return;
     }
     if ((this.#inFlight.get(socket) ?? 0) > 0) {

@@ -21,6 +21,8 @@ import type { CanonicalRequest } from './pipeline.ts';
 export interface TunnelTarget {
   host: string;
   port: number;
+  /** The tunnel's TLS was terminated by the sidecar: requests go on over verified TLS to the upstream. */
+  tls?: boolean;
 }
 
 const BODYLESS = new Set(['HEAD', 'TRACE']);
@@ -109,7 +111,7 @@ export function canonicalRequest(
     const err = typeof path !== 'string' ? path : (query as Exclude<typeof query, string>);
     return { ok: false, facts, status: 400, reason: err.error, missing: `the path was refused: ${err.detail}` };
   }
-  const authority = canonicalAuthority(host, target.port);
+  const authority = canonicalAuthority(host, target.port, tunnel?.tls ? 443 : 80);
   const head = requestHead(req.rawHeaders, authority);
   if ('error' in head) return { ok: false, facts, status: 400, reason: head.error, missing: head.detail };
   const te = req.headers['transfer-encoding'];
@@ -147,6 +149,7 @@ export function canonicalRequest(
       authority,
       overrides,
       framing,
+      ...(tunnel?.tls ? { tls: true } : {}),
       ...formOf(req),
       ...codingOf(req),
     },

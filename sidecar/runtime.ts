@@ -20,6 +20,7 @@ import {
 import { IdentityClient } from './identity-client.ts';
 import { Matcher } from './match.ts';
 import { FenceProxy } from './proxy.ts';
+import { PodCA } from './pod-ca.ts';
 import type { Resolver } from './addresses.ts';
 
 export interface SidecarConfig {
@@ -30,11 +31,15 @@ export interface SidecarConfig {
   /** Without a snapshot or heartbeat for this long, everything is denied. */
   maxStalenessMs: number;
   pod: { name: string; namespace: string };
+  /** Where the trust bundle (public roots + pod CA) is written for the app containers; none: not written. */
+  trustBundleDir?: string;
 }
 
 export interface RunningSidecar {
   proxyUrl: string;
   adminUrl: string;
+  /** The pod's interception CA (its certificate; the key never leaves it). */
+  podCA: PodCA;
   registry: Registry;
   matcher(): Matcher | undefined;
   stop(): Promise<void>;
@@ -158,8 +163,16 @@ export async function startSidecar(
     pod: config.pod.name || entitlement?.spec.podName || '',
     namespace: config.pod.namespace || entitlement?.metadata.namespace || '',
   });
+  // The interception CA is generated before the proxy listens; with a bundle directory, the bundle is written
+  // before readiness (the app containers' startup waits for it).
+  const podCA = await PodCA.create({
+    ...(config.trustBundleDir !== undefined ? { bundleDir: config.trustBundleDir } : {}),
+    onRotate: (event) => logger.info('interception CA rotated', event),
+  });
+  podCA.start((err) => logger.error('interception CA rotation failed', { err }));
   const proxy = new FenceProxy({
     ...config.listen,
+    interception: podCA,
     matcher: () => matcher,
     agent: agentView,
     ...(identity ? { tokenFor: (aud: string) => identity.tokenFor(aud) } : {}),
@@ -182,6 +195,14 @@ export async function startSidecar(
     labelNames: [],
     collect() {
       this.set(lastContact ? (Date.now() - lastContact) / 1000 : 0);
+    },
+  });
+  gauge(registry, {
+    name: 'agentfence_sidecar_tls_leaf_mints_total',
+    help: 'Interception leaf certificates minted (cache misses); a cached name costs no minting.',
+    labelNames: [],
+    collect() {
+      this.set(podCA.minted());
     },
   });
   gauge(registry, {
@@ -220,6 +241,7 @@ export async function startSidecar(
       readiness: {
         identity: () => !identity || identity.current() !== undefined,
         entitlements: () => matcher !== undefined,
+        trustBundle: () => podCA.bundleWritten(),
       },
       status: () => ({
         agent: agentView().sub,
@@ -230,9 +252,12 @@ export async function startSidecar(
         identityError: identity?.lastError ?? null,
         identityRefresh: identity?.health() ?? null,
         stream: source.state?.() ?? null,
+        // The certificate's fingerprint and expiry only: the key has no way out (it is not extractable).
+        interceptionCA: { fingerprint: podCA.fingerprint(), notAfter: podCA.notAfter().toISOString() },
       }),
     });
   } catch (err) {
+    podCA.stop();
     await proxy.close();
     throw err;
   }
@@ -240,12 +265,14 @@ export async function startSidecar(
   return {
     proxyUrl,
     adminUrl: health.url,
+    podCA,
     registry,
     matcher: () => matcher,
     async stop() {
       if (staleTimer) clearInterval(staleTimer);
       source.stop();
       identity?.stop();
+      podCA.stop();
       await proxy.close();
       await health.close();
       audit.flush();

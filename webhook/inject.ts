@@ -19,8 +19,14 @@ export const CA_CONFIGMAP = 'agentfence-ca';
 const VOLUME_TOKEN = 'agentfence-token';
 const VOLUME_CA = 'agentfence-ca';
 const VOLUME_SCRATCH = 'agentfence-scratch';
-/** The volumes the injection adds; only the sidecar may mount them (the token volume holds its credential). */
-export const INJECTED_VOLUMES: readonly string[] = [VOLUME_TOKEN, VOLUME_CA, VOLUME_SCRATCH];
+/** The trust bundle the sidecar writes (public roots + the pod's interception CA); app containers read it. */
+const VOLUME_TRUST = 'agentfence-trust';
+/**
+ * The volumes the injection adds. Only the sidecar may mount them (the token volume holds its credential);
+ * the trust volume is also mounted read-only into app and init containers by the injection itself, never by
+ * the user (a writable mount could replace the bundle).
+ */
+export const INJECTED_VOLUMES: readonly string[] = [VOLUME_TOKEN, VOLUME_CA, VOLUME_SCRATCH, VOLUME_TRUST];
 /** The sidecar's listeners, in the pod's shared network namespace: an app port on either would collide. */
 export const SIDECAR_PORTS: readonly number[] = [PROXY_PORT, ADMIN_PORT];
 /**
@@ -39,6 +45,29 @@ const FORBIDDEN_CAPABILITIES: Record<string, string> = {
 };
 const TOKEN_DIR = '/var/run/secrets/agentfence.io';
 const CA_DIR = '/var/run/agentfence/ca';
+/** Where the trust bundle is, in the sidecar (written) and in every app and init container (read-only). */
+export const TRUST_DIR = '/var/run/agentfence/trust';
+/** The bundle files (sidecar/pod-ca.ts writes them under these names). */
+const TRUST_BUNDLE = `${TRUST_DIR}/ca-bundle.pem`;
+const POD_CA = `${TRUST_DIR}/pod-ca.pem`;
+/**
+ * Where each common stack looks for its trust store, pointed at the bundle (public roots + pod CA; the
+ * variables that replace a store get the whole bundle, so destinations that are not intercepted still verify).
+ * Node adds NODE_EXTRA_CA_CERTS to its own roots, so it gets the pod CA alone. The JVM reads none of these
+ * (docs/sidecar.md says what to do there).
+ */
+export const TRUST_ENV: readonly EnvVar[] = [
+  { name: 'SSL_CERT_FILE', value: TRUST_BUNDLE }, // OpenSSL default paths: Python ssl/urllib/httpx, Ruby, Go, curl builds
+  { name: 'REQUESTS_CA_BUNDLE', value: TRUST_BUNDLE }, // Python requests (ignores SSL_CERT_FILE)
+  { name: 'CURL_CA_BUNDLE', value: TRUST_BUNDLE },
+  { name: 'NODE_EXTRA_CA_CERTS', value: POD_CA },
+  { name: 'GIT_SSL_CAINFO', value: TRUST_BUNDLE },
+  { name: 'AWS_CA_BUNDLE', value: TRUST_BUNDLE }, // AWS CLI, boto3, AWS SDKs
+  { name: 'PIP_CERT', value: TRUST_BUNDLE },
+  { name: 'GRPC_DEFAULT_SSL_ROOTS_FILE_PATH', value: TRUST_BUNDLE }, // gRPC C-core (Python grpcio, Ruby)
+  { name: 'DENO_CERT', value: TRUST_BUNDLE },
+  { name: 'CARGO_HTTP_CAINFO', value: TRUST_BUNDLE },
+];
 
 /** Per-pod overrides: resources and verbosity only — nothing here can switch enforcement off. */
 export const OVERRIDES = {
@@ -124,15 +153,23 @@ export function inject(input: Pod, config: InjectorConfig): InjectResult {
     return refuse('InvalidAgentName', `${LABEL_AGENT} must be a lower-case DNS label (got '${labels[LABEL_AGENT]}')`);
   }
 
-  // Proxy environment for every app and init container.
+  // Proxy environment and the trust bundle for every app and init container. The trust variables go first:
+  // NO_PROXY is stripped and appended again on every render, so it must stay last for a re-render to be a no-op.
   for (const c of appContainers) {
     warnings.push(...unreadableNoProxy(c));
+    const trust = setTrustEnv(c);
     const replaced = setProxyEnv(c);
     if (replaced.length > 0) {
       warnings.push(
         `container ${c.name}: ${replaced.join(', ')} replaced by the Agentfence sidecar address (egress goes through the fence)`,
       );
     }
+    if (trust.length > 0) {
+      warnings.push(
+        `container ${c.name}: ${trust.join(', ')} replaced by the Agentfence trust bundle (public roots + the pod's interception CA); a private CA for an upstream belongs in the policy rule's caBundle`,
+      );
+    }
+    c.volumeMounts = [...(c.volumeMounts ?? []), { name: VOLUME_TRUST, mountPath: TRUST_DIR, readOnly: true }];
   }
 
   const resources = { ...config.resources, ...overrides.values.resources };
@@ -155,6 +192,8 @@ export function inject(input: Pod, config: InjectorConfig): InjectResult {
     },
     { name: VOLUME_CA, configMap: { name: CA_CONFIGMAP, items: [{ key: 'ca.crt', path: 'ca.crt' }] } },
     { name: VOLUME_SCRATCH, emptyDir: { medium: 'Memory', sizeLimit: '16Mi' } },
+    // Memory-backed: the bundle is written by the sidecar at start and never touches the node's disk.
+    { name: VOLUME_TRUST, emptyDir: { medium: 'Memory', sizeLimit: '4Mi' } },
   ];
   pod.metadata.labels = labels;
   pod.metadata.annotations = {
@@ -285,13 +324,14 @@ function sidecarContainer(config: InjectorConfig, resources: InjectorConfig['res
       `--admin-listen=0.0.0.0:${ADMIN_PORT}`,
       `--max-staleness=${config.maxStaleness}`,
       `--log-level=${logLevel}`,
+      `--trust-bundle-dir=${TRUST_DIR}`,
     ],
     env: [
       { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
       { name: 'POD_NAMESPACE', valueFrom: { fieldRef: { fieldPath: 'metadata.namespace' } } },
     ],
     ports: [{ name: 'agentfence-adm', containerPort: ADMIN_PORT, protocol: 'TCP' }],
-    // App containers start only after this passes: identity obtained and entitlements loaded.
+    // App containers start only after this passes: identity obtained, entitlements loaded, trust bundle written.
     startupProbe: probe('/readyz', { periodSeconds: 1, failureThreshold: 120 }),
     readinessProbe: probe('/readyz', { periodSeconds: 5 }),
     livenessProbe: probe('/healthz', { periodSeconds: 10, failureThreshold: 3 }),
@@ -312,8 +352,28 @@ function sidecarContainer(config: InjectorConfig, resources: InjectorConfig['res
       { name: VOLUME_TOKEN, mountPath: TOKEN_DIR, readOnly: true },
       { name: VOLUME_CA, mountPath: CA_DIR, readOnly: true },
       { name: VOLUME_SCRATCH, mountPath: '/tmp' },
+      { name: VOLUME_TRUST, mountPath: TRUST_DIR },
     ],
   };
+}
+
+/**
+ * The trust-store variables belong to the fence like the proxy variables: a file path cannot be merged at
+ * admission, so a different value is replaced (the caller warns).
+ */
+function setTrustEnv(c: Container): string[] {
+  const env = [...(c.env ?? [])];
+  const replaced: string[] = [];
+  for (const ours of TRUST_ENV) {
+    const i = env.findIndex((e) => e.name === ours.name);
+    if (i < 0) env.push({ ...ours });
+    else if (env[i]?.value !== ours.value || env[i]?.valueFrom !== undefined) {
+      replaced.push(ours.name);
+      env[i] = { ...ours };
+    }
+  }
+  c.env = env;
+  return replaced;
 }
 
 /**
@@ -382,11 +442,19 @@ function strip(pod: Pod): Pod {
   const init = (spec.initContainers ?? []).filter((c) => c.name !== SIDECAR_NAME);
   if (init.length > 0) spec.initContainers = init;
   else delete spec.initContainers;
-  const ours = new Set([VOLUME_TOKEN, VOLUME_CA, VOLUME_SCRATCH]);
+  const ours = new Set(INJECTED_VOLUMES);
   const volumes = (spec.volumes ?? []).filter((v) => !ours.has(v.name));
   if (volumes.length > 0) spec.volumes = volumes;
   else delete spec.volumes;
   for (const c of [...(spec.initContainers ?? []), ...spec.containers]) {
+    // Our read-only trust mount comes out (rendered again below); the user's mounts stay.
+    if (c.volumeMounts) {
+      const mounts = c.volumeMounts.filter(
+        (m) => !(m.name === VOLUME_TRUST && m.mountPath === TRUST_DIR && m.readOnly),
+      );
+      if (mounts.length > 0) c.volumeMounts = mounts;
+      else delete c.volumeMounts;
+    }
     if (!c.env) continue;
     // Proxy variables stay where they are (rendering again sets the same value in the same place); only our
     // NO_PROXY entries come out, to be appended again.

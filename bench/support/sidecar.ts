@@ -78,6 +78,8 @@ export async function startSidecar(
   children: ChildProcess[],
   /** Node flags for the sidecar process only (e.g. a V8 heap cap). */
   nodeFlags: string[] = [],
+  /** More sidecar flags (e.g. --trust-bundle-dir). */
+  sidecarFlags: string[] = [],
 ): Promise<SidecarProcess> {
   const port = await freePort();
   const adminPort = await freePort();
@@ -119,6 +121,7 @@ export async function startSidecar(
       `127.0.0.1:${adminPort}`,
       '--log-level',
       'warn',
+      ...sidecarFlags,
     ],
     { stdio: ['ignore', openSync(auditFile, 'w'), 'inherit'] },
   );

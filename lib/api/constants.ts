@@ -12,6 +12,8 @@ export const AGENT_ENTITLEMENT = {
 
 export const LABEL_INJECT = 'agentfence.io/inject';
 export const LABEL_AGENT = 'agentfence.io/agent';
+/** A ConfigMap a policy rule may name as its upstream caBundle carries this label set to "true" (opt-in). */
+export const LABEL_CA_BUNDLE = 'agentfence.io/ca-bundle';
 export const LABEL_MANAGED_BY = 'app.kubernetes.io/managed-by';
 export const MANAGED_BY = 'agentfence';
 

@@ -63,6 +63,8 @@ const str = (maxLength: number, description: string, extra: Partial<Schema> = {}
 });
 
 const DNS_LABEL = '^[a-z0-9]([-a-z0-9]*[a-z0-9])?$';
+/** Written for a CEL string literal: the regex's `\.` is `\\.` in CEL. */
+const DNS_SUBDOMAIN = '^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$';
 
 // ---------------------------------------------------------------- shared fragments
 
@@ -292,7 +294,7 @@ const httpRules: Schema = {
   items: httpRule,
   'x-kubernetes-list-type': 'atomic',
   description:
-    'Plain-HTTP profile: the sidecar also checks method and path. (Inside a TLS tunnel only host and port can be checked.)',
+    'HTTP profile: the sidecar also checks method and path, for plain HTTP and for HTTPS (CONNECT), which it then inspects with the pod CA (see tls).',
 };
 
 const mcpProfile = named('MCPProfile', {
@@ -330,6 +332,32 @@ const audience = str(
     minLength: 1,
   },
 );
+
+/** A rule's upstream CA bundle in an AgentEntitlement: a few CA certificates, never a whole root store. */
+export const CA_BUNDLE_MAX_BYTES = 65536;
+
+const tlsMode: Schema = {
+  type: 'string',
+  enum: ['Inspect', 'Passthrough'],
+  description:
+    'HTTPS (CONNECT) to this destination. Inspect: the sidecar terminates TLS with the pod CA and judges every request inside (the default wherever an http or mcp profile needs it; set on a rule without a profile it audits each request). Passthrough: a blind tunnel, for clients that pin certificates; not allowed with an http or mcp profile.',
+};
+
+const caBundleRef = named('CABundleRef', {
+  type: 'object',
+  required: ['configMap'],
+  description:
+    'Upstream trust for inspected HTTPS to this destination: the CA certificates (PEM) in a ConfigMap of the policy’s namespace replace the public roots. Verification is never off.',
+  properties: {
+    configMap: str(253, 'The ConfigMap name.', {
+      minLength: 1,
+      'x-kubernetes-validations': [
+        { rule: `self.matches('${DNS_SUBDOMAIN}')`, message: 'ConfigMap names are DNS subdomains' },
+      ],
+    }),
+    key: str(253, "The key holding the PEM bundle; default 'ca.crt'.", { default: 'ca.crt', minLength: 1 }),
+  },
+});
 
 const ruleName = str(63, 'Rule name, unique within the list; appears in status, audit lines and metrics.', {
   minLength: 1,
@@ -380,9 +408,20 @@ const egressRule = named('EgressRule', {
     http: httpRules,
     mcp: mcpProfile,
     audience,
+    tls: tlsMode,
+    caBundle: caBundleRef,
   },
   'x-kubernetes-validations': [
     { rule: '!(has(self.http) && has(self.mcp))', message: 'a rule takes at most one profile: http or mcp' },
+    {
+      rule: "!(has(self.tls) && self.tls == 'Passthrough' && (has(self.http) || has(self.mcp)))",
+      message:
+        'tls: Passthrough keeps HTTPS blind, so the http/mcp profile of this rule could not be checked; drop the profile or use tls: Inspect',
+    },
+    {
+      rule: "!(has(self.tls) && self.tls == 'Passthrough' && has(self.caBundle))",
+      message: 'caBundle verifies upstreams of inspected HTTPS; a tls: Passthrough rule never connects with TLS itself',
+    },
     {
       rule: "!(has(self.http) || has(self.mcp)) || self.ports.all(p, !has(p.protocol) || p.protocol == 'TCP')",
       message: 'http and mcp profiles apply to TCP ports only; drop the profile or use protocol TCP',
@@ -578,6 +617,11 @@ const entitlementEgressRule = named('EntitlementEgressRule', {
     mcp: withoutValidations(mcpProfile),
     audience,
     expiresAt: { type: 'string', format: 'date-time', description: 'When this grant ends.' },
+    tls: tlsMode,
+    caBundle: str(
+      CA_BUNDLE_MAX_BYTES,
+      'PEM CA certificates trusted for this destination’s upstream TLS instead of the public roots (resolved from the policy’s ConfigMap; empty when it could not be read: nothing verifies).',
+    ),
   },
 });
 

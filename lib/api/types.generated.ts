@@ -41,12 +41,16 @@ export interface EgressRule {
   to: EgressTarget;
   /** Destination ports (the Service port for services). */
   ports: PortRange[];
-  /** Plain-HTTP profile: the sidecar also checks method and path. (Inside a TLS tunnel only host and port can be checked.) */
+  /** HTTP profile: the sidecar also checks method and path, for plain HTTP and for HTTPS (CONNECT), which it then inspects with the pod CA (see tls). */
   http?: HTTPRule[];
   /** Model Context Protocol profile: only these tools may be called (JSON-RPC tools/call over HTTP). */
   mcp?: MCPProfile;
   /** The audience of the agent token the sidecar presents to this destination (its `aud` claim). */
   audience?: string;
+  /** HTTPS (CONNECT) to this destination. Inspect: the sidecar terminates TLS with the pod CA and judges every request inside (the default wherever an http or mcp profile needs it; set on a rule without a profile it audits each request). Passthrough: a blind tunnel, for clients that pin certificates; not allowed with an http or mcp profile. */
+  tls?: 'Inspect' | 'Passthrough';
+  /** Upstream trust for inspected HTTPS to this destination: the CA certificates (PEM) in a ConfigMap of the policy’s namespace replace the public roots. Verification is never off. */
+  caBundle?: CABundleRef;
 }
 
 /** Where the agent may go: exactly one of hosts, services, agents or cidrs. */
@@ -106,6 +110,14 @@ export interface MCPProfile {
   path?: string;
   /** Tools that may be called. */
   tools: string[];
+}
+
+/** Upstream trust for inspected HTTPS to this destination: the CA certificates (PEM) in a ConfigMap of the policy’s namespace replace the public roots. Verification is never off. */
+export interface CABundleRef {
+  /** The ConfigMap name. */
+  configMap: string;
+  /** The key holding the PEM bundle; default 'ca.crt'. */
+  key?: string;
 }
 
 /** Who may connect to the selected agents. For agents of other namespaces this is also consent: their egress grants to agents (or to Services of agents) here open nothing until a rule here admits their namespace and agents (from.agents). */
@@ -213,7 +225,7 @@ export interface EntitlementEgressRule {
   cidrs?: string[];
   /** Ports. */
   ports: PortRange[];
-  /** Plain-HTTP profile: the sidecar also checks method and path. (Inside a TLS tunnel only host and port can be checked.) */
+  /** HTTP profile: the sidecar also checks method and path, for plain HTTP and for HTTPS (CONNECT), which it then inspects with the pod CA (see tls). */
   http?: HTTPRule[];
   /** Model Context Protocol profile: only these tools may be called (JSON-RPC tools/call over HTTP). */
   mcp?: MCPProfile;
@@ -221,6 +233,10 @@ export interface EntitlementEgressRule {
   audience?: string;
   /** When this grant ends. */
   expiresAt?: string;
+  /** HTTPS (CONNECT) to this destination. Inspect: the sidecar terminates TLS with the pod CA and judges every request inside (the default wherever an http or mcp profile needs it; set on a rule without a profile it audits each request). Passthrough: a blind tunnel, for clients that pin certificates; not allowed with an http or mcp profile. */
+  tls?: 'Inspect' | 'Passthrough';
+  /** PEM CA certificates trusted for this destination’s upstream TLS instead of the public roots (resolved from the policy’s ConfigMap; empty when it could not be read: nothing verifies). */
+  caBundle?: string;
 }
 
 export interface AgentEntitlementStatus {

@@ -4,7 +4,8 @@ import type { AgentPolicy, LabelSelector } from '../../lib/api/types.generated.t
 import { byNamespaceAndName, compareStrings, sortedUnique } from './canonical.ts';
 import { hostCidr } from '../../lib/ip.ts';
 import { LabelIndex, compileSelector, type Labels } from './selectors.ts';
-import type { CompileInput, PodInput, Service, SkippedPod } from './types.ts';
+import type { CompileInput, ConfigMapInput, PodInput, Service, SkippedPod } from './types.ts';
+import { LABEL_CA_BUNDLE } from '../../lib/api/constants.ts';
 
 export const NAMESPACE_NAME_LABEL = 'kubernetes.io/metadata.name';
 
@@ -36,6 +37,8 @@ export class ClusterIndex {
   readonly pods = new Map<string, LabelIndex<IndexedPod>>();
   readonly agents = new Map<string, LabelIndex<IndexedPod>>();
   readonly services = new Map<string, Service>();
+  /** `namespace/name` → CA-bundle ConfigMap (opted in by label). */
+  readonly caBundles = new Map<string, ConfigMapInput>();
   readonly namespaceLabels = new Map<string, Labels>();
   private readonly policiesByNamespace = new Map<string, AgentPolicy[]>();
   readonly skipped: SkippedPod[] = [];
@@ -56,6 +59,10 @@ export class ClusterIndex {
       }
       this.indexFor(this.pods, view.namespace).add(view);
       if (agent) this.indexFor(this.agents, view.namespace).add(view);
+    }
+    for (const cm of input.configMaps ?? []) {
+      if (cm.metadata.labels?.[LABEL_CA_BUNDLE] !== 'true') continue;
+      this.caBundles.set(`${cm.metadata.namespace ?? 'default'}/${cm.metadata.name ?? ''}`, cm);
     }
     for (const svc of input.services) {
       const ns = svc.metadata.namespace ?? 'default';

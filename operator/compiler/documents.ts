@@ -7,7 +7,7 @@ import type { AgentPolicy } from '../../lib/api/types.generated.ts';
 import { API_VERSION } from '../../lib/api/constants.ts';
 import { agentPolicySpec } from '../../lib/api/schema.ts';
 import { validateSchema } from '../../lib/api/validate.ts';
-import type { CompileInput, Namespace, PodInput, Service } from './types.ts';
+import type { CompileInput, ConfigMapInput, Namespace, PodInput, Service } from './types.ts';
 
 export interface SourceDocument {
   /** Where it came from: a file name. */
@@ -52,6 +52,7 @@ export function collectManifests(documents: readonly SourceDocument[]): Manifest
   const pods: PodInput[] = [];
   const namespaces: Namespace[] = [];
   const services: Service[] = [];
+  const configMaps: ConfigMapInput[] = [];
   const ignored: string[] = [];
 
   const visit = (doc: SourceDocument): void => {
@@ -114,6 +115,19 @@ export function collectManifests(documents: readonly SourceDocument[]): Manifest
       case 'Namespace':
         namespaces.push(value as unknown as Namespace);
         return;
+      case 'ConfigMap': {
+        // Read only for rules' caBundle (and only when labelled agentfence.io/ca-bundle=true, see cluster-index.ts).
+        const data = isObject(value.data) ? value.data : {};
+        if (!Object.values(data).every((v) => typeof v === 'string')) {
+          problems.push(where('data: ConfigMap values must be strings'));
+          return;
+        }
+        configMaps.push({
+          metadata: { ...(metadata as ConfigMapInput['metadata']), namespace },
+          data: data as Record<string, string>,
+        });
+        return;
+      }
     }
     const templateOf = WORKLOAD_TEMPLATE[kind];
     if (!templateOf) {
@@ -140,5 +154,5 @@ export function collectManifests(documents: readonly SourceDocument[]): Manifest
 
   for (const doc of documents) visit(doc);
   if (problems.length > 0) throw new ManifestError(problems);
-  return { policies, pods, namespaces, services, ignored: [...new Set(ignored)].sort() };
+  return { policies, pods, namespaces, services, configMaps, ignored: [...new Set(ignored)].sort() };
 }

@@ -4,10 +4,11 @@
  */
 import type { AgentPolicy, EntitlementEgressRule, HTTPRule, LabelSelector } from '../../lib/api/types.generated.ts';
 import type { OwnerReference } from '../../lib/api/meta.ts';
-import { API_VERSION, LABEL_INJECT, LABEL_MANAGED_BY, MANAGED_BY } from '../../lib/api/constants.ts';
-import { agentEntitlementSpec } from '../../lib/api/schema.ts';
+import { API_VERSION, LABEL_CA_BUNDLE, LABEL_INJECT, LABEL_MANAGED_BY, MANAGED_BY } from '../../lib/api/constants.ts';
+import { CA_BUNDLE_MAX_BYTES, agentEntitlementSpec } from '../../lib/api/schema.ts';
 import { canonicalJSON, compareStrings, sortedUnique } from './canonical.ts';
 import { ciliumDnsRule, namespaceSelectorFor } from './baseline.ts';
+import { X509Certificate } from 'node:crypto';
 import { NAMESPACE_NAME_LABEL, type ClusterIndex, type IndexedPod } from './cluster-index.ts';
 import { consentedCallees } from './consent.ts';
 import type { PolicyGrant } from './entitlement.ts';
@@ -315,6 +316,8 @@ export function compilePolicy(
       ...(rule.mcp ? { mcp: { ...rule.mcp, tools: sortedUnique(rule.mcp.tools) } } : {}),
       ...(rule.audience !== undefined ? { audience: rule.audience } : {}),
       ...(spec.expiresAt !== undefined ? { expiresAt: spec.expiresAt } : {}),
+      ...(rule.tls ? { tls: rule.tls } : {}),
+      ...(rule.caBundle ? { caBundle: resolveCABundle(index, namespace, rule.caBundle, problem) } : {}),
     });
   }
 
@@ -453,4 +456,52 @@ function canonicalHttp(rules: readonly HTTPRule[]): HTTPRule[] {
       ...(r.paths ? { paths: byJson(r.paths) } : {}),
     })),
   );
+}
+
+/**
+ * A rule's upstream CA bundle: the PEM certificates in a ConfigMap of the policy's own namespace that opted in
+ * with the agentfence.io/ca-bundle=true label. Anything else — missing, not opted in, no certificate, or a
+ * private key beside them — compiles to '' (the sidecar then trusts nothing for this rule: fail closed, never
+ * the public roots) and is reported.
+ */
+function resolveCABundle(
+  index: ClusterIndex,
+  namespace: string,
+  ref: { configMap: string; key?: string },
+  problem: (reason: Problem['reason'], message: string) => void,
+): string {
+  const key = ref.key ?? 'ca.crt';
+  const cm = index.caBundles.get(`${namespace}/${ref.configMap}`);
+  const pem = cm?.data?.[key];
+  if (pem === undefined) {
+    problem(
+      'CABundleNotFound',
+      `caBundle: no ConfigMap ${namespace}/${ref.configMap} labelled ${LABEL_CA_BUNDLE}=true with key ${key}; inspected HTTPS to this destination fails verification until it exists`,
+    );
+    return '';
+  }
+  if (pem.length > CA_BUNDLE_MAX_BYTES) {
+    problem(
+      'CABundleInvalid',
+      `caBundle: ConfigMap ${namespace}/${ref.configMap} key ${key} is larger than ${CA_BUNDLE_MAX_BYTES} bytes: name only the CAs of this destination; inspected HTTPS to it fails verification until then`,
+    );
+    return '';
+  }
+  const blocks = [...pem.matchAll(/-----BEGIN ([A-Z0-9 ]+)-----[\s\S]*?-----END \1-----/g)];
+  const certificates = blocks.filter((b) => b[1] === 'CERTIFICATE');
+  const valid = certificates.filter((b) => {
+    try {
+      return new X509Certificate(b[0]).ca;
+    } catch {
+      return false;
+    }
+  });
+  if (blocks.length !== certificates.length || valid.length === 0 || valid.length !== certificates.length) {
+    problem(
+      'CABundleInvalid',
+      `caBundle: ConfigMap ${namespace}/${ref.configMap} key ${key} must hold only PEM CA certificates (found ${certificates.length} certificate(s), ${valid.length} of them CAs, ${blocks.length - certificates.length} other block(s)); inspected HTTPS to this destination fails verification until it does`,
+    );
+    return '';
+  }
+  return valid.map((b) => `${b[0]}\n`).join('');
 }

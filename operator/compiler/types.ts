@@ -123,11 +123,21 @@ export interface CompileOptions {
   networkProvider?: NetworkProvider;
 }
 
+/** A ConfigMap holding upstream CA certificates for a rule's caBundle (labelled agentfence.io/ca-bundle=true). */
+export interface ConfigMapInput {
+  apiVersion?: string;
+  kind?: string;
+  metadata: ObjectMeta;
+  data?: Record<string, string>;
+}
+
 export interface CompileInput {
   policies: readonly AgentPolicy[];
   pods: readonly PodInput[];
   namespaces: readonly Namespace[];
   services: readonly Service[];
+  /** CA-bundle ConfigMaps (only those labelled agentfence.io/ca-bundle=true are read). */
+  configMaps?: readonly ConfigMapInput[];
 }
 
 /** Stable, documented reasons; the reconciler turns them into status conditions. */
@@ -144,7 +154,9 @@ export type ProblemReason =
   | 'PodWithoutIP'
   | 'InvalidCIDR'
   | 'TooManyAddresses'
-  | 'CalleeHasNotConsented';
+  | 'CalleeHasNotConsented'
+  | 'CABundleNotFound'
+  | 'CABundleInvalid';
 
 export interface Problem {
   reason: ProblemReason;

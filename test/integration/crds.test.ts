@@ -89,6 +89,31 @@ const invalid: [string, Record<string, unknown>, string][] = [
     'at most one profile',
   ],
   [
+    'tls: Passthrough with an http profile',
+    { agentSelector: selector, egress: [rule({ tls: 'Passthrough', http: [{ methods: ['GET'] }] })] },
+    'tls: Passthrough keeps HTTPS blind, so the http/mcp profile of this rule could not be checked',
+  ],
+  [
+    'tls: Passthrough with an mcp profile',
+    { agentSelector: selector, egress: [rule({ tls: 'Passthrough', mcp: { tools: ['a'] } })] },
+    'tls: Passthrough keeps HTTPS blind',
+  ],
+  [
+    'tls: Passthrough with a caBundle',
+    { agentSelector: selector, egress: [rule({ tls: 'Passthrough', caBundle: { configMap: 'corp-ca' } })] },
+    'a tls: Passthrough rule never connects with TLS itself',
+  ],
+  [
+    'caBundle naming an invalid ConfigMap',
+    { agentSelector: selector, egress: [rule({ caBundle: { configMap: 'Corp_CA' } })] },
+    'ConfigMap names are DNS subdomains',
+  ],
+  [
+    'unknown tls mode',
+    { agentSelector: selector, egress: [rule({ tls: 'Terminate' })] },
+    'supported values: "Inspect", "Passthrough"',
+  ],
+  [
     'metadata CIDR',
     { agentSelector: selector, egress: [rule({ to: { cidrs: ['169.254.169.254/32'] } })] },
     'link-local and cloud metadata ranges',

@@ -29,6 +29,11 @@ describe('agentfence demo', () => {
     );
     expect(stdout).toMatch(/support-agent\s+POST\s+:\d+\/v1\/orders\/42 → 403 method_not_allowed/);
     expect(stdout).toMatch(/research-agent\s+GET\s+:\d+\/v1\/orders\/42 → 403 no_rule_for_destination/);
+    // HTTPS: inspected with the pod CA, a path-restricted API allowed on one path and refused on another.
+    expect(stdout).toMatch(
+      /research-agent\s+GET\s+https:\/\/:\d+\/repos\/agentfence\/issues → 200 .*"title":"TLS inspection"/,
+    );
+    expect(stdout).toMatch(/research-agent\s+GET\s+https:\/\/:\d+\/admin\/users → 403 path_not_allowed/);
     expect(stdout).toMatch(/agentpolicy\.agentfence\.io\/support-agent\s+True\s+Enforce\s+1\s+1/);
     expect(stdout).toContain('networkpolicy.networking.k8s.io/agentfence-baseline');
     expect(stdout).toMatch(/"decision":"deny","reason":"method_not_allowed"/);

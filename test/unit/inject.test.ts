@@ -108,6 +108,56 @@ describe('injection rules', () => {
     expect(JSON.stringify(out.pod)).not.toContain('corp-proxy');
   });
 
+  it('wires the trust bundle: read-only mount and trust variables in every app and init container, written by the sidecar', () => {
+    const pod = parse(readFileSync(`${dir}init-containers.input.yaml`, 'utf8')) as Pod;
+    const out = inject(pod, config);
+    if (!out.allowed) throw new Error(out.message);
+    const [sidecar, ...init] = out.pod.spec.initContainers ?? [];
+    expect(sidecar?.args).toContain('--trust-bundle-dir=/var/run/agentfence/trust');
+    expect(sidecar?.volumeMounts).toContainEqual({ name: 'agentfence-trust', mountPath: '/var/run/agentfence/trust' });
+    for (const c of [...init, ...out.pod.spec.containers]) {
+      expect(c.volumeMounts, c.name).toContainEqual({
+        name: 'agentfence-trust',
+        mountPath: '/var/run/agentfence/trust',
+        readOnly: true,
+      });
+      const env = Object.fromEntries((c.env ?? []).map((e) => [e.name, e.value]));
+      for (const name of ['SSL_CERT_FILE', 'REQUESTS_CA_BUNDLE', 'CURL_CA_BUNDLE', 'GIT_SSL_CAINFO', 'AWS_CA_BUNDLE'])
+        expect(env[name], `${c.name} ${name}`).toBe('/var/run/agentfence/trust/ca-bundle.pem');
+      expect(env.NODE_EXTRA_CA_CERTS).toBe('/var/run/agentfence/trust/pod-ca.pem');
+    }
+    const volume = out.pod.spec.volumes?.find((v) => v.name === 'agentfence-trust');
+    expect(volume).toEqual({ name: 'agentfence-trust', emptyDir: { medium: 'Memory', sizeLimit: '4Mi' } });
+  });
+
+  it('replaces a user trust-store variable with a warning (a file path cannot be merged)', () => {
+    const pod = base();
+    const app = pod.spec.containers[0] ?? { name: '' };
+    app.env = [
+      { name: 'REQUESTS_CA_BUNDLE', value: '/etc/corp/ca.pem' },
+      { name: 'SSL_CERT_FILE', valueFrom: { configMapKeyRef: { name: 'tls', key: 'path' } } },
+    ];
+    const out = inject(pod, config);
+    if (!out.allowed) throw new Error(out.message);
+    const env = out.pod.spec.containers[0]?.env ?? [];
+    expect(env.filter((e) => e.name === 'REQUESTS_CA_BUNDLE')).toEqual([
+      { name: 'REQUESTS_CA_BUNDLE', value: '/var/run/agentfence/trust/ca-bundle.pem' },
+    ]);
+    expect(env.filter((e) => e.name === 'SSL_CERT_FILE')).toEqual([
+      { name: 'SSL_CERT_FILE', value: '/var/run/agentfence/trust/ca-bundle.pem' },
+    ]);
+    expect(out.warnings.join()).toMatch(
+      /container agent: SSL_CERT_FILE, REQUESTS_CA_BUNDLE replaced by the Agentfence trust bundle/,
+    );
+  });
+
+  it('refuses a container that mounts the trust volume itself (it could replace the bundle)', () => {
+    const pod = base();
+    const app = pod.spec.containers[0] ?? { name: '' };
+    app.volumeMounts = [{ name: 'agentfence-trust', mountPath: '/var/run/agentfence/trust' }];
+    expect(inject(pod, config)).toMatchObject({ allowed: false, reason: 'ReservedVolume' });
+  });
+
   it('warns, naming the container, when NO_PROXY comes from valueFrom or envFrom (it cannot be read at admission)', () => {
     const pod = base();
     const app = pod.spec.containers[0] ?? { name: '' };

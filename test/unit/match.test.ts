@@ -334,3 +334,23 @@ describe('IPv4 embedded in IPv6', () => {
     expect(judgeAddress('2001:db8::1', wide(['::/0']))).toEqual({ ok: true });
   });
 });
+
+describe('which CONNECT tunnels are inspected', () => {
+  const profile = { http: [{ methods: ['GET' as const] }] };
+  const decide = (rules: Partial<EntitlementEgressRule>[]) =>
+    new Matcher(ent(rules.map((r, i) => rule({ rule: `r${i}`, hosts: ['api.example'], ...r })))).decideConnect(
+      { host: 'api.example', port: 443 },
+      NOW,
+    );
+  it('inspects when every matching rule has a profile', () => {
+    expect(decide([profile])).toMatchObject({ allow: true, inspect: true });
+  });
+  it('keeps a blind tunnel for a rule without profile, or with tls: Passthrough', () => {
+    expect(decide([{}])).toMatchObject({ allow: true });
+    expect(decide([{}])).not.toHaveProperty('inspect');
+    expect(decide([profile, { tls: 'Passthrough' }])).not.toHaveProperty('inspect');
+  });
+  it('inspects a rule without profile that asks for it (tls: Inspect)', () => {
+    expect(decide([{ tls: 'Inspect' }])).toMatchObject({ allow: true, inspect: true });
+  });
+});
