@@ -8,9 +8,11 @@
  */
 import { createHash } from 'node:crypto';
 import { ANNOTATION_INJECTED, LABEL_AGENT, LABEL_INJECT, OPERATOR_AUDIENCE } from '../lib/api/constants.ts';
-import type { Container, EnvVar, Pod } from '../lib/kube/pod.ts';
+import type { Container, ContainerPort, EnvVar, Pod } from '../lib/kube/pod.ts';
+import { GATE_PORT_COUNT, GATE_PORT_FIRST, SIDECAR_CONTAINER } from '../lib/inbound/gates.ts';
+import { assignGates, restoreGates } from './inbound.ts';
 
-export const SIDECAR_NAME = 'agentfence-sidecar';
+export const SIDECAR_NAME = SIDECAR_CONTAINER;
 /** The sidecar's fixed UID (also the image's USER); app containers may not use it. */
 export const SIDECAR_UID = 15001;
 export const PROXY_PORT = 15001;
@@ -21,8 +23,15 @@ const VOLUME_CA = 'agentfence-ca';
 const VOLUME_SCRATCH = 'agentfence-scratch';
 /** The volumes the injection adds; only the sidecar may mount them (the token volume holds its credential). */
 export const INJECTED_VOLUMES: readonly string[] = [VOLUME_TOKEN, VOLUME_CA, VOLUME_SCRATCH];
-/** The sidecar's listeners, in the pod's shared network namespace: an app port on either would collide. */
-export const SIDECAR_PORTS: readonly number[] = [PROXY_PORT, ADMIN_PORT];
+/**
+ * The sidecar's listeners, in the pod's shared network namespace: an app port on any would collide. The inbound
+ * gates (lib/inbound/gates.ts) are consecutive from 15006.
+ */
+export const SIDECAR_PORTS: readonly number[] = [
+  PROXY_PORT,
+  ...Array.from({ length: GATE_PORT_COUNT }, (_, i) => GATE_PORT_FIRST + i),
+  ADMIN_PORT,
+];
 /**
  * Capabilities an app or init container may not add. NET_ADMIN/NET_RAW could rewrite routing or forge packets
  * around the proxy; SYS_PTRACE, SYS_ADMIN, BPF and PERFMON give ways into the sidecar's memory (ptrace, mounts
@@ -137,7 +146,10 @@ export function inject(input: Pod, config: InjectorConfig): InjectResult {
 
   const resources = { ...config.resources, ...overrides.values.resources };
   const logLevel = overrides.values.logLevel ?? config.logLevel;
-  const sidecar = sidecarContainer(config, resources, logLevel);
+  // Inbound gates: callers reaching the pod land on the sidecar (webhook/inbound.ts).
+  const gates = assignGates(pod);
+  warnings.push(...gates.warnings);
+  const sidecar = sidecarContainer(config, resources, logLevel, gates.ports, gates.arg);
   spec.initContainers = [sidecar, ...(spec.initContainers ?? [])];
   spec.volumes = [
     ...(spec.volumes ?? []),
@@ -266,7 +278,13 @@ function projectsOperatorToken(volume: Record<string, unknown>): boolean {
   });
 }
 
-function sidecarContainer(config: InjectorConfig, resources: InjectorConfig['resources'], logLevel: string): Container {
+function sidecarContainer(
+  config: InjectorConfig,
+  resources: InjectorConfig['resources'],
+  logLevel: string,
+  gatePorts: ContainerPort[],
+  gateArg: string,
+): Container {
   const probe = (path: string, extra: Record<string, number>): Record<string, unknown> => ({
     httpGet: { path, port: ADMIN_PORT },
     ...extra,
@@ -285,12 +303,13 @@ function sidecarContainer(config: InjectorConfig, resources: InjectorConfig['res
       `--admin-listen=0.0.0.0:${ADMIN_PORT}`,
       `--max-staleness=${config.maxStaleness}`,
       `--log-level=${logLevel}`,
+      ...(gateArg ? [gateArg] : []),
     ],
     env: [
       { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
       { name: 'POD_NAMESPACE', valueFrom: { fieldRef: { fieldPath: 'metadata.namespace' } } },
     ],
-    ports: [{ name: 'agentfence-adm', containerPort: ADMIN_PORT, protocol: 'TCP' }],
+    ports: [...gatePorts, { name: 'agentfence-adm', containerPort: ADMIN_PORT, protocol: 'TCP' }],
     // App containers start only after this passes: identity obtained and entitlements loaded.
     startupProbe: probe('/readyz', { periodSeconds: 1, failureThreshold: 120 }),
     readinessProbe: probe('/readyz', { periodSeconds: 5 }),
@@ -378,6 +397,7 @@ function unreadableNoProxy(c: Container): string[] {
 /** Removes a previous injection so that rendering again gives the same pod. */
 function strip(pod: Pod): Pod {
   if (!pod.metadata.annotations?.[ANNOTATION_INJECTED]) return pod;
+  restoreGates(pod);
   const spec = pod.spec;
   const init = (spec.initContainers ?? []).filter((c) => c.name !== SIDECAR_NAME);
   if (init.length > 0) spec.initContainers = init;

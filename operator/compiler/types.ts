@@ -144,7 +144,9 @@ export type ProblemReason =
   | 'PodWithoutIP'
   | 'InvalidCIDR'
   | 'TooManyAddresses'
-  | 'CalleeHasNotConsented';
+  | 'CalleeHasNotConsented'
+  | 'ServiceSpansAgents'
+  | 'ServiceBypassesGate';
 
 export interface Problem {
   reason: ProblemReason;
