@@ -6,7 +6,13 @@
 export interface AuditRecord {
   time: string;
   requestId: string;
+  /** Absent: egress. `inbound`: a call into this agent, judged at its gate. */
+  direction?: 'inbound';
   agent: string;
+  /** Inbound: the verified caller (SPIFFE ID, or the user's sub) — absent when none was verified. */
+  caller?: string;
+  /** Inbound, users: the issuer of the caller's token. */
+  callerIssuer?: string;
   pod: string;
   namespace: string;
   method: string;

@@ -20,6 +20,8 @@ export function forwardHttp(
   headers: Record<string, string>,
   t: Timing,
   expectContinue: boolean,
+  /** The port to connect to when it is not the request's (an agent callee's inbound gate). */
+  dialPort: number = canonical.port,
 ): void {
   const facts = { method: canonical.method, host: canonical.host, port: canonical.port, path: canonical.path };
   const framing: Framing = adm.body ? { kind: 'length', length: adm.body.length } : canonical.framing;
@@ -36,11 +38,11 @@ export function forwardHttp(
   core.count(adm.decision, adm.reason);
   const upstream = httpRequest({
     host: adm.address,
-    port: canonical.port,
+    port: dialPort,
     method: canonical.method,
     path: canonical.path + canonical.query,
     headers,
-    agent: core.pool(adm.address, canonical.port),
+    agent: core.pool(adm.address, dialPort),
     setHost: false,
   });
   upstream.on('response', (up) => {
