@@ -214,7 +214,9 @@ export class InboundGate {
     const facts: AuditFacts = { method: request.method, host: appHost, port: appPort, path: request.path };
     // The caller's Host goes to the app as sent (virtual hosting); the connection goes to the app's port.
     headers.host = req.headers.host ?? request.authority;
-    const caller = await this.#authenticate(headers);
+    // The identity header is hop-by-hop to the canonical request (never forwarded): read it from the request.
+    const presented = req.headers[AGENT_TOKEN_HEADER];
+    const caller = await this.#authenticate(headers, Array.isArray(presented) ? presented.join(',') : presented);
     for (const h of IDENTITY_HEADERS) delete headers[h];
     const policy = this.#o.policy();
     if (!policy) {
@@ -298,8 +300,7 @@ export class InboundGate {
   }
 
   /** The caller from the request's tokens; headers that carried a consumed token are removed. */
-  async #authenticate(headers: Record<string, string>): Promise<Caller> {
-    const identity = headers[AGENT_TOKEN_HEADER];
+  async #authenticate(headers: Record<string, string>, identity: string | undefined): Promise<Caller> {
     const bearer = /^bearer[ \t]+([A-Za-z0-9_.~+/=-]+)$/i.exec(headers.authorization ?? '')?.[1];
     const agents = this.#o.agentVerifier();
     if (identity !== undefined) return this.#agent(identity.trim(), agents);
