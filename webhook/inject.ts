@@ -250,7 +250,7 @@ function refuseUnfenceable(pod: Pod): (InjectResult & { allowed: false }) | unde
     if (port) {
       return refuse(
         'PortConflict',
-        `container ${c.name} uses port ${port.containerPort ?? ''}, which the sidecar listens on (reserved: ${SIDECAR_PORTS.join(', ')}); use another port`,
+        `container ${c.name} uses port ${port.containerPort ?? ''}, which the sidecar listens on (reserved: ${PROXY_PORT}, ${GATE_PORT_FIRST}–${GATE_PORT_FIRST + GATE_PORT_COUNT - 1} for inbound gates, ${ADMIN_PORT}); use another port`,
       );
     }
     const mount = (c.volumeMounts ?? []).find((m) => INJECTED_VOLUMES.includes(m.name));
