@@ -128,7 +128,9 @@ export class IdentityClient {
     const token = this.identityToken();
     if (!token) return undefined;
     try {
-      const payload = JSON.parse(Buffer.from(token.split('.')[1] ?? '', 'base64url').toString('utf8')) as { iss?: unknown };
+      const payload = JSON.parse(Buffer.from(token.split('.')[1] ?? '', 'base64url').toString('utf8')) as {
+        iss?: unknown;
+      };
       return typeof payload.iss === 'string' ? payload.iss : undefined;
     } catch {
       return undefined;

@@ -61,7 +61,9 @@ function compileRule(r: EntitlementIngressRule): InboundRule {
     policy: r.policy,
     rule: r.rule,
     mode: r.mode,
-    ports: r.ports.filter((p) => (p.protocol ?? 'TCP') === 'TCP').map((p) => ({ from: p.port, to: p.endPort ?? p.port })),
+    ports: r.ports
+      .filter((p) => (p.protocol ?? 'TCP') === 'TCP')
+      .map((p) => ({ from: p.port, to: p.endPort ?? p.port })),
   };
   if (r.agents) out.agents = new Map(r.agents.map((a) => [a.spiffeID, new Set(a.pods)]));
   if (r.users) {
@@ -77,7 +79,10 @@ function compileRule(r: EntitlementIngressRule): InboundRule {
     out.http = r.http.map((h) => {
       const exact = new Set<string>();
       const prefixes: string[] = [];
-      for (const p of h.paths ?? []) (p.type === 'Exact' ? exact.add(canonical(p.value)) : prefixes.push(canonical(p.value)));
+      for (const p of h.paths ?? []) {
+        if (p.type === 'Exact') exact.add(canonical(p.value));
+        else prefixes.push(canonical(p.value));
+      }
       if ((h.paths ?? []).length === 0) prefixes.push('/');
       return { ...(h.methods ? { methods: new Set<string>(h.methods) } : {}), exact, prefixes };
     });
@@ -126,14 +131,19 @@ export class InboundPolicy {
   decide(facts: InboundFacts, caller: Caller): InboundDecision {
     const port = facts.appPort;
     const live = this.rules.filter(
-      (r) => r.ports.some((p) => port >= p.from && port <= p.to) && (r.expiresAt === undefined || r.expiresAt > facts.now),
+      (r) =>
+        r.ports.some((p) => port >= p.from && port <= p.to) && (r.expiresAt === undefined || r.expiresAt > facts.now),
     );
     if (caller.kind === 'invalid') return { allow: false, status: 401, reason: caller.reason, missing: caller.detail };
     let granted: InboundRule[];
     let refusal: { status: 401 | 403; reason: string; missing: string };
     if (caller.kind === 'none') {
       const ip = parseIP(facts.source.replace(/^::ffff:(?=\d+\.)/, ''));
-      const single: Cidr | undefined = ip && { family: ip.family, network: ip.value, prefix: ip.family === 4 ? 32 : 128 };
+      const single: Cidr | undefined = ip && {
+        family: ip.family,
+        network: ip.value,
+        prefix: ip.family === 4 ? 32 : 128,
+      };
       granted = single ? live.filter((r) => r.cidrs?.some((c) => containsCidr(c, single))) : [];
       refusal = {
         status: 401,
@@ -152,10 +162,18 @@ export class InboundPolicy {
               reason: 'caller_pod_not_live',
               missing: `${caller.spiffeID} may call port ${port}, but the token's pod is not one of its live pods (deleted or replaced)`,
             }
-          : { status: 403, reason: 'caller_not_allowed', missing: `no ingress rule lets ${caller.spiffeID} call port ${port}` };
+          : {
+              status: 403,
+              reason: 'caller_not_allowed',
+              missing: `no ingress rule lets ${caller.spiffeID} call port ${port}`,
+            };
     } else {
-      const byIssuer = live.filter((r) => r.users?.issuer === caller.issuer && caller.audiences.some((a) => r.users?.audiences.has(a)));
-      granted = byIssuer.filter((r) => (r.users?.claims ?? []).every((c) => claimHolds(caller.claims, c.name, c.value)));
+      const byIssuer = live.filter(
+        (r) => r.users?.issuer === caller.issuer && caller.audiences.some((a) => r.users?.audiences.has(a)),
+      );
+      granted = byIssuer.filter((r) =>
+        (r.users?.claims ?? []).every((c) => claimHolds(caller.claims, c.name, c.value)),
+      );
       const lacking = byIssuer[0]?.users?.claims.find((c) => !claimHolds(caller.claims, c.name, c.value));
       refusal =
         byIssuer.length > 0
@@ -164,7 +182,11 @@ export class InboundPolicy {
               reason: 'missing_claim',
               missing: `the user token lacks claim ${lacking?.name ?? ''}=${lacking?.value ?? ''} that every rule for port ${port} requires`,
             }
-          : { status: 403, reason: 'user_not_allowed', missing: `no ingress rule lets users of ${caller.issuer} call port ${port}` };
+          : {
+              status: 403,
+              reason: 'user_not_allowed',
+              missing: `no ingress rule lets users of ${caller.issuer} call port ${port}`,
+            };
     }
     if (granted.length === 0) return { allow: false, ...refusal };
     let methodSeen = false;
@@ -178,8 +200,20 @@ export class InboundPolicy {
     }
     const rule = granted[0];
     return methodSeen
-      ? { allow: false, status: 403, reason: 'path_not_allowed', missing: `no ingress rule allows path ${facts.path} on port ${port}`, ...(rule ? { rule } : {}) }
-      : { allow: false, status: 403, reason: 'method_not_allowed', missing: `no ingress rule allows ${facts.method} ${facts.path} on port ${port}`, ...(rule ? { rule } : {}) };
+      ? {
+          allow: false,
+          status: 403,
+          reason: 'path_not_allowed',
+          missing: `no ingress rule allows path ${facts.path} on port ${port}`,
+          ...(rule ? { rule } : {}),
+        }
+      : {
+          allow: false,
+          status: 403,
+          reason: 'method_not_allowed',
+          missing: `no ingress rule allows ${facts.method} ${facts.path} on port ${port}`,
+          ...(rule ? { rule } : {}),
+        };
   }
 }
 

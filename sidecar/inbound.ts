@@ -134,12 +134,13 @@ export class InboundGate {
   }
 
   async close(): Promise<void> {
+    const closing = this.servers.filter((s) => s.listening).map((s) => once(s, 'close').catch(() => undefined));
     for (const s of this.servers) {
       s.close();
       s.closeAllConnections();
     }
     this.#pool.destroy();
-    await Promise.all(this.servers.map((s) => (s.listening ? once(s, 'close').catch(() => undefined) : undefined)));
+    await Promise.all(closing);
   }
 
   /** A new snapshot: idle keep-alive connections close, every new request is judged under it. */
@@ -160,11 +161,16 @@ export class InboundGate {
     this.#handle(req, res, appPort, expect).catch((err: unknown) => {
       this.#o.logger.error('inbound request failed', { err });
       if (!res.headersSent && !res.destroyed) {
-        this.#refuse(res, !req.complete, { method: req.method ?? '', host: APP_HOST, port: appPort, path: '' }, {
-          status: 500,
-          reason: 'internal',
-          missing: 'the sidecar failed to handle this request',
-        });
+        this.#refuse(
+          res,
+          !req.complete,
+          { method: req.method ?? '', host: APP_HOST, port: appPort, path: '' },
+          {
+            status: 500,
+            reason: 'internal',
+            missing: 'the sidecar failed to handle this request',
+          },
+        );
       } else res.destroy();
     });
   }
@@ -217,10 +223,18 @@ export class InboundGate {
     // The identity header is hop-by-hop to the canonical request (never forwarded): read it from the request.
     const presented = req.headers[AGENT_TOKEN_HEADER];
     const caller = await this.#authenticate(headers, Array.isArray(presented) ? presented.join(',') : presented);
-    for (const h of IDENTITY_HEADERS) delete headers[h];
+    for (const h of IDENTITY_HEADERS) Reflect.deleteProperty(headers, h);
     const policy = this.#o.policy();
     if (!policy) {
-      deny(facts, { status: 403, reason: 'no_entitlements', missing: 'no current entitlement snapshot: every call is refused until one arrives' }, caller);
+      deny(
+        facts,
+        {
+          status: 403,
+          reason: 'no_entitlements',
+          missing: 'no current entitlement snapshot: every call is refused until one arrives',
+        },
+        caller,
+      );
       return;
     }
     const decision: InboundDecision = policy.decide(
@@ -233,7 +247,11 @@ export class InboundGate {
     }
     const rule = decision.rule;
     if (rule.rateLimit) {
-      const wait = this.#limiter.take(`${rule.policy}/${rule.rule}|${callerKey(caller, req)}`, rule.rateLimit, this.#now());
+      const wait = this.#limiter.take(
+        `${rule.policy}/${rule.rule}|${callerKey(caller, req)}`,
+        rule.rateLimit,
+        this.#now(),
+      );
       if (wait > 0) {
         deny(
           facts,
@@ -252,14 +270,27 @@ export class InboundGate {
     let body: Buffer | undefined;
     if (rule.maxBodyBytes !== undefined && request.framing.kind !== 'none') {
       const max = rule.maxBodyBytes;
-      const tooLarge = { status: 413, reason: 'body_too_large', missing: `request bodies larger than ${max} bytes are refused (rule ${rule.rule})` };
+      const tooLarge = {
+        status: 413,
+        reason: 'body_too_large',
+        missing: `request bodies larger than ${max} bytes are refused (rule ${rule.rule})`,
+      };
       if (request.framing.kind === 'length' && request.framing.length > max) {
         deny(facts, tooLarge, caller, rule);
         return;
       }
       if (request.framing.kind === 'chunked') {
         if (max > MAX_BUFFERED_BODY) {
-          deny(facts, { status: 411, reason: 'length_required', missing: `send Content-Length: chunked bodies are read whole to check the ${max}-byte limit, which exceeds what the gate buffers` }, caller, rule);
+          deny(
+            facts,
+            {
+              status: 411,
+              reason: 'length_required',
+              missing: `send Content-Length: chunked bodies are read whole to check the ${max}-byte limit, which exceeds what the gate buffers`,
+            },
+            caller,
+            rule,
+          );
           return;
         }
         if (expect) res.writeContinue();
@@ -277,7 +308,10 @@ export class InboundGate {
       headers['agentfence-user-issuer'] = caller.issuer;
     }
     const compiled: CompiledRule = { policy: rule.policy, rule: rule.rule, mode: rule.mode, cidrs: [], ports: [] };
-    const core: Core = { ...this.#core, audit: (f, outcome, r, revision, tt) => this.#audit(f, outcome, caller, rule, tt, revision, r) };
+    const core: Core = {
+      ...this.#core,
+      audit: (f, outcome, r, revision, tt) => this.#audit(f, outcome, caller, rule, tt, revision, r),
+    };
     forwardHttp(
       core,
       req,
@@ -319,7 +353,11 @@ export class InboundGate {
     }
     const jwksUri = this.#o.policy()?.issuers.get(iss);
     if (jwksUri === undefined) {
-      return { kind: 'none', reason: 'issuer_not_accepted', detail: `the bearer token's issuer ${iss.slice(0, 200)} is not accepted by any ingress rule` };
+      return {
+        kind: 'none',
+        reason: 'issuer_not_accepted',
+        detail: `the bearer token's issuer ${iss.slice(0, 200)} is not accepted by any ingress rule`,
+      };
     }
     delete headers.authorization;
     return this.#user(iss, jwksUri, bearer);
@@ -328,7 +366,12 @@ export class InboundGate {
   async #agent(token: string, agents: { verifier: AgentVerifier } | undefined): Promise<Caller> {
     const cached = this.#cached(token);
     if (cached) return cached;
-    if (!agents) return { kind: 'invalid', reason: 'identity_unavailable', detail: 'this sidecar has no identity yet, so it cannot verify agent tokens' };
+    if (!agents)
+      return {
+        kind: 'invalid',
+        reason: 'identity_unavailable',
+        detail: 'this sidecar has no identity yet, so it cannot verify agent tokens',
+      };
     try {
       const id = await agents.verifier.verify(token);
       return this.#remember(token, { kind: 'agent', spiffeID: id.sub, podUID: id.pod.uid }, id.expiresAt.getTime());
@@ -352,7 +395,7 @@ export class InboundGate {
       const u = await entry.verifier.verify(token);
       return this.#remember(
         token,
-        { kind: 'user', issuer, sub: u.sub, audiences: u.audiences, claims: u.claims as Record<string, unknown> },
+        { kind: 'user', issuer, sub: u.sub, audiences: u.audiences, claims: u.claims },
         u.expiresAt,
       );
     } catch (err) {

@@ -211,7 +211,11 @@ function compileRule(rule: EntitlementEgressRule): CompiledRule {
     compiled.peers = new Map();
     for (const p of rule.peers) {
       const address = normalizeHost(p.cidr.split('/')[0] ?? '');
-      if (address) compiled.peers.set(address, { spiffeID: p.spiffeID, gates: new Map((p.gates ?? []).map((g) => [g.port, g.gate])) });
+      if (address)
+        compiled.peers.set(address, {
+          spiffeID: p.spiffeID,
+          gates: new Map((p.gates ?? []).map((g) => [g.port, g.gate])),
+        });
     }
   }
   if (rule.expiresAt) compiled.expiresAt = Date.parse(rule.expiresAt);

@@ -377,7 +377,7 @@ export class FenceProxy {
     const audience = peer?.spiffeID ?? adm.rule?.audience;
     const dialPort = peer?.gates.get(request.port) ?? request.port;
     // Only the sidecar speaks for the agent: an identity header the app wrote never reaches another agent.
-    if (peer) delete headers[AGENT_TOKEN_HEADER];
+    if (peer) Reflect.deleteProperty(headers, AGENT_TOKEN_HEADER);
     if (adm.decision === 'allow' && audience && this.#o.tokenFor) {
       let token: string;
       try {

@@ -270,7 +270,7 @@ export async function startSidecar(
   proxyRef.current = proxy;
   proxyRef.gate = gate;
   const { url: proxyUrl } = await proxy.listen();
-  let gatePorts: number[] = [];
+  let gatePorts: number[];
   try {
     gatePorts = (await gate?.listen()) ?? [];
   } catch (err) {

@@ -38,9 +38,12 @@ export function parseGates(value: string): Gate[] | { error: string } {
     const gate = Number(m?.[1]);
     const port = Number(m?.[2]);
     if (!m || !isGatePort(gate) || port < 1 || port > 65535 || isGatePort(port)) {
-      return { error: `--inbound entry '${entry}' must be GATE:PORT with GATE in ${GATE_PORT_FIRST}–${GATE_PORT_FIRST + GATE_PORT_COUNT - 1} and PORT an app port` };
+      return {
+        error: `--inbound entry '${entry}' must be GATE:PORT with GATE in ${GATE_PORT_FIRST}–${GATE_PORT_FIRST + GATE_PORT_COUNT - 1} and PORT an app port`,
+      };
     }
-    if (gates.some((g) => g.gate === gate || g.port === port)) return { error: `--inbound entry '${entry}' repeats a gate or port` };
+    if (gates.some((g) => g.gate === gate || g.port === port))
+      return { error: `--inbound entry '${entry}' repeats a gate or port` };
     gates.push({ gate, port });
   }
   return gates;

@@ -88,9 +88,11 @@ function translate(err: unknown): UserTokenError {
   }
   if (err instanceof errors.JOSEAlgNotAllowed)
     return new UserTokenError('algorithm_not_allowed', 'only asymmetric signature algorithms are accepted');
-  if (err instanceof errors.JWKSNoMatchingKey) return new UserTokenError('unknown_key', 'no published key matches the token kid');
+  if (err instanceof errors.JWKSNoMatchingKey)
+    return new UserTokenError('unknown_key', 'no published key matches the token kid');
   if (err instanceof errors.JWSSignatureVerificationFailed)
     return new UserTokenError('bad_signature', 'signature verification failed');
-  if (err instanceof errors.JWKSTimeout) return new UserTokenError('jwks_unavailable', 'could not fetch the issuer keys');
+  if (err instanceof errors.JWKSTimeout)
+    return new UserTokenError('jwks_unavailable', 'could not fetch the issuer keys');
   return new UserTokenError('malformed_token', 'the token could not be verified');
 }

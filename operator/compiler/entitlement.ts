@@ -1,9 +1,5 @@
 /** One pod's AgentEntitlement: the union of the grants of every policy that selects it. */
-import type {
-  AgentEntitlement,
-  EntitlementEgressRule,
-  EntitlementIngressRule,
-} from '../../lib/api/types.generated.ts';
+import type { AgentEntitlement, EntitlementEgressRule, EntitlementIngressRule } from '../../lib/api/types.generated.ts';
 import {
   API_VERSION,
   LABEL_AGENT,

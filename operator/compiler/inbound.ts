@@ -42,19 +42,17 @@ const inRange = (port: number, r: PortRange): boolean =>
  */
 export function gatedPorts(pods: readonly IndexedPod[], rulePorts: readonly PortRange[]): NetworkPolicyPort[] {
   const out = new Map<string, NetworkPolicyPort>();
-  const add = (p: NetworkPolicyPort): void =>
-    void out.set(`${p.protocol}/${p.port ?? 0}/${p.endPort ?? ''}`, p);
+  const add = (p: NetworkPolicyPort): void => void out.set(`${p.protocol}/${p.port ?? 0}/${p.endPort ?? ''}`, p);
   const legacy = pods.length === 0 || pods.some((p) => podGates(p).length === 0);
   for (const r of normalizePorts(rulePorts)) {
     if (r.protocol !== 'TCP' || legacy) {
       add({ protocol: r.protocol, port: r.port, ...(r.endPort !== undefined ? { endPort: r.endPort } : {}) });
     }
     if (r.protocol !== 'TCP') continue;
-    for (const pod of pods) for (const g of podGates(pod)) if (inRange(g.port, r)) add({ protocol: 'TCP', port: g.gate });
+    for (const pod of pods)
+      for (const g of podGates(pod)) if (inRange(g.port, r)) add({ protocol: 'TCP', port: g.gate });
   }
-  return [...out.values()].sort(
-    (a, b) => compareStrings(a.protocol, b.protocol) || (a.port ?? 0) - (b.port ?? 0),
-  );
+  return [...out.values()].sort((a, b) => compareStrings(a.protocol, b.protocol) || (a.port ?? 0) - (b.port ?? 0));
 }
 
 /** Callee pod addresses for a caller's egress rule: the identity each expects and its gate per app port. */

@@ -391,15 +391,15 @@ export function compilePolicy(
       ? // Users come from anywhere their client runs (a front end, an ingress controller): the token decides.
         [{ podSelector: {}, namespaceSelector: {} }, { ipBlock: { cidr: '0.0.0.0/0' } }, { ipBlock: { cidr: '::/0' } }]
       : from.agents
-      ? [agentPeerSelectors(from.agents)]
-      : from.pods
-        ? [
-            {
-              ...(from.pods.namespaceSelector ? { namespaceSelector: from.pods.namespaceSelector } : {}),
-              podSelector: from.pods.podSelector,
-            },
-          ]
-        : ipBlockPeers(sortedUnique((from.cidrs ?? []).filter((c) => parseCidr(c) !== undefined)));
+        ? [agentPeerSelectors(from.agents)]
+        : from.pods
+          ? [
+              {
+                ...(from.pods.namespaceSelector ? { namespaceSelector: from.pods.namespaceSelector } : {}),
+                podSelector: from.pods.podSelector,
+              },
+            ]
+          : ipBlockPeers(sortedUnique((from.cidrs ?? []).filter((c) => parseCidr(c) !== undefined)));
     // Only the gates in front of the rule's app ports are opened (pods without gates: the app ports).
     if (npPeers.length > 0) npIngress.push({ from: npPeers, ports: gatedPorts(selected, rule.ports) });
     ingress.push(

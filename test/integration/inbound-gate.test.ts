@@ -223,7 +223,12 @@ beforeAll(async () => {
     req.on('end', () => {
       seen.push({ path: req.url ?? '', headers: req.headers, body });
       res.setHeader('content-type', 'application/json');
-      res.end(JSON.stringify({ caller: req.headers['agentfence-caller'] ?? null, user: req.headers['agentfence-user'] ?? null }));
+      res.end(
+        JSON.stringify({
+          caller: req.headers['agentfence-caller'] ?? null,
+          user: req.headers['agentfence-user'] ?? null,
+        }),
+      );
     });
   });
   app.listen(0, '127.0.0.1');
@@ -231,7 +236,9 @@ beforeAll(async () => {
   appPort = (app.address() as AddressInfo).port;
 
   for (const doc of policies(true).split('\n')) await runOrThrow(['apply', '-f', '-'], doc);
-  callerPod = await createPod(injectedPod(ns, 'caller-0', { agent: 'caller', serviceAccount: 'caller', injector: started.injector }));
+  callerPod = await createPod(
+    injectedPod(ns, 'caller-0', { agent: 'caller', serviceAccount: 'caller', injector: started.injector }),
+  );
   const calleeSpec = podWithPort('callee-0', 'callee', appPort);
   const gates = gatesOfPod(calleeSpec.spec);
   expect(gates).toEqual([{ gate: 15006, port: appPort }]);
@@ -252,12 +259,12 @@ beforeAll(async () => {
 
 afterAll(async () => {
   for (const s of sidecars) await s.stop();
-  await started?.operator.stop();
-  app?.closeAllConnections();
-  app?.close();
-  await oidc?.close();
-  await stranger?.close();
-  client?.close();
+  await started.operator.stop();
+  app.closeAllConnections();
+  app.close();
+  await oidc.close();
+  await stranger.close();
+  client.close();
   await rm(dir, { recursive: true, force: true });
 });
 
@@ -276,8 +283,10 @@ async function refusedAtGate(
   expect(body.missing.length).toBeGreaterThan(10);
   expect(seen.length).toBe(before);
   await eventually(
-    async () =>
-      audits.slice(auditsBefore).find((a) => a.direction === 'inbound' && a.reason === body.reason && a.decision === 'deny')
+    () =>
+      audits
+        .slice(auditsBefore)
+        .find((a) => a.direction === 'inbound' && a.reason === body.reason && a.decision === 'deny')
         ? true
         : undefined,
     `inbound audit line for ${body.reason}`,
@@ -338,17 +347,25 @@ describe('agent to agent through both sidecars', () => {
     const kid = decodeProtectedHeader(forB).kid ?? '';
     const head = Buffer.from(JSON.stringify({ alg: 'HS256', typ: 'JWT', kid })).toString('base64url');
     const mac = createHmac('sha256', JSON.stringify(jwks.keys[0])).update(`${head}.${payload}`).digest('base64url');
-    await refusedAtGate(() => send(gateB, '/', { headers: { 'agentfence-identity': `${head}.${payload}.${mac}` } }), 401, [
-      'algorithm_not_allowed',
-    ]);
+    await refusedAtGate(
+      () => send(gateB, '/', { headers: { 'agentfence-identity': `${head}.${payload}.${mac}` } }),
+      401,
+      ['algorithm_not_allowed'],
+    );
     // Our own key under an unknown kid: the gate refetches the JWKS, finds no such key, refuses.
     const { privateKey } = await generateKeyPair('ES256');
     const claims = JSON.parse(Buffer.from(payload ?? '', 'base64url').toString()) as Record<string, unknown>;
-    const unknownKid = await new SignJWT(claims).setProtectedHeader({ alg: 'ES256', kid: 'not-ours', typ: 'JWT' }).sign(privateKey);
-    await refusedAtGate(() => send(gateB, '/', { headers: { 'agentfence-identity': unknownKid } }), 401, ['unknown_key']);
+    const unknownKid = await new SignJWT(claims)
+      .setProtectedHeader({ alg: 'ES256', kid: 'not-ours', typ: 'JWT' })
+      .sign(privateKey);
+    await refusedAtGate(() => send(gateB, '/', { headers: { 'agentfence-identity': unknownKid } }), 401, [
+      'unknown_key',
+    ]);
     // The same forged token under the controller's real kid: the signature does not verify.
     const realKid = await new SignJWT(claims).setProtectedHeader({ alg: 'ES256', kid, typ: 'JWT' }).sign(privateKey);
-    await refusedAtGate(() => send(gateB, '/', { headers: { 'agentfence-identity': realKid } }), 401, ['bad_signature']);
+    await refusedAtGate(() => send(gateB, '/', { headers: { 'agentfence-identity': realKid } }), 401, [
+      'bad_signature',
+    ]);
     // And the real token still works straight at the gate (the refusals above were about the tokens).
     const ok = await send(gateB, '/direct', { headers: { 'agentfence-identity': forB } });
     expect(ok.status).toBe(200);
@@ -361,12 +378,14 @@ describe('agent to agent through both sidecars', () => {
     );
     const token = await agentToken(second, 'caller', spiffe('callee'));
     await eventually(
-      async () => ((await send(gateB, '/from-1', { headers: { 'agentfence-identity': token } })).status === 200 ? true : undefined),
+      async () =>
+        (await send(gateB, '/from-1', { headers: { 'agentfence-identity': token } })).status === 200 ? true : undefined,
       'caller-1 admitted while it lives',
     );
     await runOrThrow(['delete', 'pod', 'caller-1', '-n', ns, '--wait=false']);
     await eventually(
-      async () => ((await send(gateB, '/from-1', { headers: { 'agentfence-identity': token } })).status === 403 ? true : undefined),
+      async () =>
+        (await send(gateB, '/from-1', { headers: { 'agentfence-identity': token } })).status === 403 ? true : undefined,
       'caller-1 refused after deletion',
     );
     await refusedAtGate(() => send(gateB, '/from-1', { headers: { 'agentfence-identity': token } }), 403, [
@@ -378,7 +397,9 @@ describe('agent to agent through both sidecars', () => {
 describe('people and client apps (from.users)', () => {
   it('admits a verified user of the listed issuer with the required claim, and sets agentfence-user', async () => {
     const token = await oidc.sign({ sub: 'alice', aud: 'agents-api', groups: ['support', 'staff'] });
-    const res = await send(gateB, '/tickets', { headers: { authorization: `Bearer ${token}`, 'agentfence-user': 'root' } });
+    const res = await send(gateB, '/tickets', {
+      headers: { authorization: `Bearer ${token}`, 'agentfence-user': 'root' },
+    });
     expect(res.status, res.body).toBe(200);
     expect(JSON.parse(res.body)).toEqual({ caller: null, user: 'alice' });
     expect(seen.at(-1)?.headers['agentfence-user-issuer']).toBe(oidc.issuer);
@@ -397,7 +418,9 @@ describe('people and client apps (from.users)', () => {
       'bad_signature',
     ]);
     const noClaim = await oidc.sign({ sub: 'carol', aud: 'agents-api', groups: ['sales'] });
-    await refusedAtGate(() => send(gateB, '/', { headers: { authorization: `Bearer ${noClaim}` } }), 403, ['missing_claim']);
+    await refusedAtGate(() => send(gateB, '/', { headers: { authorization: `Bearer ${noClaim}` } }), 403, [
+      'missing_claim',
+    ]);
     const otherAud = await oidc.sign({ sub: 'carol', aud: 'billing', groups: ['support'] });
     await refusedAtGate(() => send(gateB, '/', { headers: { authorization: `Bearer ${otherAud}` } }), 403, [
       'user_not_allowed',
@@ -409,22 +432,30 @@ describe('people and client apps (from.users)', () => {
     await refusedAtGate(() => send(gateB, '/', { headers: { authorization: `Bearer ${expired}` } }), 401, ['expired']);
     const erin = await oidc.sign({ sub: 'erin', aud: 'agents-api', groups: ['support'] });
     await refusedAtGate(
-      () => send(gateB, '/upload', { method: 'POST', headers: { authorization: `Bearer ${erin}` }, body: 'x'.repeat(65) }),
+      () =>
+        send(gateB, '/upload', { method: 'POST', headers: { authorization: `Bearer ${erin}` }, body: 'x'.repeat(65) }),
       413,
       ['body_too_large'],
     );
-    const small = await send(gateB, '/upload', { method: 'POST', headers: { authorization: `Bearer ${erin}` }, body: 'x'.repeat(64) });
+    const small = await send(gateB, '/upload', {
+      method: 'POST',
+      headers: { authorization: `Bearer ${erin}` },
+      body: 'x'.repeat(64),
+    });
     expect(small.status).toBe(200);
     expect(seen.at(-1)?.body).toBe('x'.repeat(64));
     // A method outside the rule's http profile.
-    await refusedAtGate(() => send(gateB, '/', { method: 'DELETE', headers: { authorization: `Bearer ${erin}` } }), 403, [
-      'method_not_allowed',
-    ]);
+    await refusedAtGate(
+      () => send(gateB, '/', { method: 'DELETE', headers: { authorization: `Bearer ${erin}` } }),
+      403,
+      ['method_not_allowed'],
+    );
     // Burst: 3 per minute per user; frank's fourth is refused with Retry-After, and the app saw only three.
     const frank = await oidc.sign({ sub: 'frank', aud: 'agents-api', groups: ['support'] });
     const before = seen.length;
     const statuses: number[] = [];
-    for (let i = 0; i < 3; i++) statuses.push((await send(gateB, '/', { headers: { authorization: `Bearer ${frank}` } })).status);
+    for (let i = 0; i < 3; i++)
+      statuses.push((await send(gateB, '/', { headers: { authorization: `Bearer ${frank}` } })).status);
     expect(statuses).toEqual([200, 200, 200]);
     const limited = await refusedAtGate(
       () => send(gateB, '/', { headers: { authorization: `Bearer ${frank}` } }),
@@ -446,7 +477,8 @@ describe('revocation', () => {
     const t0 = Date.now();
     await runOrThrow(['delete', 'agentpolicy', 'caller', '-n', ns]);
     await eventually(
-      async () => ((await send(gateB, '/', { headers: { 'agentfence-identity': forB } })).status === 403 ? true : undefined),
+      async () =>
+        (await send(gateB, '/', { headers: { 'agentfence-identity': forB } })).status === 403 ? true : undefined,
       "B's gate refuses A",
       10_000,
     );
@@ -458,6 +490,8 @@ describe('revocation', () => {
     );
     const egressMs = Date.now() - t0;
     console.log(`grant deleted → refused at B's gate after ${gateMs} ms, at A's sidecar after ${egressMs} ms`);
-    await refusedAtGate(() => send(gateB, '/', { headers: { 'agentfence-identity': forB } }), 403, ['caller_not_allowed']);
+    await refusedAtGate(() => send(gateB, '/', { headers: { 'agentfence-identity': forB } }), 403, [
+      'caller_not_allowed',
+    ]);
   });
 });

@@ -24,7 +24,14 @@ function entitlement(ingress: EntitlementIngressRule[]): AgentEntitlement {
     apiVersion: 'agentfence.io/v1alpha1',
     kind: 'AgentEntitlement',
     metadata: { name: 'b-0', namespace: 'team' },
-    spec: { podName: 'b-0', podUID: 'u-b', agent: 'b', spiffeID: 'spiffe://cluster.local/ns/team/agent/b', revision: 'r1', ingress },
+    spec: {
+      podName: 'b-0',
+      podUID: 'u-b',
+      agent: 'b',
+      spiffeID: 'spiffe://cluster.local/ns/team/agent/b',
+      revision: 'r1',
+      ingress,
+    },
   };
 }
 
@@ -76,7 +83,11 @@ describe('the gate decision', () => {
     expect(policyB.decide(at(8080), agent(A))).toMatchObject({ allow: true, rule: { rule: 'to-b' } });
   });
   it('answers 401 without a credential, or with an invalid one', () => {
-    expect(policyB.decide(at(8080), { kind: 'none' })).toMatchObject({ allow: false, status: 401, reason: 'missing_credential' });
+    expect(policyB.decide(at(8080), { kind: 'none' })).toMatchObject({
+      allow: false,
+      status: 401,
+      reason: 'missing_credential',
+    });
     expect(policyB.decide(at(8080), { kind: 'invalid', reason: 'expired', detail: 'x' })).toMatchObject({
       status: 401,
       reason: 'expired',
@@ -88,7 +99,10 @@ describe('the gate decision', () => {
   it('answers 403 to a verified caller without a grant, a deleted pod, a method or path outside the profile', () => {
     expect(policyB.decide(at(8080), agent(C))).toMatchObject({ status: 403, reason: 'caller_not_allowed' });
     expect(policyB.decide(at(8080), agent(A, 'u-gone'))).toMatchObject({ status: 403, reason: 'caller_pod_not_live' });
-    expect(policyB.decide(at(8080, '/v1/x', 'POST'), agent(A))).toMatchObject({ status: 403, reason: 'method_not_allowed' });
+    expect(policyB.decide(at(8080, '/v1/x', 'POST'), agent(A))).toMatchObject({
+      status: 403,
+      reason: 'method_not_allowed',
+    });
     expect(policyB.decide(at(8080, '/admin'), agent(A))).toMatchObject({ status: 403, reason: 'path_not_allowed' });
     // Another port: the grant is for 8080 only; an expired grant opens nothing.
     expect(policyB.decide(at(9999), agent(A))).toMatchObject({ status: 403, reason: 'caller_not_allowed' });
@@ -150,7 +164,14 @@ describe('rate limits', () => {
 
 describe('gates', () => {
   it('round-trips the --inbound value and refuses bad entries with the reason', () => {
-    expect(parseGates(formatGates([{ gate: 15006, port: 8080 }, { gate: 15007, port: 9090 }]))).toEqual([
+    expect(
+      parseGates(
+        formatGates([
+          { gate: 15006, port: 8080 },
+          { gate: 15007, port: 9090 },
+        ]),
+      ),
+    ).toEqual([
       { gate: 15006, port: 8080 },
       { gate: 15007, port: 9090 },
     ]);
@@ -162,12 +183,20 @@ describe('gates', () => {
   const pod = (): Pod => ({
     apiVersion: 'v1',
     kind: 'Pod',
-    metadata: { name: 'b-0', namespace: 'team', labels: { 'agentfence.io/inject': 'true', 'agentfence.io/agent': 'b' } },
+    metadata: {
+      name: 'b-0',
+      namespace: 'team',
+      labels: { 'agentfence.io/inject': 'true', 'agentfence.io/agent': 'b' },
+    },
     spec: {
       containers: [
         {
           name: 'app',
-          ports: [{ name: 'http', containerPort: 8080 }, { containerPort: 9090 }, { name: 'dns', containerPort: 53, protocol: 'UDP' }],
+          ports: [
+            { name: 'http', containerPort: 8080 },
+            { containerPort: 9090 },
+            { name: 'dns', containerPort: 53, protocol: 'UDP' },
+          ],
           livenessProbe: { tcpSocket: { port: 'http' } },
         },
       ],
@@ -178,7 +207,11 @@ describe('gates', () => {
     const out = inject(pod(), TEST_INJECTOR);
     if (!out.allowed) throw new Error(out.message);
     const app = out.pod.spec.containers[0];
-    expect(app?.ports).toEqual([{ containerPort: 8080 }, { containerPort: 9090 }, { name: 'dns', containerPort: 53, protocol: 'UDP' }]);
+    expect(app?.ports).toEqual([
+      { containerPort: 8080 },
+      { containerPort: 9090 },
+      { name: 'dns', containerPort: 53, protocol: 'UDP' },
+    ]);
     expect(app?.livenessProbe).toEqual({ tcpSocket: { port: 8080 } });
     const sidecar = out.pod.spec.initContainers?.[0];
     expect(sidecar?.ports?.slice(0, 2)).toEqual([
@@ -204,7 +237,12 @@ describe('gates', () => {
 });
 
 describe('the compiler and gates', () => {
-  const injected = (name: string, agent: string, ip: string, ports: { name?: string; containerPort: number }[]): PodInput => {
+  const injected = (
+    name: string,
+    agent: string,
+    ip: string,
+    ports: { name?: string; containerPort: number }[],
+  ): PodInput => {
     const out = inject(
       {
         apiVersion: 'v1',
@@ -215,7 +253,11 @@ describe('the compiler and gates', () => {
       TEST_INJECTOR,
     );
     if (!out.allowed) throw new Error(out.message);
-    return { metadata: { ...out.pod.metadata, uid: `u-${name}` }, spec: out.pod.spec as PodInput['spec'], status: { podIP: ip } };
+    return {
+      metadata: { ...out.pod.metadata, uid: `u-${name}` },
+      spec: out.pod.spec as PodInput['spec'],
+      status: { podIP: ip },
+    };
   };
   const input = {
     namespaces: [namespace('team')],
@@ -226,13 +268,25 @@ describe('the compiler and gates', () => {
       backendPod('team', 'web-0', { app: 'web' }, [], '10.0.0.9'),
     ],
     services: [
-      service('team', 'b', { selector: { 'agentfence.io/agent': 'b' }, clusterIP: '10.96.0.3', ports: [{ port: 80, targetPort: 'http' }] }),
-      service('team', 'b-by-number', { selector: { 'agentfence.io/agent': 'b' }, clusterIP: '10.96.0.4', ports: [{ port: 80, targetPort: 8080 }] }),
+      service('team', 'b', {
+        selector: { 'agentfence.io/agent': 'b' },
+        clusterIP: '10.96.0.3',
+        ports: [{ port: 80, targetPort: 'http' }],
+      }),
+      service('team', 'b-by-number', {
+        selector: { 'agentfence.io/agent': 'b' },
+        clusterIP: '10.96.0.4',
+        ports: [{ port: 80, targetPort: 8080 }],
+      }),
     ],
     policies: [
       policy('team', 'a', {
         egress: [
-          { name: 'to-b', to: { agents: { agentSelector: { matchLabels: { 'agentfence.io/agent': 'b' } } } }, ports: [{ port: 8080 }] },
+          {
+            name: 'to-b',
+            to: { agents: { agentSelector: { matchLabels: { 'agentfence.io/agent': 'b' } } } },
+            ports: [{ port: 8080 }],
+          },
           { name: 'b-svc', to: { services: [{ name: 'b' }] }, ports: [{ port: 80 }] },
           { name: 'b-num', to: { services: [{ name: 'b-by-number' }] }, ports: [{ port: 80 }] },
         ],
@@ -256,7 +310,9 @@ describe('the compiler and gates', () => {
 
   it("gives the caller's rule the callee's identity and gate, and lets the issuer mint only that audience", () => {
     const toB = ent('a-0')?.egress?.find((r) => r.rule === 'to-b');
-    expect(toB?.peers).toEqual([{ cidr: '10.0.0.3/32', spiffeID: 'spiffe://cluster.local/ns/team/agent/b', gates: [{ port: 8080, gate: 15006 }] }]);
+    expect(toB?.peers).toEqual([
+      { cidr: '10.0.0.3/32', spiffeID: 'spiffe://cluster.local/ns/team/agent/b', gates: [{ port: 8080, gate: 15006 }] },
+    ]);
     const svc = ent('a-0')?.egress?.find((r) => r.rule === 'b-svc');
     expect(svc?.peers).toEqual([{ cidr: '10.96.0.3/32', spiffeID: 'spiffe://cluster.local/ns/team/agent/b' }]);
   });
