@@ -174,7 +174,12 @@ export function compilePolicy(
   };
 
   /** The inbound side of a same-namespace agent grant: the callees' gates admit exactly these callers. */
-  const grantCallees = (callees: readonly IndexedPod[], ruleName: string, ports: { port: number }[]): void => {
+  const grantCallees = (
+    callees: readonly IndexedPod[],
+    ruleName: string,
+    ports: { port: number }[],
+    http?: HTTPRule[],
+  ): void => {
     if (selected.length === 0) return;
     const rule: EntitlementIngressRule = {
       policy: name,
@@ -182,6 +187,8 @@ export function compilePolicy(
       mode,
       ports: normalizePorts(ports),
       agents: allowedCallers(selected, options.trustDomain),
+      // The callee's gate checks the same methods and paths as the caller's sidecar: neither trusts the other.
+      ...(http ? { http: canonicalHttp(http) } : {}),
       ...(spec.expiresAt !== undefined ? { expiresAt: spec.expiresAt } : {}),
     };
     for (const pod of callees) calleeGrants.push({ pod, rule });
@@ -255,7 +262,7 @@ export function compilePolicy(
                   return g ? [{ port: g.port }] : podGates(b).length === 0 ? [{ port: p.port ?? 0 }] : [];
                 }),
               );
-            if (appPorts.length > 0) grantCallees(backends, rule.name, appPorts);
+            if (appPorts.length > 0) grantCallees(backends, rule.name, appPorts, rule.http);
           }
         }
         for (const p of target.problems) {
@@ -336,7 +343,7 @@ export function compilePolicy(
         calleePolicies.push(
           calleeIngress(namespace, rule.name, andLabels(peer.agentSelector, INJECT), gatedPorts(own, rule.ports)),
         );
-        grantCallees(own, rule.name, rule.ports);
+        grantCallees(own, rule.name, rule.ports, rule.http);
       }
     }
 

@@ -35,6 +35,10 @@ const CASES: GoldenCase[] = [
   { name: 'cross-namespace-no-consent', files: ['test/fixtures/compiler/cross-namespace-no-consent.yaml', CLUSTER] },
   { name: 'mcp-tools', files: ['examples/mcp-tools-agent.yaml', CLUSTER] },
   { name: 'expiry', files: ['test/fixtures/compiler/expiry.yaml'] },
+  {
+    name: 'agent-to-agent',
+    files: ['examples/agent-to-agent.yaml', 'test/fixtures/compiler/agent-to-agent-pods.yaml'],
+  },
   { name: 'hosts-kubernetes', files: ['examples/research-agent.yaml', CLUSTER] },
   { name: 'cilium', files: ['examples/research-agent.yaml', CLUSTER], options: { networkProvider: 'cilium' } },
 ];
