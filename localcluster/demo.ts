@@ -27,6 +27,7 @@ import { startControlPlane } from './controlplane.ts';
 import { localInjectorConfig, startLocalController } from './controller.ts';
 import { installCRDs, kubectlOrThrow } from './kubectl.ts';
 import { CONTROLLER } from '../operator/defaults.ts';
+import { gatesOfPod } from '../lib/inbound/gates.ts';
 
 export interface DemoOptions {
   binaries: Binaries;
@@ -54,20 +55,23 @@ async function listen(server: Server, cleanup: (() => Promise<void> | void)[]): 
 
 /** An agent's HTTP call, as its HTTP client sends it with HTTP_PROXY pointing at its sidecar. */
 function call(
-  sidecar: RunningSidecar,
+  sidecar: RunningSidecar | undefined,
   method: string,
   url: string,
   body?: string,
+  headers: Record<string, string> = {},
 ): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
-    const proxy = new URL(sidecar.proxyUrl);
+    // Through the agent's sidecar (absolute form), or — without one — straight to the URL (a caller off the fence).
+    const target = new URL(url);
+    const via = sidecar ? new URL(sidecar.proxyUrl) : target;
     const req = httpRequest(
       {
-        host: proxy.hostname,
-        port: proxy.port,
+        host: via.hostname,
+        port: via.port,
         method,
-        path: url,
-        headers: { host: new URL(url).host, ...(body ? { 'content-type': 'application/json' } : {}) },
+        path: sidecar ? url : target.pathname,
+        headers: { host: target.host, ...(body ? { 'content-type': 'application/json' } : {}), ...headers },
       },
       (res) => {
         let text = '';
@@ -158,6 +162,17 @@ export async function runDemo(options: DemoOptions): Promise<void> {
     out(
       `✔ upstreams: orders API :${ordersPort} (verifies agent tokens), LLM-like API :${llmPort}, docs site :${docsPort}`,
     );
+    // research-agent's own app: it serves research to other agents and trusts the caller its sidecar names.
+    const researchPort = await listen(
+      createServer((req, res) => {
+        req.resume();
+        res.setHeader('content-type', 'application/json');
+        res.end(JSON.stringify({ answer: 'three sources found', caller: req.headers['agentfence-caller'] ?? null }));
+      }),
+      cleanup,
+    );
+    // The research pod's address: it never runs here, so a loopback address stands in for its pod IP.
+    const researchIP = `127.77.${1 + Math.floor(Math.random() * 250)}.${1 + Math.floor(Math.random() * 250)}`;
 
     // Policies and agents.
     await k(['create', 'namespace', NS]);
@@ -170,17 +185,26 @@ export async function runDemo(options: DemoOptions): Promise<void> {
         metadata: { name: 'support-agent', namespace: NS },
         spec: {
           agentSelector: { matchLabels: { 'agentfence.io/agent': 'support-agent' } },
-          egress: withOrders
-            ? [
-                {
-                  name: 'orders-api',
-                  to: { cidrs: ['127.0.0.1/32'] },
-                  ports: [{ port: ordersPort }],
-                  http: [{ methods: ['GET'], paths: [{ type: 'PathPrefix', value: '/v1/orders/' }] }],
-                  audience: 'orders-api',
-                },
-              ]
-            : [],
+          egress: [
+            ...(withOrders
+              ? [
+                  {
+                    name: 'orders-api',
+                    to: { cidrs: ['127.0.0.1/32'] },
+                    ports: [{ port: ordersPort }],
+                    http: [{ methods: ['GET'], paths: [{ type: 'PathPrefix', value: '/v1/orders/' }] }],
+                    audience: 'orders-api',
+                  },
+                ]
+              : []),
+            {
+              // Another agent: the sidecar attaches a token for research-agent's SPIFFE ID and dials its gate.
+              name: 'research-agent',
+              to: { agents: { agentSelector: { matchLabels: { 'agentfence.io/agent': 'research-agent' } } } },
+              ports: [{ port: researchPort }],
+              http: [{ methods: ['POST'], paths: [{ type: 'Exact', value: '/v1/research' }] }],
+            },
+          ],
         },
       });
     const researchPolicy = stringify({
@@ -208,7 +232,7 @@ export async function runDemo(options: DemoOptions): Promise<void> {
     await k(['apply', '-f', '-'], supportPolicy(true));
     await k(['apply', '-f', '-'], researchPolicy);
     out(
-      '✔ AgentPolicies applied: support-agent → orders API (GET /v1/orders/*); research-agent → LLM (POST) + docs (GET /docs/*)',
+      '✔ AgentPolicies applied: support-agent → orders API (GET /v1/orders/*) + research-agent (POST /v1/research); research-agent → LLM (POST) + docs (GET /docs/*)',
     );
 
     const sidecars = new Map<string, RunningSidecar>();
@@ -221,15 +245,39 @@ export async function runDemo(options: DemoOptions): Promise<void> {
             apiVersion: 'v1',
             kind: 'Pod',
             metadata: { name: `${agent}-0`, namespace: NS, labels: { 'agentfence.io/inject': 'true' } },
-            spec: { serviceAccountName: agent, containers: [{ name: 'agent', image: `registry.example/${agent}:1` }] },
+            spec: {
+              serviceAccountName: agent,
+              containers: [
+                {
+                  name: 'agent',
+                  image: `registry.example/${agent}:1`,
+                  // research-agent serves other agents on a named port: the webhook puts its sidecar's gate in front.
+                  ...(agent === 'research-agent' ? { ports: [{ name: 'http', containerPort: researchPort }] } : {}),
+                },
+              ],
+            },
           }),
         ),
       ) as {
         metadata: { name: string; uid: string; labels: Record<string, string> };
-        spec: { initContainers?: { name: string }[] };
+        spec: { initContainers?: { name: string; args?: unknown }[] };
       };
+      const gates = gatesOfPod(pod.spec);
+      if (gates.length > 0) {
+        await k([
+          'patch',
+          'pod',
+          pod.metadata.name,
+          '-n',
+          NS,
+          '--subresource=status',
+          '--type=merge',
+          '-p',
+          JSON.stringify({ status: { podIP: researchIP, podIPs: [{ ip: researchIP }] } }),
+        ]);
+      }
       out(
-        `✔ pod ${NS}/${pod.metadata.name} created through the API server → injected: ${(pod.spec.initContainers ?? []).map((c) => c.name).join(', ')}, agent label ${pod.metadata.labels['agentfence.io/agent'] ?? '?'}`,
+        `✔ pod ${NS}/${pod.metadata.name} created through the API server → injected: ${(pod.spec.initContainers ?? []).map((c) => c.name).join(', ')}, agent label ${pod.metadata.labels['agentfence.io/agent'] ?? '?'}${gates.length > 0 ? `, inbound gate ${gates.map((g) => `:${g.gate} → app :${g.port}`).join(', ')}` : ''}`,
       );
       const token = JSON.parse(
         await k([
@@ -254,6 +302,7 @@ export async function runDemo(options: DemoOptions): Promise<void> {
           listen: { host: '127.0.0.1', port: 0 },
           adminListen: { host: '127.0.0.1', port: 0 },
           mode: { kind: 'controller', controllerUrl: issuerUrl, tokenFile, caFile: join(dir, 'ca.crt') },
+          ...(gates.length > 0 ? { inbound: { host: researchIP, gates } } : {}),
           maxStalenessMs: 60_000,
           pod: { name: pod.metadata.name, namespace: NS },
         },
@@ -277,16 +326,17 @@ export async function runDemo(options: DemoOptions): Promise<void> {
 
     const show = async (
       who: string,
-      sidecar: RunningSidecar,
+      sidecar: RunningSidecar | undefined,
       method: string,
       url: string,
       body?: string,
+      headers?: Record<string, string>,
     ): Promise<number> => {
-      const res = await call(sidecar, method, url, body);
+      const res = await call(sidecar, method, url, body, headers);
       let detail = res.body.trim();
       try {
         const json = JSON.parse(detail) as Record<string, unknown>;
-        detail = res.status === 403 ? `${String(json.reason)}: ${String(json.missing)}` : JSON.stringify(json);
+        detail = res.status >= 400 ? `${String(json.reason)}: ${String(json.missing)}` : JSON.stringify(json);
       } catch {
         /* plain text */
       }
@@ -307,6 +357,19 @@ export async function runDemo(options: DemoOptions): Promise<void> {
     );
     await show('research-agent', research, 'GET', `http://127.0.0.1:${docsPort}/docs/intro`);
     await show('research-agent', research, 'GET', `http://127.0.0.1:${ordersPort}/v1/orders/42`);
+
+    out('');
+    out('▶ agent to agent: support-agent → its sidecar → research-agent’s gate (verifies the caller) → research app:');
+    const researchUrl = `http://${researchIP}:${researchPort}/v1/research`;
+    for (let i = 0; i < 100 && (await call(support, 'POST', researchUrl, '{}')).status !== 200; i++) await sleep(100);
+    await show('support-agent', support, 'POST', researchUrl, '{"q":"refund policy"}', {
+      'agentfence-caller': `spiffe://cluster.local/ns/${NS}/agent/admin`,
+    });
+    const gatePort = research.gatePorts[0] ?? 0;
+    out(`  a caller off the fence, claiming to be support-agent, straight to the gate :${gatePort}:`);
+    await show('forged caller', undefined, 'POST', `http://${researchIP}:${gatePort}/v1/research`, '{}', {
+      'agentfence-caller': `spiffe://cluster.local/ns/${NS}/agent/support-agent`,
+    });
 
     out('');
     out(`▶ kubectl get agentpolicies,agententitlements,networkpolicies -n ${NS}`);

@@ -29,6 +29,13 @@ describe('agentfence demo', () => {
     );
     expect(stdout).toMatch(/support-agent\s+POST\s+:\d+\/v1\/orders\/42 → 403 method_not_allowed/);
     expect(stdout).toMatch(/research-agent\s+GET\s+:\d+\/v1\/orders\/42 → 403 no_rule_for_destination/);
+    // Agent to agent through both sidecars: the callee's app sees the verified caller, not the forged header the
+    // caller's app sent; a forged caller straight at the gate is refused.
+    expect(stdout).toMatch(/research-agent-0 created .* inbound gate :15006 → app :\d+/);
+    expect(stdout).toMatch(
+      /support-agent\s+POST\s+http:\/\/[\d.]+:\d+\/v1\/research → 200 .*"caller":"spiffe:\/\/cluster\.local\/ns\/demo\/agent\/support-agent"/,
+    );
+    expect(stdout).toMatch(/forged caller\s+POST\s+http:\/\/[\d.]+:15006\/v1\/research → 401 missing_credential/);
     expect(stdout).toMatch(/agentpolicy\.agentfence\.io\/support-agent\s+True\s+Enforce\s+1\s+1/);
     expect(stdout).toContain('networkpolicy.networking.k8s.io/agentfence-baseline');
     expect(stdout).toMatch(/"decision":"deny","reason":"method_not_allowed"/);
