@@ -48,8 +48,12 @@ export function createAuditSink(out: NodeJS.WritableStream = process.stdout, max
     if (pending.length === 0) return;
     const chunk = pending.join('');
     pending = [];
-    blocked = !out.write(chunk);
-    if (blocked) out.once('drain', () => (blocked = false));
+    const full = !out.write(chunk);
+    // One drain listener at a time: flushing again while blocked must not stack listeners (one per turn).
+    if (full && !blocked) {
+      blocked = true;
+      out.once('drain', () => (blocked = false));
+    }
   };
   return {
     write(record) {

@@ -5,7 +5,9 @@
  * callers resolved to SPIFFE IDs and live pod uids, peers with the callee's identity, a Service targeting an
  * app port by number reported).
  */
+import { Writable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
+import { createAuditSink, type AuditRecord } from '../../sidecar/audit.ts';
 import type { AgentEntitlement, EntitlementIngressRule } from '../../lib/api/types.generated.ts';
 import { formatGates, gatesOfPod, parseGates } from '../../lib/inbound/gates.ts';
 import { compile } from '../../operator/compiler/index.ts';
@@ -350,5 +352,18 @@ describe('the compiler and gates', () => {
     const before = ent('b-0')?.revision;
     const after = fewer.entitlements.find((e) => e.metadata.name === 'b-0')?.spec.revision;
     expect(after).not.toBe(before);
+  });
+});
+
+describe('the audit sink under backpressure', () => {
+  it('waits for one drain at a time instead of stacking a listener per flush', () => {
+    const out = new Writable({ highWaterMark: 1, write: (_chunk, _enc, done) => setTimeout(done, 1000) });
+    const sink = createAuditSink(out);
+    for (let i = 0; i < 20; i++) {
+      sink.write({ requestId: String(i) } as AuditRecord);
+      sink.flush();
+    }
+    expect(out.listenerCount('drain')).toBe(1);
+    out.destroy();
   });
 });
