@@ -134,3 +134,31 @@ export function compileIngressRule(
     ...(policy.expiresAt !== undefined ? { expiresAt: policy.expiresAt } : {}),
   };
 }
+
+/**
+ * Services in front of these agent pods that target a gated app port by number: their traffic would go around
+ * the gate, and the NetworkPolicies do not open it. One message per Service, naming it and the fix.
+ */
+export function servicesBypassingGates(index: ClusterIndex, namespace: string, pods: readonly IndexedPod[]): string[] {
+  const messages: string[] = [];
+  for (const [id, svc] of index.services) {
+    if (!id.startsWith(`${namespace}/`)) continue;
+    const selector = svc.spec?.selector ?? {};
+    if (Object.keys(selector).length === 0) continue;
+    const matches = compileSelector({ matchLabels: selector });
+    const behind = pods.filter((p) => matches(p.labels));
+    const numbers = new Set<string>();
+    for (const sp of svc.spec?.ports ?? []) {
+      if ((sp.protocol ?? 'TCP') !== 'TCP') continue;
+      const target = sp.targetPort ?? sp.port;
+      const n = typeof target === 'number' ? target : /^\d+$/.test(target) ? Number(target) : undefined;
+      if (n !== undefined && behind.some((p) => podGates(p).some((g) => g.port === n))) numbers.add(`${sp.port}→${n}`);
+    }
+    if (numbers.size > 0) {
+      messages.push(
+        `Service ${id} targets the app port of agents this policy selects by number (${[...numbers].sort(compareStrings).join(', ')}): its callers never reach the sidecar's inbound gate and are refused at L3; name the container port and set the Service's targetPort to that name`,
+      );
+    }
+  }
+  return messages.sort(compareStrings);
+}

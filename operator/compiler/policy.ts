@@ -24,7 +24,15 @@ import { normalizePorts, toNetworkPolicyPorts } from './ports.ts';
 import { parseDurationSeconds } from '../../lib/api/duration.ts';
 import { andLabels, compileSelector } from './selectors.ts';
 import { compileServiceTarget } from './services.ts';
-import { allowedCallers, compileIngressRule, gatedPorts, peerAddresses, podGates, spiffeOf } from './inbound.ts';
+import {
+  allowedCallers,
+  compileIngressRule,
+  gatedPorts,
+  peerAddresses,
+  podGates,
+  servicesBypassingGates,
+  spiffeOf,
+} from './inbound.ts';
 import type {
   CiliumEgressRule,
   CiliumNetworkPolicy,
@@ -418,6 +426,11 @@ export function compilePolicy(
         rule.http ? canonicalHttp(rule.http) : undefined,
       ),
     );
+  }
+
+  if ((spec.ingress ?? []).length > 0) {
+    for (const message of servicesBypassingGates(index, namespace, selected))
+      problems.push({ reason: 'ServiceBypassesGate', message });
   }
 
   const metadata = { name: policyObjectName(name), namespace, labels, ...(owner ? { ownerReferences: owner } : {}) };

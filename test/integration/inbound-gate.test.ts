@@ -157,9 +157,12 @@ async function agentToken(pod: { metadata: { name: string; uid: string } }, sa: 
     });
     return { status: res.status, json: (await res.json()) as { token?: string } };
   };
-  const id = await post('/v1/identity', await serviceAccountToken(ns, sa, pod), {});
-  if (!id.json.token) throw new Error(`identity: ${id.status}`);
-  const identity = id.json.token;
+  // A new pod's entitlement is compiled a moment after it is created (until then: 503 entitlement_pending).
+  const saToken = await serviceAccountToken(ns, sa, pod);
+  const identity = await eventually(
+    async () => (await post('/v1/identity', saToken, {})).json.token,
+    `identity of ${pod.metadata.name}`,
+  );
   return eventually(async () => (await post('/v1/token', identity, { audience })).json.token, `token for ${audience}`);
 }
 
@@ -467,6 +470,30 @@ describe('people and client apps (from.users)', () => {
     // Another user has a budget of their own.
     const grace = await oidc.sign({ sub: 'grace', aud: 'agents-api', groups: ['support'] });
     expect((await send(gateB, '/', { headers: { authorization: `Bearer ${grace}` } })).status).toBe(200);
+  });
+});
+
+describe('Services', () => {
+  it('a Service targeting the app port by number puts a condition on the policy naming it and the fix', async () => {
+    await runOrThrow(
+      ['apply', '-f', '-'],
+      JSON.stringify({
+        apiVersion: 'v1',
+        kind: 'Service',
+        metadata: { name: 'callee-by-number', namespace: ns },
+        spec: { selector: { 'agentfence.io/agent': 'callee' }, ports: [{ port: 80, targetPort: appPort }] },
+      }),
+    );
+    const condition = await eventually(async () => {
+      const ap = JSON.parse(await runOrThrow(['get', 'ap', 'callee', '-n', ns, '-o', 'json'])) as {
+        status?: { conditions?: { type: string; status: string; reason: string; message: string }[] };
+      };
+      const degraded = ap.status?.conditions?.find((c) => c.type === 'Degraded');
+      return degraded?.reason === 'ServiceBypassesGate' ? degraded : undefined;
+    }, 'Degraded: ServiceBypassesGate');
+    expect(condition.status).toBe('True');
+    expect(condition.message).toContain(`Service ${ns}/callee-by-number targets the app port`);
+    expect(condition.message).toContain("set the Service's targetPort to that name");
   });
 });
 

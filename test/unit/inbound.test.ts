@@ -345,6 +345,11 @@ describe('the compiler and gates', () => {
     expect(report?.problems.find((p) => p.reason === 'ServiceBypassesGate')?.message).toMatch(
       /Service team\/b-by-number targets .* by number .*targetPort to that name/,
     );
+    // The callee's own policy says so too: it is the owner of the Service who has to change it.
+    const own = out.reports.find((r) => r.name === 'b')?.problems.filter((p) => p.reason === 'ServiceBypassesGate');
+    expect(own?.map((p) => p.message)).toEqual([
+      expect.stringMatching(/^Service team\/b-by-number targets .*\(80→8080\)/),
+    ]);
   });
 
   it('moves the revision when a caller pod goes (its tokens stop being accepted)', () => {
