@@ -363,7 +363,9 @@ export class InboundGate {
     return this.#user(iss, jwksUri, bearer);
   }
 
-  async #agent(token: string, agents: { verifier: AgentVerifier } | undefined): Promise<Caller> {
+  async #agent(raw: string, agents: { verifier: AgentVerifier } | undefined): Promise<Caller> {
+    // Cached per kind: a token verified as one kind of credential is never taken for the other.
+    const token = `a:${raw}`;
     const cached = this.#cached(token);
     if (cached) return cached;
     if (!agents)
@@ -373,14 +375,15 @@ export class InboundGate {
         detail: 'this sidecar has no identity yet, so it cannot verify agent tokens',
       };
     try {
-      const id = await agents.verifier.verify(token);
+      const id = await agents.verifier.verify(raw);
       return this.#remember(token, { kind: 'agent', spiffeID: id.sub, podUID: id.pod.uid }, id.expiresAt.getTime());
     } catch (err) {
       return invalid(err);
     }
   }
 
-  async #user(issuer: string, jwksUri: string, token: string): Promise<Caller> {
+  async #user(issuer: string, jwksUri: string, raw: string): Promise<Caller> {
+    const token = `u:${issuer}:${raw}`;
     const cached = this.#cached(token);
     if (cached) return cached;
     let entry = this.#users.get(issuer);
@@ -392,7 +395,7 @@ export class InboundGate {
       this.#users.set(issuer, entry);
     }
     try {
-      const u = await entry.verifier.verify(token);
+      const u = await entry.verifier.verify(raw);
       return this.#remember(
         token,
         { kind: 'user', issuer, sub: u.sub, audiences: u.audiences, claims: u.claims },
