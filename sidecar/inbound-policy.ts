@@ -119,6 +119,8 @@ export class InboundPolicy {
   readonly rules: readonly InboundRule[];
   /** The user issuers some rule accepts (issuer → JWKS URI). */
   readonly issuers: ReadonlyMap<string, string>;
+  /** Headers some rule names as identity-bearing: stripped from every inbound request, whatever rule admits it. */
+  readonly identityHeaders: readonly string[];
 
   constructor(entitlement: AgentEntitlement | undefined) {
     this.revision = entitlement?.spec.revision ?? '';
@@ -126,6 +128,9 @@ export class InboundPolicy {
     const issuers = new Map<string, string>();
     for (const r of this.rules) if (r.users) issuers.set(r.users.issuer, r.users.jwksUri);
     this.issuers = issuers;
+    this.identityHeaders = [
+      ...new Set((entitlement?.spec.ingress ?? []).flatMap((r) => r.identityHeaders ?? []).map((h) => h.toLowerCase())),
+    ];
   }
 
   decide(facts: InboundFacts, caller: Caller): InboundDecision {

@@ -225,6 +225,7 @@ export class InboundGate {
     const caller = await this.#authenticate(headers, Array.isArray(presented) ? presented.join(',') : presented);
     for (const h of IDENTITY_HEADERS) Reflect.deleteProperty(headers, h);
     const policy = this.#o.policy();
+    for (const h of policy?.identityHeaders ?? []) Reflect.deleteProperty(headers, h);
     if (!policy) {
       deny(
         facts,

@@ -471,6 +471,23 @@ const maxBodyBytes: Schema = {
   description: 'Largest request body accepted (bytes); larger ones are refused with 413 before the app sees them.',
 };
 
+const identityHeaders: Schema = {
+  type: 'array',
+  maxItems: 16,
+  'x-kubernetes-list-type': 'set',
+  items: str(64, 'A request header name, lower case.', {
+    minLength: 1,
+    'x-kubernetes-validations': [
+      {
+        rule: "self.matches('^[a-z0-9][a-z0-9._-]*$')",
+        message: "identityHeaders entries are header names in lower case: letters, digits, '-', '.' and '_'",
+      },
+    ],
+  }),
+  description:
+    'Headers your app reads as an identity (such as x-user-id): stripped from every request into the pod, whatever the caller, before it reaches the app. agentfence-caller, agentfence-user, agentfence-user-issuer and agentfence-identity always are.',
+};
+
 const ingressSource = named('IngressSource', {
   type: 'object',
   description:
@@ -513,6 +530,7 @@ const ingressRule = named('IngressRule', {
     http: httpRules,
     maxBodyBytes,
     rateLimit,
+    identityHeaders,
   },
   'x-kubernetes-validations': [
     {
@@ -746,6 +764,7 @@ const entitlementIngressRule = named('EntitlementIngressRule', {
     http: withoutValidations({ ...httpRules, minItems: 0 }),
     maxBodyBytes,
     rateLimit: withoutValidations(rateLimit),
+    identityHeaders: withoutValidations(identityHeaders),
     expiresAt: { type: 'string', format: 'date-time', description: 'When this grant ends.' },
   },
 });

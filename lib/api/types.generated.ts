@@ -122,6 +122,8 @@ export interface IngressRule {
   maxBodyBytes?: number;
   /** At most this many requests per caller identity in each window; beyond it 429 with Retry-After. */
   rateLimit?: RateLimit;
+  /** Headers your app reads as an identity (such as x-user-id): stripped from every request into the pod, whatever the caller, before it reaches the app. agentfence-caller, agentfence-user, agentfence-user-issuer and agentfence-identity always are. */
+  identityHeaders?: string[];
 }
 
 /** Who may connect: exactly one of agents, users, pods or cidrs. Agents and users prove who they are with a token the sidecar verifies; pods and cidrs are admitted by source address. */
@@ -302,6 +304,8 @@ export interface EntitlementIngressRule {
   maxBodyBytes?: number;
   /** At most this many requests per caller identity in each window; beyond it 429 with Retry-After. */
   rateLimit?: RateLimit;
+  /** Headers your app reads as an identity (such as x-user-id): stripped from every request into the pod, whatever the caller, before it reaches the app. agentfence-caller, agentfence-user, agentfence-user-issuer and agentfence-identity always are. */
+  identityHeaders?: string[];
   /** When this grant ends. */
   expiresAt?: string;
 }

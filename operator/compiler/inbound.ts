@@ -131,6 +131,9 @@ export function compileIngressRule(
     ...(http ? { http } : {}),
     ...(rule.maxBodyBytes !== undefined ? { maxBodyBytes: rule.maxBodyBytes } : {}),
     ...(rule.rateLimit ? { rateLimit: rule.rateLimit } : {}),
+    ...(rule.identityHeaders && rule.identityHeaders.length > 0
+      ? { identityHeaders: sortedUnique(rule.identityHeaders.map((h) => h.toLowerCase())) }
+      : {}),
     ...(policy.expiresAt !== undefined ? { expiresAt: policy.expiresAt } : {}),
   };
 }

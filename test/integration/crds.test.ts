@@ -190,6 +190,14 @@ const invalid: [string, Record<string, unknown>, string][] = [
     'per must be a whole number of seconds, minutes or hours',
   ],
   [
+    'an identity header in upper case',
+    {
+      agentSelector: selector,
+      ingress: [{ name: 'i', from: { cidrs: ['10.0.0.0/8'] }, ports: [{ port: 80 }], identityHeaders: ['X-User-ID'] }],
+    },
+    'identityHeaders entries are header names in lower case',
+  ],
+  [
     'an ingress http profile on a UDP port',
     {
       agentSelector: selector,

@@ -183,6 +183,7 @@ function policies(withCaller: boolean): string {
           http: [{ methods: ['GET', 'POST'] }],
           maxBodyBytes: 64,
           rateLimit: { requests: 3, per: '1m' },
+          identityHeaders: ['x-user-id'],
         },
       ],
     },
@@ -306,13 +307,21 @@ describe('agent to agent through both sidecars', () => {
     }, 'A → B allowed');
     expect(JSON.parse(res.body)).toEqual({ caller: spiffe('caller'), user: null });
     const forged = await send(proxyOf(sidecarA), url, {
-      headers: { 'agentfence-caller': spiffe('admin'), 'agentfence-identity': 'forged', 'agentfence-user': 'root' },
+      headers: {
+        'agentfence-caller': spiffe('admin'),
+        'agentfence-identity': 'forged',
+        'agentfence-user': 'root',
+        'x-user-id': 'admin', // named by the callee's policy as identity-bearing
+        'x-trace-id': 't-1', // an ordinary header: passes
+      },
     });
     expect(forged.status).toBe(200);
     const last = seen.at(-1);
     expect(last?.headers['agentfence-caller']).toBe(spiffe('caller'));
     expect(last?.headers['agentfence-user']).toBeUndefined();
     expect(last?.headers['agentfence-identity']).toBeUndefined();
+    expect(last?.headers['x-user-id']).toBeUndefined();
+    expect(last?.headers['x-trace-id']).toBe('t-1');
     expect(audits.find((a) => a.direction === 'inbound' && a.decision === 'allow')).toMatchObject({
       agent: spiffe('callee'),
       caller: spiffe('caller'),

@@ -302,6 +302,7 @@ describe('the compiler and gates', () => {
             ports: [{ port: 8080 }],
             maxBodyBytes: 1024,
             rateLimit: { requests: 10, per: '1s' },
+            identityHeaders: ['x-user-id', 'x-user-id', 'x-tenant'],
           },
         ],
       }),
@@ -334,7 +335,11 @@ describe('the compiler and gates', () => {
       users: { issuer: ISSUER, audiences: ['agents'] },
       maxBodyBytes: 1024,
       rateLimit: { requests: 10, per: '1s' },
+      identityHeaders: ['x-tenant', 'x-user-id'],
     });
+    // The gate strips them from every request, whichever rule admits it.
+    const gatePolicy = new InboundPolicy(out.entitlements.find((e) => e.metadata.name === 'b-0'));
+    expect([...gatePolicy.identityHeaders].sort()).toEqual(['x-tenant', 'x-user-id']);
   });
 
   it('opens the gate, never the app port, at L3; reports a Service that targets the app port by number', () => {
