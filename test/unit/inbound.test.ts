@@ -5,7 +5,10 @@
  * callers resolved to SPIFFE IDs and live pod uids, peers with the callee's identity, a Service targeting an
  * app port by number reported).
  */
+import { createHmac } from 'node:crypto';
 import { Writable } from 'node:stream';
+import { exportJWK, generateKeyPair, SignJWT } from 'jose';
+import { createUserVerifier } from '../../lib/verify/user-token.ts';
 import { describe, expect, it } from 'vitest';
 import { createAuditSink, type AuditRecord } from '../../sidecar/audit.ts';
 import type { AgentEntitlement, EntitlementIngressRule } from '../../lib/api/types.generated.ts';
@@ -375,5 +378,69 @@ describe('the audit sink under backpressure', () => {
     }
     expect(out.listenerCount('drain')).toBe(1);
     out.destroy();
+  });
+});
+
+describe('user tokens', () => {
+  const ISS = 'https://idp.test';
+  async function setup() {
+    const { publicKey, privateKey } = await generateKeyPair('RS256', { extractable: true });
+    const jwk = { ...(await exportJWK(publicKey)), kid: 'k1', alg: 'RS256', use: 'sig' };
+    let fetches = 0;
+    const fetchKeys = (() => {
+      fetches++;
+      return Promise.resolve(new Response(JSON.stringify({ keys: [jwk] }), { status: 200 }));
+    }) as typeof fetch;
+    const verifier = createUserVerifier({ issuer: ISS, jwksUri: `${ISS}/keys`, fetch: fetchKeys });
+    const sign = (claims: Record<string, unknown>, header: Record<string, unknown> = {}) =>
+      new SignJWT(claims)
+        .setProtectedHeader({ alg: 'RS256', kid: 'k1', ...header })
+        .setIssuer(typeof claims.iss === 'string' ? claims.iss : ISS)
+        .setSubject('alice')
+        .setExpirationTime('5m')
+        .sign(privateKey);
+    return { jwk, verifier, sign, fetches: () => fetches };
+  }
+  const b64 = (v: unknown): string => Buffer.from(JSON.stringify(v)).toString('base64url');
+
+  it('accepts the issuer’s RS256 token and reads audiences and claims; the key set is fetched once', async () => {
+    const { verifier, sign, fetches } = await setup();
+    const u = await verifier.verify(await sign({ aud: ['a', 'b'], groups: ['support'] }));
+    expect(u).toMatchObject({ issuer: ISS, sub: 'alice', audiences: ['a', 'b'] });
+    expect(u.claims.groups).toEqual(['support']);
+    await verifier.verify(await sign({ aud: 'a' }));
+    expect(fetches()).toBe(1);
+  });
+
+  it('refuses alg none, HS256 keyed with the public key, another issuer, a missing exp, a foreign key', async () => {
+    const { jwk, verifier, sign } = await setup();
+    const payload = b64({ iss: ISS, sub: 'alice', aud: 'a', exp: Math.floor(Date.now() / 1000) + 300 });
+    const none = `${b64({ alg: 'none', typ: 'JWT' })}.${payload}.`;
+    await expect(verifier.verify(none)).rejects.toMatchObject({ code: 'algorithm_not_allowed' });
+    const head = b64({ alg: 'HS256', typ: 'JWT', kid: 'k1' });
+    const mac = createHmac('sha256', JSON.stringify(jwk)).update(`${head}.${payload}`).digest('base64url');
+    await expect(verifier.verify(`${head}.${payload}.${mac}`)).rejects.toMatchObject({
+      code: 'algorithm_not_allowed',
+    });
+    await expect(verifier.verify(await sign({ aud: 'a', iss: 'https://evil.test' }))).rejects.toMatchObject({
+      code: 'wrong_issuer',
+    });
+    const other = await generateKeyPair('RS256');
+    const forged = await new SignJWT({ aud: 'a' })
+      .setProtectedHeader({ alg: 'RS256', kid: 'k1' })
+      .setIssuer(ISS)
+      .setSubject('alice')
+      .setExpirationTime('5m')
+      .sign(other.privateKey);
+    await expect(verifier.verify(forged)).rejects.toMatchObject({ code: 'bad_signature' });
+    const noExp = await new SignJWT({ aud: 'a' })
+      .setProtectedHeader({ alg: 'RS256', kid: 'k1' })
+      .setIssuer(ISS)
+      .setSubject('alice')
+      .sign(other.privateKey);
+    await expect(verifier.verify(noExp)).rejects.toMatchObject({
+      code: expect.stringMatching(/missing_claim|bad_signature/) as unknown,
+    });
+    await expect(verifier.verify('not-a-jwt')).rejects.toMatchObject({ code: 'malformed_token' });
   });
 });
