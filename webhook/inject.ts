@@ -107,8 +107,11 @@ function refuse(reason: RefusalReason, message: string): InjectResult & { allowe
   return { allowed: false, reason, message };
 }
 
-/** Injects the sidecar into a pod labelled agentfence.io/inject=true. */
-export function inject(input: Pod, config: InjectorConfig): InjectResult {
+/**
+ * Injects the sidecar into a pod labelled agentfence.io/inject=true. `gates: false` renders without inbound
+ * gates: only the fence check uses it, for pods injected before gates existed (see webhook/fence.ts).
+ */
+export function inject(input: Pod, config: InjectorConfig, options: { gates?: boolean } = {}): InjectResult {
   const pod = strip(structuredClone(input));
   const refusal = refuseUnfenceable(pod);
   if (refusal) return refusal;
@@ -147,7 +150,7 @@ export function inject(input: Pod, config: InjectorConfig): InjectResult {
   const resources = { ...config.resources, ...overrides.values.resources };
   const logLevel = overrides.values.logLevel ?? config.logLevel;
   // Inbound gates: callers reaching the pod land on the sidecar (webhook/inbound.ts).
-  const gates = assignGates(pod);
+  const gates = options.gates === false ? { ports: [], arg: '', warnings: [] } : assignGates(pod);
   warnings.push(...gates.warnings);
   const sidecar = sidecarContainer(config, resources, logLevel, gates.ports, gates.arg);
   spec.initContainers = [sidecar, ...(spec.initContainers ?? [])];
