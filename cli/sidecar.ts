@@ -2,6 +2,7 @@ import type { CommandContext } from './main.ts';
 import { createLogger, isLogLevel, type LogLevel } from '../lib/log.ts';
 import { parseDurationFlag, parseListen } from './flags.ts';
 import { startSidecar, type SidecarConfig } from '../sidecar/runtime.ts';
+import { parseGates } from '../lib/inbound/gates.ts';
 
 const HELP = `Usage: agentfence sidecar [flags]
 
@@ -22,6 +23,8 @@ Both:
   --trust-bundle-dir DIR     where the trust bundle (public roots + the pod's interception CA) is written for
                              the app containers; the CA key itself never leaves memory (default: not written)
   --log-level LEVEL          debug | info | warn | error (default info)
+  --inbound GATE:PORT,...    inbound gates: listen on GATE (all addresses), verify callers, forward to the
+                             app on 127.0.0.1:PORT (the webhook sets this from the app's container ports)
 `;
 
 // node:util without its ESM facade: reading all of util's exports loads ~30 more internal modules.
@@ -44,6 +47,7 @@ export function loadSidecarConfig(
       'admin-listen': { type: 'string', default: '0.0.0.0:15020' },
       'log-level': { type: 'string', default: 'info' },
       'trust-bundle-dir': { type: 'string' },
+      inbound: { type: 'string', default: '' },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
@@ -66,6 +70,8 @@ export function loadSidecarConfig(
       caFile: values['ca-file'],
     };
   } else throw new Error('pass --entitlements FILE (static mode) or --controller URL (controller mode)');
+  const gates = parseGates(values.inbound);
+  if (!Array.isArray(gates)) throw new Error(gates.error);
   const maxStalenessSeconds = parseDurationFlag('--max-staleness', values['max-staleness']);
   if (maxStalenessSeconds < 5) throw new Error('--max-staleness must be at least 5s (heartbeats come every 15s)');
   return {
@@ -74,6 +80,7 @@ export function loadSidecarConfig(
       listen: parseListen('--listen', values.listen),
       adminListen: parseListen('--admin-listen', values['admin-listen']),
       mode,
+      ...(gates.length > 0 ? { inbound: { host: '0.0.0.0', gates } } : {}),
       maxStalenessMs: maxStalenessSeconds * 1000,
       pod: { name: env.POD_NAME ?? '', namespace: env.POD_NAMESPACE ?? '' },
       ...(values['trust-bundle-dir'] ? { trustBundleDir: values['trust-bundle-dir'] } : {}),

@@ -7,17 +7,22 @@
 import type { AuditRecord } from '../sidecar/audit.ts';
 import { ADMIN_PORT, PROXY_PORT, SIDECAR_NAME } from '../webhook/inject.ts';
 import { sleep } from '../lib/sleep.ts';
-import type { AgentRunner, DemoAgent } from './demo.ts';
+import { call, type AgentRunner, type DemoAgent } from './demo.ts';
 
 /** The project image as the demo's pods and the webhook name it. */
 export const DEMO_IMAGE = 'localhost/agentfence/agentfence:demo';
 const APP_UID = 1000;
+/** The port research-agent's app serves other agents on, inside its pod (its gate is in front of it). */
+const APP_PORT = 8080;
+/** The app's server, as the container runs it: the same answer as the in-process one (demo.ts researchAnswer). */
+const APP = `require('node:http').createServer((req,res)=>{req.resume();res.setHeader('content-type','application/json');
+res.end(JSON.stringify({answer:'three sources found',caller:req.headers['agentfence-caller']??null}))}).listen(${APP_PORT});`;
 const READY_TIMEOUT_MS = 120_000;
 
 /** An absolute-form request to the sidecar's proxy, from the app container; prints one JSON line. */
-const CALL = `const http=require('node:http');const [method,url,body]=JSON.parse(process.argv[1]);
+const CALL = `const http=require('node:http');const [method,url,body,extra]=JSON.parse(process.argv[1]);
 const req=http.request({host:'127.0.0.1',port:${PROXY_PORT},method,path:url,headers:{host:new URL(url).host,
-...(body?{'content-type':'application/json'}:{})}},(res)=>{let t='';res.setEncoding('utf8');res.on('data',(c)=>t+=c);
+...(body?{'content-type':'application/json'}:{}),...extra}},(res)=>{let t='';res.setEncoding('utf8');res.on('data',(c)=>t+=c);
 res.on('end',()=>console.log(JSON.stringify({status:res.statusCode,body:t})))});
 req.on('error',(e)=>console.log(JSON.stringify({status:0,body:String(e.code)})));req.end(body);`;
 
@@ -42,7 +47,7 @@ const STATUS = `fetch('http://127.0.0.1:${ADMIN_PORT}/status').then(async(r)=>co
 {ready:r.status===200,status:await r.json()})),(e)=>console.log(JSON.stringify({ready:false,error:String(e)})));`;
 
 interface PodState {
-  status?: { conditions?: { type: string; status: string }[] };
+  status?: { podIP?: string; conditions?: { type: string; status: string }[] };
 }
 
 export function nodeAgents(ctx: {
@@ -71,14 +76,18 @@ export function nodeAgents(ctx: {
   };
   return {
     host: ctx.host,
-    container: (agent) => ({
+    container: (agent, appPort) => ({
       name: 'agent',
       image: DEMO_IMAGE,
       imagePullPolicy: 'Never',
-      command: ['node', '-e', 'setInterval(() => {}, 1e9)'],
+      command: ['node', '-e', appPort ? APP : 'setInterval(() => {}, 1e9)'],
+      ...(appPort ? { ports: [{ name: 'http', containerPort: appPort }] } : {}),
       env: [{ name: 'AGENT', value: agent }],
       securityContext: { runAsUser: APP_UID, runAsGroup: APP_UID, allowPrivilegeEscalation: false },
     }),
+    serveApp: () => Promise.resolve(APP_PORT),
+    // From the host: the node's address, which no NetworkPolicy of the operator's admits to an agent.
+    call: (method, url, body, headers) => call(undefined, method, url, body, headers),
     // The controller runs on the host, not as pods the baseline's operator rule selects: one more egress rule.
     prepareNamespace: async () => {
       const port = Number(new URL(ctx.controllerUrl).port);
@@ -100,8 +109,14 @@ export function nodeAgents(ctx: {
       const name = pod.metadata.name;
       pods.push(name);
       return Promise.resolve({
-        call: (method, url, body) => exec(name, CALL, JSON.stringify([method, url, body ?? ''])),
+        call: (method, url, body, headers) =>
+          exec(name, CALL, JSON.stringify([method, url, body ?? '', headers ?? {}])),
         callHttps: (method, url) => exec(name, CALL_HTTPS, JSON.stringify([method, url])),
+        podIP: async () => {
+          const state = JSON.parse(await ctx.k(['get', 'pod', name, '-n', ctx.namespace, '-o', 'json'])) as PodState;
+          if (!state.status?.podIP) throw new Error(`pod ${ctx.namespace}/${name} has no IP`);
+          return state.status.podIP;
+        },
         ready: async () => {
           const deadline = Date.now() + READY_TIMEOUT_MS;
           for (;;) {

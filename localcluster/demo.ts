@@ -38,6 +38,7 @@ import { installCRDs, kubectlOrThrow } from './kubectl.ts';
 import { CONTROLLER } from '../operator/defaults.ts';
 import { LABEL_CA_BUNDLE } from '../lib/api/constants.ts';
 import { createCertificateAuthority, issueCertificate } from '../lib/tls/pki.ts';
+import { gatesOfPod, type Gate } from '../lib/inbound/gates.ts';
 
 export interface DemoOptions {
   binaries: Binaries;
@@ -62,7 +63,9 @@ export interface AgentResponse {
 
 /** One running agent, as the narration drives it: its HTTP client (through its sidecar) and its sidecar's status. */
 export interface DemoAgent {
-  call(method: string, url: string, body?: string): Promise<AgentResponse>;
+  call(method: string, url: string, body?: string, headers?: Record<string, string>): Promise<AgentResponse>;
+  /** The pod's address (another agent calls it there; its inbound gates listen there). */
+  podIP(): Promise<string>;
   /** An HTTPS call through the sidecar (CONNECT, then TLS trusting the bundle the webhook mounts). */
   callHttps(method: string, url: string): Promise<AgentResponse>;
   /** Resolves once the sidecar is ready: its identity and entitlement revision. */
@@ -73,8 +76,12 @@ export interface DemoAgent {
 export interface AgentRunner {
   /** The address the agents reach the upstreams at (they listen there; the policies allow it). */
   host: string;
-  /** The agent pod's container, before injection. */
-  container(agent: string): object;
+  /** The agent pod's container, before injection; `appPort`: the agent serves other agents there (a named port). */
+  container(agent: string, appPort?: number): object;
+  /** Starts the app an agent serves on (echoes the verified caller its sidecar names) and returns its port. */
+  serveApp(cleanup: (() => Promise<void> | void)[]): Promise<number>;
+  /** A caller off the fence, from the host: no sidecar, no token. */
+  call(method: string, url: string, body?: string, headers?: Record<string, string>): Promise<AgentResponse>;
   /** Whatever the agent namespace needs before pods are created there. */
   prepareNamespace?(): Promise<void>;
   /** The admitted (injected) pod's running agent. */
@@ -85,7 +92,12 @@ export interface AgentRunner {
 
 export interface AdmittedPod {
   metadata: { name: string; uid: string; labels: Record<string, string> };
-  spec: { initContainers?: { name: string }[] };
+  spec: { initContainers?: { name: string; args?: unknown }[] };
+}
+
+/** The app research-agent serves to other agents: it trusts the caller its sidecar's gate names. */
+export function researchAnswer(caller: string | string[] | undefined): string {
+  return JSON.stringify({ answer: 'three sources found', caller: caller ?? null });
 }
 
 async function listen(server: Server, host: string, cleanup: (() => Promise<void> | void)[]): Promise<number> {
@@ -99,21 +111,24 @@ async function listen(server: Server, host: string, cleanup: (() => Promise<void
 }
 
 /** An agent's HTTP call, as its HTTP client sends it with HTTP_PROXY pointing at its sidecar. */
-function call(
-  sidecar: RunningSidecar,
+export function call(
+  sidecar: RunningSidecar | undefined,
   method: string,
   url: string,
   body?: string,
+  headers: Record<string, string> = {},
 ): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
-    const proxy = new URL(sidecar.proxyUrl);
+    // Through the agent's sidecar (absolute form), or — without one — straight to the URL (a caller off the fence).
+    const target = new URL(url);
+    const via = sidecar ? new URL(sidecar.proxyUrl) : target;
     const req = httpRequest(
       {
-        host: proxy.hostname,
-        port: proxy.port,
+        host: via.hostname,
+        port: via.port,
         method,
-        path: url,
-        headers: { host: new URL(url).host, ...(body ? { 'content-type': 'application/json' } : {}) },
+        path: sidecar ? url : target.pathname,
+        headers: { host: target.host, ...(body ? { 'content-type': 'application/json' } : {}), ...headers },
       },
       (res) => {
         let text = '';
@@ -123,6 +138,11 @@ function call(
       },
     );
     req.on('error', reject);
+    // A connection the NetworkPolicies drop never answers: a caller off the fence gives up and says so.
+    req.setTimeout(5000, () => {
+      req.destroy();
+      resolve({ status: 0, body: 'no answer (dropped)' });
+    });
     req.end(body);
   });
 }
@@ -180,8 +200,39 @@ function inProcessAgents(ctx: {
   const audits: AuditRecord[] = [];
   return {
     host: '127.0.0.1',
-    container: (agent) => ({ name: 'agent', image: `registry.example/${agent}:1` }),
+    container: (agent, appPort) => ({
+      name: 'agent',
+      image: `registry.example/${agent}:1`,
+      ...(appPort ? { ports: [{ name: 'http', containerPort: appPort }] } : {}),
+    }),
+    serveApp: (cleanup) =>
+      listen(
+        createServer((req, res) => {
+          req.resume();
+          res.setHeader('content-type', 'application/json');
+          res.end(researchAnswer(req.headers['agentfence-caller']));
+        }),
+        '127.0.0.1',
+        cleanup,
+      ),
+    call: (method, url, body, headers) => call(undefined, method, url, body, headers),
     attach: async (pod, agent) => {
+      // The pod never runs here, so a loopback address stands in for its pod IP where it serves other agents.
+      const gates = gatesOfPod(pod.spec);
+      const podIP = `127.77.${1 + Math.floor(Math.random() * 250)}.${1 + Math.floor(Math.random() * 250)}`;
+      if (gates.length > 0) {
+        await ctx.k([
+          'patch',
+          'pod',
+          pod.metadata.name,
+          '-n',
+          NS,
+          '--subresource=status',
+          '--type=merge',
+          '-p',
+          JSON.stringify({ status: { podIP, podIPs: [{ ip: podIP }] } }),
+        ]);
+      }
       const token = JSON.parse(
         await ctx.k([
           'create',
@@ -206,6 +257,7 @@ function inProcessAgents(ctx: {
           adminListen: { host: '127.0.0.1', port: 0 },
           mode: { kind: 'controller', controllerUrl: ctx.issuerUrl, tokenFile, caFile: join(ctx.dir, 'ca.crt') },
           maxStalenessMs: 60_000,
+          ...(gates.length > 0 ? { inbound: { host: podIP, gates } } : {}),
           pod: { name: pod.metadata.name, namespace: NS },
           // The in-memory volume the webhook mounts read-only into the agent's containers.
           trustBundleDir: join(ctx.dir, `${agent}-trust`),
@@ -218,7 +270,8 @@ function inProcessAgents(ctx: {
       );
       ctx.cleanup.push(() => sidecar.stop());
       return {
-        call: (method, url, body) => call(sidecar, method, url, body),
+        call: (method, url, body, headers) => call(sidecar, method, url, body, headers),
+        podIP: () => Promise.resolve(podIP),
         callHttps: (method, url) => callHttps(sidecar, join(ctx.dir, `${agent}-trust`, 'ca-bundle.pem'), method, url),
         ready: async () => {
           for (let i = 0; i < 300 && (await fetch(`${sidecar.adminUrl}/readyz`)).status !== 200; i++) await sleep(100);
@@ -347,6 +400,8 @@ export async function runDemo(options: DemoOptions): Promise<void> {
     out(
       `✔ upstreams: orders API :${ordersPort} (verifies agent tokens), LLM-like API :${llmPort}, docs site :${docsPort}, HTTPS issues API :${issuesPort} (own CA)`,
     );
+    // research-agent's own app: it serves research to other agents and trusts the caller its sidecar names.
+    const researchPort = await runner.serveApp(cleanup);
 
     // Policies and agents.
     await k(['create', 'namespace', NS]);
@@ -369,17 +424,26 @@ export async function runDemo(options: DemoOptions): Promise<void> {
         metadata: { name: 'support-agent', namespace: NS },
         spec: {
           agentSelector: { matchLabels: { 'agentfence.io/agent': 'support-agent' } },
-          egress: withOrders
-            ? [
-                {
-                  name: 'orders-api',
-                  to: { cidrs: [`${host}/32`] },
-                  ports: [{ port: ordersPort }],
-                  http: [{ methods: ['GET'], paths: [{ type: 'PathPrefix', value: '/v1/orders/' }] }],
-                  audience: 'orders-api',
-                },
-              ]
-            : [],
+          egress: [
+            ...(withOrders
+              ? [
+                  {
+                    name: 'orders-api',
+                    to: { cidrs: [`${host}/32`] },
+                    ports: [{ port: ordersPort }],
+                    http: [{ methods: ['GET'], paths: [{ type: 'PathPrefix', value: '/v1/orders/' }] }],
+                    audience: 'orders-api',
+                  },
+                ]
+              : []),
+            {
+              // Another agent: the sidecar attaches a token for research-agent's SPIFFE ID and dials its gate.
+              name: 'research-agent',
+              to: { agents: { agentSelector: { matchLabels: { 'agentfence.io/agent': 'research-agent' } } } },
+              ports: [{ port: researchPort }],
+              http: [{ methods: ['POST'], paths: [{ type: 'Exact', value: '/v1/research' }] }],
+            },
+          ],
         },
       });
     const researchPolicy = stringify({
@@ -415,10 +479,11 @@ export async function runDemo(options: DemoOptions): Promise<void> {
     await k(['apply', '-f', '-'], supportPolicy(true));
     await k(['apply', '-f', '-'], researchPolicy);
     out(
-      '✔ AgentPolicies applied: support-agent → orders API (GET /v1/orders/*); research-agent → LLM (POST) + docs (GET /docs/*) + HTTPS issues API (GET /repos/agentfence/*)',
+      '✔ AgentPolicies applied: support-agent → orders API (GET /v1/orders/*) + research-agent (POST /v1/research); research-agent → LLM (POST) + docs (GET /docs/*) + HTTPS issues API (GET /repos/agentfence/*)',
     );
 
     const agents = new Map<string, DemoAgent>();
+    let researchGates: Gate[] = [];
     for (const agent of ['support-agent', 'research-agent']) {
       const pod = JSON.parse(
         await k(
@@ -427,12 +492,18 @@ export async function runDemo(options: DemoOptions): Promise<void> {
             apiVersion: 'v1',
             kind: 'Pod',
             metadata: { name: `${agent}-0`, namespace: NS, labels: { 'agentfence.io/inject': 'true' } },
-            spec: { serviceAccountName: agent, containers: [runner.container(agent)] },
+            spec: {
+              serviceAccountName: agent,
+              // research-agent serves other agents on a named port: the webhook puts its sidecar's gate in front.
+              containers: [runner.container(agent, agent === 'research-agent' ? researchPort : undefined)],
+            },
           }),
         ),
       ) as AdmittedPod;
+      const gates = gatesOfPod(pod.spec);
+      if (agent === 'research-agent') researchGates = gates;
       out(
-        `✔ pod ${NS}/${pod.metadata.name} created through the API server → injected: ${(pod.spec.initContainers ?? []).map((c) => c.name).join(', ')}, agent label ${pod.metadata.labels['agentfence.io/agent'] ?? '?'}`,
+        `✔ pod ${NS}/${pod.metadata.name} created through the API server → injected: ${(pod.spec.initContainers ?? []).map((c) => c.name).join(', ')}, agent label ${pod.metadata.labels['agentfence.io/agent'] ?? '?'}${gates.length > 0 ? `, inbound gate ${gates.map((g) => `:${g.gate} → app :${g.port}`).join(', ')}` : ''}`,
       );
       agents.set(agent, await runner.attach(pod, agent));
     }
@@ -444,12 +515,19 @@ export async function runDemo(options: DemoOptions): Promise<void> {
     const research = agents.get('research-agent');
     if (!support || !research) throw new Error('agents missing');
 
-    const show = async (who: string, agent: DemoAgent, method: string, url: string, body?: string): Promise<number> => {
-      const res = await agent.call(method, url, body);
+    const show = async (
+      who: string,
+      agent: DemoAgent | undefined,
+      method: string,
+      url: string,
+      body?: string,
+      headers?: Record<string, string>,
+    ): Promise<number> => {
+      const res = await (agent ?? runner).call(method, url, body, headers);
       let detail = res.body.trim();
       try {
         const json = JSON.parse(detail) as Record<string, unknown>;
-        detail = res.status === 403 ? `${String(json.reason)}: ${String(json.missing)}` : JSON.stringify(json);
+        detail = res.status >= 400 ? `${String(json.reason)}: ${String(json.missing)}` : JSON.stringify(json);
       } catch {
         /* plain text */
       }
@@ -480,6 +558,20 @@ export async function runDemo(options: DemoOptions): Promise<void> {
       }
       out(`  ${'research-agent'.padEnd(15)} GET  ${url.replace(host, '')} → ${res.status} ${detail}`);
     }
+
+    out('');
+    out('▶ agent to agent: support-agent → its sidecar → research-agent’s gate (verifies the caller) → research app:');
+    const researchIP = await research.podIP();
+    const researchUrl = `http://${researchIP}:${researchPort}/v1/research`;
+    for (let i = 0; i < 100 && (await support.call('POST', researchUrl, '{}')).status !== 200; i++) await sleep(100);
+    await show('support-agent', support, 'POST', researchUrl, '{"q":"refund policy"}', {
+      'agentfence-caller': `spiffe://cluster.local/ns/${NS}/agent/admin`,
+    });
+    const gatePort = researchGates[0]?.gate ?? 0;
+    out(`  a caller off the fence, claiming to be support-agent, straight to the gate :${gatePort}:`);
+    await show('forged caller', undefined, 'POST', `http://${researchIP}:${gatePort}/v1/research`, '{}', {
+      'agentfence-caller': `spiffe://cluster.local/ns/${NS}/agent/support-agent`,
+    });
 
     out('');
     out(`▶ kubectl get agentpolicies,agententitlements,networkpolicies -n ${NS}`);

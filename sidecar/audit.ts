@@ -8,7 +8,13 @@
 export interface AuditRecord {
   time: string;
   requestId: string;
+  /** Absent: egress. `inbound`: a call into this agent, judged at its gate. */
+  direction?: 'inbound';
   agent: string;
+  /** Inbound: the verified caller (SPIFFE ID, or the user's sub) — absent when none was verified. */
+  caller?: string;
+  /** Inbound, users: the issuer of the caller's token. */
+  callerIssuer?: string;
   pod: string;
   namespace: string;
   method: string;
@@ -47,8 +53,12 @@ export function createAuditSink(out: NodeJS.WritableStream = process.stdout, max
     let chunk = '';
     for (const record of pending) chunk += `${JSON.stringify(record)}\n`;
     pending = [];
-    blocked = !out.write(chunk);
-    if (blocked) out.once('drain', () => (blocked = false));
+    const full = !out.write(chunk);
+    // One drain listener at a time: flushing again while blocked must not stack listeners (one per turn).
+    if (full && !blocked) {
+      blocked = true;
+      out.once('drain', () => (blocked = false));
+    }
   };
   return {
     write(record) {

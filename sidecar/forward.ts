@@ -24,6 +24,8 @@ export function forwardHttp(
   headers: Record<string, string>,
   t: Timing,
   expectContinue: boolean,
+  /** The port to connect to when it is not the request's (an agent callee's inbound gate). */
+  dialPort: number = canonical.port,
 ): void {
   const facts = {
     method: canonical.method,
@@ -46,7 +48,7 @@ export function forwardHttp(
   core.count(adm.decision, adm.reason);
   const options = {
     host: adm.address,
-    port: canonical.port,
+    port: dialPort,
     method: canonical.method,
     path: canonical.path + canonical.query,
     headers,
@@ -61,9 +63,9 @@ export function forwardHttp(
         // checkServerIdentity: a function per request defeats the pool's connection reuse.)
         ...(isIP(canonical.host) ? {} : { servername: canonical.host }),
         rejectUnauthorized: true,
-        agent: core.tlsPool(adm.address, canonical.port, canonical.host, adm.rule?.caBundle),
+        agent: core.tlsPool(adm.address, dialPort, canonical.host, adm.rule?.caBundle),
       })
-    : httpRequest({ ...options, agent: core.pool(adm.address, canonical.port) });
+    : httpRequest({ ...options, agent: core.pool(adm.address, dialPort) });
   upstream.on('response', (up) => {
     up.on('error', ignore);
     const status = up.statusCode ?? 502;

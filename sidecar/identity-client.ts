@@ -124,6 +124,20 @@ export class IdentityClient {
     };
   }
 
+  /** The issuer of our tokens (`iss` of the identity token the controller gave us over TLS). */
+  issuer(): string | undefined {
+    const token = this.identityToken();
+    if (!token) return undefined;
+    try {
+      const payload = JSON.parse(Buffer.from(token.split('.')[1] ?? '', 'base64url').toString('utf8')) as {
+        iss?: unknown;
+      };
+      return typeof payload.iss === 'string' ? payload.iss : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
   /** The identity token (audience = the controller) for the controller's own APIs. */
   identityToken(): string | undefined {
     return this.current() ? this.identity?.token : undefined;

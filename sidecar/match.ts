@@ -25,11 +25,19 @@ export interface CompiledRule {
   http?: { methods?: Set<string>; exact: Set<string>; prefixes: string[] }[];
   mcp?: { path: string; tools: Set<string> };
   audience?: string;
+  /** Agent addresses this rule reaches (by IP literal): the identity each expects, and its gate per app port. */
+  peers?: Map<string, AgentPeer>;
   expiresAt?: number;
   /** HTTPS to this destination: forced inspection, or kept blind (never with a profile; the CRD refuses it). */
   tls?: 'Inspect' | 'Passthrough';
   /** PEM CAs that verify this destination's upstream TLS instead of the public roots ('' trusts nothing). */
   caBundle?: string;
+}
+
+export interface AgentPeer {
+  spiffeID: string;
+  /** App port → the callee sidecar's inbound gate. */
+  gates: Map<number, number>;
 }
 
 export interface Destination {
@@ -217,6 +225,17 @@ function compileRule(rule: EntitlementEgressRule): CompiledRule {
   }
   if (rule.mcp) compiled.mcp = { path: canonical(rule.mcp.path ?? '/mcp'), tools: new Set(rule.mcp.tools) };
   if (rule.audience) compiled.audience = rule.audience;
+  if (rule.peers && rule.peers.length > 0) {
+    compiled.peers = new Map();
+    for (const p of rule.peers) {
+      const address = normalizeHost(p.cidr.split('/')[0] ?? '');
+      if (address)
+        compiled.peers.set(address, {
+          spiffeID: p.spiffeID,
+          gates: new Map((p.gates ?? []).map((g) => [g.port, g.gate])),
+        });
+    }
+  }
   if (rule.expiresAt) compiled.expiresAt = Date.parse(rule.expiresAt);
   if (rule.tls) compiled.tls = rule.tls;
   if (rule.caBundle !== undefined) compiled.caBundle = rule.caBundle;

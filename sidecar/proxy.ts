@@ -436,10 +436,17 @@ export class FenceProxy {
     // identity now (and, later, brokered credentials). Plain HTTP and decrypted HTTPS both pass this point,
     // and what is set here goes out only over the connection the request was judged for (verified TLS for
     // inspected HTTPS).
-    if (adm.decision === 'allow' && adm.rule?.audience && this.#o.tokenFor) {
+    // A call to another agent carries a token for that agent's identity (its gate verifies it) and goes to
+    // the gate in front of the app port; other destinations get the rule's audience, if any.
+    const peer = adm.rule?.peers?.get(adm.address);
+    const audience = peer?.spiffeID ?? adm.rule?.audience;
+    const dialPort = peer?.gates.get(request.port) ?? request.port;
+    // Only the sidecar speaks for the agent: an identity header the app wrote never reaches another agent.
+    if (peer) Reflect.deleteProperty(headers, AGENT_TOKEN_HEADER);
+    if (adm.decision === 'allow' && audience && this.#o.tokenFor) {
       let token: string;
       try {
-        token = await this.#o.tokenFor(adm.rule.audience);
+        token = await this.#o.tokenFor(audience);
       } catch {
         this.#deny(
           { res, close: unread() },
@@ -454,10 +461,12 @@ export class FenceProxy {
         );
         return;
       }
-      if (headers.authorization) headers[AGENT_TOKEN_HEADER] = token;
+      // To an agent: always in the identity header, overwriting whatever the app sent there (the callee's gate
+      // reads it first), and the app's own Authorization goes through untouched.
+      if (peer || headers.authorization) headers[AGENT_TOKEN_HEADER] = token;
       else headers.authorization = `Bearer ${token}`;
     }
-    forwardHttp(this.#core, req, res, request, adm, headers, t, expect);
+    forwardHttp(this.#core, req, res, request, adm, headers, t, expect, dialPort);
   }
 
   /** Reads a body for inspection within the per-body limit and the global budget of buffered bodies. */

@@ -14,11 +14,21 @@ export interface Refusal {
   agent: string;
   revision: string;
   retryAfterSeconds?: number;
+  /** 401: the WWW-Authenticate challenge. */
+  authenticate?: string;
 }
+
+const ERRORS: Record<number, string> = {
+  401: 'unauthorized',
+  403: 'forbidden',
+  411: 'length_required',
+  413: 'payload_too_large',
+  429: 'too_many_requests',
+};
 
 function payload(r: Refusal): string {
   return JSON.stringify({
-    error: r.status === 403 ? 'forbidden' : r.status >= 500 ? 'unavailable' : 'bad_request',
+    error: ERRORS[r.status] ?? (r.status >= 500 ? 'unavailable' : 'bad_request'),
     reason: r.reason,
     request: r.request,
     missing: r.missing,
@@ -40,6 +50,7 @@ export function sendRefusal(res: ServerResponse, r: Refusal, close: boolean): vo
     'content-length': Buffer.byteLength(text),
   };
   if (r.retryAfterSeconds) headers['retry-after'] = r.retryAfterSeconds;
+  if (r.authenticate) headers['www-authenticate'] = r.authenticate;
   if (close) headers.connection = 'close';
   res.writeHead(r.status, r.reason, headers).end(text);
 }

@@ -9,7 +9,7 @@ import { startHealthServer, type HealthServer } from '../lib/health.ts';
 import type { Logger } from '../lib/log.ts';
 // Not prom-client: the sidecar's metrics cost a few kB instead of ~17 MB resident in every pod (lib/prom-text.ts).
 import { counter, createRegistry, gauge, type Registry } from '../lib/prom-text.ts';
-import { jsonFetchWithCA } from '../lib/verify/fetch-with-ca.ts';
+import { fetchWithCA, jsonFetchWithCA } from '../lib/verify/fetch-with-ca.ts';
 import { createAuditSink, type AuditSink } from './audit.ts';
 import {
   controllerEntitlements,
@@ -21,6 +21,10 @@ import { IdentityClient } from './identity-client.ts';
 import { Matcher } from './match.ts';
 import { FenceProxy } from './proxy.ts';
 import { PodCA } from './pod-ca.ts';
+import { InboundGate } from './inbound.ts';
+import { InboundPolicy } from './inbound-policy.ts';
+import type { Gate } from '../lib/inbound/gates.ts';
+import { createAgentVerifier, type AgentVerifier } from '../lib/verify/index.ts';
 import type { Resolver } from './addresses.ts';
 
 export interface SidecarConfig {
@@ -28,6 +32,15 @@ export interface SidecarConfig {
   adminListen: { host: string; port: number };
   mode:
     { kind: 'static'; file: string } | { kind: 'controller'; controllerUrl: string; tokenFile: string; caFile: string };
+  /** The inbound gates (webhook-assigned `--inbound`); absent or empty: no gate. */
+  inbound?: {
+    host: string;
+    gates: Gate[];
+    /** Tests: listen on these ports instead of the gates' own (several pods on one host). */
+    listenPorts?: number[];
+    /** Tests: where the app listens (default 127.0.0.1). */
+    appHost?: string;
+  };
   /** Without a snapshot or heartbeat for this long, everything is denied. */
   maxStalenessMs: number;
   pod: { name: string; namespace: string };
@@ -37,6 +50,8 @@ export interface SidecarConfig {
 
 export interface RunningSidecar {
   proxyUrl: string;
+  /** The gates' bound ports (order of config.inbound.gates). */
+  gatePorts: number[];
   adminUrl: string;
   /** The pod's interception CA (its certificate; the key never leaves it). */
   podCA: PodCA;
@@ -48,12 +63,21 @@ export interface RunningSidecar {
 export async function startSidecar(
   config: SidecarConfig,
   logger: Logger,
-  deps: { audit?: AuditSink; resolver?: Resolver; registry?: Registry } = {},
+  deps: {
+    audit?: AuditSink;
+    resolver?: Resolver;
+    registry?: Registry;
+    /** Fetch for user issuers' JWKS (tests: a private CA). */
+    userFetch?: typeof fetch;
+    /** Static mode: how agent tokens are verified (controller mode builds it from the controller's JWKS). */
+    agentVerifier?: { issuer: string; verifier: AgentVerifier };
+  } = {},
 ): Promise<RunningSidecar> {
   const registry = deps.registry ?? createRegistry();
   const audit = deps.audit ?? createAuditSink();
   let entitlement: AgentEntitlement | undefined;
   let matcher: Matcher | undefined;
+  let inboundPolicy: InboundPolicy | undefined;
   let lastContact = 0;
   let stale = false;
   const reloadFailures = counter(registry, {
@@ -79,7 +103,7 @@ export async function startSidecar(
     state?: () => ControllerStreamState;
   };
   // Snapshots can arrive before the proxy exists (static mode loads first); revocation goes through this.
-  const proxyRef: { current?: FenceProxy } = {};
+  const proxyRef: { current?: FenceProxy; gate?: InboundGate } = {};
   const apply = (next: AgentEntitlement): void => {
     lastContact = Date.now();
     const changed = next.spec.revision !== entitlement?.spec.revision || !matcher;
@@ -88,7 +112,9 @@ export async function startSidecar(
     stale = false;
     if (changed) {
       matcher = new Matcher(next);
+      inboundPolicy = new InboundPolicy(next);
       proxyRef.current?.revoke();
+      proxyRef.gate?.revoke();
       logger.info('entitlements applied', { revision: next.spec.revision, rules: next.spec.egress?.length ?? 0 });
     }
     void source.ack?.(next.spec.revision);
@@ -151,6 +177,7 @@ export async function startSidecar(
           stale = true;
           staleness.inc();
           proxyRef.current?.revoke();
+          proxyRef.gate?.revoke();
           logger.error('no entitlement snapshot within the staleness bound: denying everything', {
             maxStalenessMs: config.maxStalenessMs,
           });
@@ -223,8 +250,54 @@ export async function startSidecar(
     },
   });
 
+  // Agent tokens presented at the gate are verified against the controller's JWKS for this pod's own SPIFFE ID,
+  // once the identity (and with it the issuer) is known.
+  let agentVerifier = deps.agentVerifier;
+  const controllerMode = config.mode.kind === 'controller' ? config.mode : undefined;
+  const jwksFetch = controllerMode ? fetchWithCA(await readFile(controllerMode.caFile, 'utf8')) : undefined;
+  const verifierNow = (): { issuer: string; verifier: AgentVerifier } | undefined => {
+    if (agentVerifier || !identity || !controllerMode) return agentVerifier;
+    const id = identity.current();
+    const issuer = identity.issuer();
+    if (!id || !issuer) return undefined;
+    agentVerifier = {
+      issuer,
+      verifier: createAgentVerifier({
+        issuer,
+        audience: id.spiffeID,
+        jwksUri: `${controllerMode.controllerUrl.replace(/\/$/, '')}/.well-known/jwks.json`,
+        ...(jwksFetch ? { fetch: jwksFetch } : {}),
+      }),
+    };
+    return agentVerifier;
+  };
+  const gate =
+    config.inbound && config.inbound.gates.length > 0
+      ? new InboundGate({
+          host: config.inbound.host,
+          gates: config.inbound.gates,
+          ...(config.inbound.listenPorts ? { listenPorts: config.inbound.listenPorts } : {}),
+          ...(config.inbound.appHost ? { appHost: config.inbound.appHost } : {}),
+          policy: () => (matcher ? inboundPolicy : undefined),
+          self: agentView,
+          agentVerifier: verifierNow,
+          ...(deps.userFetch ? { userFetch: deps.userFetch } : {}),
+          audit,
+          logger,
+          registry,
+        })
+      : undefined;
   proxyRef.current = proxy;
+  proxyRef.gate = gate;
   const { url: proxyUrl } = await proxy.listen();
+  let gatePorts: number[];
+  try {
+    gatePorts = (await gate?.listen()) ?? [];
+  } catch (err) {
+    await proxy.close();
+    await gate?.close();
+    throw err;
+  }
   let health: HealthServer | undefined;
   try {
     if (identity) {
@@ -259,11 +332,13 @@ export async function startSidecar(
   } catch (err) {
     podCA.stop();
     await proxy.close();
+    await gate?.close();
     throw err;
   }
-  logger.info('sidecar listening', { proxy: proxyUrl, admin: health.url, mode: config.mode.kind });
+  logger.info('sidecar listening', { proxy: proxyUrl, admin: health.url, mode: config.mode.kind, gates: gatePorts });
   return {
     proxyUrl,
+    gatePorts,
     adminUrl: health.url,
     podCA,
     registry,
@@ -274,6 +349,7 @@ export async function startSidecar(
       identity?.stop();
       podCA.stop();
       await proxy.close();
+      await gate?.close();
       await health.close();
       audit.flush();
     },

@@ -8,9 +8,11 @@
  */
 import { createHash } from 'node:crypto';
 import { ANNOTATION_INJECTED, LABEL_AGENT, LABEL_INJECT, OPERATOR_AUDIENCE } from '../lib/api/constants.ts';
-import type { Container, EnvVar, Pod } from '../lib/kube/pod.ts';
+import type { Container, ContainerPort, EnvVar, Pod } from '../lib/kube/pod.ts';
+import { GATE_PORT_COUNT, GATE_PORT_FIRST, SIDECAR_CONTAINER } from '../lib/inbound/gates.ts';
+import { assignGates, restoreGates } from './inbound.ts';
 
-export const SIDECAR_NAME = 'agentfence-sidecar';
+export const SIDECAR_NAME = SIDECAR_CONTAINER;
 /** The sidecar's fixed UID (also the image's USER); app containers may not use it. */
 export const SIDECAR_UID = 15001;
 export const PROXY_PORT = 15001;
@@ -27,8 +29,15 @@ const VOLUME_TRUST = 'agentfence-trust';
  * the user (a writable mount could replace the bundle).
  */
 export const INJECTED_VOLUMES: readonly string[] = [VOLUME_TOKEN, VOLUME_CA, VOLUME_SCRATCH, VOLUME_TRUST];
-/** The sidecar's listeners, in the pod's shared network namespace: an app port on either would collide. */
-export const SIDECAR_PORTS: readonly number[] = [PROXY_PORT, ADMIN_PORT];
+/**
+ * The sidecar's listeners, in the pod's shared network namespace: an app port on any would collide. The inbound
+ * gates (lib/inbound/gates.ts) are consecutive from 15006.
+ */
+export const SIDECAR_PORTS: readonly number[] = [
+  PROXY_PORT,
+  ...Array.from({ length: GATE_PORT_COUNT }, (_, i) => GATE_PORT_FIRST + i),
+  ADMIN_PORT,
+];
 /**
  * Capabilities an app or init container may not add. NET_ADMIN/NET_RAW could rewrite routing or forge packets
  * around the proxy; SYS_PTRACE, SYS_ADMIN, BPF and PERFMON give ways into the sidecar's memory (ptrace, mounts
@@ -127,8 +136,11 @@ function refuse(reason: RefusalReason, message: string): InjectResult & { allowe
   return { allowed: false, reason, message };
 }
 
-/** Injects the sidecar into a pod labelled agentfence.io/inject=true. */
-export function inject(input: Pod, config: InjectorConfig): InjectResult {
+/**
+ * Injects the sidecar into a pod labelled agentfence.io/inject=true. `gates: false` renders without inbound
+ * gates: only the fence check uses it, for pods injected before gates existed (see webhook/fence.ts).
+ */
+export function inject(input: Pod, config: InjectorConfig, options: { gates?: boolean } = {}): InjectResult {
   const pod = strip(structuredClone(input));
   const refusal = refuseUnfenceable(pod);
   if (refusal) return refusal;
@@ -174,7 +186,10 @@ export function inject(input: Pod, config: InjectorConfig): InjectResult {
 
   const resources = { ...config.resources, ...overrides.values.resources };
   const logLevel = overrides.values.logLevel ?? config.logLevel;
-  const sidecar = sidecarContainer(config, resources, logLevel);
+  // Inbound gates: callers reaching the pod land on the sidecar (webhook/inbound.ts).
+  const gates = options.gates === false ? { ports: [], arg: '', warnings: [] } : assignGates(pod);
+  warnings.push(...gates.warnings);
+  const sidecar = sidecarContainer(config, resources, logLevel, gates.ports, gates.arg);
   spec.initContainers = [sidecar, ...(spec.initContainers ?? [])];
   spec.volumes = [
     ...(spec.volumes ?? []),
@@ -277,7 +292,7 @@ function refuseUnfenceable(pod: Pod): (InjectResult & { allowed: false }) | unde
     if (port) {
       return refuse(
         'PortConflict',
-        `container ${c.name} uses port ${port.containerPort ?? ''}, which the sidecar listens on (reserved: ${SIDECAR_PORTS.join(', ')}); use another port`,
+        `container ${c.name} uses port ${port.containerPort ?? ''}, which the sidecar listens on (reserved: ${PROXY_PORT}, ${GATE_PORT_FIRST}–${GATE_PORT_FIRST + GATE_PORT_COUNT - 1} for inbound gates, ${ADMIN_PORT}); use another port`,
       );
     }
     const mount = (c.volumeMounts ?? []).find((m) => INJECTED_VOLUMES.includes(m.name));
@@ -305,7 +320,13 @@ function projectsOperatorToken(volume: Record<string, unknown>): boolean {
   });
 }
 
-function sidecarContainer(config: InjectorConfig, resources: InjectorConfig['resources'], logLevel: string): Container {
+function sidecarContainer(
+  config: InjectorConfig,
+  resources: InjectorConfig['resources'],
+  logLevel: string,
+  gatePorts: ContainerPort[],
+  gateArg: string,
+): Container {
   const probe = (path: string, extra: Record<string, number>): Record<string, unknown> => ({
     httpGet: { path, port: ADMIN_PORT },
     ...extra,
@@ -325,12 +346,13 @@ function sidecarContainer(config: InjectorConfig, resources: InjectorConfig['res
       `--max-staleness=${config.maxStaleness}`,
       `--log-level=${logLevel}`,
       `--trust-bundle-dir=${TRUST_DIR}`,
+      ...(gateArg ? [gateArg] : []),
     ],
     env: [
       { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
       { name: 'POD_NAMESPACE', valueFrom: { fieldRef: { fieldPath: 'metadata.namespace' } } },
     ],
-    ports: [{ name: 'agentfence-adm', containerPort: ADMIN_PORT, protocol: 'TCP' }],
+    ports: [...gatePorts, { name: 'agentfence-adm', containerPort: ADMIN_PORT, protocol: 'TCP' }],
     // App containers start only after this passes: identity obtained, entitlements loaded, trust bundle written.
     startupProbe: probe('/readyz', { periodSeconds: 1, failureThreshold: 120 }),
     readinessProbe: probe('/readyz', { periodSeconds: 5 }),
@@ -438,6 +460,7 @@ function unreadableNoProxy(c: Container): string[] {
 /** Removes a previous injection so that rendering again gives the same pod. */
 function strip(pod: Pod): Pod {
   if (!pod.metadata.annotations?.[ANNOTATION_INJECTED]) return pod;
+  restoreGates(pod);
   const spec = pod.spec;
   const init = (spec.initContainers ?? []).filter((c) => c.name !== SIDECAR_NAME);
   if (init.length > 0) spec.initContainers = init;

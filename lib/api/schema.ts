@@ -429,11 +429,111 @@ const egressRule = named('EgressRule', {
   ],
 });
 
+const userClaim = named('RequiredClaim', {
+  type: 'object',
+  required: ['name', 'value'],
+  description:
+    'A claim the user token must carry: a string claim equal to value, or an array claim (such as groups) containing it.',
+  properties: {
+    name: str(128, 'The claim name, such as groups or email_verified.', {
+      minLength: 1,
+      'x-kubernetes-validations': [
+        {
+          rule: "self.matches('^[A-Za-z0-9_.:/-]+$')",
+          message: "claim names are letters, digits, '_', '.', ':', '/' and '-'",
+        },
+      ],
+    }),
+    value: str(256, 'The value the claim must equal or, for an array claim, contain.', { minLength: 1 }),
+  },
+});
+
+const userSource = named('UserSource', {
+  type: 'object',
+  required: ['issuer', 'audiences'],
+  description:
+    'People and client apps, by an OIDC bearer token (Authorization: Bearer) verified against the issuer’s JWKS.',
+  properties: {
+    issuer: str(512, "The OIDC issuer URL (the token's iss), https.", {
+      minLength: 9,
+      'x-kubernetes-validations': [
+        {
+          rule: "self.startsWith('https://') && isURL(self)",
+          message: 'issuer must be an https:// URL (the token’s iss, exactly)',
+        },
+      ],
+    }),
+    jwksUri: str(512, 'Where the issuer publishes its keys; default <issuer>/.well-known/jwks.json.', {
+      'x-kubernetes-validations': [
+        { rule: "self.startsWith('https://') && isURL(self)", message: 'jwksUri must be an https:// URL' },
+      ],
+    }),
+    audiences: {
+      type: 'array',
+      minItems: 1,
+      maxItems: 8,
+      items: str(256, 'An accepted audience (aud).', { minLength: 1 }),
+      'x-kubernetes-list-type': 'set',
+      description: 'The token must name at least one of these audiences.',
+    },
+    claims: {
+      type: 'array',
+      maxItems: 8,
+      items: userClaim,
+      'x-kubernetes-list-type': 'atomic',
+      description: 'Claims the token must carry (all of them).',
+    },
+  },
+});
+
+const rateLimit = named('RateLimit', {
+  type: 'object',
+  required: ['requests', 'per'],
+  description: 'At most this many requests per caller identity in each window; beyond it 429 with Retry-After.',
+  properties: {
+    requests: { type: 'integer', minimum: 1, maximum: 1_000_000, description: 'Requests allowed per window.' },
+    per: str(8, "The window: whole seconds, minutes or hours, like '1s', '1m', '1h'.", {
+      'x-kubernetes-validations': [
+        {
+          rule: "self.matches('^[1-9][0-9]{0,3}(s|m|h)$')",
+          message: "per must be a whole number of seconds, minutes or hours, like '10s', '1m' or '1h'",
+        },
+      ],
+    }),
+  },
+});
+
+const maxBodyBytes: Schema = {
+  type: 'integer',
+  minimum: 0,
+  maximum: 1_073_741_824,
+  description: 'Largest request body accepted (bytes); larger ones are refused with 413 before the app sees them.',
+};
+
+const identityHeaders: Schema = {
+  type: 'array',
+  maxItems: 16,
+  'x-kubernetes-list-type': 'set',
+  items: str(64, 'A request header name, lower case.', {
+    minLength: 1,
+    'x-kubernetes-validations': [
+      {
+        rule: "self.matches('^[a-z0-9][a-z0-9._-]*$')",
+        message: "identityHeaders entries are header names in lower case: letters, digits, '-', '.' and '_'",
+      },
+    ],
+  }),
+  description:
+    'Headers your app reads as an identity (such as x-user-id): stripped from every request into the pod, whatever the caller, before it reaches the app. agentfence-caller, agentfence-user, agentfence-user-issuer and agentfence-identity always are.',
+};
+
 const ingressSource = named('IngressSource', {
   type: 'object',
-  description: 'Who may connect: exactly one of agents, pods or cidrs.',
+  description:
+    'Who may connect: exactly one of agents, users, pods or cidrs. Agents and users prove who they are with a token the sidecar verifies; pods and cidrs are admitted by source address.',
   properties: {
     agents: agentPeer,
+    users: userSource,
     pods: named('PodPeer', {
       type: 'object',
       required: ['podSelector'],
@@ -449,8 +549,8 @@ const ingressSource = named('IngressSource', {
   },
   'x-kubernetes-validations': [
     {
-      rule: '[has(self.agents), has(self.pods), has(self.cidrs)].filter(x, x).size() == 1',
-      message: 'from must name exactly one of agents, pods or cidrs; use separate rules for separate sources',
+      rule: '[has(self.agents), has(self.users), has(self.pods), has(self.cidrs)].filter(x, x).size() == 1',
+      message: 'from must name exactly one of agents, users, pods or cidrs; use separate rules for separate sources',
     },
   ],
 });
@@ -463,8 +563,20 @@ const ingressRule = named('IngressRule', {
   properties: {
     name: ruleName,
     from: ingressSource,
-    ports: ports('Ports on the agent pod (container ports).'),
+    ports: ports(
+      'Ports on the agent pod (the app’s container ports). Callers reach them through the sidecar’s inbound gate.',
+    ),
+    http: httpRules,
+    maxBodyBytes,
+    rateLimit,
+    identityHeaders,
   },
+  'x-kubernetes-validations': [
+    {
+      rule: "!has(self.http) || self.ports.all(p, !has(p.protocol) || p.protocol == 'TCP')",
+      message: 'an http profile applies to TCP ports only; drop the profile or use protocol TCP',
+    },
+  ],
 });
 
 const condition = named('Condition', {
@@ -616,6 +728,82 @@ const entitlementEgressRule = named('EntitlementEgressRule', {
     http: withoutValidations({ ...httpRules, minItems: 0 }),
     mcp: withoutValidations(mcpProfile),
     audience,
+    peers: {
+      type: 'array',
+      maxItems: 256,
+      'x-kubernetes-list-type': 'atomic',
+      items: named('AgentPeerAddress', {
+        type: 'object',
+        required: ['cidr', 'spiffeID'],
+        description:
+          'An address of agent pods (a pod IP, or the cluster IP of a Service backed by agents): requests to it carry a token for spiffeID.',
+        properties: {
+          cidr: str(49, 'The address (/32 or /128).'),
+          spiffeID: str(2048, 'The callee agent’s identity: the audience of the token presented to it.'),
+          gates: {
+            type: 'array',
+            maxItems: 16,
+            'x-kubernetes-list-type': 'atomic',
+            description: 'For a pod address: the callee sidecar’s inbound port in front of each app port.',
+            items: named('GatePort', {
+              type: 'object',
+              required: ['port', 'gate'],
+              properties: {
+                port: { type: 'integer', minimum: 1, maximum: 65535, description: 'The app’s port.' },
+                gate: { type: 'integer', minimum: 1, maximum: 65535, description: 'The sidecar port in front of it.' },
+              },
+            }),
+          },
+        },
+      }),
+      description: 'Agent addresses this rule reaches, and the identity each expects.',
+    },
+    expiresAt: { type: 'string', format: 'date-time', description: 'When this grant ends.' },
+  },
+});
+
+const entitlementIngressRule = named('EntitlementIngressRule', {
+  type: 'object',
+  required: ['policy', 'rule', 'mode', 'ports'],
+  description:
+    'One compiled inbound grant, checked by the sidecar’s gate: who (verified agents, verified users, or source addresses), on which app ports, with which profile and limits.',
+  properties: {
+    policy: str(253, 'The AgentPolicy this grant comes from.'),
+    rule: str(63, 'The rule name in that policy.'),
+    mode: { type: 'string', enum: ['Enforce', 'Audit'], description: 'The mode of that policy.' },
+    ports: withoutValidations({ ...ports('App ports.'), minItems: 0 }),
+    agents: {
+      type: 'array',
+      maxItems: 1024,
+      'x-kubernetes-list-type': 'atomic',
+      description: 'Caller agents: the SPIFFE ID and the uids of the live pods that may present it.',
+      items: named('AllowedCaller', {
+        type: 'object',
+        required: ['spiffeID', 'pods'],
+        properties: {
+          spiffeID: str(2048, 'The caller’s identity.'),
+          pods: {
+            type: 'array',
+            maxItems: 1024,
+            items: str(64, 'Pod uid.'),
+            'x-kubernetes-list-type': 'atomic',
+            description: 'Live pods of that agent (a deleted pod’s token is refused).',
+          },
+        },
+      }),
+    },
+    users: withoutValidations(userSource),
+    cidrs: {
+      type: 'array',
+      maxItems: 256,
+      items: str(49, 'CIDR.'),
+      'x-kubernetes-list-type': 'atomic',
+      description: 'Source addresses admitted without a token (from pods and cidrs).',
+    },
+    http: withoutValidations({ ...httpRules, minItems: 0 }),
+    maxBodyBytes,
+    rateLimit: withoutValidations(rateLimit),
+    identityHeaders: withoutValidations(identityHeaders),
     expiresAt: { type: 'string', format: 'date-time', description: 'When this grant ends.' },
     tls: tlsMode,
     caBundle: str(
@@ -651,6 +839,13 @@ export const agentEntitlementSpec = named('AgentEntitlementSpec', {
       items: entitlementEgressRule,
       'x-kubernetes-list-type': 'atomic',
       description: 'Outbound grants, sorted.',
+    },
+    ingress: {
+      type: 'array',
+      maxItems: 256,
+      items: entitlementIngressRule,
+      'x-kubernetes-list-type': 'atomic',
+      description: 'Inbound grants checked by the sidecar’s gate, sorted.',
     },
   },
 });

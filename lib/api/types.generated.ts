@@ -124,20 +124,50 @@ export interface CABundleRef {
 export interface IngressRule {
   /** Rule name, unique within the list; appears in status, audit lines and metrics. */
   name: string;
-  /** Who may connect: exactly one of agents, pods or cidrs. */
+  /** Who may connect: exactly one of agents, users, pods or cidrs. Agents and users prove who they are with a token the sidecar verifies; pods and cidrs are admitted by source address. */
   from: IngressSource;
-  /** Ports on the agent pod (container ports). */
+  /** Ports on the agent pod (the app’s container ports). Callers reach them through the sidecar’s inbound gate. */
   ports: PortRange[];
+  /** Plain-HTTP profile: the sidecar also checks method and path. (Inside a TLS tunnel only host and port can be checked.) */
+  http?: HTTPRule[];
+  /** Largest request body accepted (bytes); larger ones are refused with 413 before the app sees them. */
+  maxBodyBytes?: number;
+  /** At most this many requests per caller identity in each window; beyond it 429 with Retry-After. */
+  rateLimit?: RateLimit;
+  /** Headers your app reads as an identity (such as x-user-id): stripped from every request into the pod, whatever the caller, before it reaches the app. agentfence-caller, agentfence-user, agentfence-user-issuer and agentfence-identity always are. */
+  identityHeaders?: string[];
 }
 
-/** Who may connect: exactly one of agents, pods or cidrs. */
+/** Who may connect: exactly one of agents, users, pods or cidrs. Agents and users prove who they are with a token the sidecar verifies; pods and cidrs are admitted by source address. */
 export interface IngressSource {
   /** Other agent pods (pods that carry agentfence.io/inject: "true"). */
   agents?: AgentPeer;
+  /** People and client apps, by an OIDC bearer token (Authorization: Bearer) verified against the issuer’s JWKS. */
+  users?: UserSource;
   /** Ordinary (non-agent) pods, such as a web front end. */
   pods?: PodPeer;
   /** Source IP ranges. */
   cidrs?: string[];
+}
+
+/** People and client apps, by an OIDC bearer token (Authorization: Bearer) verified against the issuer’s JWKS. */
+export interface UserSource {
+  /** The OIDC issuer URL (the token's iss), https. */
+  issuer: string;
+  /** Where the issuer publishes its keys; default <issuer>/.well-known/jwks.json. */
+  jwksUri?: string;
+  /** The token must name at least one of these audiences. */
+  audiences: string[];
+  /** Claims the token must carry (all of them). */
+  claims?: RequiredClaim[];
+}
+
+/** A claim the user token must carry: a string claim equal to value, or an array claim (such as groups) containing it. */
+export interface RequiredClaim {
+  /** The claim name, such as groups or email_verified. */
+  name: string;
+  /** The value the claim must equal or, for an array claim, contain. */
+  value: string;
 }
 
 /** Ordinary (non-agent) pods, such as a web front end. */
@@ -146,6 +176,14 @@ export interface PodPeer {
   podSelector: LabelSelector;
   /** Selects namespaces. Absent: the policy’s own namespace. Empty: every namespace. */
   namespaceSelector?: LabelSelector;
+}
+
+/** At most this many requests per caller identity in each window; beyond it 429 with Retry-After. */
+export interface RateLimit {
+  /** Requests allowed per window. */
+  requests: number;
+  /** The window: whole seconds, minutes or hours, like '1s', '1m', '1h'. */
+  per: string;
 }
 
 export interface AgentPolicyStatus {
@@ -209,6 +247,8 @@ export interface AgentEntitlementSpec {
   policies?: string[];
   /** Outbound grants, sorted. */
   egress?: EntitlementEgressRule[];
+  /** Inbound grants checked by the sidecar’s gate, sorted. */
+  ingress?: EntitlementIngressRule[];
 }
 
 /** One compiled grant. Exactly what the sidecar checks: hosts and/or cidrs, ports, and the L7 profile. */
@@ -231,12 +271,66 @@ export interface EntitlementEgressRule {
   mcp?: MCPProfile;
   /** The audience of the agent token the sidecar presents to this destination (its `aud` claim). */
   audience?: string;
+  /** Agent addresses this rule reaches, and the identity each expects. */
+  peers?: AgentPeerAddress[];
   /** When this grant ends. */
   expiresAt?: string;
   /** HTTPS (CONNECT) to this destination. Inspect: the sidecar terminates TLS with the pod CA and judges every request inside (the default wherever an http or mcp profile needs it; set on a rule without a profile it audits each request). Passthrough: a blind tunnel, for clients that pin certificates; not allowed with an http or mcp profile. */
   tls?: 'Inspect' | 'Passthrough';
   /** PEM CA certificates trusted for this destination’s upstream TLS instead of the public roots (resolved from the policy’s ConfigMap; empty when it could not be read: nothing verifies). */
   caBundle?: string;
+}
+
+/** An address of agent pods (a pod IP, or the cluster IP of a Service backed by agents): requests to it carry a token for spiffeID. */
+export interface AgentPeerAddress {
+  /** The address (/32 or /128). */
+  cidr: string;
+  /** The callee agent’s identity: the audience of the token presented to it. */
+  spiffeID: string;
+  /** For a pod address: the callee sidecar’s inbound port in front of each app port. */
+  gates?: GatePort[];
+}
+
+export interface GatePort {
+  /** The app’s port. */
+  port: number;
+  /** The sidecar port in front of it. */
+  gate: number;
+}
+
+/** One compiled inbound grant, checked by the sidecar’s gate: who (verified agents, verified users, or source addresses), on which app ports, with which profile and limits. */
+export interface EntitlementIngressRule {
+  /** The AgentPolicy this grant comes from. */
+  policy: string;
+  /** The rule name in that policy. */
+  rule: string;
+  /** The mode of that policy. */
+  mode: 'Enforce' | 'Audit';
+  /** App ports. */
+  ports: PortRange[];
+  /** Caller agents: the SPIFFE ID and the uids of the live pods that may present it. */
+  agents?: AllowedCaller[];
+  /** People and client apps, by an OIDC bearer token (Authorization: Bearer) verified against the issuer’s JWKS. */
+  users?: UserSource;
+  /** Source addresses admitted without a token (from pods and cidrs). */
+  cidrs?: string[];
+  /** Plain-HTTP profile: the sidecar also checks method and path. (Inside a TLS tunnel only host and port can be checked.) */
+  http?: HTTPRule[];
+  /** Largest request body accepted (bytes); larger ones are refused with 413 before the app sees them. */
+  maxBodyBytes?: number;
+  /** At most this many requests per caller identity in each window; beyond it 429 with Retry-After. */
+  rateLimit?: RateLimit;
+  /** Headers your app reads as an identity (such as x-user-id): stripped from every request into the pod, whatever the caller, before it reaches the app. agentfence-caller, agentfence-user, agentfence-user-issuer and agentfence-identity always are. */
+  identityHeaders?: string[];
+  /** When this grant ends. */
+  expiresAt?: string;
+}
+
+export interface AllowedCaller {
+  /** The caller’s identity. */
+  spiffeID: string;
+  /** Live pods of that agent (a deleted pod’s token is refused). */
+  pods: string[];
 }
 
 export interface AgentEntitlementStatus {

@@ -3,7 +3,7 @@
  * (and CiliumNetworkPolicies) and a per-policy report. Pure and deterministic: no I/O, no clock (the caller passes
  * `now`), every list sorted, so the same cluster state in any order gives byte-identical output.
  */
-import type { AgentEntitlement } from '../../lib/api/types.generated.ts';
+import type { AgentEntitlement, EntitlementIngressRule } from '../../lib/api/types.generated.ts';
 import { baselinePolicy } from './baseline.ts';
 import { byNamespaceAndName, compareStrings } from './canonical.ts';
 import { ClusterIndex, type IndexedPod } from './cluster-index.ts';
@@ -42,6 +42,7 @@ export function compile(input: CompileInput, compileOptions: CompileOptions): Co
   };
   const index = new ClusterIndex(input);
   const grantsByPod = new Map<IndexedPod, PolicyGrant[]>();
+  const calleeGrantsByPod = new Map<IndexedPod, EntitlementIngressRule[]>();
   const networkPolicies: NetworkPolicy[] = [];
   const ciliumNetworkPolicies: CiliumNetworkPolicy[] = [];
   const reports: PolicyReport[] = [];
@@ -56,6 +57,11 @@ export function compile(input: CompileInput, compileOptions: CompileOptions): Co
       if (grants) grants.push(result.grant);
       else grantsByPod.set(pod, [result.grant]);
     }
+    for (const { pod, rule } of result.calleeGrants) {
+      const list = calleeGrantsByPod.get(pod);
+      if (list) list.push(rule);
+      else calleeGrantsByPod.set(pod, [rule]);
+    }
     networkPolicies.push(...result.networkPolicies);
     if (result.cilium) ciliumNetworkPolicies.push(result.cilium);
     reports.push(result.report);
@@ -67,7 +73,9 @@ export function compile(input: CompileInput, compileOptions: CompileOptions): Co
     const agents = index.agents.get(ns)?.all ?? [];
     if (agents.length > 0) networkPolicies.push(baselinePolicy(ns, options));
     for (const pod of agents)
-      entitlements.push(entitlementFor(pod, grantsByPod.get(pod) ?? [], options, egressDigests));
+      entitlements.push(
+        entitlementFor(pod, grantsByPod.get(pod) ?? [], options, egressDigests, calleeGrantsByPod.get(pod) ?? []),
+      );
   }
 
   return {

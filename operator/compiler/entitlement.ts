@@ -1,5 +1,5 @@
 /** One pod's AgentEntitlement: the union of the grants of every policy that selects it. */
-import type { AgentEntitlement, EntitlementEgressRule } from '../../lib/api/types.generated.ts';
+import type { AgentEntitlement, EntitlementEgressRule, EntitlementIngressRule } from '../../lib/api/types.generated.ts';
 import {
   API_VERSION,
   LABEL_AGENT,
@@ -7,7 +7,7 @@ import {
   MANAGED_BY,
   TOKEN_TTL_DEFAULT_SECONDS,
 } from '../../lib/api/constants.ts';
-import { sha256Revision } from './canonical.ts';
+import { compareStrings, sha256Revision } from './canonical.ts';
 import type { IndexedPod } from './cluster-index.ts';
 import { formatDurationSeconds } from '../../lib/api/duration.ts';
 import type { CompileOptions } from './types.ts';
@@ -18,6 +18,7 @@ export interface PolicyGrant {
   tokenTTLSeconds?: number;
   expiresAt?: string;
   egress: EntitlementEgressRule[];
+  ingress: EntitlementIngressRule[];
 }
 
 export function entitlementFor(
@@ -25,11 +26,15 @@ export function entitlementFor(
   grants: PolicyGrant[],
   options: Required<CompileOptions>,
   egressDigests: EgressDigests,
+  calleeGrants: readonly EntitlementIngressRule[] = [],
 ): AgentEntitlement {
   const agent = pod.labels[LABEL_AGENT] ?? pod.pod.spec?.serviceAccountName ?? 'default';
   const serviceAccountName = pod.pod.spec?.serviceAccountName ?? 'default';
   // Policies are visited in name order and each grant's rules are sorted, so this is already (policy, rule) order.
   const egress = grants.flatMap((g) => g.egress);
+  const ingress = [...grants.flatMap((g) => g.ingress), ...calleeGrants].sort(
+    (a, b) => compareStrings(a.policy, b.policy) || compareStrings(a.rule, b.rule),
+  );
   const ttl =
     grants.length > 0
       ? Math.min(...grants.map((g) => g.tokenTTLSeconds ?? TOKEN_TTL_DEFAULT_SECONDS))
@@ -46,6 +51,7 @@ export function entitlementFor(
     ...(expiresAt !== undefined ? { expiresAt } : {}),
     policies: grants.map((g) => g.name),
     egress,
+    ...(ingress.length > 0 ? { ingress } : {}),
   };
   return {
     apiVersion: API_VERSION,

@@ -2,7 +2,14 @@
  * One AgentPolicy compiled: its grant (the entitlement rules every selected pod gets), its NetworkPolicies
  * (its own, and callee-side ingress in callee namespaces), its CiliumNetworkPolicy, and its report.
  */
-import type { AgentPolicy, EntitlementEgressRule, HTTPRule, LabelSelector } from '../../lib/api/types.generated.ts';
+import type {
+  AgentPeerAddress,
+  AgentPolicy,
+  EntitlementEgressRule,
+  EntitlementIngressRule,
+  HTTPRule,
+  LabelSelector,
+} from '../../lib/api/types.generated.ts';
 import type { OwnerReference } from '../../lib/api/meta.ts';
 import { API_VERSION, LABEL_CA_BUNDLE, LABEL_INJECT, LABEL_MANAGED_BY, MANAGED_BY } from '../../lib/api/constants.ts';
 import { CA_BUNDLE_MAX_BYTES, agentEntitlementSpec } from '../../lib/api/schema.ts';
@@ -18,6 +25,15 @@ import { normalizePorts, toNetworkPolicyPorts } from './ports.ts';
 import { parseDurationSeconds } from '../../lib/api/duration.ts';
 import { andLabels, compileSelector } from './selectors.ts';
 import { compileServiceTarget } from './services.ts';
+import {
+  allowedCallers,
+  compileIngressRule,
+  gatedPorts,
+  peerAddresses,
+  podGates,
+  servicesBypassingGates,
+  spiffeOf,
+} from './inbound.ts';
 import type {
   CiliumEgressRule,
   CiliumNetworkPolicy,
@@ -92,6 +108,8 @@ function agentPeerSelectors(peer: {
 
 export interface PolicyResult {
   grant: PolicyGrant;
+  /** Inbound grants this policy gives to agent pods it does not select (same-namespace callees of its egress). */
+  calleeGrants: { pod: IndexedPod; rule: EntitlementIngressRule }[];
   selected: IndexedPod[];
   networkPolicies: NetworkPolicy[];
   cilium?: CiliumNetworkPolicy;
@@ -115,6 +133,8 @@ export function compilePolicy(
   const expired = spec.expiresAt !== undefined && Date.parse(spec.expiresAt) <= options.now.getTime();
 
   const egress: EntitlementEgressRule[] = [];
+  const ingress: EntitlementIngressRule[] = [];
+  const calleeGrants: PolicyResult['calleeGrants'] = [];
   const npEgress: NetworkPolicyEgressRule[] = [];
   const npIngress: NetworkPolicyIngressRule[] = [];
   const ciliumEgress: CiliumEgressRule[] = [];
@@ -162,6 +182,27 @@ export function compilePolicy(
     };
   };
 
+  /** The inbound side of a same-namespace agent grant: the callees' gates admit exactly these callers. */
+  const grantCallees = (
+    callees: readonly IndexedPod[],
+    ruleName: string,
+    ports: { port: number }[],
+    http?: HTTPRule[],
+  ): void => {
+    if (selected.length === 0) return;
+    const rule: EntitlementIngressRule = {
+      policy: name,
+      rule: ruleName,
+      mode,
+      ports: normalizePorts(ports),
+      agents: allowedCallers(selected, options.trustDomain),
+      // The callee's gate checks the same methods and paths as the caller's sidecar: neither trusts the other.
+      ...(http ? { http: canonicalHttp(http) } : {}),
+      ...(spec.expiresAt !== undefined ? { expiresAt: spec.expiresAt } : {}),
+    };
+    for (const pod of callees) calleeGrants.push({ pod, rule });
+  };
+
   const addEgress = (to: NetworkPolicyPeer[], ports: NetworkPolicyPort[]): void => {
     // An egress rule with no peers would mean "every destination": never emit one.
     if (to.length > 0 && ports.length > 0) npEgress.push({ to, ports });
@@ -173,6 +214,7 @@ export function compilePolicy(
     const hosts: string[] = [];
     const cidrs: string[] = [];
     const fqdns: string[] = [];
+    const peers: AgentPeerAddress[] = [];
     const problem = (reason: Problem['reason'], message: string): void =>
       void problems.push({ reason, rule: rule.name, message });
     const foreignProblem = (reason: Problem['reason'], message: string): void =>
@@ -203,6 +245,35 @@ export function compilePolicy(
         hosts.push(...target.hosts);
         cidrs.push(...target.cidrs);
         fqdns.push(...target.fqdns);
+        if (target.agentBackends) {
+          // Requests to the Service's addresses carry a token for its agents' identity (one identity only:
+          // a Service in front of several agents cannot name one audience, so it gets none and says why).
+          const backends = (index.agents.get(serviceNamespace)?.select({ matchLabels: target.selector }) ?? []).filter(
+            (b) => b.namespace === serviceNamespace,
+          );
+          const ids = sortedUnique(backends.map((b) => spiffeOf(b, options.trustDomain)));
+          if (ids.length === 1 && ids[0]) {
+            for (const cidr of target.cidrs) peers.push({ cidr, spiffeID: ids[0] });
+          } else if (ids.length > 1) {
+            problem(
+              'ServiceSpansAgents',
+              `Service ${serviceNamespace}/${ref.name} is in front of ${ids.length} different agents: a call through it cannot carry one caller token; target the agents (to.agents) or give each agent its own Service`,
+            );
+          }
+          if (serviceNamespace === namespace) {
+            // Same namespace: the caller's grant admits it at the backends' gates, on the app ports the
+            // Service's target ports land on.
+            const appPorts = target.peers
+              .flatMap((p) => p.ports)
+              .flatMap((p) =>
+                backends.flatMap((b) => {
+                  const g = podGates(b).find((x) => x.gate === p.port);
+                  return g ? [{ port: g.port }] : podGates(b).length === 0 ? [{ port: p.port ?? 0 }] : [];
+                }),
+              );
+            if (appPorts.length > 0) grantCallees(backends, rule.name, appPorts, rule.http);
+          }
+        }
         for (const p of target.problems) {
           // Pods of another namespace are named only in the controller's log, not in this policy's status.
           if (serviceNamespace === namespace || (p.reason !== 'PodWithoutIP' && p.reason !== 'NamedPortUnresolved')) {
@@ -239,6 +310,7 @@ export function compilePolicy(
       const reachable: string[] = [];
       const notConsented: string[] = [];
       let ownCallees = false;
+      const allCallees: IndexedPod[] = [];
       for (const ns of index.selectNamespaces(namespace, peer.namespaceSelector)) {
         let callees = index.agents.get(ns)?.select(peer.agentSelector, calleeMatch) ?? [];
         if (ns !== namespace) {
@@ -250,6 +322,7 @@ export function compilePolicy(
           if (callees.length === 0) continue;
         } else ownCallees = callees.length > 0;
         reachable.push(ns);
+        allCallees.push(...callees);
         for (const callee of callees) {
           if (callee.ips.length === 0) {
             const report = ns === namespace ? problem : foreignProblem;
@@ -258,6 +331,9 @@ export function compilePolicy(
           cidrs.push(...callee.ips);
         }
       }
+      // The caller's sidecar dials the callees' gates (their app ports are closed at L3).
+      peers.push(...peerAddresses(allCallees, rule.ports, options.trustDomain));
+      const agentPorts = gatedPorts(allCallees, rule.ports);
       // Caller egress only towards namespaces that are open to it: its own, and those that consented.
       addEgress(
         peer.namespaceSelector
@@ -266,12 +342,17 @@ export function compilePolicy(
               podSelector: andLabels(peer.agentSelector, INJECT),
             }))
           : [agentPeerSelectors(peer)],
-        npPorts,
+        agentPorts,
       );
       reportNotConsented(notConsented, namedNamespaces(peer.namespaceSelector), problem, foreignProblem);
-      // Both ends must allow: in its own namespace the policy opens the callee side from exactly these callers.
+      // Both ends must allow: in its own namespace the policy opens the callee side from exactly these callers,
+      // at L3 (their gates) and at the callees' gates (an inbound grant naming these callers' live pods).
       if (ownCallees) {
-        calleePolicies.push(calleeIngress(namespace, rule.name, andLabels(peer.agentSelector, INJECT), npPorts));
+        const own = allCallees.filter((c) => c.namespace === namespace);
+        calleePolicies.push(
+          calleeIngress(namespace, rule.name, andLabels(peer.agentSelector, INJECT), gatedPorts(own, rule.ports)),
+        );
+        grantCallees(own, rule.name, rule.ports, rule.http);
       }
     }
 
@@ -315,6 +396,7 @@ export function compilePolicy(
       ...(rule.http ? { http: canonicalHttp(rule.http) } : {}),
       ...(rule.mcp ? { mcp: { ...rule.mcp, tools: sortedUnique(rule.mcp.tools) } } : {}),
       ...(rule.audience !== undefined ? { audience: rule.audience } : {}),
+      ...(peers.length > 0 ? { peers: peers.slice(0, MAX_RULE_CIDRS) } : {}),
       ...(spec.expiresAt !== undefined ? { expiresAt: spec.expiresAt } : {}),
       ...(rule.tls ? { tls: rule.tls } : {}),
       ...(rule.caBundle ? { caBundle: resolveCABundle(index, namespace, rule.caBundle, problem) } : {}),
@@ -323,17 +405,35 @@ export function compilePolicy(
 
   for (const rule of expired ? [] : [...(spec.ingress ?? [])].sort((a, b) => compareStrings(a.name, b.name))) {
     const from = rule.from;
-    const peers: NetworkPolicyPeer[] = from.agents
-      ? [agentPeerSelectors(from.agents)]
-      : from.pods
-        ? [
-            {
-              ...(from.pods.namespaceSelector ? { namespaceSelector: from.pods.namespaceSelector } : {}),
-              podSelector: from.pods.podSelector,
-            },
-          ]
-        : ipBlockPeers(sortedUnique((from.cidrs ?? []).filter((c) => parseCidr(c) !== undefined)));
-    if (peers.length > 0) npIngress.push({ from: peers, ports: toNetworkPolicyPorts(rule.ports) });
+    const npPeers: NetworkPolicyPeer[] = from.users
+      ? // Users come from anywhere their client runs (a front end, an ingress controller): the token decides.
+        [{ podSelector: {}, namespaceSelector: {} }, { ipBlock: { cidr: '0.0.0.0/0' } }, { ipBlock: { cidr: '::/0' } }]
+      : from.agents
+        ? [agentPeerSelectors(from.agents)]
+        : from.pods
+          ? [
+              {
+                ...(from.pods.namespaceSelector ? { namespaceSelector: from.pods.namespaceSelector } : {}),
+                podSelector: from.pods.podSelector,
+              },
+            ]
+          : ipBlockPeers(sortedUnique((from.cidrs ?? []).filter((c) => parseCidr(c) !== undefined)));
+    // Only the gates in front of the rule's app ports are opened (pods without gates: the app ports).
+    if (npPeers.length > 0) npIngress.push({ from: npPeers, ports: gatedPorts(selected, rule.ports) });
+    ingress.push(
+      compileIngressRule(
+        rule,
+        { name, namespace, mode, ...(spec.expiresAt !== undefined ? { expiresAt: spec.expiresAt } : {}) },
+        index,
+        options.trustDomain,
+        rule.http ? canonicalHttp(rule.http) : undefined,
+      ),
+    );
+  }
+
+  if ((spec.ingress ?? []).length > 0) {
+    for (const message of servicesBypassingGates(index, namespace, selected))
+      problems.push({ reason: 'ServiceBypassesGate', message });
   }
 
   const metadata = { name: policyObjectName(name), namespace, labels, ...(owner ? { ownerReferences: owner } : {}) };
@@ -362,9 +462,11 @@ export function compilePolicy(
 
   const ttl = parseDurationSeconds(spec.tokenTTL);
   return {
+    calleeGrants,
     grant: {
       name,
       egress,
+      ingress,
       ...(ttl !== undefined ? { tokenTTLSeconds: ttl } : {}),
       ...(spec.expiresAt !== undefined ? { expiresAt: spec.expiresAt } : {}),
     },

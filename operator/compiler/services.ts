@@ -8,6 +8,7 @@ import { canonicalJSON, compareStrings } from './canonical.ts';
 import type { ClusterIndex, IndexedPod } from './cluster-index.ts';
 import { compileSelector } from './selectors.ts';
 import { LABEL_INJECT } from '../../lib/api/constants.ts';
+import { gatesOfPod } from '../../lib/inbound/gates.ts';
 import type { NetworkPolicyPeer, NetworkPolicyPort, ProblemReason, ServicePort } from './types.ts';
 
 export interface ServiceTarget {
@@ -118,12 +119,20 @@ export function compileServiceTarget(
   // Group the backends by the target ports they resolve to.
   const groups = new Map<string, { ports: NetworkPolicyPort[]; pods: IndexedPod[] }>();
   const unresolved: string[] = [];
+  const bypass = new Set<string>();
   for (const pod of backends) {
     const ports: NetworkPolicyPort[] = [];
     for (const sp of servicePorts) {
       const port = targetPortFor(sp, pod);
       if (port === undefined) unresolved.push(`${pod.name} (${String(sp.targetPort)})`);
-      else ports.push({ protocol: sp.protocol ?? 'TCP', port });
+      else if (
+        pod.labels[LABEL_INJECT] === 'true' &&
+        (sp.protocol ?? 'TCP') === 'TCP' &&
+        gatesOfPod(pod.pod.spec).some((g) => g.port === port)
+      ) {
+        // The number is the app's own port, behind the sidecar's gate: never opened at L3.
+        bypass.add(`${sp.port}→${port}`);
+      } else ports.push({ protocol: sp.protocol ?? 'TCP', port });
     }
     if (ports.length === 0) continue;
     const sorted = sortPorts(ports);
@@ -131,6 +140,12 @@ export function compileServiceTarget(
     const group = groups.get(key);
     if (group) group.pods.push(pod);
     else groups.set(key, { ports: sorted, pods: [pod] });
+  }
+  if (bypass.size > 0) {
+    out.problems.push({
+      reason: 'ServiceBypassesGate',
+      message: `Service ${id} targets its agent pods' app port by number (${[...bypass].sort(compareStrings).join(', ')}), which only the sidecar's inbound gate may reach: name the container port and set the Service's targetPort to that name`,
+    });
   }
   if (unresolved.length > 0) {
     out.problems.push({

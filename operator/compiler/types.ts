@@ -156,7 +156,9 @@ export type ProblemReason =
   | 'TooManyAddresses'
   | 'CalleeHasNotConsented'
   | 'CABundleNotFound'
-  | 'CABundleInvalid';
+  | 'CABundleInvalid'
+  | 'ServiceSpansAgents'
+  | 'ServiceBypassesGate';
 
 export interface Problem {
   reason: ProblemReason;

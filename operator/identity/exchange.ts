@@ -271,7 +271,11 @@ export class IdentityExchange {
         'the operator has not compiled this pod’s entitlements yet; retry shortly',
       );
     }
-    if (audience !== issuerUrl && !entitlement.spec.egress?.some((rule) => rule.audience === audience)) {
+    // A destination audience the pod's rules name, or the identity of an agent its rules reach (peers).
+    const entitled = entitlement.spec.egress?.some(
+      (rule) => rule.audience === audience || rule.peers?.some((p) => p.spiffeID === audience),
+    );
+    if (audience !== issuerUrl && !entitled) {
       throw new Refusal('audience_not_entitled', `no entitlement of this pod names audience ${audience}`);
     }
     const ttlSeconds = parseDurationSeconds(entitlement.spec.tokenTTL) ?? TOKEN_TTL_DEFAULT_SECONDS;

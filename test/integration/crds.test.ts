@@ -187,7 +187,55 @@ const invalid: [string, Record<string, unknown>, string][] = [
       agentSelector: selector,
       ingress: [{ name: 'i', from: { cidrs: ['10.0.0.0/8'], pods: { podSelector: {} } }, ports: [{ port: 80 }] }],
     },
-    'exactly one of agents, pods or cidrs',
+    'exactly one of agents, users, pods or cidrs',
+  ],
+  [
+    'users from a plain-http issuer',
+    {
+      agentSelector: selector,
+      ingress: [
+        { name: 'i', from: { users: { issuer: 'http://idp.example', audiences: ['a'] } }, ports: [{ port: 80 }] },
+      ],
+    },
+    'issuer must be an https:// URL',
+  ],
+  [
+    'a rate limit per day',
+    {
+      agentSelector: selector,
+      ingress: [
+        {
+          name: 'i',
+          from: { cidrs: ['10.0.0.0/8'] },
+          ports: [{ port: 80 }],
+          rateLimit: { requests: 10, per: '1d' },
+        },
+      ],
+    },
+    'per must be a whole number of seconds, minutes or hours',
+  ],
+  [
+    'an identity header in upper case',
+    {
+      agentSelector: selector,
+      ingress: [{ name: 'i', from: { cidrs: ['10.0.0.0/8'] }, ports: [{ port: 80 }], identityHeaders: ['X-User-ID'] }],
+    },
+    'identityHeaders entries are header names in lower case',
+  ],
+  [
+    'an ingress http profile on a UDP port',
+    {
+      agentSelector: selector,
+      ingress: [
+        {
+          name: 'i',
+          from: { cidrs: ['10.0.0.0/8'] },
+          ports: [{ port: 53, protocol: 'UDP' }],
+          http: [{ methods: ['GET'] }],
+        },
+      ],
+    },
+    'an http profile applies to TCP ports only',
   ],
   [
     'agents target with empty agentSelector',

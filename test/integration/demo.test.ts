@@ -34,6 +34,13 @@ describe('agentfence demo', () => {
       /research-agent\s+GET\s+https:\/\/:\d+\/repos\/agentfence\/issues → 200 .*"title":"TLS inspection"/,
     );
     expect(stdout).toMatch(/research-agent\s+GET\s+https:\/\/:\d+\/admin\/users → 403 path_not_allowed/);
+    // Agent to agent through both sidecars: the callee's app sees the verified caller, not the forged header the
+    // caller's app sent; a forged caller straight at the gate is refused.
+    expect(stdout).toMatch(/research-agent-0 created .* inbound gate :15006 → app :\d+/);
+    expect(stdout).toMatch(
+      /support-agent\s+POST\s+http:\/\/[\d.]+:\d+\/v1\/research → 200 .*"caller":"spiffe:\/\/cluster\.local\/ns\/demo\/agent\/support-agent"/,
+    );
+    expect(stdout).toMatch(/forged caller\s+POST\s+http:\/\/[\d.]+:15006\/v1\/research → 401 missing_credential/);
     expect(stdout).toMatch(/agentpolicy\.agentfence\.io\/support-agent\s+True\s+Enforce\s+1\s+1/);
     expect(stdout).toContain('networkpolicy.networking.k8s.io/agentfence-baseline');
     expect(stdout).toMatch(/"decision":"deny","reason":"method_not_allowed"/);

@@ -36,6 +36,10 @@ const CASES: GoldenCase[] = [
   { name: 'mcp-tools', files: ['examples/mcp-tools-agent.yaml', CLUSTER] },
   { name: 'expiry', files: ['test/fixtures/compiler/expiry.yaml'] },
   { name: 'tls', files: ['test/fixtures/compiler/tls.yaml'] },
+  {
+    name: 'agent-to-agent',
+    files: ['examples/agent-to-agent.yaml', 'test/fixtures/compiler/agent-to-agent-pods.yaml'],
+  },
   { name: 'hosts-kubernetes', files: ['examples/research-agent.yaml', CLUSTER] },
   { name: 'cilium', files: ['examples/research-agent.yaml', CLUSTER], options: { networkProvider: 'cilium' } },
 ];

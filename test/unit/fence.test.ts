@@ -199,3 +199,35 @@ describe('earlier injector configurations, accepted during a rollout', () => {
     expect(fenceChecker(config, [old])(out.pod)).toMatch(/annotation|image/);
   });
 });
+
+describe('inbound gates and the fence', () => {
+  it('accepts a pod injected with gates, and one injected before gates existed (no --inbound), as rendered then', () => {
+    expect(fenceProblem(asStored(injected()), config)).toBeUndefined();
+    const base: Pod = {
+      apiVersion: 'v1',
+      kind: 'Pod',
+      metadata: { name: 'a', namespace: 'demo', labels: { 'agentfence.io/inject': 'true' } },
+      spec: {
+        serviceAccountName: 'support-agent',
+        containers: [
+          { name: 'agent', image: 'registry.example/agent:1', ports: [{ name: 'http', containerPort: 8080 }] },
+        ],
+      },
+    };
+    const old = inject(base, config, { gates: false });
+    if (!old.allowed) throw new Error(old.message);
+    expect(old.pod.spec.containers[0]?.ports?.[0]?.name).toBe('http');
+    expect(fenceProblem(asStored(old.pod), config)).toBeUndefined();
+  });
+
+  it('refuses a pod whose gates were changed: another mapping, or a gate dropped', () => {
+    const pod = asStored(injected());
+    const args = sidecar(pod).args as string[];
+    const i = args.findIndex((a) => a.startsWith('--inbound='));
+    args[i] = '--inbound=15006:9999';
+    expect(fenceProblem(pod, config)).toMatch(/differs from the injected one in: args/);
+    const dropped = asStored(injected());
+    sidecar(dropped).ports = sidecar(dropped).ports?.filter((p) => p.containerPort !== 15006);
+    expect(fenceProblem(dropped, config)).toMatch(/differs from the injected one in: ports/);
+  });
+});

@@ -9,17 +9,27 @@ import { CONTROLLER } from '../../operator/defaults.ts';
 import type { CompileInput, PodInput } from '../../operator/compiler/types.ts';
 import { allowed, type EvalPod, type EvalTarget, type EvalWorld } from '../support/netpol-eval.ts';
 import { NOW, backendPod, namespace, policy, service } from '../support/compiler-fixtures.ts';
+import { inject } from '../../webhook/inject.ts';
+import { TEST_INJECTOR } from '../support/identity-server.ts';
 
-const agentWithPorts = (ns: string, name: string, agent: string, ip: string, ports: number[] = []): PodInput => ({
-  metadata: {
-    name,
-    namespace: ns,
-    uid: `uid-${ns}-${name}`,
-    labels: { 'agentfence.io/inject': 'true', 'agentfence.io/agent': agent },
-  },
-  spec: { containers: [{ name: 'agent', ports: ports.map((containerPort) => ({ containerPort })) }] },
-  status: { podIP: ip, podIPs: [{ ip }] },
-});
+/** An agent pod as the webhook injects it: its app ports behind the sidecar's inbound gates (15006, …). */
+const agentWithPorts = (ns: string, name: string, agent: string, ip: string, ports: number[] = []): PodInput => {
+  const out = inject(
+    {
+      apiVersion: 'v1',
+      kind: 'Pod',
+      metadata: { name, namespace: ns, labels: { 'agentfence.io/inject': 'true', 'agentfence.io/agent': agent } },
+      spec: { containers: [{ name: 'agent', ports: ports.map((containerPort) => ({ containerPort })) }] },
+    },
+    TEST_INJECTOR,
+  );
+  if (!out.allowed) throw new Error(out.message);
+  return {
+    metadata: { ...out.pod.metadata, uid: `uid-${ns}-${name}` },
+    spec: out.pod.spec as PodInput['spec'],
+    status: { podIP: ip, podIPs: [{ ip }] },
+  };
+};
 const agentsOf = (ns: string, agent: string) => ({
   namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': ns } },
   agentSelector: { matchLabels: { 'agentfence.io/agent': agent } },
@@ -123,7 +133,7 @@ function world(policies = [...tenants, attacker]): EvalWorld {
       name: p.metadata.name ?? '',
       labels: p.metadata.labels ?? {},
       ip: p.status?.podIP ?? '',
-      ports: (p.spec?.containers ?? []).flatMap((c) => c.ports ?? []),
+      ports: [...(p.spec?.containers ?? []), ...(p.spec?.initContainers ?? [])].flatMap((c) => c.ports ?? []),
     })),
     policies: out.networkPolicies,
   };
@@ -139,6 +149,7 @@ const PORTS: [number, string][] = [
   [8080, 'TCP'],
   [8443, 'TCP'],
   [9000, 'TCP'],
+  [15006, 'TCP'],
 ];
 
 /** Every allowed connection that starts or ends at an agent pod, as "src -> dst:port/proto". */
@@ -171,10 +182,12 @@ describe('compiled NetworkPolicies, evaluated independently', () => {
         'tenant-x/x-0',
       ].flatMap(infrastructure),
       'team-a/orchestrator-0 -> team-a/db-0:5432/TCP',
-      'team-a/orchestrator-0 -> team-b/planner-0:8443/TCP',
-      'team-a/orchestrator-0 -> team-b/planner-1:8443/TCP',
-      'team-a/support-0 -> team-a/orchestrator-0:9000/TCP',
-      'team-a/web-0 -> team-a/orchestrator-0:9000/TCP',
+      // Agents are reached on their sidecar's inbound gate (15006, in front of app port 8443 / 9000); the app
+      // ports themselves stay closed at L3.
+      'team-a/orchestrator-0 -> team-b/planner-0:15006/TCP',
+      'team-a/orchestrator-0 -> team-b/planner-1:15006/TCP',
+      'team-a/support-0 -> team-a/orchestrator-0:15006/TCP',
+      'team-a/web-0 -> team-a/orchestrator-0:15006/TCP',
     ].sort();
     expect(matrix(world())).toEqual(intended);
   });

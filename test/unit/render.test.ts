@@ -214,7 +214,7 @@ describe('validateSchema over the CRD schema', () => {
         ingress: [{ name: 'i', from: { cidrs: ['10.0.0.0/8'], pods: { podSelector: {} } }, ports: [{ port: 1 }] }],
       },
       'spec.ingress[0].from',
-      'exactly one of agents, pods or cidrs',
+      'exactly one of agents, users, pods or cidrs',
     ],
     [
       {
