@@ -8,7 +8,7 @@
  * (users). Refusals: 401 without a valid credential, 403 with one but no grant, 413, 429 + Retry-After — the app
  * never sees them. One audit line per decision with `direction: "inbound"`.
  */
-import type { Agent, IncomingMessage, Server, ServerResponse } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
 import { decodeJwt } from 'jose';
