@@ -297,6 +297,9 @@ const httpRules: Schema = {
     'HTTP profile: the sidecar also checks method and path, for plain HTTP and for HTTPS (CONNECT), which it then inspects with the pod CA (see tls).',
 };
 
+/** The ingress rules' profile: checked by the gate on the way in (plain HTTP; the gate does not terminate TLS). */
+const INBOUND_HTTP = 'HTTP profile at the inbound gate: the methods and paths callers of this rule may use.';
+
 const mcpProfile = named('MCPProfile', {
   type: 'object',
   required: ['tools'],
@@ -566,7 +569,7 @@ const ingressRule = named('IngressRule', {
     ports: ports(
       'Ports on the agent pod (the app’s container ports). Callers reach them through the sidecar’s inbound gate.',
     ),
-    http: httpRules,
+    http: { ...httpRules, description: INBOUND_HTTP },
     maxBodyBytes,
     rateLimit,
     identityHeaders,
@@ -759,6 +762,11 @@ const entitlementEgressRule = named('EntitlementEgressRule', {
       description: 'Agent addresses this rule reaches, and the identity each expects.',
     },
     expiresAt: { type: 'string', format: 'date-time', description: 'When this grant ends.' },
+    tls: tlsMode,
+    caBundle: str(
+      CA_BUNDLE_MAX_BYTES,
+      'PEM CA certificates trusted for this destination’s upstream TLS instead of the public roots (resolved from the policy’s ConfigMap; empty when it could not be read: nothing verifies).',
+    ),
   },
 });
 
@@ -800,16 +808,11 @@ const entitlementIngressRule = named('EntitlementIngressRule', {
       'x-kubernetes-list-type': 'atomic',
       description: 'Source addresses admitted without a token (from pods and cidrs).',
     },
-    http: withoutValidations({ ...httpRules, minItems: 0 }),
+    http: withoutValidations({ ...httpRules, minItems: 0, description: INBOUND_HTTP }),
     maxBodyBytes,
     rateLimit: withoutValidations(rateLimit),
     identityHeaders: withoutValidations(identityHeaders),
     expiresAt: { type: 'string', format: 'date-time', description: 'When this grant ends.' },
-    tls: tlsMode,
-    caBundle: str(
-      CA_BUNDLE_MAX_BYTES,
-      'PEM CA certificates trusted for this destination’s upstream TLS instead of the public roots (resolved from the policy’s ConfigMap; empty when it could not be read: nothing verifies).',
-    ),
   },
 });
 

@@ -128,7 +128,7 @@ export interface IngressRule {
   from: IngressSource;
   /** Ports on the agent pod (the app’s container ports). Callers reach them through the sidecar’s inbound gate. */
   ports: PortRange[];
-  /** Plain-HTTP profile: the sidecar also checks method and path. (Inside a TLS tunnel only host and port can be checked.) */
+  /** HTTP profile at the inbound gate: the methods and paths callers of this rule may use. */
   http?: HTTPRule[];
   /** Largest request body accepted (bytes); larger ones are refused with 413 before the app sees them. */
   maxBodyBytes?: number;
@@ -314,7 +314,7 @@ export interface EntitlementIngressRule {
   users?: UserSource;
   /** Source addresses admitted without a token (from pods and cidrs). */
   cidrs?: string[];
-  /** Plain-HTTP profile: the sidecar also checks method and path. (Inside a TLS tunnel only host and port can be checked.) */
+  /** HTTP profile at the inbound gate: the methods and paths callers of this rule may use. */
   http?: HTTPRule[];
   /** Largest request body accepted (bytes); larger ones are refused with 413 before the app sees them. */
   maxBodyBytes?: number;
