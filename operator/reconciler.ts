@@ -40,10 +40,11 @@ import type { EventRecorder } from '../lib/kube/events.ts';
 import { Informer, objectKey } from '../lib/kube/informer.ts';
 import { compile } from './compiler/compile.ts';
 import type { CompileOptions, CompileOutput, Namespace, NetworkPolicy, PodInput, Service } from './compiler/types.ts';
-import { owningPolicy, policyRef, upToDate } from './managed.ts';
+import { newerCopy, owningPolicy, policyRef, upToDate } from './managed.ts';
 import { acknowledgedRevisions, policyStatus } from './policy-status.ts';
 import { foreignOverlaps } from './overlap.ts';
 import { untilAborted, type AgentEntitlementObject, type LeaderTask } from './runtime.ts';
+import type { EntitlementHub } from './distribution/hub.ts';
 import { RESOURCES } from '../lib/kube/resources.ts';
 
 /**
@@ -75,6 +76,11 @@ export interface ReconcilerOptions {
   /** Shared with the runtime (every replica needs them for identity and distribution). */
   entitlements: Informer<AgentEntitlementObject>;
   compileOptions: Omit<CompileOptions, 'now'>;
+  /**
+   * Where each compile's entitlements go the moment they are computed, before any write (the runtime's hub): the
+   * sidecars get them from memory; the API objects written after are the record. Fenced by the term.
+   */
+  distribution?: Pick<EntitlementHub, 'publish' | 'withdraw'>;
   now?: () => Date;
 }
 
@@ -185,6 +191,12 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
     for (const [reason, n] of counts) foreignProblems.set({ reason }, n);
   };
 
+  /**
+   * What our own writes returned, until the informer shows them (then dropped): a reconcile that runs before the
+   * cache caught up compares with these, so an unchanged object is not written again (newerCopy in managed.ts).
+   */
+  const ownWrites = new Map<string, KubeObject>();
+
   let controller: Controller | undefined;
   const enqueue = (): void => controller?.queue.add(KEY);
   // Every write of a term goes through the fenced client (lease checked before each one, the term's signal on
@@ -200,9 +212,23 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
       { policies: policies.list(), pods: pods.list(), namespaces: namespaces.list(), services: services.list() },
       { ...options.compileOptions, now },
     );
+    // Deliver before writing: a sidecar gets its new entitlement now, not after every write before its own. The
+    // check is synchronous with the delivery; a term that no longer holds publishes nothing and writes nothing.
+    // The publication is bound to this term (not to whichever term is current when it is delivered).
+    const publishedIn = term;
+    const holds = publishedIn ? (): boolean => publishedIn.holds() : (): boolean => true;
+    if (options.distribution && !options.distribution.publish(output.entitlements, holds))
+      throw new LeadershipLostError('publish', 'entitlements');
     const errors = new Map<string, string[]>(); // policy key → messages
+    // Failures of objects no policy owns (AgentEntitlements belong to their pod) go into no status, but they
+    // still fail the reconcile so it is retried with backoff: the sidecars already hold the compiled result and
+    // the record must follow.
+    let unowned = 0;
     const fail = (policyKey: string | undefined, message: string): void => {
-      if (!policyKey) return;
+      if (!policyKey) {
+        unowned++;
+        return;
+      }
       errors.set(policyKey, [...(errors.get(policyKey) ?? []), message]);
     };
 
@@ -213,7 +239,8 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
     managedObjects.set({ kind: 'AgentEntitlement' }, output.entitlements.length);
     managedObjects.set({ kind: 'NetworkPolicy' }, output.networkPolicies.length);
     managedObjects.set({ kind: 'CiliumNetworkPolicy' }, output.ciliumNetworkPolicies.length);
-    if (errors.size > 0) throw new Error(`${errors.size} policies could not be fully programmed`);
+    if (errors.size > 0 || unowned > 0)
+      throw new Error(`${errors.size} policies and ${unowned} other objects could not be fully programmed`);
     if (output.nextExpiry) return { requeueAfterMs: Math.max(0, Date.parse(output.nextExpiry) - now.getTime()) + 10 };
     return {};
   };
@@ -223,15 +250,16 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
     output: CompileOutput,
     fail: (policy: string | undefined, message: string) => void,
   ): Promise<void> => {
-    const write = async (
-      resource: ResourceRef,
-      desired: KubeObject,
-      current: KubeObject | undefined,
-    ): Promise<void> => {
-      if (upToDate(desired, current)) return;
+    const write = async (resource: ResourceRef, desired: KubeObject, cached: KubeObject | undefined): Promise<void> => {
+      const k = `${resource.resource}/${objectKey(desired)}`;
+      const written = ownWrites.get(k);
+      const current = written ? newerCopy(cached, written) : cached;
+      if (written && current === cached) ownWrites.delete(k); // the cache has caught up with our write
+      if (current && upToDate(desired, current)) return;
       try {
-        await applyObject(writer, resource, desired);
+        ownWrites.set(k, await applyObject(writer, resource, desired));
       } catch (err) {
+        ownWrites.delete(k);
         if (isLeadershipLoss(err, term?.signal)) throw err;
         const message = `${desired.kind ?? ''} ${objectKey(desired)}: ${err instanceof Error ? err.message : String(err)}`;
         logger.warn('apply failed', { kind: desired.kind, key: objectKey(desired), err });
@@ -291,6 +319,7 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
     fail: (policy: string | undefined, message: string) => void,
     policy: string | undefined,
   ): Promise<void> => {
+    ownWrites.delete(`${resource.resource}/${objectKey(obj)}`);
     try {
       await removeLegacyFinalizer(resource, obj);
       if (!obj.metadata.deletionTimestamp) {
@@ -356,6 +385,7 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
       await controller.start();
       enqueue();
       await untilAborted(signal);
+      options.distribution?.withdraw(); // this term's compile is no longer delivered; the record is
       for (const off of offs) off();
       await controller.stop();
       await Promise.all(informers.map((i) => i.stop()));

@@ -59,6 +59,8 @@ export interface RuntimeContext {
   registry: Registry;
   pods: Informer<AgentPod>;
   entitlements: Informer<AgentEntitlementObject>;
+  /** Entitlement distribution: the leader's reconciler publishes its compile output here (hub.ts). */
+  hub: EntitlementHub;
 }
 
 export interface LeaderTask {
@@ -92,7 +94,7 @@ export interface RunningOperator {
 }
 
 export async function startOperator(
-  ctx: Omit<RuntimeContext, 'pods' | 'entitlements'>,
+  ctx: Omit<RuntimeContext, 'pods' | 'entitlements' | 'hub'>,
   certs: ServingCertSource,
   parts: RuntimeParts,
 ): Promise<RunningOperator> {
@@ -195,7 +197,7 @@ export async function startOperator(
       hub,
       verifier: selfVerifier,
       logger,
-      onAck: (pod, revision) => recordAck(client, entitlements, pod, revision),
+      onAck: (pod, revision) => recordAck(client, entitlements, hub, pod, revision),
     }),
   );
   app.use(
@@ -209,7 +211,7 @@ export async function startOperator(
   );
 
   const serving = await startServingServer({ ...config.listen, certs, handler: app, logger });
-  const tasks = parts.leaderTasks({ ...ctx, pods, entitlements });
+  const tasks = parts.leaderTasks({ ...ctx, pods, entitlements, hub });
   const elector = new LeaderElector({
     client,
     namespace: config.namespace,
@@ -286,14 +288,31 @@ export async function keyRotationLoop(
   }
 }
 
-/** A sidecar reported the revision it enforces: reflect it in the AgentEntitlement's status (only when changed). */
+/** How long an acknowledgement of a published revision waits for its object to be written before asking for a retry. */
+const ACK_RECORD_WAIT_MS = 5_000; // under the sidecar's 10 s ack timeout
+
+/**
+ * A sidecar reported the revision it enforces: reflect it in the AgentEntitlement's status (only when changed).
+ * The leader delivers a compiled revision before its object is written; an acknowledgement of that revision
+ * waits for the object (an earlier status write would record "out of sync" against the older spec and stay so),
+ * and fails (the sidecar retries) if it is not written in time.
+ */
 async function recordAck(
   client: KubeClient,
   entitlements: Informer<AgentEntitlementObject>,
+  hub: EntitlementHub,
   pod: PodKey,
   revision: string,
 ): Promise<void> {
-  const current = entitlements.get(`${pod.namespace}/${pod.podName}`);
+  let current = entitlements.get(`${pod.namespace}/${pod.podName}`);
+  if (
+    current?.spec.revision !== revision &&
+    revision !== '' &&
+    hub.entitlementFor(pod).spec.revision === revision &&
+    !(await hub.whenRecorded(pod, revision, ACK_RECORD_WAIT_MS))
+  )
+    throw new Error('the acknowledged revision is not written yet');
+  current = entitlements.get(`${pod.namespace}/${pod.podName}`);
   if (!current || current.spec.podUID !== pod.podUID) return; // not compiled yet, or an earlier pod's
   const status = {
     ...current.status,
