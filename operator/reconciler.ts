@@ -2,7 +2,11 @@
  * The policy reconciler (leader only). Level-triggered with a single key: every relevant change enqueues
  * "cluster"; a reconcile compiles the whole desired state from the caches (pure, deterministic, fast: see
  * bench/compile.ts) and converges the cluster to it:
- *   - writes (server-side apply, one field manager) only objects whose managed fields differ from the cache;
+ *   - hands the compiled entitlements to the distribution hub before writing anything: sidecars get them from
+ *     memory, fenced by the term (distribution/hub.ts); the objects written after are the record;
+ *   - writes (server-side apply, one field manager) only objects whose managed fields differ from the newer of
+ *     the cache and what our own last write of it returned (the cache lags our writes);
+ *   - fails (and so retries with backoff) when any write failed, owned by a policy or not;
  *   - deletes managed objects that are no longer desired (uid precondition; never objects we did not create);
  *   - recreates the per-namespace baseline the moment it goes (its deletion is a watch event like any other);
  *     it carries no finalizer, so a controller that is gone (uninstalled, crashed, scaled to zero) never
@@ -11,11 +15,12 @@
  *   - requeues exactly at the next grant expiry.
  * An unchanged world therefore costs one compile and zero writes.
  *
- * One reconcile is four steps; only the I/O ones live here, the rest are pure functions:
+ * One reconcile is these steps; only the I/O ones live here, the rest are pure functions:
  *   1. observe — the informer caches of policies, pods, namespaces, services, NetworkPolicies (this file);
  *   2. compile — desired state and per-policy reports (compiler/compile.ts), foreign NetworkPolicies that
  *      overlap a policy's agents (overlap.ts), acknowledged revisions and the status itself (policy-status.ts);
- *   3. apply — `converge`/`prune` here, writing only what `upToDate` (managed.ts) says differs;
+ *   3. publish, then apply — the hub gets the entitlements; `converge`/`prune` here write only what `upToDate` and
+ *      `newerCopy` (managed.ts) say differs;
  *   4. report — status writes, foreign-problem log lines and metrics (`writeStatuses`/`reportForeignProblems` here).
  */
 import type { Registry } from 'prom-client';
