@@ -126,6 +126,8 @@ interface Client {
   arrivals: Map<string, number>;
   lastConfirmed: number;
   maxGapMs: number;
+  /** Snapshots since `watchFrom` naming a revision outside `expected` (a transient revocation, e.g. empty). */
+  watch: { from: number; expected: Set<string | undefined>; unexpected: number } | undefined;
   connected: () => boolean;
   stop(): void;
 }
@@ -138,6 +140,7 @@ function startClient(options: { url: string; caPem: string; token: string; name:
     arrivals: new Map(),
     lastConfirmed: Date.now(),
     maxGapMs: 0,
+    watch: undefined,
     connected: () => false,
     stop: () => undefined,
   };
@@ -153,6 +156,7 @@ function startClient(options: { url: string; caPem: string; token: string; name:
     logger: silentLogger,
     onSnapshot: (ae) => {
       confirm();
+      if (c.watch && !c.watch.expected.has(ae.spec.revision)) c.watch.unexpected++;
       c.revision = ae.spec.revision;
       c.hosts = new Set((ae.spec.egress ?? []).flatMap((r) => r.hosts ?? []));
       const now = performance.now();
@@ -248,7 +252,7 @@ interface FleetRow {
   p99: number;
   idleKb: number;
   connectedKb: number;
-  storm?: { syncedMs: number; readyMs: number; failedClosed: number; maxGapMs: number };
+  storm?: { syncedMs: number; readyMs: number; failedClosed: number; maxGapMs: number; revoked: number };
 }
 
 async function fleetRun(
@@ -321,8 +325,11 @@ async function fleetRun(
     // Kill the controller while every client is connected, start it again; every client must come back and hold
     // the current revision, none going longer than the staleness bound without a confirmed snapshot.
     const current = new Set(clients.map((c) => c.revision));
-    for (const c of clients) c.maxGapMs = 0;
     const killedAt = Date.now();
+    for (const c of clients) {
+      c.maxGapMs = 0;
+      c.watch = { from: killedAt, expected: current, unexpected: 0 };
+    }
     await controller.kill('SIGKILL');
     await controller.start();
     const readyMs = Date.now() - killedAt;
@@ -335,7 +342,8 @@ async function fleetRun(
     const syncedMs = Date.now() - killedAt;
     const maxGapMs = Math.max(...clients.map((c) => c.maxGapMs));
     const failedClosed = clients.filter((c) => c.maxGapMs > STALENESS_MS).length;
-    row.storm = { syncedMs, readyMs, failedClosed, maxGapMs };
+    const revoked = clients.filter((c) => (c.watch?.unexpected ?? 0) > 0).length;
+    row.storm = { syncedMs, readyMs, failedClosed, maxGapMs, revoked };
   }
   for (const c of clients) c.stop();
   await controller.kill('SIGTERM');
@@ -441,7 +449,7 @@ async function main(): Promise<void> {
     if (stormRow?.storm) {
       const st = stormRow.storm;
       console.log(
-        `\nReconnect storm (K=${stormRow.k}, controller SIGKILLed and restarted): controller serving again after ${s(st.readyMs)} s; every sidecar connected and holding the current revision ${s(st.syncedMs)} s after the kill; longest gap without a confirmed snapshot ${s(st.maxGapMs)} s (staleness bound ${s(STALENESS_MS)} s); sidecars past the bound (failed closed): ${st.failedClosed}`,
+        `\nReconnect storm (K=${stormRow.k}, controller SIGKILLed and restarted): controller serving again after ${s(st.readyMs)} s; every sidecar connected and holding the current revision ${s(st.syncedMs)} s after the kill; longest gap without a confirmed snapshot ${s(st.maxGapMs)} s (staleness bound ${s(STALENESS_MS)} s); sidecars past the bound (failed closed): ${st.failedClosed}; sidecars sent another revision meanwhile (e.g. an empty snapshot: a transient revocation): ${st.revoked}`,
       );
     }
     if (!SKIP_CLUSTER) {

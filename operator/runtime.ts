@@ -196,6 +196,7 @@ export async function startOperator(
     createDistributionRouter({
       hub,
       verifier: selfVerifier,
+      ready: () => entitlements.hasSynced(),
       logger,
       onAck: (pod, revision) => recordAck(client, entitlements, hub, pod, revision),
     }),

@@ -15,6 +15,12 @@ export interface DistributionOptions {
   /** Verifies agent identity tokens (audience = the issuer URL). */
   verifier: AgentVerifier;
   onAck: (pod: PodKey, revision: string) => Promise<void>;
+  /**
+   * False until the entitlement cache has synced. Until then a stream would tell every sidecar "nothing allowed"
+   * (no entitlement known yet) — a revocation of the whole fleet whenever a controller restarts under connected
+   * sidecars. Answered 503; the sidecar keeps what it holds and retries with backoff.
+   */
+  ready?: () => boolean;
   logger: Logger;
   now?: () => number;
 }
@@ -36,7 +42,17 @@ export function createDistributionRouter(options: DistributionOptions): Router {
   };
   const podOf = (id: AgentIdentity): PodKey => ({ namespace: id.namespace, podName: id.pod.name, podUID: id.pod.uid });
 
+  const unready = (res: Response): boolean => {
+    if (options.ready?.() ?? true) return false;
+    res
+      .status(503)
+      .setHeader('retry-after', '1')
+      .json({ error: 'entitlements_unavailable', message: 'the entitlement cache is not synced yet' });
+    return true;
+  };
+
   router.get('/v1/entitlements/stream', (req, res) => {
+    if (unready(res)) return;
     void authenticate(req, res).then((identity) => {
       if (!identity) return;
       res.writeHead(200, {
@@ -75,6 +91,7 @@ export function createDistributionRouter(options: DistributionOptions): Router {
   });
 
   router.post('/v1/entitlements/ack', (req, res) => {
+    if (unready(res)) return;
     void authenticate(req, res).then(async (identity) => {
       if (!identity) return;
       const revision = (req.body as { revision?: unknown } | undefined)?.revision;
