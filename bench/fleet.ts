@@ -106,6 +106,15 @@ class ControllerProcess {
     const status = readFileSync(`/proc/${this.child?.pid}/status`, 'utf8');
     return Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? NaN);
   }
+  /** The median of 7 samples 0.5 s apart (RSS moves with every GC). */
+  async settledRssKb(): Promise<number> {
+    const samples: number[] = [];
+    for (let i = 0; i < 7; i++) {
+      samples.push(this.rssKb());
+      await sleep(500);
+    }
+    return samples.sort((a, b) => a - b)[3] ?? NaN;
+  }
   async metrics(): Promise<string> {
     return (await fetch(`${this.adminUrl}/metrics`)).text();
   }
@@ -279,7 +288,7 @@ async function fleetRun(
   );
   const issuer = await issuerFromSecret(client, config.issuerUrl);
   await sleep(3000);
-  const idleKb = controller.rssKb();
+  const idleKb = await controller.settledRssKb();
 
   const clients: Client[] = [];
   for (const [key, uid] of uids) {
@@ -317,7 +326,7 @@ async function fleetRun(
     );
     await sleep(2000);
   }
-  const connectedKb = controller.rssKb();
+  const connectedKb = await controller.settledRssKb();
   latencies.sort((a, b) => a - b);
   const row: FleetRow = { k, p50: pct(latencies, 50), p99: pct(latencies, 99), idleKb, connectedKb };
 
