@@ -78,6 +78,13 @@ async function waitUntil<T>(probe: () => T | undefined | Promise<T | undefined>,
   }
 }
 
+const children = new Set<ChildProcess>();
+for (const signal of ['SIGINT', 'SIGTERM'] as const)
+  process.once(signal, () => {
+    for (const child of children) child.kill('SIGKILL'); // the control plane's processes go with this one
+    process.exit(1);
+  });
+
 /** The controller in a child process, restartable on the same port (same issuer URL and serving certificate). */
 class ControllerProcess {
   child: ChildProcess | undefined;
@@ -91,6 +98,8 @@ class ControllerProcess {
       stdio: ['ignore', 'pipe', 'inherit'],
     });
     this.child = child;
+    children.add(child);
+    child.once('exit', () => children.delete(child));
     let out = '';
     child.stdout.setEncoding('utf8');
     this.adminUrl = await new Promise<string>((resolve, reject) => {

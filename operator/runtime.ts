@@ -18,7 +18,7 @@ import { Informer } from '../lib/kube/informer.ts';
 import { LeaderElector, type LeaderTerm } from '../lib/kube/leader.ts';
 import { createAgentVerifier, type AgentVerifier } from '../lib/verify/index.ts';
 import { EntitlementHub, type PodKey } from './distribution/hub.ts';
-import { createDistributionRouter } from './distribution/http.ts';
+import { AckNotRecordedYet, createDistributionRouter } from './distribution/http.ts';
 import { cachedIdentityCluster } from './identity/cached-cluster.ts';
 import { IdentityExchange, type PodIdentity } from './identity/exchange.ts';
 import { createIdentityApp } from './identity/http.ts';
@@ -312,7 +312,7 @@ async function recordAck(
     hub.entitlementFor(pod).spec.revision === revision &&
     !(await hub.whenRecorded(pod, revision, ACK_RECORD_WAIT_MS))
   )
-    throw new Error('the acknowledged revision is not written yet');
+    throw new AckNotRecordedYet('the acknowledged revision is not written yet');
   current = entitlements.get(`${pod.namespace}/${pod.podName}`);
   if (!current || current.spec.podUID !== pod.podUID) return; // not compiled yet, or an earlier pod's
   const status = {

@@ -27,6 +27,15 @@ export interface DistributionOptions {
 
 const REVISION = /^(sha256:[0-9a-f]{1,64})?$/;
 
+/**
+ * Thrown by `onAck` when the acknowledged revision was delivered before its object was written and the object
+ * is not there yet: an expected moment after a large change, answered 503 for the sidecar to retry, not logged
+ * as a failure.
+ */
+export class AckNotRecordedYet extends Error {
+  override readonly name = 'AckNotRecordedYet';
+}
+
 export function createDistributionRouter(options: DistributionOptions): Router {
   const router = Router();
 
@@ -103,7 +112,9 @@ export function createDistributionRouter(options: DistributionOptions): Router {
         await options.onAck(podOf(identity), revision);
         res.status(204).end();
       } catch (err) {
-        options.logger.warn('entitlement ack not recorded', { err });
+        if (err instanceof AckNotRecordedYet)
+          options.logger.debug('entitlement ack waits for its object', { revision, namespace: identity.namespace });
+        else options.logger.warn('entitlement ack not recorded', { err });
         res.status(503).json({ error: 'unavailable', message: 'could not record the revision; retry' });
       }
     });
