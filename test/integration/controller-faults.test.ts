@@ -83,7 +83,7 @@ async function streamOnReplica(
   ns: string,
   podName: string,
   set: ReplicaSet,
-  port: number,
+  replica: { port: number; trustDomain: string },
 ): Promise<AgentEntitlement[]> {
   const secret = JSON.parse(
     await runOrThrow(['get', 'secret', 'agentfence-signing-keys', '-n', system, '-o', 'json']),
@@ -92,7 +92,7 @@ async function streamOnReplica(
   const pod = JSON.parse(await runOrThrow(['get', 'pod', podName, '-n', ns, '-o', 'json'])) as {
     metadata: { uid: string };
   };
-  const issuer = new TokenIssuer({ issuer: set.url, trustDomain: 'cluster.local', keys: () => keys });
+  const issuer = new TokenIssuer({ issuer: set.url, trustDomain: replica.trustDomain, keys: () => keys });
   const { token } = await issuer.issue({
     namespace: ns,
     agent: 'worker',
@@ -105,7 +105,7 @@ async function streamOnReplica(
   });
   const snapshots: AgentEntitlement[] = [];
   const source = controllerEntitlements({
-    controllerUrl: `https://127.0.0.1:${port}`,
+    controllerUrl: `https://127.0.0.1:${replica.port}`,
     caPem: set.caPem,
     token: () => token,
     logger: silentLogger,
@@ -226,7 +226,7 @@ describe('a leader paused past its lease', () => {
     );
     // A sidecar's stream on the old leader itself: the leader delivers its compiled entitlements from memory, so
     // this is where a deposed leader's result would show.
-    const snapshots = await streamOnReplica(system, ns, 'worker-0', set, old.port);
+    const snapshots = await streamOnReplica(system, ns, 'worker-0', set, { port: old.port, trustDomain: oldDomain });
     await eventually(() => (snapshots.some((e) => e.spec.spiffeID.includes(oldDomain)) ? true : undefined), 'stream');
 
     old.pause();
