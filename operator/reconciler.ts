@@ -256,6 +256,7 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
       },
       Math.min(1000, lastCompileMs),
     );
+    publishTimer.unref();
   };
 
   const reconcile = async (): Promise<{ requeueAfterMs?: number }> => {
