@@ -4,8 +4,9 @@
  * its own process:
  *  - K connected sidecars (K = 100, 500, 1,000; FLEET_K="100,500" to choose): K agent pods selected by one
  *    policy, and K clients running the sidecar's own stream client (sidecar/entitlements.ts: snapshots,
- *    heartbeats, acknowledgements, reconnect backoff). Each edit of the policy is timed from the moment it is sent
- *    until each client holds the new revision: p50 and p99 over FLEET_EDITS edits (default 3). The controller's
+ *    heartbeats, acknowledgements, reconnect backoff; acknowledgements spread over 1–5 s, see ACK_SPREAD_MS).
+ *    Each edit of the policy is timed from the moment it is sent until each client holds the new revision: p50
+ *    and p99 over FLEET_EDITS edits (default 3). The controller's
  *    RSS is read from /proc before the clients connect (idle, with the K pods and entitlements cached) and after
  *    the edits; the difference over K is the cost per connected sidecar.
  *  - a reconnect storm at the largest K: the controller is killed (SIGKILL) and started again; the time until
@@ -57,6 +58,7 @@ const cacheDir = env('AGENTFENCE_CACHE', join(homedir(), '.cache', 'agentfence')
 const build = env('AGENTFENCE_NO_BUILD', '') !== '1';
 /* eslint-enable no-restricted-properties */
 const STALENESS_MS = 60_000; // the chart's sidecar.maxStaleness
+const ACK_SPREAD_MS = { min: 1000, max: 5000 };
 const SYSTEM = 'agentfence-system';
 const CONTROLLER = fileURLToPath(new URL('./support/fleet-controller.ts', import.meta.url));
 
@@ -179,7 +181,14 @@ function startClient(options: { url: string; caPem: string; token: string; name:
       c.hosts = new Set((ae.spec.egress ?? []).flatMap((r) => r.hosts ?? []));
       const now = performance.now();
       for (const host of c.hosts) if (!c.arrivals.has(host)) c.arrivals.set(host, now);
-      void source.ack(ae.spec.revision);
+      // A sidecar acknowledges at once, from its own process. Here every client shares one process, so an
+      // acknowledgement (a TLS handshake) sent at once would delay the next client's receipt and be measured as
+      // delivery latency: the acknowledgements are spread over the following ACK_SPREAD_MS instead.
+      const revision = ae.spec.revision;
+      setTimeout(
+        () => void source.ack(revision),
+        ACK_SPREAD_MS.min + Math.random() * (ACK_SPREAD_MS.max - ACK_SPREAD_MS.min),
+      );
     },
     onHeartbeat: confirm,
   });
@@ -333,7 +342,7 @@ async function fleetRun(
         ),
       )} s so far`,
     );
-    await sleep(2000);
+    await sleep(ACK_SPREAD_MS.max + 2000); // this edit's acknowledgements are done before the next edit
   }
   const connectedKb = await controller.settledRssKb();
   latencies.sort((a, b) => a - b);
