@@ -12,7 +12,7 @@ import type { Logger } from '../lib/log.ts';
 import { counter } from '../lib/metrics.ts';
 import { sleep } from '../lib/sleep.ts';
 import { startHealthServer, type HealthServer } from '../lib/health.ts';
-import type { KubeClient, KubeObject } from '../lib/kube/client.ts';
+import { KubeApiError, type KubeClient, type KubeObject } from '../lib/kube/client.ts';
 import { writeStatus } from '../lib/kube/apply.ts';
 import { Informer } from '../lib/kube/informer.ts';
 import { LeaderElector, type LeaderTerm } from '../lib/kube/leader.ts';
@@ -321,5 +321,12 @@ async function recordAck(
     enforcedRevision: revision,
     inSync: revision === current.spec.revision,
   };
-  await writeStatus(client, RESOURCES.agentEntitlements, current, status);
+  try {
+    await writeStatus(client, RESOURCES.agentEntitlements, current, status);
+  } catch (err) {
+    // The object changed under the cached copy (the spec write that carries this revision, say): the sidecar
+    // retries and the next attempt writes against the newer copy.
+    if (err instanceof KubeApiError && err.status === 409) throw new AckNotRecordedYet('the object changed; retry');
+    throw err;
+  }
 }

@@ -29,8 +29,8 @@ const REVISION = /^(sha256:[0-9a-f]{1,64})?$/;
 
 /**
  * Thrown by `onAck` when the acknowledged revision was delivered before its object was written and the object
- * is not there yet: an expected moment after a large change, answered 503 for the sidecar to retry, not logged
- * as a failure.
+ * is not there yet, or the object changed while its status was written: expected moments after a large change,
+ * answered 503 for the sidecar to retry, not logged as failures.
  */
 export class AckNotRecordedYet extends Error {
   override readonly name = 'AckNotRecordedYet';
