@@ -21,8 +21,10 @@
  *    10 ms per object). While a publication is current it is what this replica's sidecars get — a managed
  *    entitlement absent from it is a narrowing to nothing, even if its object still exists — so a write that
  *    fails or lands late can neither delay a narrowing nor bring back an older revision. A publication carries
- *    the term's `holds()`, checked before every delivery: once the term no longer holds a fresh lease (deposed,
- *    paused past its lease), the publication is dropped, never delivered again, and sidecars get the record.
+ *    the term's `holds()`, checked before every delivery: while the term does not hold a fresh lease (deposed,
+ *    paused past its lease, a renewal late under load) nothing of it is delivered — a sidecar that connects gets
+ *    the record — and the sidecars it reached keep what they hold (pushing them the lagging record would widen
+ *    again what was just narrowed). When the term ends, `withdraw()` brings every sidecar to the record.
  */
 import { LABEL_MANAGED_BY, MANAGED_BY } from '../../lib/api/constants.ts';
 import type { AgentEntitlement } from '../../lib/api/types.generated.ts';
@@ -134,13 +136,10 @@ export class EntitlementHub {
   /**
    * The leader's compiled entitlements (the whole desired set of one compile), delivered at once to every
    * connected sidecar whose entitlement changed. Refused (false, nothing delivered) when `holds()` is false now;
-   * dropped as soon as `holds()` is false at any later delivery.
+   * never delivered while `holds()` is false later.
    */
   publish(entitlements: readonly AgentEntitlement[], holds: () => boolean): boolean {
-    if (!holds()) {
-      this.withdraw();
-      return false;
-    }
+    if (!holds()) return false;
     const map = new Map<string, AgentEntitlement>();
     for (const ae of entitlements) map.set(key(ae.metadata.namespace ?? '', ae.spec.podName), ae);
     this.publication = { entitlements: map, holds };
@@ -155,9 +154,14 @@ export class EntitlementHub {
     for (const k of this.subscribers.keys()) this.push(k);
   }
 
-  /** True while a publication of the current term is what this replica delivers. */
+  /** True while a publication whose term holds is what this replica delivers. */
   publishing(): boolean {
     return this.current() !== undefined;
+  }
+
+  /** A publication exists but its term does not hold now: deliver nothing of it, and change nothing delivered. */
+  private suspended(): boolean {
+    return this.publication !== undefined && !this.publication.holds();
   }
 
   /** Informer delete: the sidecars get an empty snapshot (revoked). */
@@ -202,13 +206,13 @@ export class EntitlementHub {
     return found && found.spec.podUID === pod.podUID ? found : emptyEntitlement(pod);
   }
 
-  /** The publication if its term still holds; one that no longer does is dropped here, before any delivery. */
+  /** The publication if its term holds now. */
   private current(): Publication | undefined {
-    if (this.publication && !this.publication.holds()) this.withdraw();
-    return this.publication;
+    return this.publication?.holds() ? this.publication : undefined;
   }
 
   private push(k: string): void {
+    if (this.suspended()) return; // the record may lag what the sidecars hold: wait for the term to resolve
     for (const subscriber of this.subscribers.get(k) ?? []) this.sendSnapshot(k, subscriber);
   }
 
@@ -223,7 +227,6 @@ export class EntitlementHub {
   }
 
   private beat(): void {
-    this.current(); // a publication whose term ended is withdrawn (and the record pushed) before confirming anything
     for (const set of this.subscribers.values()) {
       for (const s of set) {
         const data = JSON.stringify({ revision: s.lastRevision ?? '', heartbeatMs: this.heartbeatMs });

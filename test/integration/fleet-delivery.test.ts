@@ -306,7 +306,12 @@ describe('fleet delivery', () => {
     const recorded = await eventually(
       async () => {
         const ae = (await entitlements(ns)).get('victim-0');
-        return ae?.spec.revision === sidecar.latest()?.spec.revision && ae?.status?.inSync === true ? ae : undefined;
+        if (!ae) return undefined;
+        return ae.spec.revision === sidecar.latest()?.spec.revision &&
+          ae.status?.enforcedRevision === ae.spec.revision &&
+          ae.status.inSync === true
+          ? ae
+          : undefined;
       },
       'the record caught up and the ack recorded in sync',
       120_000,

@@ -80,7 +80,7 @@ describe('entitlement hub: the leader publication', () => {
     expect(hand.snapshots).toEqual(['sha256:h1']);
   });
 
-  it('refuses a publication whose term no longer holds, and drops one as soon as its term stops holding', () => {
+  it('refuses a publication whose term no longer holds, and delivers nothing of one whose term stops holding', () => {
     const hub = new EntitlementHub(60_000);
     hub.upsert(ae('a', 'sha256:record'));
     const a = sink();
@@ -91,17 +91,25 @@ describe('entitlement hub: the leader publication', () => {
     let holds = true;
     hub.publish([ae('a', 'sha256:leader')], () => holds);
     expect(a.snapshots).toEqual(['sha256:record', 'sha256:leader']);
-    holds = false; // deposed (or paused past its lease) without having run any step-down code yet
-    // A sidecar that connects now gets the record, never the deposed leader's result …
+    holds = false; // deposed, paused past its lease, or a renewal late: no step-down code has run yet
+    // A sidecar that connects now gets the record, never the publication …
     const late = sink();
     hub.subscribe(pod('a'), late);
     expect(late.snapshots).toEqual(['sha256:record']);
-    // … and one that held the publication is brought back to the record.
-    expect(a.snapshots).toEqual(['sha256:record', 'sha256:leader', 'sha256:record']);
     expect(hub.publishing()).toBe(false);
-    // A later publication of the same dead term stays refused.
+    // … a later publication of the same term is refused, and nothing is pushed: not the publication, and not the
+    // lagging record either (that would widen again what the publication narrowed).
     expect(hub.publish([ae('a', 'sha256:leader2')], () => holds)).toBe(false);
+    hub.upsert(ae('a', 'sha256:record')); // an ack's status write: an update event with the same record
+    expect(a.snapshots).toEqual(['sha256:record', 'sha256:leader']);
     expect(late.snapshots).toEqual(['sha256:record']);
+    // The term ends: every sidecar gets the record.
+    hub.withdraw();
+    expect(a.snapshots).toEqual(['sha256:record', 'sha256:leader', 'sha256:record']);
+    // A renewal that comes through resumes delivery with the next publication.
+    hub.publish([ae('a', 'sha256:next')], () => true);
+    expect(a.snapshots.at(-1)).toBe('sha256:next');
+    expect(late.snapshots.at(-1)).toBe('sha256:next');
   });
 
   it('withdraw() returns every sidecar to the record', () => {
