@@ -239,8 +239,9 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
    * A change to the compile's inputs is published without waiting for the reconcile, which may be busy writing
    * an earlier change (a thousand entitlements take seconds): after a pause of three times the last compile's
    * duration (so these compiles take at most a quarter of the CPU in a burst of changes), unless a reconcile
-   * compiled it first or no sidecar is connected. Measured: without that bound, a 5,000-pod import with a
-   * compile after every other batch of events took twice as long to write all entitlements.
+   * compiled it first or no sidecar is connected. Measured (bench:fleet, 5,000 pods): without these bounds the
+   * extra compiles slowed the import to 190 s until all entitlements were written, against 85 s before and 81 s
+   * with them.
    */
   let publishTimer: NodeJS.Timeout | undefined;
   const schedulePublish = (): void => {
