@@ -71,6 +71,7 @@ export async function startController(config: ControllerConfig, deps: Controller
                 registry,
                 events,
                 entitlements: ctx.entitlements,
+                distribution: ctx.hub,
                 compileOptions: { ...reconciler, trustDomain: runtime.trustDomain },
               }),
             ]),

@@ -41,6 +41,22 @@ export function upToDate(desired: KubeObject, current: KubeObject | undefined): 
   return current !== undefined && isSubset(managedView(desired), managedView(current));
 }
 
+/**
+ * The newer of two copies of one object by resourceVersion (etcd's revision, a decimal integer): the informer's
+ * copy and the one our own last write returned. The cache lags our writes, and a reconcile that started before
+ * it caught up would otherwise write the same content again (a no-op on the server that still costs a request).
+ * Undefined when they cannot be compared (or the cache has none): the caller then writes.
+ */
+export function newerCopy<T extends KubeObject>(cached: T | undefined, written: T | undefined): T | undefined {
+  if (!written) return cached;
+  // Absent from the cache: not observed yet, or deleted since; only a write can tell.
+  if (!cached) return undefined;
+  const a = cached.metadata.resourceVersion ?? '';
+  const b = written.metadata.resourceVersion ?? '';
+  if (!/^\d{1,30}$/.test(a) || !/^\d{1,30}$/.test(b)) return undefined;
+  return BigInt(b) > BigInt(a) ? written : cached;
+}
+
 /** The key (namespace/name) of the AgentPolicy a managed object belongs to: its owner, else its policy labels. */
 export function owningPolicy(obj: KubeObject): string | undefined {
   const owner = obj.metadata.ownerReferences?.find((o) => o.kind === AGENT_POLICY.kind);

@@ -2,7 +2,11 @@
  * The policy reconciler (leader only). Level-triggered with a single key: every relevant change enqueues
  * "cluster"; a reconcile compiles the whole desired state from the caches (pure, deterministic, fast: see
  * bench/compile.ts) and converges the cluster to it:
- *   - writes (server-side apply, one field manager) only objects whose managed fields differ from the cache;
+ *   - hands the compiled entitlements to the distribution hub before writing anything: sidecars get them from
+ *     memory, fenced by the term (distribution/hub.ts); the objects written after are the record;
+ *   - writes (server-side apply, one field manager) only objects whose managed fields differ from the newer of
+ *     the cache and what our own last write of it returned (the cache lags our writes);
+ *   - fails (and so retries with backoff) when any write failed, owned by a policy or not;
  *   - deletes managed objects that are no longer desired (uid precondition; never objects we did not create);
  *   - recreates the per-namespace baseline the moment it goes (its deletion is a watch event like any other);
  *     it carries no finalizer, so a controller that is gone (uninstalled, crashed, scaled to zero) never
@@ -11,13 +15,15 @@
  *   - requeues exactly at the next grant expiry.
  * An unchanged world therefore costs one compile and zero writes.
  *
- * One reconcile is four steps; only the I/O ones live here, the rest are pure functions:
+ * One reconcile is these steps; only the I/O ones live here, the rest are pure functions:
  *   1. observe — the informer caches of policies, pods, namespaces, services, NetworkPolicies (this file);
  *   2. compile — desired state and per-policy reports (compiler/compile.ts), foreign NetworkPolicies that
  *      overlap a policy's agents (overlap.ts), acknowledged revisions and the status itself (policy-status.ts);
- *   3. apply — `converge`/`prune` here, writing only what `upToDate` (managed.ts) says differs;
+ *   3. publish, then apply — the hub gets the entitlements; `converge`/`prune` here write only what `upToDate` and
+ *      `newerCopy` (managed.ts) say differs;
  *   4. report — status writes, foreign-problem log lines and metrics (`writeStatuses`/`reportForeignProblems` here).
  */
+import { performance } from 'node:perf_hooks';
 import type { Registry } from 'prom-client';
 import { LABEL_CA_BUNDLE, LABEL_MANAGED_BY, MANAGED_BY } from '../lib/api/constants.ts';
 import type { AgentPolicy } from '../lib/api/types.generated.ts';
@@ -48,10 +54,11 @@ import type {
   PodInput,
   Service,
 } from './compiler/types.ts';
-import { owningPolicy, policyRef, upToDate } from './managed.ts';
+import { newerCopy, owningPolicy, policyRef, upToDate } from './managed.ts';
 import { acknowledgedRevisions, policyStatus } from './policy-status.ts';
 import { foreignOverlaps } from './overlap.ts';
 import { untilAborted, type AgentEntitlementObject, type LeaderTask } from './runtime.ts';
+import type { EntitlementHub } from './distribution/hub.ts';
 import { RESOURCES } from '../lib/kube/resources.ts';
 
 /**
@@ -84,6 +91,11 @@ export interface ReconcilerOptions {
   /** Shared with the runtime (every replica needs them for identity and distribution). */
   entitlements: Informer<AgentEntitlementObject>;
   compileOptions: Omit<CompileOptions, 'now'>;
+  /**
+   * Where each compile's entitlements go the moment they are computed, before any write (the runtime's hub): the
+   * sidecars get them from memory; the API objects written after are the record. Fenced by the term.
+   */
+  distribution?: Pick<EntitlementHub, 'publish' | 'withdraw' | 'connectedSidecars'>;
   now?: () => Date;
 }
 
@@ -203,6 +215,12 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
     for (const [reason, n] of counts) foreignProblems.set({ reason }, n);
   };
 
+  /**
+   * What our own writes returned, until the informer shows them (then dropped): a reconcile that runs before the
+   * cache caught up compares with these, so an unchanged object is not written again (newerCopy in managed.ts).
+   */
+  const ownWrites = new Map<string, KubeObject>();
+
   let controller: Controller | undefined;
   const enqueue = (): void => controller?.queue.add(KEY);
   // Every write of a term goes through the fenced client (lease checked before each one, the term's signal on
@@ -211,9 +229,18 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
   let term: LeaderTerm | undefined;
   const stillLeading = (): boolean => term?.holds() ?? true;
 
-  const reconcile = async (): Promise<{ requeueAfterMs?: number }> => {
-    if (!stillLeading()) throw new LeadershipLostError('reconcile', 'cluster');
-    const now = options.now?.() ?? new Date();
+  /**
+   * Compiles from the caches and publishes the entitlements to the hub, synchronously (so publications are in the
+   * order of the cache states they were compiled from). Deliver before writing: a sidecar gets its new
+   * entitlement now, not after every write before its own. The publication is bound to this term (not to
+   * whichever term is current when it is delivered) and refused when the term no longer holds.
+   */
+  let inputsChanged = 0; // changes to the compile's inputs (policies, pods, namespaces, services, CA bundles) seen so far
+  let compiledAt = -1; // the value of inputsChanged the last compile saw
+  let lastCompileMs = 0;
+  const compileAndPublish = (now: Date): CompileOutput => {
+    const started = performance.now();
+    compiledAt = inputsChanged;
     const output = compile(
       {
         policies: policies.list(),
@@ -224,9 +251,57 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
       },
       { ...options.compileOptions, now },
     );
+    lastCompileMs = performance.now() - started;
+    const publishedIn = term;
+    const holds = publishedIn ? (): boolean => publishedIn.holds() : (): boolean => true;
+    if (options.distribution && !options.distribution.publish(output.entitlements, holds))
+      throw new LeadershipLostError('publish', 'entitlements');
+    return output;
+  };
+
+  /**
+   * A change to the compile's inputs is published without waiting for the reconcile, which may be busy writing
+   * an earlier change (a thousand entitlements take seconds): after a pause of three times the last compile's
+   * duration (so these compiles take at most a quarter of the CPU in a burst of changes), unless a reconcile
+   * compiled it first or no sidecar is connected. Measured (bench:fleet, 5,000 pods): without these bounds the
+   * extra compiles slowed the import to 190 s until all entitlements were written, against 85 s before and 81 s
+   * with them.
+   */
+  let publishTimer: NodeJS.Timeout | undefined;
+  const schedulePublish = (): void => {
+    inputsChanged++;
+    if (publishTimer || !options.distribution || !term) return;
+    publishTimer = setTimeout(
+      () => {
+        publishTimer = undefined;
+        if (compiledAt === inputsChanged || !term?.holds() || !informers.every((i) => i.hasSynced())) return;
+        // No sidecar to deliver to (a bulk import, say): the reconcile's own compile is enough.
+        if (options.distribution?.connectedSidecars() === 0) return;
+        try {
+          compileAndPublish(options.now?.() ?? new Date());
+        } catch (err) {
+          if (!(err instanceof LeadershipLostError)) logger.error('publishing entitlements failed', { err });
+        }
+      },
+      Math.min(2000, 3 * lastCompileMs),
+    );
+    publishTimer.unref();
+  };
+
+  const reconcile = async (): Promise<{ requeueAfterMs?: number }> => {
+    if (!stillLeading()) throw new LeadershipLostError('reconcile', 'cluster');
+    const now = options.now?.() ?? new Date();
+    const output = compileAndPublish(now);
     const errors = new Map<string, string[]>(); // policy key → messages
+    // Failures of objects no policy owns (AgentEntitlements belong to their pod) go into no status, but they
+    // still fail the reconcile so it is retried with backoff: the sidecars already hold the compiled result and
+    // the record must follow.
+    let unowned = 0;
     const fail = (policyKey: string | undefined, message: string): void => {
-      if (!policyKey) return;
+      if (!policyKey) {
+        unowned++;
+        return;
+      }
       errors.set(policyKey, [...(errors.get(policyKey) ?? []), message]);
     };
 
@@ -237,7 +312,8 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
     managedObjects.set({ kind: 'AgentEntitlement' }, output.entitlements.length);
     managedObjects.set({ kind: 'NetworkPolicy' }, output.networkPolicies.length);
     managedObjects.set({ kind: 'CiliumNetworkPolicy' }, output.ciliumNetworkPolicies.length);
-    if (errors.size > 0) throw new Error(`${errors.size} policies could not be fully programmed`);
+    if (errors.size > 0 || unowned > 0)
+      throw new Error(`${errors.size} policies and ${unowned} other objects could not be fully programmed`);
     if (output.nextExpiry) return { requeueAfterMs: Math.max(0, Date.parse(output.nextExpiry) - now.getTime()) + 10 };
     return {};
   };
@@ -247,15 +323,16 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
     output: CompileOutput,
     fail: (policy: string | undefined, message: string) => void,
   ): Promise<void> => {
-    const write = async (
-      resource: ResourceRef,
-      desired: KubeObject,
-      current: KubeObject | undefined,
-    ): Promise<void> => {
-      if (upToDate(desired, current)) return;
+    const write = async (resource: ResourceRef, desired: KubeObject, cached: KubeObject | undefined): Promise<void> => {
+      const k = `${resource.resource}/${objectKey(desired)}`;
+      const written = ownWrites.get(k);
+      const current = written ? newerCopy(cached, written) : cached;
+      if (written && current === cached) ownWrites.delete(k); // the cache has caught up with our write
+      if (current && upToDate(desired, current)) return;
       try {
-        await applyObject(writer, resource, desired);
+        ownWrites.set(k, await applyObject(writer, resource, desired));
       } catch (err) {
+        ownWrites.delete(k);
         if (isLeadershipLoss(err, term?.signal)) throw err;
         const message = `${desired.kind ?? ''} ${objectKey(desired)}: ${err instanceof Error ? err.message : String(err)}`;
         logger.warn('apply failed', { kind: desired.kind, key: objectKey(desired), err });
@@ -315,6 +392,7 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
     fail: (policy: string | undefined, message: string) => void,
     policy: string | undefined,
   ): Promise<void> => {
+    ownWrites.delete(`${resource.resource}/${objectKey(obj)}`);
     try {
       await removeLegacyFinalizer(resource, obj);
       if (!obj.metadata.deletionTimestamp) {
@@ -374,12 +452,22 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
         logger,
         registry,
       });
-      const offs = [...informers, entitlements].map((i) =>
-        (i as Informer).on({ add: enqueue, update: enqueue, delete: enqueue }),
-      );
+      const inputs = new Set<Informer>([policies, pods, namespaces, services, caBundles] as Informer[]);
+      const offs = [...informers, entitlements].map((i) => {
+        const changed = inputs.has(i)
+          ? (): void => {
+              schedulePublish();
+              enqueue();
+            }
+          : enqueue;
+        return (i as Informer).on({ add: changed, update: changed, delete: changed });
+      });
       await controller.start();
       enqueue();
       await untilAborted(signal);
+      clearTimeout(publishTimer);
+      publishTimer = undefined;
+      options.distribution?.withdraw(); // this term's compile is no longer delivered; the record is
       for (const off of offs) off();
       await controller.stop();
       await Promise.all(informers.map((i) => i.stop()));

@@ -12,13 +12,13 @@ import type { Logger } from '../lib/log.ts';
 import { counter } from '../lib/metrics.ts';
 import { sleep } from '../lib/sleep.ts';
 import { startHealthServer, type HealthServer } from '../lib/health.ts';
-import type { KubeClient, KubeObject } from '../lib/kube/client.ts';
+import { KubeApiError, type KubeClient, type KubeObject } from '../lib/kube/client.ts';
 import { writeStatus } from '../lib/kube/apply.ts';
 import { Informer } from '../lib/kube/informer.ts';
 import { LeaderElector, type LeaderTerm } from '../lib/kube/leader.ts';
 import { createAgentVerifier, type AgentVerifier } from '../lib/verify/index.ts';
 import { EntitlementHub, type PodKey } from './distribution/hub.ts';
-import { createDistributionRouter } from './distribution/http.ts';
+import { AckNotRecordedYet, createDistributionRouter } from './distribution/http.ts';
 import { cachedIdentityCluster } from './identity/cached-cluster.ts';
 import { IdentityExchange, type PodIdentity } from './identity/exchange.ts';
 import { createIdentityApp } from './identity/http.ts';
@@ -59,6 +59,8 @@ export interface RuntimeContext {
   registry: Registry;
   pods: Informer<AgentPod>;
   entitlements: Informer<AgentEntitlementObject>;
+  /** Entitlement distribution: the leader's reconciler publishes its compile output here (hub.ts). */
+  hub: EntitlementHub;
 }
 
 export interface LeaderTask {
@@ -92,7 +94,7 @@ export interface RunningOperator {
 }
 
 export async function startOperator(
-  ctx: Omit<RuntimeContext, 'pods' | 'entitlements'>,
+  ctx: Omit<RuntimeContext, 'pods' | 'entitlements' | 'hub'>,
   certs: ServingCertSource,
   parts: RuntimeParts,
 ): Promise<RunningOperator> {
@@ -194,8 +196,9 @@ export async function startOperator(
     createDistributionRouter({
       hub,
       verifier: selfVerifier,
+      ready: () => entitlements.hasSynced(),
       logger,
-      onAck: (pod, revision) => recordAck(client, entitlements, pod, revision),
+      onAck: (pod, revision) => recordAck(client, entitlements, hub, pod, revision),
     }),
   );
   app.use(
@@ -209,7 +212,7 @@ export async function startOperator(
   );
 
   const serving = await startServingServer({ ...config.listen, certs, handler: app, logger });
-  const tasks = parts.leaderTasks({ ...ctx, pods, entitlements });
+  const tasks = parts.leaderTasks({ ...ctx, pods, entitlements, hub });
   const elector = new LeaderElector({
     client,
     namespace: config.namespace,
@@ -286,14 +289,31 @@ export async function keyRotationLoop(
   }
 }
 
-/** A sidecar reported the revision it enforces: reflect it in the AgentEntitlement's status (only when changed). */
+/** How long an acknowledgement of a published revision waits for its object to be written before asking for a retry. */
+const ACK_RECORD_WAIT_MS = 5_000; // under the sidecar's 10 s ack timeout
+
+/**
+ * A sidecar reported the revision it enforces: reflect it in the AgentEntitlement's status (only when changed).
+ * The leader delivers a compiled revision before its object is written; an acknowledgement of that revision
+ * waits for the object (an earlier status write would record "out of sync" against the older spec and stay so),
+ * and fails (the sidecar retries) if it is not written in time.
+ */
 async function recordAck(
   client: KubeClient,
   entitlements: Informer<AgentEntitlementObject>,
+  hub: EntitlementHub,
   pod: PodKey,
   revision: string,
 ): Promise<void> {
-  const current = entitlements.get(`${pod.namespace}/${pod.podName}`);
+  let current = entitlements.get(`${pod.namespace}/${pod.podName}`);
+  if (
+    current?.spec.revision !== revision &&
+    revision !== '' &&
+    hub.entitlementFor(pod).spec.revision === revision &&
+    !(await hub.whenRecorded(pod, revision, ACK_RECORD_WAIT_MS))
+  )
+    throw new AckNotRecordedYet('the acknowledged revision is not written yet');
+  current = entitlements.get(`${pod.namespace}/${pod.podName}`);
   if (!current || current.spec.podUID !== pod.podUID) return; // not compiled yet, or an earlier pod's
   const status = {
     ...current.status,
@@ -301,5 +321,12 @@ async function recordAck(
     enforcedRevision: revision,
     inSync: revision === current.spec.revision,
   };
-  await writeStatus(client, RESOURCES.agentEntitlements, current, status);
+  try {
+    await writeStatus(client, RESOURCES.agentEntitlements, current, status);
+  } catch (err) {
+    // The object changed under the cached copy (the spec write that carries this revision, say): the sidecar
+    // retries and the next attempt writes against the newer copy.
+    if (err instanceof KubeApiError && err.status === 409) throw new AckNotRecordedYet('the object changed; retry');
+    throw err;
+  }
 }

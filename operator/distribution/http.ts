@@ -15,11 +15,26 @@ export interface DistributionOptions {
   /** Verifies agent identity tokens (audience = the issuer URL). */
   verifier: AgentVerifier;
   onAck: (pod: PodKey, revision: string) => Promise<void>;
+  /**
+   * False until the entitlement cache has synced. Until then a stream would tell every sidecar "nothing allowed"
+   * (no entitlement known yet) — a revocation of the whole fleet whenever a controller restarts under connected
+   * sidecars. Answered 503; the sidecar keeps what it holds and retries with backoff.
+   */
+  ready?: () => boolean;
   logger: Logger;
   now?: () => number;
 }
 
 const REVISION = /^(sha256:[0-9a-f]{1,64})?$/;
+
+/**
+ * Thrown by `onAck` when the acknowledged revision was delivered before its object was written and the object
+ * is not there yet, or the object changed while its status was written: expected moments after a large change,
+ * answered 503 for the sidecar to retry, not logged as failures.
+ */
+export class AckNotRecordedYet extends Error {
+  override readonly name = 'AckNotRecordedYet';
+}
 
 export function createDistributionRouter(options: DistributionOptions): Router {
   const router = Router();
@@ -36,7 +51,17 @@ export function createDistributionRouter(options: DistributionOptions): Router {
   };
   const podOf = (id: AgentIdentity): PodKey => ({ namespace: id.namespace, podName: id.pod.name, podUID: id.pod.uid });
 
+  const unready = (res: Response): boolean => {
+    if (options.ready?.() ?? true) return false;
+    res
+      .status(503)
+      .setHeader('retry-after', '1')
+      .json({ error: 'entitlements_unavailable', message: 'the entitlement cache is not synced yet' });
+    return true;
+  };
+
   router.get('/v1/entitlements/stream', (req, res) => {
+    if (unready(res)) return;
     void authenticate(req, res).then((identity) => {
       if (!identity) return;
       res.writeHead(200, {
@@ -75,6 +100,7 @@ export function createDistributionRouter(options: DistributionOptions): Router {
   });
 
   router.post('/v1/entitlements/ack', (req, res) => {
+    if (unready(res)) return;
     void authenticate(req, res).then(async (identity) => {
       if (!identity) return;
       const revision = (req.body as { revision?: unknown } | undefined)?.revision;
@@ -86,7 +112,9 @@ export function createDistributionRouter(options: DistributionOptions): Router {
         await options.onAck(podOf(identity), revision);
         res.status(204).end();
       } catch (err) {
-        options.logger.warn('entitlement ack not recorded', { err });
+        if (err instanceof AckNotRecordedYet)
+          options.logger.debug('entitlement ack waits for its object', { revision, namespace: identity.namespace });
+        else options.logger.warn('entitlement ack not recorded', { err });
         res.status(503).json({ error: 'unavailable', message: 'could not record the revision; retry' });
       }
     });

@@ -12,7 +12,21 @@
  * the revision it names is still current, so a sidecar that failed closed during an outage re-arms on it.
  * A sidecar whose pod has no entitlement gets an empty snapshot (no grants) so it can tell "nothing allowed"
  * from "controller unreachable".
+ *
+ * Two sources, one rule for which one a sidecar gets:
+ *  - the record: the AgentEntitlements the replica's informer observes. Every replica serves it; a non-leader
+ *    serves only it.
+ *  - the compiled result: the leader's reconciler publishes each compile's entitlements here the moment they are
+ *    computed, before it writes them to the API server (the record follows at the pace of the API server, about
+ *    10 ms per object). While a publication is current it is what this replica's sidecars get — a managed
+ *    entitlement absent from it is a narrowing to nothing, even if its object still exists — so a write that
+ *    fails or lands late can neither delay a narrowing nor bring back an older revision. A publication carries
+ *    the term's `holds()`, checked before every delivery: while the term does not hold a fresh lease (deposed,
+ *    paused past its lease, a renewal late under load) nothing of it is delivered — a sidecar that connects gets
+ *    the record — and the sidecars it reached keep what they hold (pushing them the lagging record would widen
+ *    again what was just narrowed). When the term ends, `withdraw()` brings every sidecar to the record.
  */
+import { LABEL_MANAGED_BY, MANAGED_BY } from '../../lib/api/constants.ts';
 import type { AgentEntitlement } from '../../lib/api/types.generated.ts';
 
 export interface StreamSink {
@@ -45,9 +59,18 @@ export function emptyEntitlement(pod: PodKey): AgentEntitlement {
   };
 }
 
+/** The leader's compile output, delivered while its term holds. */
+interface Publication {
+  entitlements: Map<string, AgentEntitlement>;
+  holds: () => boolean;
+}
+
 export class EntitlementHub {
+  /** The record: what the informer observes. */
   private readonly entitlements = new Map<string, AgentEntitlement>();
+  private publication: Publication | undefined;
   private readonly subscribers = new Map<string, Set<Subscriber>>();
+  private readonly recordWaiters = new Map<string, Set<() => void>>();
   private heartbeat: NodeJS.Timeout | undefined;
   private readonly heartbeatMs: number;
 
@@ -68,11 +91,77 @@ export class EntitlementHub {
     this.subscribers.clear();
   }
 
-  /** Informer add/update. Pushes to the pod's sidecars only when the revision changed. */
+  /** Informer add/update. Pushes to the pod's sidecars only when what they get changed. */
   upsert(entitlement: AgentEntitlement): void {
     const k = key(entitlement.metadata.namespace ?? '', entitlement.spec.podName);
     this.entitlements.set(k, entitlement);
     this.push(k);
+    for (const wake of this.recordWaiters.get(k) ?? []) wake();
+  }
+
+  /**
+   * Resolves true once the record of this pod incarnation carries `revision` (at once if it does), false after
+   * `timeoutMs`. A sidecar acknowledges a published revision before its object is written; its status can only
+   * be recorded against the object that carries it.
+   */
+  whenRecorded(pod: PodKey, revision: string, timeoutMs: number): Promise<boolean> {
+    const k = key(pod.namespace, pod.podName);
+    const recorded = (): boolean => {
+      const ae = this.entitlements.get(k);
+      return ae?.spec.podUID === pod.podUID && ae.spec.revision === revision;
+    };
+    if (recorded()) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      let set = this.recordWaiters.get(k);
+      if (!set) {
+        set = new Set();
+        this.recordWaiters.set(k, set);
+      }
+      const waiters = set;
+      const done = (result: boolean): void => {
+        clearTimeout(timer);
+        waiters.delete(wake);
+        if (waiters.size === 0 && this.recordWaiters.get(k) === waiters) this.recordWaiters.delete(k);
+        resolve(result);
+      };
+      const wake = (): void => {
+        if (recorded()) done(true);
+      };
+      const timer = setTimeout(() => done(false), timeoutMs);
+      timer.unref();
+      waiters.add(wake);
+    });
+  }
+
+  /**
+   * The leader's compiled entitlements (the whole desired set of one compile), delivered at once to every
+   * connected sidecar whose entitlement changed. Refused (false, nothing delivered) when `holds()` is false now;
+   * never delivered while `holds()` is false later.
+   */
+  publish(entitlements: readonly AgentEntitlement[], holds: () => boolean): boolean {
+    if (!holds()) return false;
+    const map = new Map<string, AgentEntitlement>();
+    for (const ae of entitlements) map.set(key(ae.metadata.namespace ?? '', ae.spec.podName), ae);
+    this.publication = { entitlements: map, holds };
+    for (const k of this.subscribers.keys()) this.push(k);
+    return true;
+  }
+
+  /** The term ended: drop the publication; sidecars whose delivered revision differs from the record get the record. */
+  withdraw(): void {
+    if (!this.publication) return;
+    this.publication = undefined;
+    for (const k of this.subscribers.keys()) this.push(k);
+  }
+
+  /** True while a publication whose term holds is what this replica delivers. */
+  publishing(): boolean {
+    return this.current() !== undefined;
+  }
+
+  /** A publication exists but its term does not hold now: deliver nothing of it, and change nothing delivered. */
+  private suspended(): boolean {
+    return this.publication !== undefined && !this.publication.holds();
   }
 
   /** Informer delete: the sidecars get an empty snapshot (revoked). */
@@ -106,11 +195,24 @@ export class EntitlementHub {
 
   /** The entitlement for this pod incarnation; a stale one (other uid) counts as none. */
   entitlementFor(pod: PodKey): AgentEntitlement {
-    const found = this.entitlements.get(key(pod.namespace, pod.podName));
+    const k = key(pod.namespace, pod.podName);
+    const recorded = this.entitlements.get(k);
+    const publication = this.current();
+    // While publishing, managed entitlements come only from the compile; unmanaged ones (written by hand) from the record.
+    const found =
+      publication && (publication.entitlements.has(k) || recorded?.metadata.labels?.[LABEL_MANAGED_BY] === MANAGED_BY)
+        ? publication.entitlements.get(k)
+        : recorded;
     return found && found.spec.podUID === pod.podUID ? found : emptyEntitlement(pod);
   }
 
+  /** The publication if its term holds now. */
+  private current(): Publication | undefined {
+    return this.publication?.holds() ? this.publication : undefined;
+  }
+
   private push(k: string): void {
+    if (this.suspended()) return; // the record may lag what the sidecars hold: wait for the term to resolve
     for (const subscriber of this.subscribers.get(k) ?? []) this.sendSnapshot(k, subscriber);
   }
 

@@ -5,7 +5,8 @@
  *    and is ready again as soon as the controller answers (not when its stream token expires);
  *  - a replica that stalls while another is healthy: the sidecar notices the silent stream and moves over before
  *    its staleness bound, so it never fails closed;
- *  - a leader paused past its lease while another replica takes over: after it resumes it writes nothing.
+ *  - a leader paused past its lease while another replica takes over: after it resumes it writes nothing and
+ *    delivers nothing it compiled (its sidecars get the record).
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { clientFromKubeconfig, resourcePath, type KubeClient, type KubeObject } from '../../lib/kube/client.ts';
@@ -19,6 +20,12 @@ import {
   workerPolicy,
 } from '../support/agents.ts';
 import { startReplicaSet, type ReplicaSet } from '../support/controller-processes.ts';
+import type { AgentEntitlement } from '../../lib/api/types.generated.ts';
+import { silentLogger } from '../../lib/log.ts';
+import { TokenIssuer } from '../../operator/identity/issuer.ts';
+import { parseKeySet } from '../../operator/identity/keys.ts';
+import { KEYS_DATA_KEY } from '../../operator/identity/keystore.ts';
+import { controllerEntitlements } from '../../sidecar/entitlements.ts';
 
 const LEASE = { durationMs: 4000, renewDeadlineMs: 3000, retryPeriodMs: 500 };
 let client: KubeClient;
@@ -65,6 +72,49 @@ async function scenario(options: {
   cleanups.push(() => sidecar.stop());
   await eventually(async () => ((await sidecar.ready()) ? true : undefined), 'sidecar ready', 30_000);
   return { ns, system, set, sidecar };
+}
+
+/**
+ * The sidecar's stream client on one replica's own port (not the front), with a token minted from the signing
+ * keys the replicas share; records every snapshot.
+ */
+async function streamOnReplica(
+  system: string,
+  ns: string,
+  podName: string,
+  set: ReplicaSet,
+  replica: { port: number; trustDomain: string },
+): Promise<AgentEntitlement[]> {
+  const secret = JSON.parse(
+    await runOrThrow(['get', 'secret', 'agentfence-signing-keys', '-n', system, '-o', 'json']),
+  ) as { data: Record<string, string> };
+  const keys = parseKeySet(Buffer.from(secret.data[KEYS_DATA_KEY] ?? '', 'base64').toString('utf8'));
+  const pod = JSON.parse(await runOrThrow(['get', 'pod', podName, '-n', ns, '-o', 'json'])) as {
+    metadata: { uid: string };
+  };
+  const issuer = new TokenIssuer({ issuer: set.url, trustDomain: replica.trustDomain, keys: () => keys });
+  const { token } = await issuer.issue({
+    namespace: ns,
+    agent: 'worker',
+    podName,
+    podUID: pod.metadata.uid,
+    serviceAccountName: 'agent',
+    revision: '',
+    audience: set.url,
+    ttlSeconds: 600,
+  });
+  const snapshots: AgentEntitlement[] = [];
+  const source = controllerEntitlements({
+    controllerUrl: `https://127.0.0.1:${replica.port}`,
+    caPem: set.caPem,
+    token: () => token,
+    logger: silentLogger,
+    onSnapshot: (ae) => snapshots.push(ae),
+    onHeartbeat: () => undefined,
+  });
+  await source.start();
+  cleanups.push(() => source.stop());
+  return snapshots;
 }
 
 beforeAll(async () => {
@@ -174,6 +224,10 @@ describe('a leader paused past its lease', () => {
       async () => ((await spiffe()).includes(oldDomain) ? true : undefined),
       'entitlement written by the first leader',
     );
+    // A sidecar's stream on the old leader itself: the leader delivers its compiled entitlements from memory, so
+    // this is where a deposed leader's result would show.
+    const snapshots = await streamOnReplica(system, ns, 'worker-0', set, { port: old.port, trustDomain: oldDomain });
+    await eventually(() => (snapshots.some((e) => e.spec.spiffeID.includes(oldDomain)) ? true : undefined), 'stream');
 
     old.pause();
     let resumedAt: number;
@@ -220,6 +274,18 @@ describe('a leader paused past its lease', () => {
     watch.abort();
     const byOld = writes.filter((w) => w.spiffeID.includes(oldDomain));
     expect(byOld, `writes by the deposed leader after it resumed at ${resumedAt}`).toEqual([]);
+    // Nor did it deliver what it compiled after waking: the edit (port + 1) never reached its sidecar in its
+    // trust domain — the sidecar got the new leader's record of it instead.
+    const port = (e: AgentEntitlement): number | undefined => e.spec.egress?.[0]?.ports[0]?.port;
+    expect(snapshots.filter((e) => e.spec.spiffeID.includes(oldDomain) && port(e) === upstream.port + 1)).toEqual([]);
+    await eventually(
+      () =>
+        snapshots.at(-1)?.spec.spiffeID.includes(newDomain) &&
+        port(snapshots.at(-1) as AgentEntitlement) === upstream.port + 1
+          ? true
+          : undefined,
+      'the record delivered by the deposed replica',
+    );
     expect(await spiffe()).toContain(newDomain);
     expect(await leaseHolder(system)).toBe(successor.name);
     expect(old.logs()).toMatch(/no longer holds a lease|lost leadership/);

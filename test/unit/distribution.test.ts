@@ -154,6 +154,46 @@ describe('entitlement stream', () => {
     expect(last).toBe('closed');
   });
 
+  it('answers 503 until the entitlement cache has synced, instead of an empty snapshot that revokes everything', async () => {
+    let synced = false;
+    const app = express();
+    app.use(express.json());
+    app.use(
+      createDistributionRouter({
+        hub,
+        verifier: createAgentVerifier({ issuer: ISSUER, audience: ISSUER, jwks: publicJwks(keys) }),
+        onAck: () => Promise.resolve(),
+        ready: () => synced,
+        logger: silentLogger,
+      }),
+    );
+    const gated = app.listen(0, '127.0.0.1');
+    await once(gated, 'listening');
+    const url = `http://127.0.0.1:${(gated.address() as AddressInfo).port}`;
+    try {
+      const auth = { authorization: `Bearer ${await token('p9', 'uid-9')}` };
+      const early = await fetch(`${url}/v1/entitlements/stream`, { headers: auth });
+      expect(early.status).toBe(503);
+      expect(early.headers.get('retry-after')).toBe('1');
+      expect(await early.json()).toMatchObject({ error: 'entitlements_unavailable' });
+      const ack = await fetch(`${url}/v1/entitlements/ack`, {
+        method: 'POST',
+        headers: { ...auth, 'content-type': 'application/json' },
+        body: JSON.stringify({ revision: '' }),
+      });
+      expect(ack.status).toBe(503);
+      synced = true;
+      const controller = new AbortController();
+      const ready = await fetch(`${url}/v1/entitlements/stream`, { headers: auth, signal: controller.signal });
+      expect(ready.status).toBe(200);
+      expect(await events(ready).next()).toMatchObject({ event: 'snapshot' });
+      controller.abort();
+    } finally {
+      gated.closeAllConnections();
+      gated.close();
+    }
+  });
+
   it('refuses a missing or foreign token', async () => {
     expect((await fetch(`${base}/v1/entitlements/stream`)).status).toBe(401);
     const other = new TokenIssuer({ issuer: 'https://other', trustDomain: 'cluster.local', keys: () => keys });

@@ -3,7 +3,7 @@ import { LABEL_MANAGED_BY, MANAGED_BY } from '../../lib/api/constants.ts';
 import type { AgentEntitlement } from '../../lib/api/types.generated.ts';
 import type { KubeObject } from '../../lib/kube/client.ts';
 import type { NetworkPolicy, PodInput } from '../../operator/compiler/types.ts';
-import { isSubset, owningPolicy, policyRef, upToDate } from '../../operator/managed.ts';
+import { isSubset, newerCopy, owningPolicy, policyRef, upToDate } from '../../operator/managed.ts';
 import { foreignOverlaps } from '../../operator/overlap.ts';
 import { acknowledgedRevisions } from '../../operator/policy-status.ts';
 
@@ -67,6 +67,26 @@ describe('isSubset / upToDate', () => {
     expect(upToDate(desired, current)).toBe(true);
     expect(upToDate(desired, undefined)).toBe(false);
     expect(upToDate(desired, { metadata: { name: 'n', labels: { l: '2' } } })).toBe(false);
+  });
+});
+
+describe('newerCopy', () => {
+  const at = (rv: string | undefined, tag: string): KubeObject => ({
+    metadata: { name: 'x', ...(rv === undefined ? {} : { resourceVersion: rv }), labels: { tag } },
+  });
+  it('prefers our own write until the cache has seen it or something newer', () => {
+    expect(newerCopy(at('9', 'cache'), at('10', 'ours'))?.metadata.labels?.tag).toBe('ours');
+    expect(newerCopy(at('10', 'cache'), at('10', 'ours'))?.metadata.labels?.tag).toBe('cache');
+    // Someone changed it after our write (a hand edit): the cache wins, so the edit is reverted.
+    expect(newerCopy(at('11', 'cache'), at('10', 'ours'))?.metadata.labels?.tag).toBe('cache');
+    // Numeric, not lexical, order.
+    expect(newerCopy(at('9', 'cache'), at('100', 'ours'))?.metadata.labels?.tag).toBe('ours');
+  });
+  it('gives no answer (write) when the cache has no copy or the versions are not comparable', () => {
+    expect(newerCopy(undefined, at('10', 'ours'))).toBeUndefined();
+    expect(newerCopy(at('abc', 'cache'), at('10', 'ours'))).toBeUndefined();
+    expect(newerCopy(at(undefined, 'cache'), at('10', 'ours'))).toBeUndefined();
+    expect(newerCopy(at('7', 'cache'), undefined)?.metadata.labels?.tag).toBe('cache');
   });
 });
 
