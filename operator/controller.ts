@@ -71,6 +71,7 @@ export async function startController(config: ControllerConfig, deps: Controller
                 registry,
                 events,
                 entitlements: ctx.entitlements,
+                credentials: ctx.credentials,
                 compileOptions: { ...reconciler, trustDomain: runtime.trustDomain },
               }),
             ]),

@@ -49,6 +49,7 @@ import type {
   Service,
 } from './compiler/types.ts';
 import { owningPolicy, policyRef, upToDate } from './managed.ts';
+import type { CredentialStore } from './credentials.ts';
 import { acknowledgedRevisions, policyStatus } from './policy-status.ts';
 import { foreignOverlaps } from './overlap.ts';
 import { untilAborted, type AgentEntitlementObject, type LeaderTask } from './runtime.ts';
@@ -83,6 +84,8 @@ export interface ReconcilerOptions {
   events?: EventRecorder;
   /** Shared with the runtime (every replica needs them for identity and distribution). */
   entitlements: Informer<AgentEntitlementObject>;
+  /** Credential Secrets (shared with the runtime, which streams their values); only names, keys and versions are compiled. */
+  credentials?: CredentialStore;
   compileOptions: Omit<CompileOptions, 'now'>;
   now?: () => Date;
 }
@@ -221,6 +224,7 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
         namespaces: namespaces.list(),
         services: services.list(),
         configMaps: caBundles.list(),
+        credentialSecrets: options.credentials?.compileInputs() ?? [],
       },
       { ...options.compileOptions, now },
     );
@@ -370,13 +374,14 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
       controller = new Controller({
         name: 'agentpolicy',
         reconcile,
-        informers: [...informers, entitlements],
+        informers: [...informers, entitlements, ...(options.credentials ? [options.credentials.informer] : [])],
         logger,
         registry,
       });
       const offs = [...informers, entitlements].map((i) =>
         (i as Informer).on({ add: enqueue, update: enqueue, delete: enqueue }),
       );
+      if (options.credentials) offs.push(options.credentials.onChange(enqueue));
       await controller.start();
       enqueue();
       await untilAborted(signal);

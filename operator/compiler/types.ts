@@ -2,6 +2,7 @@
  * The compiler's input and output shapes: plain JSON objects as the API server serves them (timestamps are
  * strings), reduced to the fields the compiler reads or writes.
  */
+import type { CredentialSecretInput } from './credentials.ts';
 import type { ObjectMeta } from '../../lib/api/meta.ts';
 import type { Container, ContainerPort as CorePort, Pod, PodSpec, PodStatus } from '../../lib/kube/pod.ts';
 import type { AgentEntitlement, AgentPolicy, LabelSelector } from '../../lib/api/types.generated.ts';
@@ -138,6 +139,8 @@ export interface CompileInput {
   services: readonly Service[];
   /** CA-bundle ConfigMaps (only those labelled agentfence.io/ca-bundle=true are read). */
   configMaps?: readonly ConfigMapInput[];
+  /** Credential Secrets (only those labelled agentfence.io/credential=true are read): metadata and keys, no values. */
+  credentialSecrets?: readonly CredentialSecretInput[];
 }
 
 /** Stable, documented reasons; the reconciler turns them into status conditions. */
@@ -156,7 +159,8 @@ export type ProblemReason =
   | 'TooManyAddresses'
   | 'CalleeHasNotConsented'
   | 'CABundleNotFound'
-  | 'CABundleInvalid';
+  | 'CABundleInvalid'
+  | 'CredentialUnavailable';
 
 export interface Problem {
   reason: ProblemReason;

@@ -12,8 +12,24 @@
  * the revision it names is still current, so a sidecar that failed closed during an outage re-arms on it.
  * A sidecar whose pod has no entitlement gets an empty snapshot (no grants) so it can tell "nothing allowed"
  * from "controller unreachable".
+ *
+ * Credentials: a snapshot whose rules name credentials also carries their values, and only theirs —
+ *   "credentials": [{"secret": "openai-api", "key": "token", "version": "sha256:…", "value": "…"}]
+ * — each only when the Secret the hub holds is at the version the entitlement was compiled against (a replica
+ * whose Secret cache lags sends none until it catches up, then re-sends the snapshot). The AgentEntitlement
+ * itself names the Secret, key and version, never the value: the value exists only on this authenticated stream
+ * of the pod the grant is for.
  */
 import type { AgentEntitlement } from '../../lib/api/types.generated.ts';
+import type { CredentialSource } from '../credentials.ts';
+
+/** A credential value delivered with a snapshot (see the file comment). */
+export interface DeliveredCredential {
+  secret: string;
+  key: string;
+  version: string;
+  value: string;
+}
 
 export interface StreamSink {
   /** Writes one SSE event; returns false when the connection is gone. */
@@ -25,6 +41,8 @@ interface Subscriber {
   podUID: string;
   sink: StreamSink;
   lastRevision: string | undefined;
+  /** Which credential versions the last snapshot carried (names and versions only). */
+  lastCredentials: string;
 }
 
 export interface PodKey {
@@ -51,8 +69,16 @@ export class EntitlementHub {
   private heartbeat: NodeJS.Timeout | undefined;
   private readonly heartbeatMs: number;
 
-  constructor(heartbeatMs = 15_000) {
+  private readonly credentials: CredentialSource | undefined;
+
+  constructor(heartbeatMs = 15_000, credentials?: CredentialSource) {
     this.heartbeatMs = heartbeatMs;
+    this.credentials = credentials;
+  }
+
+  /** A credential Secret changed: re-sends snapshots whose delivered credentials differ (rotation, catch-up). */
+  refreshCredentials(): void {
+    for (const k of this.subscribers.keys()) this.push(k);
   }
 
   start(): void {
@@ -84,7 +110,7 @@ export class EntitlementHub {
 
   subscribe(pod: PodKey, sink: StreamSink): () => void {
     const k = key(pod.namespace, pod.podName);
-    const subscriber: Subscriber = { podUID: pod.podUID, sink, lastRevision: undefined };
+    const subscriber: Subscriber = { podUID: pod.podUID, sink, lastRevision: undefined, lastCredentials: '' };
     let set = this.subscribers.get(k);
     if (!set) {
       set = new Set();
@@ -118,10 +144,33 @@ export class EntitlementHub {
     const [namespace = '', podName = ''] = k.split('/');
     const entitlement = this.entitlementFor({ namespace, podName, podUID: subscriber.podUID });
     const revision = entitlement.spec.revision;
-    if (subscriber.lastRevision === revision) return;
+    const credentials = this.credentialsFor(namespace, entitlement);
+    const delivered = credentials.map((c) => `${c.secret}/${c.key}@${c.version}`).join(',');
+    if (subscriber.lastRevision === revision && subscriber.lastCredentials === delivered) return;
     subscriber.lastRevision = revision;
-    const data = JSON.stringify({ revision, entitlement, heartbeatMs: this.heartbeatMs });
+    subscriber.lastCredentials = delivered;
+    const data = JSON.stringify({
+      revision,
+      entitlement,
+      heartbeatMs: this.heartbeatMs,
+      ...(credentials.length > 0 ? { credentials } : {}),
+    });
     if (!subscriber.sink.send('snapshot', data)) subscriber.sink.close();
+  }
+
+  /** The values of the credentials this entitlement's rules name, at the versions it names; nothing else. */
+  private credentialsFor(namespace: string, entitlement: AgentEntitlement): DeliveredCredential[] {
+    if (!this.credentials) return [];
+    const out = new Map<string, DeliveredCredential>();
+    for (const rule of entitlement.spec.egress ?? []) {
+      const c = rule.credentials;
+      if (!c || c.version === '') continue;
+      const id = `${c.secret}/${c.key}@${c.version}`;
+      if (out.has(id)) continue;
+      const value = this.credentials.value(namespace, c.secret, c.key, c.version);
+      if (value !== undefined) out.set(id, { secret: c.secret, key: c.key, version: c.version, value });
+    }
+    return [...out.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([, c]) => c);
   }
 
   private beat(): void {

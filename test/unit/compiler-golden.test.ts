@@ -36,6 +36,7 @@ const CASES: GoldenCase[] = [
   { name: 'mcp-tools', files: ['examples/mcp-tools-agent.yaml', CLUSTER] },
   { name: 'expiry', files: ['test/fixtures/compiler/expiry.yaml'] },
   { name: 'tls', files: ['test/fixtures/compiler/tls.yaml'] },
+  { name: 'credentials', files: ['test/fixtures/compiler/credentials.yaml'] },
   { name: 'hosts-kubernetes', files: ['examples/research-agent.yaml', CLUSTER] },
   { name: 'cilium', files: ['examples/research-agent.yaml', CLUSTER], options: { networkProvider: 'cilium' } },
 ];
@@ -57,6 +58,13 @@ function render(c: GoldenCase): string {
 }
 
 describe('compiler golden files', () => {
+  it('credentials: the entitlement names Secrets, keys and versions, never a value', () => {
+    const text = render({ name: 'credentials', files: ['test/fixtures/compiler/credentials.yaml'] });
+    for (const value of ['sk-golden-test-not-a-real-key', 'search-golden-test-key', 'unlabelled-golden-test-key'])
+      expect(text).not.toContain(value);
+    expect(text).toContain('version: sha256:');
+  });
+
   it.each(CASES.map((c) => [c.name, c] as const))('%s', (name, c) => {
     expectGolden(`${goldenDir}${name}.yaml`, render(c));
   });
