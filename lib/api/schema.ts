@@ -333,6 +333,9 @@ const audience = str(
   },
 );
 
+/** A rule's upstream CA bundle in an AgentEntitlement: a few CA certificates, never a whole root store. */
+export const CA_BUNDLE_MAX_BYTES = 65536;
+
 const tlsMode: Schema = {
   type: 'string',
   enum: ['Inspect', 'Passthrough'],
@@ -694,7 +697,7 @@ const entitlementEgressRule = named('EntitlementEgressRule', {
     expiresAt: { type: 'string', format: 'date-time', description: 'When this grant ends.' },
     tls: tlsMode,
     caBundle: str(
-      262144,
+      CA_BUNDLE_MAX_BYTES,
       'PEM CA certificates trusted for this destination’s upstream TLS instead of the public roots (resolved from the policy’s ConfigMap; empty when it could not be read: nothing verifies).',
     ),
     credentials: named('EntitlementCredentials', {

@@ -5,7 +5,7 @@
 import type { AgentPolicy, EntitlementEgressRule, HTTPRule, LabelSelector } from '../../lib/api/types.generated.ts';
 import type { OwnerReference } from '../../lib/api/meta.ts';
 import { API_VERSION, LABEL_CA_BUNDLE, LABEL_INJECT, LABEL_MANAGED_BY, MANAGED_BY } from '../../lib/api/constants.ts';
-import { agentEntitlementSpec } from '../../lib/api/schema.ts';
+import { CA_BUNDLE_MAX_BYTES, agentEntitlementSpec } from '../../lib/api/schema.ts';
 import { canonicalJSON, compareStrings, sortedUnique } from './canonical.ts';
 import { ciliumDnsRule, namespaceSelectorFor } from './baseline.ts';
 import { X509Certificate } from 'node:crypto';
@@ -481,6 +481,13 @@ function resolveCABundle(
     problem(
       'CABundleNotFound',
       `caBundle: no ConfigMap ${namespace}/${ref.configMap} labelled ${LABEL_CA_BUNDLE}=true with key ${key}; inspected HTTPS to this destination fails verification until it exists`,
+    );
+    return '';
+  }
+  if (pem.length > CA_BUNDLE_MAX_BYTES) {
+    problem(
+      'CABundleInvalid',
+      `caBundle: ConfigMap ${namespace}/${ref.configMap} key ${key} is larger than ${CA_BUNDLE_MAX_BYTES} bytes: name only the CAs of this destination; inspected HTTPS to it fails verification until then`,
     );
     return '';
   }

@@ -4,7 +4,7 @@
  * configured only through the environment the webhook renders (TRUST_ENV, with the bundle directory of this
  * test in place of the pod's mount path, plus the proxy variables).
  */
-import { execFile, spawn } from 'node:child_process';
+import { execFile, spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect as netConnect, type Socket } from 'node:net';
@@ -266,6 +266,39 @@ describe('real clients through inspection, configured only by the rendered envir
     expect(s.beforeRelease).not.toContain('two');
     expect(s.out).toContain('data: two');
   });
+
+  // The JVM reads none of the variables: the setup docs/sidecar.md describes (a PKCS12 truststore built with
+  // keytool from the bundle, proxy and trust flags in JAVA_TOOL_OPTIONS), checked with the JDK's HttpClient.
+  it.skipIf(spawnSync('sh', ['-c', 'command -v java && command -v keytool']).status !== 0)(
+    'the JVM (java.net.http) with the documented truststore and proxy flags',
+    async () => {
+      const store = join(upstreamCaDir, 'pod-trust.p12');
+      rmSync(store, { force: true });
+      const imported = await attempt('keytool', [
+        '-importcert',
+        '-noprompt',
+        '-alias',
+        'agentfence-pod-ca',
+        '-file',
+        join(bundleDir, POD_CA_FILE),
+        '-keystore',
+        store,
+        '-storetype',
+        'PKCS12',
+        '-storepass',
+        'changeit',
+      ]);
+      expect(imported.code, imported.stderr).toBe(0);
+      const javaEnv = {
+        JAVA_TOOL_OPTIONS: `-Dhttps.proxyHost=127.0.0.1 -Dhttps.proxyPort=${proxy.port} -Djavax.net.ssl.trustStore=${store} -Djavax.net.ssl.trustStorePassword=changeit`,
+      };
+      const getJava = new URL('../support/java-client/Get.java', import.meta.url).pathname;
+      const ok = await attempt('java', [getJava, `${api()}/v1/orders/jvm`], javaEnv);
+      expect(ok.stdout).toBe(`200\n${echo('/v1/orders/jvm')}`);
+      const denied = await attempt('java', [getJava, `${api()}/admin`], javaEnv);
+      expect(denied.stdout).toMatch(/^403\n.*"reason":"path_not_allowed"/);
+    },
+  );
 
   it('pools upstream TLS: many client tunnels, one upstream connection', async () => {
     await attempt('curl', ['-sS', `${api()}/v1/orders/warm`]);

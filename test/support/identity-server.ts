@@ -109,6 +109,8 @@ export async function createAgentPod(ns: string, name: string, opts: AgentPodOpt
     rendered.metadata.annotations = {};
     rendered.spec.initContainers = [];
     rendered.spec.volumes = [];
+    // Without the injected volumes, the app containers' read-only trust-bundle mount goes too.
+    for (const c of rendered.spec.containers) delete c.volumeMounts;
   }
   if (opts.finalizer) rendered.metadata.finalizers = ['agentfence.io/test-hold'];
   const res = await kubeRequest('POST', `/api/v1/namespaces/${ns}/pods`, rendered);
