@@ -30,7 +30,8 @@ import { startControlPlane } from './controlplane.ts';
 import { localInjectorConfig, startLocalController } from './controller.ts';
 import { installCRDs, kubectlOrThrow } from './kubectl.ts';
 import { CONTROLLER } from '../operator/defaults.ts';
-import { LABEL_CA_BUNDLE } from '../lib/api/constants.ts';
+import { LABEL_CA_BUNDLE, LABEL_CREDENTIAL } from '../lib/api/constants.ts';
+import { randomBytes } from 'node:crypto';
 import { createCertificateAuthority, issueCertificate } from '../lib/tls/pki.ts';
 
 export interface DemoOptions {
@@ -95,6 +96,7 @@ async function callHttps(
   bundleFile: string,
   method: string,
   url: string,
+  init: { headers?: Record<string, string>; body?: string } = {},
 ): Promise<{ status: number; body: string }> {
   const target = new URL(url);
   const proxy = new URL(sidecar.proxyUrl);
@@ -113,7 +115,14 @@ async function callHttps(
   await once(socket, 'secureConnect');
   return new Promise((resolve, reject) => {
     const req = httpsRequest(
-      { host: target.hostname, port: target.port, method, path: target.pathname, createConnection: () => socket },
+      {
+        host: target.hostname,
+        port: target.port,
+        method,
+        path: target.pathname,
+        headers: init.headers,
+        createConnection: () => socket,
+      },
       (res) => {
         let text = '';
         res.setEncoding('utf8');
@@ -125,9 +134,13 @@ async function callHttps(
       },
     );
     req.on('error', reject);
-    req.end();
+    req.end(init.body);
   });
 }
+
+/** What the demo may print of a key: enough to recognise it, never the whole value. */
+const masked = (header: string | undefined): string =>
+  header === undefined ? '(none)' : header.length > 16 ? `${header.slice(0, 14)}… (${header.length} chars)` : header;
 
 export async function runDemo(options: DemoOptions): Promise<void> {
   const { out } = options;
@@ -205,6 +218,8 @@ export async function runDemo(options: DemoOptions): Promise<void> {
     );
     // An HTTPS API with its own CA (an internal service): the policy names that CA in a labelled ConfigMap.
     const issuesCa = await createCertificateAuthority('demo issues-api CA', 1);
+    // The LLM API key: it lives in a Secret; the research agent never gets it.
+    const llmKey = `sk-demo-${randomBytes(16).toString('hex')}`;
     const issuesCert = await issueCertificate(issuesCa, {
       commonName: '127.0.0.1',
       ipAddresses: ['127.0.0.1'],
@@ -218,8 +233,22 @@ export async function runDemo(options: DemoOptions): Promise<void> {
       }),
       cleanup,
     );
+    // An HTTPS LLM-like API that needs an API key (same internal CA): it answers with the Authorization it got.
+    let llmAuthorization: string | undefined;
+    const llmsPort = await listen(
+      createHttpsServer({ cert: issuesCert.certPem, key: issuesCert.keyPem }, (req, res) => {
+        llmAuthorization = req.headers.authorization;
+        req.resume();
+        const ok = llmAuthorization === `Bearer ${llmKey}`;
+        res.writeHead(ok ? 200 : 401, { 'content-type': 'application/json' });
+        res.end(
+          JSON.stringify(ok ? { choices: [{ message: { content: 'Summary, paid for.' } }] } : { error: 'bad key' }),
+        );
+      }),
+      cleanup,
+    );
     out(
-      `✔ upstreams: orders API :${ordersPort} (verifies agent tokens), LLM-like API :${llmPort}, docs site :${docsPort}, HTTPS issues API :${issuesPort} (own CA)`,
+      `✔ upstreams: orders API :${ordersPort} (verifies agent tokens), LLM-like API :${llmPort}, docs site :${docsPort}, HTTPS issues API :${issuesPort} (own CA), HTTPS LLM API :${llmsPort} (needs a key)`,
     );
 
     // Policies and agents.
@@ -233,6 +262,15 @@ export async function runDemo(options: DemoOptions): Promise<void> {
         kind: 'ConfigMap',
         metadata: { name: 'issues-api-ca', namespace: NS, labels: { [LABEL_CA_BUNDLE]: 'true' } },
         data: { 'ca.crt': issuesCa.certPem },
+      }),
+    );
+    await k(
+      ['apply', '-f', '-'],
+      stringify({
+        apiVersion: 'v1',
+        kind: 'Secret',
+        metadata: { name: 'llm-api-key', namespace: NS, labels: { [LABEL_CREDENTIAL]: 'true' } },
+        stringData: { token: llmKey },
       }),
     );
     const supportPolicy = (withOrders: boolean): string =>
@@ -282,13 +320,26 @@ export async function runDemo(options: DemoOptions): Promise<void> {
             http: [{ methods: ['GET'], paths: [{ type: 'PathPrefix', value: '/repos/agentfence/' }] }],
             caBundle: { configMap: 'issues-api-ca' },
           },
+          {
+            // The key is added by the sidecar on the wire, from the labelled Secret.
+            name: 'llm-https',
+            to: { cidrs: ['127.0.0.1/32'] },
+            ports: [{ port: llmsPort }],
+            http: [{ methods: ['POST'], paths: [{ type: 'Exact', value: '/v1/chat/completions' }] }],
+            caBundle: { configMap: 'issues-api-ca' },
+            credentials: {
+              secretRef: { name: 'llm-api-key', key: 'token' },
+              header: 'Authorization',
+              format: 'Bearer {value}',
+            },
+          },
         ],
       },
     });
     await k(['apply', '-f', '-'], supportPolicy(true));
     await k(['apply', '-f', '-'], researchPolicy);
     out(
-      '✔ AgentPolicies applied: support-agent → orders API (GET /v1/orders/*); research-agent → LLM (POST) + docs (GET /docs/*) + HTTPS issues API (GET /repos/agentfence/*)',
+      '✔ AgentPolicies applied: support-agent → orders API (GET /v1/orders/*); research-agent → LLM (POST) + docs (GET /docs/*) + HTTPS issues API (GET /repos/agentfence/*) + HTTPS LLM API (key brokered from Secret llm-api-key)',
     );
 
     const sidecars = new Map<string, RunningSidecar>();
@@ -405,6 +456,21 @@ export async function runDemo(options: DemoOptions): Promise<void> {
         /* plain text */
       }
       out(`  ${'research-agent'.padEnd(15)} GET  ${url.replace('127.0.0.1', '')} → ${res.status} ${detail}`);
+    }
+
+    out('');
+    out('▶ credentials the agent never sees: research-agent calls the HTTPS LLM API with a dummy key');
+    out('  (Authorization: Bearer brokered); its sidecar replaces it with the Secret llm-api-key on the wire:');
+    {
+      const url = `https://127.0.0.1:${llmsPort}/v1/chat/completions`;
+      const res = await callHttps(research, bundle, 'POST', url, {
+        headers: { authorization: 'Bearer brokered', 'content-type': 'application/json' },
+        body: '{"messages":[]}',
+      });
+      out(`  ${'research-agent'.padEnd(15)} POST ${url.replace('127.0.0.1', '')} → ${res.status} ${res.body.trim()}`);
+      out(
+        `  the LLM API received Authorization: ${masked(llmAuthorization)} — the Secret's key, not the agent's dummy`,
+      );
     }
 
     out('');

@@ -34,6 +34,9 @@ describe('agentfence demo', () => {
       /research-agent\s+GET\s+https:\/\/:\d+\/repos\/agentfence\/issues → 200 .*"title":"TLS inspection"/,
     );
     expect(stdout).toMatch(/research-agent\s+GET\s+https:\/\/:\d+\/admin\/users → 403 path_not_allowed/);
+    // Credentials: the agent sends a dummy key over HTTPS; the upstream gets the Secret's (shown masked).
+    expect(stdout).toMatch(/research-agent\s+POST\s+https:\/\/:\d+\/v1\/chat\/completions → 200 .*Summary, paid for/);
+    expect(stdout).toMatch(/the LLM API received Authorization: Bearer sk-demo… \(\d+ chars\) — the Secret's key/);
     expect(stdout).toMatch(/agentpolicy\.agentfence\.io\/support-agent\s+True\s+Enforce\s+1\s+1/);
     expect(stdout).toContain('networkpolicy.networking.k8s.io/agentfence-baseline');
     expect(stdout).toMatch(/"decision":"deny","reason":"method_not_allowed"/);
