@@ -49,7 +49,7 @@ import type {
   Service,
 } from './compiler/types.ts';
 import { owningPolicy, policyRef, upToDate } from './managed.ts';
-import type { CredentialStore } from './credentials.ts';
+import { PROBE_TTL_MS, type CredentialStore } from './credentials.ts';
 import { acknowledgedRevisions, policyStatus } from './policy-status.ts';
 import { foreignOverlaps } from './overlap.ts';
 import { untilAborted, type AgentEntitlementObject, type LeaderTask } from './runtime.ts';
@@ -217,6 +217,9 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
   const reconcile = async (): Promise<{ requeueAfterMs?: number }> => {
     if (!stillLeading()) throw new LeadershipLostError('reconcile', 'cluster');
     const now = options.now?.() ?? new Date();
+    const named = options.credentials
+      ? await options.credentials.unlabelled(policies.list())
+      : { unlabelled: [], missing: 0 };
     const output = compile(
       {
         policies: policies.list(),
@@ -225,6 +228,7 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
         services: services.list(),
         configMaps: caBundles.list(),
         credentialSecrets: options.credentials?.compileInputs() ?? [],
+        unlabelledCredentialSecrets: named.unlabelled,
       },
       { ...options.compileOptions, now },
     );
@@ -242,8 +246,12 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
     managedObjects.set({ kind: 'NetworkPolicy' }, output.networkPolicies.length);
     managedObjects.set({ kind: 'CiliumNetworkPolicy' }, output.ciliumNetworkPolicies.length);
     if (errors.size > 0) throw new Error(`${errors.size} policies could not be fully programmed`);
-    if (output.nextExpiry) return { requeueAfterMs: Math.max(0, Date.parse(output.nextExpiry) - now.getTime()) + 10 };
-    return {};
+    // A named Secret that is missing or unlabelled gives no watch event when it is created or edited without the
+    // label: look again after the probe's lifetime, so the status catches up.
+    const probeAgainMs = named.missing > 0 ? PROBE_TTL_MS + 100 : undefined;
+    const expiryMs = output.nextExpiry ? Math.max(0, Date.parse(output.nextExpiry) - now.getTime()) + 10 : undefined;
+    const requeue = [probeAgainMs, expiryMs].filter((v): v is number => v !== undefined);
+    return requeue.length > 0 ? { requeueAfterMs: Math.min(...requeue) } : {};
   };
 
   /** Applies what differs, deletes what is no longer desired. */

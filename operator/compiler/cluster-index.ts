@@ -42,12 +42,15 @@ export class ClusterIndex {
   readonly caBundles = new Map<string, ConfigMapInput>();
   /** `namespace/name` → credential Secret (opted in by label; keys only, never values). */
   readonly credentialSecrets: ReadonlyMap<string, CredentialSecretInput>;
+  /** Named Secrets known to exist without the label (the status then says to label them). */
+  readonly unlabelledSecrets: ReadonlySet<string>;
   readonly namespaceLabels = new Map<string, Labels>();
   private readonly policiesByNamespace = new Map<string, AgentPolicy[]>();
   readonly skipped: SkippedPod[] = [];
 
   constructor(input: CompileInput) {
     this.credentialSecrets = indexCredentialSecrets(input.credentialSecrets);
+    this.unlabelledSecrets = new Set(input.unlabelledCredentialSecrets ?? []);
     for (const ns of input.namespaces) {
       const name = ns.metadata.name ?? '';
       this.namespaceLabels.set(name, { ...ns.metadata.labels, [NAMESPACE_NAME_LABEL]: name });

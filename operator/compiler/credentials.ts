@@ -63,20 +63,25 @@ export function indexCredentialSecrets(
  * CredentialUnavailable, naming the Secret.
  */
 export function resolveCredentials(
-  secrets: ReadonlyMap<string, CredentialSecretInput>,
+  index: {
+    credentialSecrets: ReadonlyMap<string, CredentialSecretInput>;
+    unlabelledSecrets: ReadonlySet<string>;
+  },
   namespace: string,
   ref: Credentials,
   problem: (reason: Problem['reason'], message: string) => void,
 ): EntitlementCredentials {
   const { name, key } = ref.secretRef;
-  const secret = secrets.get(`${namespace}/${name}`);
+  const secret = index.credentialSecrets.get(`${namespace}/${name}`);
   const usable = secret?.keys.includes(key) === true;
   if (!secret || !usable) {
     problem(
       'CredentialUnavailable',
       secret
         ? `credentials: Secret ${namespace}/${name} has no usable key ${key} (missing, empty, or not a valid header value); requests under this rule are refused until it does`
-        : `credentials: no Secret ${namespace}/${name} labelled ${LABEL_CREDENTIAL}=true (it is missing or lacks the label); requests under this rule are refused until it exists`,
+        : index.unlabelledSecrets.has(`${namespace}/${name}`)
+          ? `credentials: Secret ${namespace}/${name} lacks the label ${LABEL_CREDENTIAL}=true (the controller reads only labelled Secrets); requests under this rule are refused until it has it`
+          : `credentials: no Secret ${namespace}/${name} labelled ${LABEL_CREDENTIAL}=true (it is missing or lacks the label); requests under this rule are refused until it exists`,
     );
   }
   return {

@@ -4,6 +4,7 @@
  * the source, the document index and the field, so a person can find the line to fix.
  */
 import { credentialValue, type CredentialSecretInput } from './credentials.ts';
+import { LABEL_CREDENTIAL } from '../../lib/api/constants.ts';
 import type { AgentPolicy } from '../../lib/api/types.generated.ts';
 import { API_VERSION } from '../../lib/api/constants.ts';
 import { agentPolicySpec } from '../../lib/api/schema.ts';
@@ -55,6 +56,7 @@ export function collectManifests(documents: readonly SourceDocument[]): Manifest
   const services: Service[] = [];
   const configMaps: ConfigMapInput[] = [];
   const credentialSecrets: CredentialSecretInput[] = [];
+  const unlabelledCredentialSecrets: string[] = [];
   const ignored: string[] = [];
 
   const visit = (doc: SourceDocument): void => {
@@ -141,6 +143,7 @@ export function collectManifests(documents: readonly SourceDocument[]): Manifest
             ([, v]) => typeof v === 'string' && credentialValue(Buffer.from(v).toString('base64')) !== undefined,
           ),
         ].map(([k]) => k);
+        if (labels?.[LABEL_CREDENTIAL] !== 'true') unlabelledCredentialSecrets.push(`${namespace}/${name}`);
         credentialSecrets.push({
           metadata: { ...(metadata as ConfigMapInput['metadata']), namespace },
           keys: [...new Set(usable)].sort(),
@@ -180,6 +183,7 @@ export function collectManifests(documents: readonly SourceDocument[]): Manifest
     services,
     configMaps,
     credentialSecrets,
+    unlabelledCredentialSecrets,
     ignored: [...new Set(ignored)].sort(),
   };
 }

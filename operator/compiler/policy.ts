@@ -319,9 +319,7 @@ export function compilePolicy(
       ...(spec.expiresAt !== undefined ? { expiresAt: spec.expiresAt } : {}),
       ...(rule.tls ? { tls: rule.tls } : {}),
       ...(rule.caBundle ? { caBundle: resolveCABundle(index, namespace, rule.caBundle, problem) } : {}),
-      ...(rule.credentials
-        ? { credentials: resolveCredentials(index.credentialSecrets, namespace, rule.credentials, problem) }
-        : {}),
+      ...(rule.credentials ? { credentials: resolveCredentials(index, namespace, rule.credentials, problem) } : {}),
     });
   }
 

@@ -141,6 +141,8 @@ export interface CompileInput {
   configMaps?: readonly ConfigMapInput[];
   /** Credential Secrets (only those labelled agentfence.io/credential=true are read): metadata and keys, no values. */
   credentialSecrets?: readonly CredentialSecretInput[];
+  /** `namespace/name` of Secrets that policies name and that exist without the agentfence.io/credential label. */
+  unlabelledCredentialSecrets?: readonly string[];
 }
 
 /** Stable, documented reasons; the reconciler turns them into status conditions. */

@@ -440,6 +440,35 @@ describe('brokered credentials', () => {
     expect(condition.message).toContain(`${ns}/llm-api`);
   });
 
+  it('a Secret without the label: the status says so, and the sidecar still refuses', async () => {
+    await runOrThrow(
+      ['apply', '-f', '-'],
+      JSON.stringify({
+        apiVersion: 'v1',
+        kind: 'Secret',
+        metadata: { name: 'llm-api', namespace: ns },
+        stringData: { token: SECRET_2 },
+      }),
+    );
+    // No watch event for an unlabelled Secret: the reconciler looks again while a named Secret is missing.
+    const condition = await eventually(
+      async () => {
+        const ap = JSON.parse(await runOrThrow(['get', 'ap', 'researcher', '-n', ns, '-o', 'json'])) as {
+          status?: { conditions?: { type: string; reason: string; message: string }[] };
+        };
+        const degraded = ap.status?.conditions?.find((c) => c.type === 'Degraded');
+        return degraded?.message.includes('lacks the label agentfence.io/credential=true') ? degraded : undefined;
+      },
+      'Degraded naming the missing label',
+      30_000,
+    );
+    expect(condition.reason).toBe('CredentialUnavailable');
+    expect(condition.message).toContain(`${ns}/llm-api`);
+    const refused = await chat(sidecar);
+    expect(refused.status).toBe(503);
+    expect(refused.body).toContain('credential_unavailable');
+  });
+
   it('no output of the run contains a secret value', async () => {
     const status = await (await fetch(`${sidecar.adminUrl}/status`)).text();
     expect(status).toContain('researcher'); // the endpoint answered
