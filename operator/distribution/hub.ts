@@ -41,8 +41,8 @@ interface Subscriber {
   podUID: string;
   sink: StreamSink;
   lastRevision: string | undefined;
-  /** Which credential versions the last snapshot carried (names and versions only). */
-  lastCredentials: string;
+  /** The credentials the last snapshot carried. */
+  lastCredentials: DeliveredCredential[];
 }
 
 export interface PodKey {
@@ -52,6 +52,9 @@ export interface PodKey {
 }
 
 const key = (namespace: string, podName: string): string => `${namespace}/${podName}`;
+const credentialId = (c: { secret: string; key: string; version: string }): string =>
+  `${c.secret}/${c.key}@${c.version}`;
+const compare = (a: string, b: string): number => (a < b ? -1 : a > b ? 1 : 0);
 
 /** The entitlement a pod gets when none is compiled yet: nothing allowed. */
 export function emptyEntitlement(pod: PodKey): AgentEntitlement {
@@ -110,7 +113,7 @@ export class EntitlementHub {
 
   subscribe(pod: PodKey, sink: StreamSink): () => void {
     const k = key(pod.namespace, pod.podName);
-    const subscriber: Subscriber = { podUID: pod.podUID, sink, lastRevision: undefined, lastCredentials: '' };
+    const subscriber: Subscriber = { podUID: pod.podUID, sink, lastRevision: undefined, lastCredentials: [] };
     let set = this.subscribers.get(k);
     if (!set) {
       set = new Set();
@@ -144,11 +147,19 @@ export class EntitlementHub {
     const [namespace = '', podName = ''] = k.split('/');
     const entitlement = this.entitlementFor({ namespace, podName, podUID: subscriber.podUID });
     const revision = entitlement.spec.revision;
-    const credentials = this.credentialsFor(namespace, entitlement);
-    const delivered = credentials.map((c) => `${c.secret}/${c.key}@${c.version}`).join(',');
-    if (subscriber.lastRevision === revision && subscriber.lastCredentials === delivered) return;
+    let credentials = this.credentialsFor(namespace, entitlement);
+    if (subscriber.lastRevision === revision) {
+      // Same grants: a value already delivered stays. The Secret may have moved on ahead of the entitlement (a
+      // rotation this replica saw first); the entitlement's next revision brings the new version, and dropping
+      // the old value meanwhile would refuse the agent's requests for nothing.
+      const ids = new Set(credentials.map(credentialId));
+      credentials = [...credentials, ...subscriber.lastCredentials.filter((c) => !ids.has(credentialId(c)))].sort(
+        (a, b) => compare(credentialId(a), credentialId(b)),
+      );
+      if (credentials.map(credentialId).join(',') === subscriber.lastCredentials.map(credentialId).join(',')) return;
+    }
     subscriber.lastRevision = revision;
-    subscriber.lastCredentials = delivered;
+    subscriber.lastCredentials = credentials;
     const data = JSON.stringify({
       revision,
       entitlement,
@@ -165,12 +176,12 @@ export class EntitlementHub {
     for (const rule of entitlement.spec.egress ?? []) {
       const c = rule.credentials;
       if (!c || c.version === '') continue;
-      const id = `${c.secret}/${c.key}@${c.version}`;
+      const id = credentialId(c);
       if (out.has(id)) continue;
       const value = this.credentials.value(namespace, c.secret, c.key, c.version);
       if (value !== undefined) out.set(id, { secret: c.secret, key: c.key, version: c.version, value });
     }
-    return [...out.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([, c]) => c);
+    return [...out.entries()].sort(([a], [b]) => compare(a, b)).map(([, c]) => c);
   }
 
   private beat(): void {

@@ -406,15 +406,18 @@ describe('brokered credentials', () => {
   it('a rotated Secret changes what the upstream receives', async () => {
     await runOrThrow(['apply', '-f', '-'], secret(SECRET_2));
     const started = Date.now();
+    const statuses: number[] = [];
     await eventually(
       async () => {
-        await chat(sidecar);
+        statuses.push((await chat(sidecar)).status);
         return llm.received.at(-1)?.authorization === `Bearer ${SECRET_2}` ? true : undefined;
       },
       'the rotated value on the wire',
       10_000,
     );
     console.log(`Secret rotation → new value on the wire after ${Date.now() - started} ms (bound: 1 s)`);
+    // Every request during the switch went out, with the old value or the new one: none was refused.
+    expect(statuses.every((st) => st === 200)).toBe(true);
     expect(llm.received.some((r) => r.authorization === `Bearer ${SECRET_1}`)).toBe(true);
   });
 

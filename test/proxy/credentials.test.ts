@@ -235,7 +235,14 @@ describe('the hub delivers a value only to the pod whose rules name it, at the c
     expect(last('other').credentials).toBeUndefined();
     expect(events.get('other')?.join('')).not.toContain(VALUE);
 
-    // Rotation: the entitlement names v2 before this replica's Secret cache has it — no value, then the value.
+    // Rotation seen first by this replica's Secret cache: the entitlement still names v1, so v1 stays delivered
+    // (no snapshot without it), also when the entitlement object is rewritten with the same revision (an ack).
+    const sent = events.get('entitled')?.length;
+    store.delete('ns/llm-api/token@sha256:v1');
+    hub.refreshCredentials();
+    hub.upsert(ae('entitled', creds()));
+    expect(events.get('entitled')?.length).toBe(sent);
+    // The entitlement names v2 before this replica's Secret cache has it — no value, then the value.
     hub.upsert(ae('entitled', creds({ version: 'sha256:v2' })));
     expect(last('entitled').credentials).toBeUndefined();
     store.set('ns/llm-api/token@sha256:v2', 'rotated');
