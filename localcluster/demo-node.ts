@@ -32,14 +32,14 @@ req.on('error',(e)=>console.log(JSON.stringify({status:0,body:String(e.code)})))
  * trust bundle the sidecar wrote.
  */
 const CALL_HTTPS = `const http=require('node:http'),https=require('node:https'),tls=require('node:tls');
-const [method,url]=JSON.parse(process.argv[1]);const u=new URL(url);const done=(o)=>console.log(JSON.stringify(o));
+const [method,url,init]=JSON.parse(process.argv[1]);const u=new URL(url);const done=(o)=>console.log(JSON.stringify(o));
 http.request({host:'127.0.0.1',port:${PROXY_PORT},method:'CONNECT',path:u.host,headers:{host:u.host}})
 .on('connect',(res,socket,head)=>{if(res.statusCode!==200){let t=head.toString();socket.on('data',(c)=>t+=c);
 socket.on('end',()=>done({status:res.statusCode,body:t}));return;}
-const req=https.request({host:u.hostname,port:u.port,method,path:u.pathname,
+const req=https.request({host:u.hostname,port:u.port,method,path:u.pathname,headers:init.headers??{},
 createConnection:()=>tls.connect({socket,host:u.hostname})},(r)=>{let t='';r.setEncoding('utf8');
 r.on('data',(c)=>t+=c);r.on('end',()=>{done({status:r.statusCode,body:t});socket.destroy();});});
-req.on('error',(e)=>done({status:0,body:String(e.code)}));req.end();})
+req.on('error',(e)=>done({status:0,body:String(e.code)}));req.end(init.body);})
 .on('error',(e)=>done({status:0,body:String(e.code)})).end();`;
 
 /** The sidecar's admin status, from the app container (the pod shares one network namespace). */
@@ -111,7 +111,7 @@ export function nodeAgents(ctx: {
       return Promise.resolve({
         call: (method, url, body, headers) =>
           exec(name, CALL, JSON.stringify([method, url, body ?? '', headers ?? {}])),
-        callHttps: (method, url) => exec(name, CALL_HTTPS, JSON.stringify([method, url])),
+        callHttps: (method, url, init) => exec(name, CALL_HTTPS, JSON.stringify([method, url, init ?? {}])),
         podIP: async () => {
           const state = JSON.parse(await ctx.k(['get', 'pod', name, '-n', ctx.namespace, '-o', 'json'])) as PodState;
           if (!state.status?.podIP) throw new Error(`pod ${ctx.namespace}/${name} has no IP`);

@@ -36,7 +36,8 @@ import { buildProjectImage } from './image.ts';
 import { localInjectorConfig, startLocalController } from './controller.ts';
 import { installCRDs, kubectlOrThrow } from './kubectl.ts';
 import { CONTROLLER } from '../operator/defaults.ts';
-import { LABEL_CA_BUNDLE } from '../lib/api/constants.ts';
+import { LABEL_CA_BUNDLE, LABEL_CREDENTIAL } from '../lib/api/constants.ts';
+import { randomBytes } from 'node:crypto';
 import { createCertificateAuthority, issueCertificate } from '../lib/tls/pki.ts';
 import { gatesOfPod, type Gate } from '../lib/inbound/gates.ts';
 
@@ -67,9 +68,15 @@ export interface DemoAgent {
   /** The pod's address (another agent calls it there; its inbound gates listen there). */
   podIP(): Promise<string>;
   /** An HTTPS call through the sidecar (CONNECT, then TLS trusting the bundle the webhook mounts). */
-  callHttps(method: string, url: string): Promise<AgentResponse>;
+  callHttps(method: string, url: string, init?: HttpsInit): Promise<AgentResponse>;
   /** Resolves once the sidecar is ready: its identity and entitlement revision. */
   ready(): Promise<{ agent: string; revision: string }>;
+}
+
+/** Headers and body of an agent's HTTPS call. */
+export interface HttpsInit {
+  headers?: Record<string, string>;
+  body?: string;
 }
 
 /** Where the agents run: sidecars in this process (default), or real pods on a node. */
@@ -156,6 +163,7 @@ async function callHttps(
   bundleFile: string,
   method: string,
   url: string,
+  init: HttpsInit = {},
 ): Promise<{ status: number; body: string }> {
   const target = new URL(url);
   const proxy = new URL(sidecar.proxyUrl);
@@ -174,7 +182,14 @@ async function callHttps(
   await once(socket, 'secureConnect');
   return new Promise((resolve, reject) => {
     const req = httpsRequest(
-      { host: target.hostname, port: target.port, method, path: target.pathname, createConnection: () => socket },
+      {
+        host: target.hostname,
+        port: target.port,
+        method,
+        path: target.pathname,
+        headers: init.headers,
+        createConnection: () => socket,
+      },
       (res) => {
         let text = '';
         res.setEncoding('utf8');
@@ -186,9 +201,13 @@ async function callHttps(
       },
     );
     req.on('error', reject);
-    req.end();
+    req.end(init.body);
   });
 }
+
+/** What the demo may print of a key: enough to recognise it, never the whole value. */
+const masked = (header: string | undefined): string =>
+  header === undefined ? '(none)' : header.length > 16 ? `${header.slice(0, 14)}… (${header.length} chars)` : header;
 
 /** The default runner: each agent pod is admitted but never runs; its sidecar runs here with a real token. */
 function inProcessAgents(ctx: {
@@ -272,7 +291,8 @@ function inProcessAgents(ctx: {
       return {
         call: (method, url, body, headers) => call(sidecar, method, url, body, headers),
         podIP: () => Promise.resolve(podIP),
-        callHttps: (method, url) => callHttps(sidecar, join(ctx.dir, `${agent}-trust`, 'ca-bundle.pem'), method, url),
+        callHttps: (method, url, init) =>
+          callHttps(sidecar, join(ctx.dir, `${agent}-trust`, 'ca-bundle.pem'), method, url, init),
         ready: async () => {
           for (let i = 0; i < 300 && (await fetch(`${sidecar.adminUrl}/readyz`)).status !== 200; i++) await sleep(100);
           return (await (await fetch(`${sidecar.adminUrl}/status`)).json()) as { agent: string; revision: string };
@@ -383,6 +403,8 @@ export async function runDemo(options: DemoOptions): Promise<void> {
     );
     // An HTTPS API with its own CA (an internal service): the policy names that CA in a labelled ConfigMap.
     const issuesCa = await createCertificateAuthority('demo issues-api CA', 1);
+    // The LLM API key: it lives in a Secret; the research agent never gets it.
+    const llmKey = `sk-demo-${randomBytes(16).toString('hex')}`;
     const issuesCert = await issueCertificate(issuesCa, {
       commonName: host,
       ipAddresses: [host],
@@ -397,8 +419,23 @@ export async function runDemo(options: DemoOptions): Promise<void> {
       host,
       cleanup,
     );
+    // An HTTPS LLM-like API that needs an API key (same internal CA): it answers with the Authorization it got.
+    let llmAuthorization: string | undefined;
+    const llmsPort = await listen(
+      createHttpsServer({ cert: issuesCert.certPem, key: issuesCert.keyPem }, (req, res) => {
+        llmAuthorization = req.headers.authorization;
+        req.resume();
+        const ok = llmAuthorization === `Bearer ${llmKey}`;
+        res.writeHead(ok ? 200 : 401, { 'content-type': 'application/json' });
+        res.end(
+          JSON.stringify(ok ? { choices: [{ message: { content: 'Summary, paid for.' } }] } : { error: 'bad key' }),
+        );
+      }),
+      host,
+      cleanup,
+    );
     out(
-      `✔ upstreams: orders API :${ordersPort} (verifies agent tokens), LLM-like API :${llmPort}, docs site :${docsPort}, HTTPS issues API :${issuesPort} (own CA)`,
+      `✔ upstreams: orders API :${ordersPort} (verifies agent tokens), LLM-like API :${llmPort}, docs site :${docsPort}, HTTPS issues API :${issuesPort} (own CA), HTTPS LLM API :${llmsPort} (needs a key)`,
     );
     // research-agent's own app: it serves research to other agents and trusts the caller its sidecar names.
     const researchPort = await runner.serveApp(cleanup);
@@ -415,6 +452,15 @@ export async function runDemo(options: DemoOptions): Promise<void> {
         kind: 'ConfigMap',
         metadata: { name: 'issues-api-ca', namespace: NS, labels: { [LABEL_CA_BUNDLE]: 'true' } },
         data: { 'ca.crt': issuesCa.certPem },
+      }),
+    );
+    await k(
+      ['apply', '-f', '-'],
+      stringify({
+        apiVersion: 'v1',
+        kind: 'Secret',
+        metadata: { name: 'llm-api-key', namespace: NS, labels: { [LABEL_CREDENTIAL]: 'true' } },
+        stringData: { token: llmKey },
       }),
     );
     const supportPolicy = (withOrders: boolean): string =>
@@ -473,13 +519,26 @@ export async function runDemo(options: DemoOptions): Promise<void> {
             http: [{ methods: ['GET'], paths: [{ type: 'PathPrefix', value: '/repos/agentfence/' }] }],
             caBundle: { configMap: 'issues-api-ca' },
           },
+          {
+            // The key is added by the sidecar on the wire, from the labelled Secret.
+            name: 'llm-https',
+            to: { cidrs: [`${host}/32`] },
+            ports: [{ port: llmsPort }],
+            http: [{ methods: ['POST'], paths: [{ type: 'Exact', value: '/v1/chat/completions' }] }],
+            caBundle: { configMap: 'issues-api-ca' },
+            credentials: {
+              secretRef: { name: 'llm-api-key', key: 'token' },
+              header: 'Authorization',
+              format: 'Bearer {value}',
+            },
+          },
         ],
       },
     });
     await k(['apply', '-f', '-'], supportPolicy(true));
     await k(['apply', '-f', '-'], researchPolicy);
     out(
-      '✔ AgentPolicies applied: support-agent → orders API (GET /v1/orders/*) + research-agent (POST /v1/research); research-agent → LLM (POST) + docs (GET /docs/*) + HTTPS issues API (GET /repos/agentfence/*)',
+      '✔ AgentPolicies applied: support-agent → orders API (GET /v1/orders/*) + research-agent (POST /v1/research); research-agent → LLM (POST) + docs (GET /docs/*) + HTTPS issues API (GET /repos/agentfence/*) + HTTPS LLM API (key brokered from Secret llm-api-key)',
     );
 
     const agents = new Map<string, DemoAgent>();
@@ -572,6 +631,21 @@ export async function runDemo(options: DemoOptions): Promise<void> {
     await show('forged caller', undefined, 'POST', `http://${researchIP}:${gatePort}/v1/research`, '{}', {
       'agentfence-caller': `spiffe://cluster.local/ns/${NS}/agent/support-agent`,
     });
+
+    out('');
+    out('▶ credentials the agent never sees: research-agent calls the HTTPS LLM API with a dummy key');
+    out('  (Authorization: Bearer brokered); its sidecar replaces it with the Secret llm-api-key on the wire:');
+    {
+      const url = `https://${host}:${llmsPort}/v1/chat/completions`;
+      const res = await research.callHttps('POST', url, {
+        headers: { authorization: 'Bearer brokered', 'content-type': 'application/json' },
+        body: '{"messages":[]}',
+      });
+      out(`  ${'research-agent'.padEnd(15)} POST ${url.replace(host, '')} → ${res.status} ${res.body.trim()}`);
+      out(
+        `  the LLM API received Authorization: ${masked(llmAuthorization)} — the Secret's key, not the agent's dummy`,
+      );
+    }
 
     out('');
     out(`▶ kubectl get agentpolicies,agententitlements,networkpolicies -n ${NS}`);

@@ -72,6 +72,7 @@ export async function startController(config: ControllerConfig, deps: Controller
                 events,
                 entitlements: ctx.entitlements,
                 distribution: ctx.hub,
+                credentials: ctx.credentials,
                 compileOptions: { ...reconciler, trustDomain: runtime.trustDomain },
               }),
             ]),

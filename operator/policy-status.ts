@@ -75,7 +75,11 @@ export function policyStatus(policy: AgentPolicy, observed: PolicyObservation, n
   }
   if (degraded.length > 0) {
     // A grant that opens nothing because the other side has not agreed is the reason to show first.
-    const first = degraded.find((d) => d.reason === 'CalleeHasNotConsented') ?? degraded[0];
+    // ... and then a credential that cannot be sent: that rule's requests are all refused.
+    const first =
+      degraded.find((d) => d.reason === 'CalleeHasNotConsented') ??
+      degraded.find((d) => d.reason === 'CredentialUnavailable') ??
+      degraded[0];
     set(CONDITION.Degraded, 'True', first?.reason ?? 'Degraded', truncate(degraded.map((d) => d.message).join('; ')));
   } else set(CONDITION.Degraded, 'False', 'AsExpected', 'everything this policy grants is enforced at every layer');
 

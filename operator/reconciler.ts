@@ -55,6 +55,7 @@ import type {
   Service,
 } from './compiler/types.ts';
 import { newerCopy, owningPolicy, policyRef, upToDate } from './managed.ts';
+import { PROBE_TTL_MS, type CredentialStore } from './credentials.ts';
 import { acknowledgedRevisions, policyStatus } from './policy-status.ts';
 import { foreignOverlaps } from './overlap.ts';
 import { untilAborted, type AgentEntitlementObject, type LeaderTask } from './runtime.ts';
@@ -90,6 +91,8 @@ export interface ReconcilerOptions {
   events?: EventRecorder;
   /** Shared with the runtime (every replica needs them for identity and distribution). */
   entitlements: Informer<AgentEntitlementObject>;
+  /** Credential Secrets (shared with the runtime, which streams their values); only names, keys and versions are compiled. */
+  credentials?: CredentialStore;
   compileOptions: Omit<CompileOptions, 'now'>;
   /**
    * Where each compile's entitlements go the moment they are computed, before any write (the runtime's hub): the
@@ -238,6 +241,9 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
   let inputsChanged = 0; // changes to the compile's inputs (policies, pods, namespaces, services, CA bundles) seen so far
   let compiledAt = -1; // the value of inputsChanged the last compile saw
   let lastCompileMs = 0;
+  // Named Secrets that exist without the credential label: probed (async) by each reconcile, reused by the early
+  // publisher, whose compile only needs them for the status report.
+  let unlabelledSecrets: Awaited<ReturnType<CredentialStore['unlabelled']>>['unlabelled'] = [];
   const compileAndPublish = (now: Date): CompileOutput => {
     const started = performance.now();
     compiledAt = inputsChanged;
@@ -248,6 +254,8 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
         namespaces: namespaces.list(),
         services: services.list(),
         configMaps: caBundles.list(),
+        credentialSecrets: options.credentials?.compileInputs() ?? [],
+        unlabelledCredentialSecrets: unlabelledSecrets,
       },
       { ...options.compileOptions, now },
     );
@@ -291,6 +299,10 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
   const reconcile = async (): Promise<{ requeueAfterMs?: number }> => {
     if (!stillLeading()) throw new LeadershipLostError('reconcile', 'cluster');
     const now = options.now?.() ?? new Date();
+    const named = options.credentials
+      ? await options.credentials.unlabelled(policies.list())
+      : { unlabelled: [], missing: 0 };
+    unlabelledSecrets = named.unlabelled;
     const output = compileAndPublish(now);
     const errors = new Map<string, string[]>(); // policy key → messages
     // Failures of objects no policy owns (AgentEntitlements belong to their pod) go into no status, but they
@@ -314,8 +326,12 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
     managedObjects.set({ kind: 'CiliumNetworkPolicy' }, output.ciliumNetworkPolicies.length);
     if (errors.size > 0 || unowned > 0)
       throw new Error(`${errors.size} policies and ${unowned} other objects could not be fully programmed`);
-    if (output.nextExpiry) return { requeueAfterMs: Math.max(0, Date.parse(output.nextExpiry) - now.getTime()) + 10 };
-    return {};
+    // A named Secret that is missing or unlabelled gives no watch event when it is created or edited without the
+    // label: look again after the probe's lifetime, so the status catches up.
+    const probeAgainMs = named.missing > 0 ? PROBE_TTL_MS + 100 : undefined;
+    const expiryMs = output.nextExpiry ? Math.max(0, Date.parse(output.nextExpiry) - now.getTime()) + 10 : undefined;
+    const requeue = [probeAgainMs, expiryMs].filter((v): v is number => v !== undefined);
+    return requeue.length > 0 ? { requeueAfterMs: Math.min(...requeue) } : {};
   };
 
   /** Applies what differs, deletes what is no longer desired. */
@@ -448,7 +464,7 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
       controller = new Controller({
         name: 'agentpolicy',
         reconcile,
-        informers: [...informers, entitlements],
+        informers: [...informers, entitlements, ...(options.credentials ? [options.credentials.informer] : [])],
         logger,
         registry,
       });
@@ -462,6 +478,14 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
           : enqueue;
         return (i as Informer).on({ add: changed, update: changed, delete: changed });
       });
+      // A Secret rotation changes the compiled entitlements (their credential versions): published early too.
+      if (options.credentials)
+        offs.push(
+          options.credentials.onChange(() => {
+            schedulePublish();
+            enqueue();
+          }),
+        );
       await controller.start();
       enqueue();
       await untilAborted(signal);

@@ -18,6 +18,7 @@ import { Informer } from '../lib/kube/informer.ts';
 import { LeaderElector, type LeaderTerm } from '../lib/kube/leader.ts';
 import { createAgentVerifier, type AgentVerifier } from '../lib/verify/index.ts';
 import { EntitlementHub, type PodKey } from './distribution/hub.ts';
+import { CredentialStore } from './credentials.ts';
 import { AckNotRecordedYet, createDistributionRouter } from './distribution/http.ts';
 import { cachedIdentityCluster } from './identity/cached-cluster.ts';
 import { IdentityExchange, type PodIdentity } from './identity/exchange.ts';
@@ -61,6 +62,8 @@ export interface RuntimeContext {
   entitlements: Informer<AgentEntitlementObject>;
   /** Entitlement distribution: the leader's reconciler publishes its compile output here (hub.ts). */
   hub: EntitlementHub;
+  /** Credential Secrets (labelled only): values for the hub, names and versions for the reconciler. */
+  credentials: CredentialStore;
 }
 
 export interface LeaderTask {
@@ -87,6 +90,7 @@ export interface RunningOperator {
   health: HealthServer;
   keys: SigningKeyStore;
   hub: EntitlementHub;
+  credentials: CredentialStore;
   pods: Informer<AgentPod>;
   entitlements: Informer<AgentEntitlementObject>;
   isLeader(): boolean;
@@ -94,7 +98,7 @@ export interface RunningOperator {
 }
 
 export async function startOperator(
-  ctx: Omit<RuntimeContext, 'pods' | 'entitlements' | 'hub'>,
+  ctx: Omit<RuntimeContext, 'pods' | 'entitlements' | 'hub' | 'credentials'>,
   certs: ServingCertSource,
   parts: RuntimeParts,
 ): Promise<RunningOperator> {
@@ -121,13 +125,18 @@ export async function startOperator(
     logger,
     registry,
   });
-  const hub = new EntitlementHub(config.heartbeatMs);
+  const credentials = new CredentialStore({ client, logger, registry });
+  const hub = new EntitlementHub(config.heartbeatMs, credentials);
+  // A rotated Secret reaches sidecars by two paths that meet here: the reconciler writes the new version into
+  // the entitlement (a new revision), and this replica's Secret cache delivers the value for it.
+  credentials.onChange(() => hub.refreshCredentials());
   entitlements.on({
     add: (ae) => hub.upsert(ae),
     update: (_, ae) => hub.upsert(ae),
     delete: (ae) => hub.remove(ae.metadata.namespace ?? '', ae.spec.podName),
   });
   for (const informer of [pods, entitlements]) informer.start();
+  credentials.start();
   keys.start();
   hub.start();
 
@@ -212,7 +221,7 @@ export async function startOperator(
   );
 
   const serving = await startServingServer({ ...config.listen, certs, handler: app, logger });
-  const tasks = parts.leaderTasks({ ...ctx, pods, entitlements, hub });
+  const tasks = parts.leaderTasks({ ...ctx, pods, entitlements, hub, credentials });
   const elector = new LeaderElector({
     client,
     namespace: config.namespace,
@@ -240,7 +249,7 @@ export async function startOperator(
     registry,
     logger,
     readiness: {
-      caches: () => pods.hasSynced() && entitlements.hasSynced(),
+      caches: () => pods.hasSynced() && entitlements.hasSynced() && credentials.hasSynced(),
       keys: () => keys.ready(),
       ...Object.fromEntries(tasks.map((t) => [t.name, () => t.ready?.() ?? true])),
     },
@@ -253,13 +262,14 @@ export async function startOperator(
     hub,
     pods,
     entitlements,
+    credentials,
     isLeader: () => elector.isLeader(),
     async stop() {
       await elector.stop();
       await serving.close();
       await health.close();
       hub.stop();
-      await Promise.all([pods.stop(), entitlements.stop(), keys.stop()]);
+      await Promise.all([pods.stop(), entitlements.stop(), credentials.stop(), keys.stop()]);
     },
   };
 }

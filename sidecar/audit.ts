@@ -34,6 +34,8 @@ export interface AuditRecord {
   durationMs: number;
   /** CONNECT traffic: decrypted and judged per request ("inspected"), or a blind byte tunnel ("passthrough"). */
   tls?: 'inspected' | 'passthrough';
+  /** The brokered credential set on the request, by name (`secret/key`); never its value. */
+  credential?: string;
 }
 
 export interface AuditSink {

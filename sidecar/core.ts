@@ -20,7 +20,7 @@ export interface Timing {
 export const startTiming = (): Timing => ({ id: randomUUID(), at: Date.now(), started: performance.now() });
 
 /** The request an audit line describes: exactly what was (or would have been) forwarded. */
-export type AuditFacts = Pick<AuditRecord, 'method' | 'host' | 'port' | 'path' | 'tls'>;
+export type AuditFacts = Pick<AuditRecord, 'method' | 'host' | 'port' | 'path' | 'tls' | 'credential'>;
 
 export type AuditOutcome = Pick<AuditRecord, 'decision' | 'reason' | 'status'> &
   Partial<Pick<AuditRecord, 'bytesIn' | 'bytesOut'>>;

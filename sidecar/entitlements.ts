@@ -14,6 +14,7 @@ import type { AgentEntitlement } from '../lib/api/types.generated.ts';
 import { validateSchema } from '../lib/api/validate.ts';
 import type { Logger } from '../lib/log.ts';
 import type { ClientRequest } from 'node:http';
+import { parseDeliveredCredentials, type DeliveredCredential } from './credentials.ts';
 
 /** Parses and validates one AgentEntitlement; errors name the source and the field. */
 export async function parseEntitlement(text: string, source: string): Promise<AgentEntitlement> {
@@ -127,7 +128,8 @@ export function controllerEntitlements(options: {
   caPem: string;
   token: () => string | undefined;
   logger: Logger;
-  onSnapshot: (entitlement: AgentEntitlement) => void;
+  /** A snapshot, with the values of the credentials its rules name (only this pod's; see operator/distribution/hub.ts). */
+  onSnapshot: (entitlement: AgentEntitlement, credentials: DeliveredCredential[]) => void;
   /** A heartbeat confirming that `revision`, the last snapshot this stream delivered, is still current. */
   onHeartbeat: (revision: string) => void;
   /**
@@ -211,7 +213,7 @@ export function controllerEntitlements(options: {
               const name = /^event: (.*)$/m.exec(block)?.[1];
               const data = /^data: (.*)$/m.exec(block)?.[1];
               if (!data || (name !== 'heartbeat' && name !== 'snapshot')) continue;
-              let parsed: { revision?: unknown; entitlement?: unknown; heartbeatMs?: unknown };
+              let parsed: { revision?: unknown; entitlement?: unknown; heartbeatMs?: unknown; credentials?: unknown };
               try {
                 parsed = JSON.parse(data) as typeof parsed;
               } catch (err) {
@@ -238,7 +240,14 @@ export function controllerEntitlements(options: {
               } else {
                 try {
                   const entitlement = checkEntitlement(parsed.entitlement, 'controller snapshot');
-                  options.onSnapshot(entitlement);
+                  let credentials: DeliveredCredential[] = [];
+                  try {
+                    credentials = parseDeliveredCredentials(parsed.credentials);
+                  } catch (err) {
+                    // The grants still apply; rules with credentials refuse their requests (credential_unavailable).
+                    options.logger.error('invalid credentials in a snapshot; using none', { err });
+                  }
+                  options.onSnapshot(entitlement, credentials);
                   streamRevision = entitlement.spec.revision;
                 } catch (err) {
                   options.logger.error('invalid snapshot from the controller; keeping the previous one', { err });

@@ -33,6 +33,10 @@ export function forwardHttp(
     port: canonical.port,
     path: canonical.path,
     ...(canonical.tls ? { tls: 'inspected' as const } : {}),
+    // Set at the header seam only for allowed requests; the audit line names it, never its value.
+    ...(adm.decision === 'allow' && adm.rule?.credentials
+      ? { credential: `${adm.rule.credentials.secret}/${adm.rule.credentials.key}` }
+      : {}),
   };
   const framing: Framing = adm.body ? { kind: 'length', length: adm.body.length } : canonical.framing;
   applyFraming(headers, framing);

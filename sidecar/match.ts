@@ -9,7 +9,7 @@
  */
 import { domainToASCII } from 'node:url';
 import { isIP } from 'node:net';
-import type { AgentEntitlement, EntitlementEgressRule } from '../lib/api/types.generated.ts';
+import type { AgentEntitlement, EntitlementCredentials, EntitlementEgressRule } from '../lib/api/types.generated.ts';
 import { containsCidr, parseCidr, parseIP, type Cidr } from '../lib/ip.ts';
 import { canonicalPath } from './canonical.ts';
 
@@ -32,6 +32,17 @@ export interface CompiledRule {
   tls?: 'Inspect' | 'Passthrough';
   /** PEM CAs that verify this destination's upstream TLS instead of the public roots ('' trusts nothing). */
   caBundle?: string;
+  /** A credential the sidecar sets on every request this rule allows (the value comes with the snapshot). */
+  credentials?: EntitlementCredentials;
+}
+
+/**
+ * Whether HTTPS (CONNECT) under this rule must be inspected rather than tunnelled blind: its requests are judged
+ * (an http/mcp profile), audited one by one (tls: Inspect), or carry a brokered credential, which can only be set
+ * on a request the sidecar sees.
+ */
+export function needsInspection(rule: CompiledRule): boolean {
+  return rule.http !== undefined || rule.mcp !== undefined || rule.tls === 'Inspect' || rule.credentials !== undefined;
 }
 
 export interface AgentPeer {
@@ -87,12 +98,15 @@ export class Matcher {
    * the address and this snapshot alone, computed per request it cost BigInt arithmetic over every cidr.
    */
   private readonly cidrRulesOf = new Map<string, CompiledRule[]>();
+  /** Some rule carries credentials (only then are candidates reordered). */
+  private readonly brokered: boolean;
 
   constructor(entitlement: AgentEntitlement | undefined) {
     this.revision = entitlement?.spec.revision ?? '';
     const rules = (entitlement?.spec.egress ?? []).map(compileRule);
     this.rules = rules;
     this.auditOnly = rules.length > 0 && rules.every((r) => r.mode === 'Audit');
+    this.brokered = rules.some((r) => r.credentials !== undefined);
     for (const [i, raw] of (entitlement?.spec.egress ?? []).entries()) {
       const rule = rules[i];
       if (!rule) continue;
@@ -132,13 +146,13 @@ export class Matcher {
         this.cidrRulesOf.set(dest.host, rules);
       }
       take(rules);
-      return out;
+      return this.brokered ? credentialsFirst(out) : out;
     }
     take(this.hosts.exact.get(dest.host));
     const dot = dest.host.indexOf('.');
     if (dot > 0) take(this.hosts.oneLabel.get(dest.host.slice(dot + 1)));
     for (let i = dot; i > 0; i = dest.host.indexOf('.', i + 1)) take(this.hosts.anyDepth.get(dest.host.slice(i + 1)));
-    return out;
+    return this.brokered ? credentialsFirst(out) : out;
   }
 
   /**
@@ -148,8 +162,11 @@ export class Matcher {
    */
   decideConnect(dest: Destination, now: number): Decision {
     const candidates = this.candidates(dest, now);
-    // A rule without a profile keeps the tunnel blind, unless it asks for inspection (tls: Inspect).
-    const plain = candidates.find((r) => !r.http && !r.mcp && r.tls !== 'Inspect');
+    // A rule without a profile keeps the tunnel blind, unless it asks for inspection (tls: Inspect). A matching
+    // credentials rule always inspects: the author asked for the credential on this destination, and a blind
+    // tunnel beside it would send the agent's requests without it.
+    const brokered = candidates.some((r) => r.credentials !== undefined);
+    const plain = brokered ? undefined : candidates.find((r) => !needsInspection(r));
     if (plain) return { allow: true, rule: plain, needsMcpCheck: false };
     const first = candidates[0];
     if (first) return { allow: true, rule: first, needsMcpCheck: false, inspect: true };
@@ -239,7 +256,16 @@ function compileRule(rule: EntitlementEgressRule): CompiledRule {
   if (rule.expiresAt) compiled.expiresAt = Date.parse(rule.expiresAt);
   if (rule.tls) compiled.tls = rule.tls;
   if (rule.caBundle !== undefined) compiled.caBundle = rule.caBundle;
+  if (rule.credentials) compiled.credentials = rule.credentials;
   return compiled;
+}
+
+/**
+ * Rules with credentials before the others (stable): a request that a credentials rule allows is judged under it
+ * and carries the credential, whatever other rule also matches the destination.
+ */
+function credentialsFirst(rules: CompiledRule[]): CompiledRule[] {
+  return [...rules.filter((r) => r.credentials), ...rules.filter((r) => !r.credentials)];
 }
 
 /** A rule path in canonical form; one that cannot be canonicalized is kept as written (and matches nothing odd). */

@@ -30,6 +30,7 @@ import { forwardHttp } from './forward.ts';
 import { forwardUpgrade } from './upgrade.ts';
 import { canonicalRequest, type TunnelTarget } from './request.ts';
 import { normalizeHost, type CompiledRule, type Matcher } from './match.ts';
+import type { EntitlementCredentials } from '../lib/api/types.generated.ts';
 import { admit, type Admission, type BodyReader, type CanonicalRequest, type PipelineContext } from './pipeline.ts';
 import { sendRefusal, writeRawRefusal, type Refusal } from './respond.ts';
 import { TLS_HANDSHAKE_FAILURE, blindTunnel, sniff } from './tunnel.ts';
@@ -55,6 +56,8 @@ export interface ProxyOptions {
   agent: () => AgentView;
   /** Agent tokens for destination audiences (controller mode). */
   tokenFor?: (audience: string) => Promise<string>;
+  /** The header a rule's brokered credential sets; undefined when its value is not here (the request is refused). */
+  credentialFor?: (credentials: EntitlementCredentials) => { name: string; value: string } | undefined;
   audit: AuditSink;
   logger: Logger;
   registry: Registry;
@@ -432,10 +435,14 @@ export class FenceProxy {
       this.#deny({ res, close: unread() }, facts, adm, t);
       return;
     }
-    // Between admission and forwarding, and only here, headers are set on the canonical request: the agent's
-    // identity now (and, later, brokered credentials). Plain HTTP and decrypted HTTPS both pass this point,
-    // and what is set here goes out only over the connection the request was judged for (verified TLS for
-    // inspected HTTPS).
+    // Between admission and forwarding, and only here, headers are set on the canonical request: the brokered
+    // credential, then the agent's identity. Plain HTTP and decrypted HTTPS both pass this point, and what is set
+    // here goes out only over the connection the request was judged for (verified TLS for inspected HTTPS).
+    const withoutCredential = this.#setCredential(adm, headers);
+    if (withoutCredential) {
+      this.#deny({ res, close: unread() }, facts, withoutCredential, t);
+      return;
+    }
     // A call to another agent carries a token for that agent's identity (its gate verifies it) and goes to
     // the gate in front of the app port; other destinations get the rule's audience, if any.
     const peer = adm.rule?.peers?.get(adm.address);
@@ -467,6 +474,30 @@ export class FenceProxy {
       else headers.authorization = `Bearer ${token}`;
     }
     forwardHttp(this.#core, req, res, request, adm, headers, t, expect, dialPort);
+  }
+
+  /**
+   * Sets the brokered credential of the rule that allowed the request, replacing whatever the agent sent in that
+   * header. Only for requests a rule allowed (never would_deny traffic); a value that is not here refuses the
+   * request rather than sending it without (the upstream would see the agent's dummy and the agent learn nothing).
+   */
+  #setCredential(
+    adm: Extract<Admission, { allow: true }>,
+    headers: Record<string, string>,
+  ): { status: number; reason: string; missing: string; rule: CompiledRule | undefined } | undefined {
+    const c = adm.decision === 'allow' ? adm.rule?.credentials : undefined;
+    if (!c) return undefined;
+    const header = this.#o.credentialFor?.(c);
+    if (!header) {
+      return {
+        status: 503,
+        reason: 'credential_unavailable',
+        missing: `the credential ${c.secret}/${c.key} of rule ${adm.rule?.rule ?? ''} is not available (the Secret or key is missing, the Secret lacks the label agentfence.io/credential=true, or it has not reached this sidecar yet); nothing was sent`,
+        rule: adm.rule,
+      };
+    }
+    headers[header.name] = header.value;
+    return undefined;
   }
 
   /** Reads a body for inspection within the per-body limit and the global budget of buffered bodies. */
@@ -533,6 +564,11 @@ export class FenceProxy {
     const adm = await admit(request, this.#pipeline());
     if (!adm.allow) {
       this.#deny({ socket: client }, facts, adm, t);
+      return;
+    }
+    const withoutCredential = this.#setCredential(adm, headers);
+    if (withoutCredential) {
+      this.#deny({ socket: client }, facts, withoutCredential, t);
       return;
     }
     const refusal = (status: number, reason: string, missing: string): Refusal =>

@@ -19,6 +19,7 @@ import {
 } from './entitlements.ts';
 import { IdentityClient } from './identity-client.ts';
 import { Matcher } from './match.ts';
+import { CredentialCache, type DeliveredCredential } from './credentials.ts';
 import { FenceProxy } from './proxy.ts';
 import { PodCA } from './pod-ca.ts';
 import { InboundGate } from './inbound.ts';
@@ -104,8 +105,11 @@ export async function startSidecar(
   };
   // Snapshots can arrive before the proxy exists (static mode loads first); revocation goes through this.
   const proxyRef: { current?: FenceProxy; gate?: InboundGate } = {};
-  const apply = (next: AgentEntitlement): void => {
+  const credentials = new CredentialCache();
+  const apply = (next: AgentEntitlement, delivered: DeliveredCredential[] = []): void => {
     lastContact = Date.now();
+    // Always: a snapshot with the same revision may bring a value the controller's cache did not have before.
+    credentials.replace(delivered);
     const changed = next.spec.revision !== entitlement?.spec.revision || !matcher;
     entitlement = next;
     if (stale) logger.info('entitlements fresh again', { revision: next.spec.revision });
@@ -124,7 +128,7 @@ export async function startSidecar(
     source = staticEntitlements({
       file: config.mode.file,
       logger,
-      onSnapshot: apply,
+      onSnapshot: (e) => apply(e),
       onReloadFailure: () => reloadFailures.inc(),
     });
   } else {
@@ -203,6 +207,7 @@ export async function startSidecar(
     matcher: () => matcher,
     agent: agentView,
     ...(identity ? { tokenFor: (aud: string) => identity.tokenFor(aud) } : {}),
+    credentialFor: (c) => credentials.header(c),
     audit,
     logger,
     registry,
@@ -326,6 +331,8 @@ export async function startSidecar(
         identityRefresh: identity?.health() ?? null,
         stream: source.state?.() ?? null,
         // The certificate's fingerprint and expiry only: the key has no way out (it is not extractable).
+        // Names and versions only; values stay in memory.
+        credentials: credentials.describe(),
         interceptionCA: { fingerprint: podCA.fingerprint(), notAfter: podCA.notAfter().toISOString() },
       }),
     });

@@ -14,6 +14,8 @@ export const LABEL_INJECT = 'agentfence.io/inject';
 export const LABEL_AGENT = 'agentfence.io/agent';
 /** A ConfigMap a policy rule may name as its upstream caBundle carries this label set to "true" (opt-in). */
 export const LABEL_CA_BUNDLE = 'agentfence.io/ca-bundle';
+/** A Secret a policy rule's credentials may name carries this label set to "true" (opt-in): the controller watches only those. */
+export const LABEL_CREDENTIAL = 'agentfence.io/credential';
 export const LABEL_MANAGED_BY = 'app.kubernetes.io/managed-by';
 export const MANAGED_BY = 'agentfence';
 

@@ -362,6 +362,74 @@ const caBundleRef = named('CABundleRef', {
   },
 });
 
+/** Headers a credential may never be written into: framing, routing and hop-by-hop headers the proxy owns. */
+export const CREDENTIAL_FORBIDDEN_HEADERS = [
+  'host',
+  'content-length',
+  'transfer-encoding',
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'proxy-authorization',
+  'proxy-authenticate',
+  'te',
+  'trailer',
+  'upgrade',
+  'expect',
+  'agentfence-identity',
+] as const;
+
+const credentials = named('Credentials', {
+  type: 'object',
+  required: ['secretRef', 'header'],
+  description:
+    'A credential the sidecar adds to every request this rule allows (plain HTTP, or HTTPS, which it then inspects), replacing whatever the agent sent in that header. The agent never holds the value. The Secret must be in the policy’s namespace and carry the label agentfence.io/credential: "true".',
+  properties: {
+    secretRef: named('CredentialSecretRef', {
+      type: 'object',
+      required: ['name', 'key'],
+      description: 'The Secret and key holding the value.',
+      properties: {
+        name: str(253, 'The Secret name (in the policy’s namespace).', {
+          minLength: 1,
+          'x-kubernetes-validations': [
+            { rule: `self.matches('${DNS_SUBDOMAIN}')`, message: 'Secret names are DNS subdomains' },
+          ],
+        }),
+        key: str(253, 'The key in the Secret’s data.', {
+          minLength: 1,
+          'x-kubernetes-validations': [
+            { rule: "self.matches('^[-._a-zA-Z0-9]+$')", message: "Secret keys are letters, digits, '-', '_' and '.'" },
+          ],
+        }),
+      },
+    }),
+    header: str(128, 'The request header that carries the credential, like Authorization or x-api-key.', {
+      minLength: 1,
+      'x-kubernetes-validations': [
+        {
+          rule: "self.matches('^[A-Za-z0-9!#$%&*+.^_|~-]+$')",
+          message: 'header must be a header name (letters, digits and !#$%&*+.^_|~-)',
+        },
+        {
+          rule: `!(self.lowerAscii() in [${CREDENTIAL_FORBIDDEN_HEADERS.map((h) => `'${h}'`).join(', ')}])`,
+          message: `header must not be one the proxy owns (${CREDENTIAL_FORBIDDEN_HEADERS.join(', ')})`,
+        },
+      ],
+    }),
+    format: str(256, "How the header value is written; '{value}' is replaced by the credential. Default '{value}'.", {
+      default: '{value}',
+      'x-kubernetes-validations': [
+        {
+          rule: "self.indexOf('{value}') >= 0 && self.indexOf('{value}') == self.lastIndexOf('{value}')",
+          message: "format must contain '{value}' exactly once, like 'Bearer {value}'",
+        },
+        { rule: "self.matches('^[ -~]*$')", message: 'format must be printable ASCII (no line breaks)' },
+      ],
+    }),
+  },
+});
+
 const ruleName = str(63, 'Rule name, unique within the list; appears in status, audit lines and metrics.', {
   minLength: 1,
   'x-kubernetes-validations': [
@@ -413,6 +481,7 @@ const egressRule = named('EgressRule', {
     audience,
     tls: tlsMode,
     caBundle: caBundleRef,
+    credentials,
   },
   'x-kubernetes-validations': [
     { rule: '!(has(self.http) && has(self.mcp))', message: 'a rule takes at most one profile: http or mcp' },
@@ -428,6 +497,15 @@ const egressRule = named('EgressRule', {
     {
       rule: "!(has(self.http) || has(self.mcp)) || self.ports.all(p, !has(p.protocol) || p.protocol == 'TCP')",
       message: 'http and mcp profiles apply to TCP ports only; drop the profile or use protocol TCP',
+    },
+    {
+      rule: "!has(self.credentials) || self.ports.all(p, !has(p.protocol) || p.protocol == 'TCP')",
+      message: 'credentials are added to HTTP requests, which use TCP ports only; use protocol TCP',
+    },
+    {
+      rule: "!(has(self.credentials) && has(self.tls) && self.tls == 'Passthrough')",
+      message:
+        'credentials need the sidecar to see the requests; a tls: Passthrough tunnel is blind, drop tls or use Inspect',
     },
   ],
 });
@@ -767,6 +845,22 @@ const entitlementEgressRule = named('EntitlementEgressRule', {
       CA_BUNDLE_MAX_BYTES,
       'PEM CA certificates trusted for this destination’s upstream TLS instead of the public roots (resolved from the policy’s ConfigMap; empty when it could not be read: nothing verifies).',
     ),
+    credentials: named('EntitlementCredentials', {
+      type: 'object',
+      required: ['secret', 'key', 'header', 'format', 'version'],
+      description:
+        'Where the credential for this grant comes from. Never the value: that travels only in the authenticated entitlement stream, to this pod.',
+      properties: {
+        secret: str(253, 'The Secret (in this namespace).'),
+        key: str(253, 'The key in it.'),
+        header: str(128, 'The header the sidecar sets.'),
+        format: str(256, "The header value, with '{value}' standing for the credential."),
+        version: str(
+          80,
+          "Which version of the Secret the grant was compiled against (a hash of its uid and resourceVersion); '' when it could not be read (requests are refused: credential_unavailable).",
+        ),
+      },
+    }),
   },
 });
 

@@ -51,6 +51,8 @@ export interface EgressRule {
   tls?: 'Inspect' | 'Passthrough';
   /** Upstream trust for inspected HTTPS to this destination: the CA certificates (PEM) in a ConfigMap of the policy’s namespace replace the public roots. Verification is never off. */
   caBundle?: CABundleRef;
+  /** A credential the sidecar adds to every request this rule allows (plain HTTP, or HTTPS, which it then inspects), replacing whatever the agent sent in that header. The agent never holds the value. The Secret must be in the policy’s namespace and carry the label agentfence.io/credential: "true". */
+  credentials?: Credentials;
 }
 
 /** Where the agent may go: exactly one of hosts, services, agents or cidrs. */
@@ -118,6 +120,24 @@ export interface CABundleRef {
   configMap: string;
   /** The key holding the PEM bundle; default 'ca.crt'. */
   key?: string;
+}
+
+/** A credential the sidecar adds to every request this rule allows (plain HTTP, or HTTPS, which it then inspects), replacing whatever the agent sent in that header. The agent never holds the value. The Secret must be in the policy’s namespace and carry the label agentfence.io/credential: "true". */
+export interface Credentials {
+  /** The Secret and key holding the value. */
+  secretRef: CredentialSecretRef;
+  /** The request header that carries the credential, like Authorization or x-api-key. */
+  header: string;
+  /** How the header value is written; '{value}' is replaced by the credential. Default '{value}'. */
+  format?: string;
+}
+
+/** The Secret and key holding the value. */
+export interface CredentialSecretRef {
+  /** The Secret name (in the policy’s namespace). */
+  name: string;
+  /** The key in the Secret’s data. */
+  key: string;
 }
 
 /** Who may connect to the selected agents. For agents of other namespaces this is also consent: their egress grants to agents (or to Services of agents) here open nothing until a rule here admits their namespace and agents (from.agents). */
@@ -279,6 +299,8 @@ export interface EntitlementEgressRule {
   tls?: 'Inspect' | 'Passthrough';
   /** PEM CA certificates trusted for this destination’s upstream TLS instead of the public roots (resolved from the policy’s ConfigMap; empty when it could not be read: nothing verifies). */
   caBundle?: string;
+  /** Where the credential for this grant comes from. Never the value: that travels only in the authenticated entitlement stream, to this pod. */
+  credentials?: EntitlementCredentials;
 }
 
 /** An address of agent pods (a pod IP, or the cluster IP of a Service backed by agents): requests to it carry a token for spiffeID. */
@@ -296,6 +318,20 @@ export interface GatePort {
   port: number;
   /** The sidecar port in front of it. */
   gate: number;
+}
+
+/** Where the credential for this grant comes from. Never the value: that travels only in the authenticated entitlement stream, to this pod. */
+export interface EntitlementCredentials {
+  /** The Secret (in this namespace). */
+  secret: string;
+  /** The key in it. */
+  key: string;
+  /** The header the sidecar sets. */
+  header: string;
+  /** The header value, with '{value}' standing for the credential. */
+  format: string;
+  /** Which version of the Secret the grant was compiled against (a hash of its uid and resourceVersion); '' when it could not be read (requests are refused: credential_unavailable). */
+  version: string;
 }
 
 /** One compiled inbound grant, checked by the sidecar’s gate: who (verified agents, verified users, or source addresses), on which app ports, with which profile and limits. */

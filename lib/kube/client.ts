@@ -49,6 +49,8 @@ export interface RequestInit {
   query?: Query;
   body?: unknown;
   contentType?: string;
+  /** The Accept header (default JSON); e.g. CONTENT_TYPE.partialMetadata for metadata without data. */
+  accept?: string;
   timeoutMs?: number;
   signal?: AbortSignal;
 }
@@ -78,6 +80,8 @@ export const CONTENT_TYPE = {
   mergePatch: 'application/merge-patch+json',
   jsonPatch: 'application/json-patch+json',
   apply: 'application/apply-patch+yaml',
+  /** An object's metadata only (PartialObjectMetadata): a Secret read this way brings no data. */
+  partialMetadata: 'application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1',
 } as const;
 
 /** How requests authenticate: TLS material fixed at construction, headers fetched per request (tokens rotate). */
@@ -168,7 +172,10 @@ export class KubeClient {
   ): Promise<{ status: number; stream: import('node:http').IncomingMessage }> {
     const url = new URL(this.server + path);
     for (const [k, v] of Object.entries(init.query ?? {})) if (v !== undefined) url.searchParams.set(k, String(v));
-    const headers: Record<string, string> = { accept: CONTENT_TYPE.json, ...(await this.#credentials.headers()) };
+    const headers: Record<string, string> = {
+      accept: init.accept ?? CONTENT_TYPE.json,
+      ...(await this.#credentials.headers()),
+    };
     let payload: string | undefined;
     if (init.body !== undefined) {
       payload = JSON.stringify(init.body);

@@ -1,4 +1,5 @@
 /** The cluster state a compile reads, indexed once: pods by namespace and label, Services, namespace labels. */
+import { indexCredentialSecrets, type CredentialSecretInput } from './credentials.ts';
 import { LABEL_INJECT } from '../../lib/api/constants.ts';
 import type { AgentPolicy, LabelSelector } from '../../lib/api/types.generated.ts';
 import { byNamespaceAndName, compareStrings, sortedUnique } from './canonical.ts';
@@ -39,11 +40,17 @@ export class ClusterIndex {
   readonly services = new Map<string, Service>();
   /** `namespace/name` → CA-bundle ConfigMap (opted in by label). */
   readonly caBundles = new Map<string, ConfigMapInput>();
+  /** `namespace/name` → credential Secret (opted in by label; keys only, never values). */
+  readonly credentialSecrets: ReadonlyMap<string, CredentialSecretInput>;
+  /** Named Secrets known to exist without the label (the status then says to label them). */
+  readonly unlabelledSecrets: ReadonlySet<string>;
   readonly namespaceLabels = new Map<string, Labels>();
   private readonly policiesByNamespace = new Map<string, AgentPolicy[]>();
   readonly skipped: SkippedPod[] = [];
 
   constructor(input: CompileInput) {
+    this.credentialSecrets = indexCredentialSecrets(input.credentialSecrets);
+    this.unlabelledSecrets = new Set(input.unlabelledCredentialSecrets ?? []);
     for (const ns of input.namespaces) {
       const name = ns.metadata.name ?? '';
       this.namespaceLabels.set(name, { ...ns.metadata.labels, [NAMESPACE_NAME_LABEL]: name });

@@ -3,6 +3,8 @@
  * CRD schema, Pods as they are, workload pod templates as synthesized pods, Namespaces and Services. Errors name
  * the source, the document index and the field, so a person can find the line to fix.
  */
+import { credentialValue, type CredentialSecretInput } from './credentials.ts';
+import { LABEL_CREDENTIAL } from '../../lib/api/constants.ts';
 import type { AgentPolicy } from '../../lib/api/types.generated.ts';
 import { API_VERSION } from '../../lib/api/constants.ts';
 import { agentPolicySpec } from '../../lib/api/schema.ts';
@@ -53,6 +55,8 @@ export function collectManifests(documents: readonly SourceDocument[]): Manifest
   const namespaces: Namespace[] = [];
   const services: Service[] = [];
   const configMaps: ConfigMapInput[] = [];
+  const credentialSecrets: CredentialSecretInput[] = [];
+  const unlabelledCredentialSecrets: string[] = [];
   const ignored: string[] = [];
 
   const visit = (doc: SourceDocument): void => {
@@ -128,6 +132,24 @@ export function collectManifests(documents: readonly SourceDocument[]): Manifest
         });
         return;
       }
+      case 'Secret': {
+        // Read only for rules' credentials: which keys hold a usable value, never the values (and only when
+        // labelled agentfence.io/credential=true, see compiler/credentials.ts).
+        const data = isObject(value.data) ? value.data : {};
+        const stringData = isObject(value.stringData) ? value.stringData : {};
+        const usable = [
+          ...Object.entries(data).filter(([, v]) => typeof v === 'string' && credentialValue(v) !== undefined),
+          ...Object.entries(stringData).filter(
+            ([, v]) => typeof v === 'string' && credentialValue(Buffer.from(v).toString('base64')) !== undefined,
+          ),
+        ].map(([k]) => k);
+        if (labels?.[LABEL_CREDENTIAL] !== 'true') unlabelledCredentialSecrets.push(`${namespace}/${name}`);
+        credentialSecrets.push({
+          metadata: { ...(metadata as ConfigMapInput['metadata']), namespace },
+          keys: [...new Set(usable)].sort(),
+        });
+        return;
+      }
     }
     const templateOf = WORKLOAD_TEMPLATE[kind];
     if (!templateOf) {
@@ -154,5 +176,14 @@ export function collectManifests(documents: readonly SourceDocument[]): Manifest
 
   for (const doc of documents) visit(doc);
   if (problems.length > 0) throw new ManifestError(problems);
-  return { policies, pods, namespaces, services, configMaps, ignored: [...new Set(ignored)].sort() };
+  return {
+    policies,
+    pods,
+    namespaces,
+    services,
+    configMaps,
+    credentialSecrets,
+    unlabelledCredentialSecrets,
+    ignored: [...new Set(ignored)].sort(),
+  };
 }

@@ -18,6 +18,7 @@ import { ciliumDnsRule, namespaceSelectorFor } from './baseline.ts';
 import { X509Certificate } from 'node:crypto';
 import { NAMESPACE_NAME_LABEL, type ClusterIndex, type IndexedPod } from './cluster-index.ts';
 import { consentedCallees } from './consent.ts';
+import { resolveCredentials } from './credentials.ts';
 import type { PolicyGrant } from './entitlement.ts';
 import { metadataExcept, nonPublicRanges, parseCidr } from '../../lib/ip.ts';
 import { LABEL_POLICY, LABEL_POLICY_NAMESPACE, calleeIngressName, labelValue, policyObjectName } from './names.ts';
@@ -400,6 +401,7 @@ export function compilePolicy(
       ...(spec.expiresAt !== undefined ? { expiresAt: spec.expiresAt } : {}),
       ...(rule.tls ? { tls: rule.tls } : {}),
       ...(rule.caBundle ? { caBundle: resolveCABundle(index, namespace, rule.caBundle, problem) } : {}),
+      ...(rule.credentials ? { credentials: resolveCredentials(index, namespace, rule.credentials, problem) } : {}),
     });
   }
 

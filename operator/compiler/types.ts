@@ -2,6 +2,7 @@
  * The compiler's input and output shapes: plain JSON objects as the API server serves them (timestamps are
  * strings), reduced to the fields the compiler reads or writes.
  */
+import type { CredentialSecretInput } from './credentials.ts';
 import type { ObjectMeta } from '../../lib/api/meta.ts';
 import type { Container, ContainerPort as CorePort, Pod, PodSpec, PodStatus } from '../../lib/kube/pod.ts';
 import type { AgentEntitlement, AgentPolicy, LabelSelector } from '../../lib/api/types.generated.ts';
@@ -138,6 +139,10 @@ export interface CompileInput {
   services: readonly Service[];
   /** CA-bundle ConfigMaps (only those labelled agentfence.io/ca-bundle=true are read). */
   configMaps?: readonly ConfigMapInput[];
+  /** Credential Secrets (only those labelled agentfence.io/credential=true are read): metadata and keys, no values. */
+  credentialSecrets?: readonly CredentialSecretInput[];
+  /** `namespace/name` of Secrets that policies name and that exist without the agentfence.io/credential label. */
+  unlabelledCredentialSecrets?: readonly string[];
 }
 
 /** Stable, documented reasons; the reconciler turns them into status conditions. */
@@ -158,7 +163,8 @@ export type ProblemReason =
   | 'CABundleNotFound'
   | 'CABundleInvalid'
   | 'ServiceSpansAgents'
-  | 'ServiceBypassesGate';
+  | 'ServiceBypassesGate'
+  | 'CredentialUnavailable';
 
 export interface Problem {
   reason: ProblemReason;

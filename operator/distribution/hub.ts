@@ -25,9 +25,25 @@
  *    paused past its lease, a renewal late under load) nothing of it is delivered — a sidecar that connects gets
  *    the record — and the sidecars it reached keep what they hold (pushing them the lagging record would widen
  *    again what was just narrowed). When the term ends, `withdraw()` brings every sidecar to the record.
+ *
+ * Credentials: a snapshot whose rules name credentials also carries their values, and only theirs —
+ *   "credentials": [{"secret": "openai-api", "key": "token", "version": "sha256:…", "value": "…"}]
+ * — each only when the Secret the hub holds is at the version the entitlement was compiled against (a replica
+ * whose Secret cache lags sends none until it catches up, then re-sends the snapshot). The AgentEntitlement
+ * itself names the Secret, key and version, never the value: the value exists only on this authenticated stream
+ * of the pod the grant is for.
  */
 import { LABEL_MANAGED_BY, MANAGED_BY } from '../../lib/api/constants.ts';
 import type { AgentEntitlement } from '../../lib/api/types.generated.ts';
+import type { CredentialSource } from '../credentials.ts';
+
+/** A credential value delivered with a snapshot (see the file comment). */
+export interface DeliveredCredential {
+  secret: string;
+  key: string;
+  version: string;
+  value: string;
+}
 
 export interface StreamSink {
   /** Writes one SSE event; returns false when the connection is gone. */
@@ -39,6 +55,8 @@ interface Subscriber {
   podUID: string;
   sink: StreamSink;
   lastRevision: string | undefined;
+  /** The credentials the last snapshot carried. */
+  lastCredentials: DeliveredCredential[];
 }
 
 export interface PodKey {
@@ -48,6 +66,9 @@ export interface PodKey {
 }
 
 const key = (namespace: string, podName: string): string => `${namespace}/${podName}`;
+const credentialId = (c: { secret: string; key: string; version: string }): string =>
+  `${c.secret}/${c.key}@${c.version}`;
+const compare = (a: string, b: string): number => (a < b ? -1 : a > b ? 1 : 0);
 
 /** The entitlement a pod gets when none is compiled yet: nothing allowed. */
 export function emptyEntitlement(pod: PodKey): AgentEntitlement {
@@ -74,8 +95,16 @@ export class EntitlementHub {
   private heartbeat: NodeJS.Timeout | undefined;
   private readonly heartbeatMs: number;
 
-  constructor(heartbeatMs = 15_000) {
+  private readonly credentials: CredentialSource | undefined;
+
+  constructor(heartbeatMs = 15_000, credentials?: CredentialSource) {
     this.heartbeatMs = heartbeatMs;
+    this.credentials = credentials;
+  }
+
+  /** A credential Secret changed: re-sends snapshots whose delivered credentials differ (rotation, catch-up). */
+  refreshCredentials(): void {
+    for (const k of this.subscribers.keys()) this.push(k);
   }
 
   start(): void {
@@ -173,7 +202,7 @@ export class EntitlementHub {
 
   subscribe(pod: PodKey, sink: StreamSink): () => void {
     const k = key(pod.namespace, pod.podName);
-    const subscriber: Subscriber = { podUID: pod.podUID, sink, lastRevision: undefined };
+    const subscriber: Subscriber = { podUID: pod.podUID, sink, lastRevision: undefined, lastCredentials: [] };
     let set = this.subscribers.get(k);
     if (!set) {
       set = new Set();
@@ -220,10 +249,41 @@ export class EntitlementHub {
     const [namespace = '', podName = ''] = k.split('/');
     const entitlement = this.entitlementFor({ namespace, podName, podUID: subscriber.podUID });
     const revision = entitlement.spec.revision;
-    if (subscriber.lastRevision === revision) return;
+    let credentials = this.credentialsFor(namespace, entitlement);
+    if (subscriber.lastRevision === revision) {
+      // Same grants: a value already delivered stays. The Secret may have moved on ahead of the entitlement (a
+      // rotation this replica saw first); the entitlement's next revision brings the new version, and dropping
+      // the old value meanwhile would refuse the agent's requests for nothing.
+      const ids = new Set(credentials.map(credentialId));
+      credentials = [...credentials, ...subscriber.lastCredentials.filter((c) => !ids.has(credentialId(c)))].sort(
+        (a, b) => compare(credentialId(a), credentialId(b)),
+      );
+      if (credentials.map(credentialId).join(',') === subscriber.lastCredentials.map(credentialId).join(',')) return;
+    }
     subscriber.lastRevision = revision;
-    const data = JSON.stringify({ revision, entitlement, heartbeatMs: this.heartbeatMs });
+    subscriber.lastCredentials = credentials;
+    const data = JSON.stringify({
+      revision,
+      entitlement,
+      heartbeatMs: this.heartbeatMs,
+      ...(credentials.length > 0 ? { credentials } : {}),
+    });
     if (!subscriber.sink.send('snapshot', data)) subscriber.sink.close();
+  }
+
+  /** The values of the credentials this entitlement's rules name, at the versions it names; nothing else. */
+  private credentialsFor(namespace: string, entitlement: AgentEntitlement): DeliveredCredential[] {
+    if (!this.credentials) return [];
+    const out = new Map<string, DeliveredCredential>();
+    for (const rule of entitlement.spec.egress ?? []) {
+      const c = rule.credentials;
+      if (!c || c.version === '') continue;
+      const id = credentialId(c);
+      if (out.has(id)) continue;
+      const value = this.credentials.value(namespace, c.secret, c.key, c.version);
+      if (value !== undefined) out.set(id, { secret: c.secret, key: c.key, version: c.version, value });
+    }
+    return [...out.entries()].sort(([a], [b]) => compare(a, b)).map(([, c]) => c);
   }
 
   private beat(): void {

@@ -341,8 +341,25 @@ describe('chart objects on the real API server, and the controller under the cha
       };
       return ap.status?.observedGeneration === 1 ? true : undefined;
     }, 'status written under chart RBAC');
-    // And the RBAC is least privilege: the controller cannot read Secrets outside its namespace.
-    const forbidden = await kubeRequest('GET', '/api/v1/namespaces/default/secrets', undefined, token);
-    expect(forbidden.status).toBe(403);
+    // And the RBAC is least privilege: outside its namespace the controller may read Secrets (credentials rules
+    // name them; its informer selects only those labelled agentfence.io/credential=true) and never write one.
+    const labelled = await kubeRequest(
+      'GET',
+      '/api/v1/namespaces/default/secrets?labelSelector=agentfence.io%2Fcredential%3Dtrue',
+      undefined,
+      token,
+    );
+    expect(labelled.status).toBe(200);
+    const create = await kubeRequest(
+      'POST',
+      '/api/v1/namespaces/default/secrets',
+      { apiVersion: 'v1', kind: 'Secret', metadata: { name: 'written-by-controller' } },
+      token,
+    );
+    expect(create.status).toBe(403);
+    const remove = await kubeRequest('DELETE', '/api/v1/namespaces/default/secrets/anything', undefined, token);
+    expect(remove.status).toBe(403);
+    const patch = await kubeRequest('PATCH', '/api/v1/namespaces/default/secrets/anything', {}, token);
+    expect(patch.status).toBe(403);
   });
 });

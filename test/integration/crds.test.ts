@@ -108,6 +108,68 @@ const invalid: [string, Record<string, unknown>, string][] = [
     { agentSelector: selector, egress: [rule({ caBundle: { configMap: 'Corp_CA' } })] },
     'ConfigMap names are DNS subdomains',
   ],
+  ...(
+    [
+      ['a credential header that is not a header name', { header: 'Author ization' }, 'header must be a header name'],
+      ['a credential in the Host header', { header: 'Host' }, 'header must not be one the proxy owns'],
+      ['a credential in Content-Length', { header: 'content-length' }, 'header must not be one the proxy owns'],
+      ['a credential in Proxy-Authorization', { header: 'Proxy-Authorization' }, 'must not be one the proxy owns'],
+      ['a credential format without {value}', { format: 'Bearer token' }, "format must contain '{value}' exactly once"],
+      ['a credential format with {value} twice', { format: '{value}{value}' }, "must contain '{value}' exactly once"],
+      [
+        'a credential format with a line break',
+        { format: 'Bearer {value}\r\nX-Evil: 1' },
+        'format must be printable ASCII',
+      ],
+      [
+        'a credential Secret name that is not a DNS name',
+        { secretRef: { name: 'LLM_API', key: 't' } },
+        'Secret names are DNS subdomains',
+      ],
+      [
+        'a credential Secret key with a slash',
+        { secretRef: { name: 'llm-api', key: 'a/b' } },
+        'Secret keys are letters, digits',
+      ],
+    ] as [string, Record<string, unknown>, string][]
+  ).map(([name, over, message]): [string, Record<string, unknown>, string] => [
+    name,
+    {
+      agentSelector: selector,
+      egress: [
+        rule({
+          credentials: { secretRef: { name: 'llm-api', key: 'token' }, header: 'Authorization', ...over },
+        }),
+      ],
+    },
+    message,
+  ]),
+  [
+    'credentials on a UDP port',
+    {
+      agentSelector: selector,
+      egress: [
+        rule({
+          ports: [{ port: 443, protocol: 'UDP' }],
+          credentials: { secretRef: { name: 'llm-api', key: 'token' }, header: 'Authorization' },
+        }),
+      ],
+    },
+    'credentials are added to HTTP requests, which use TCP ports only',
+  ],
+  [
+    'credentials with tls: Passthrough',
+    {
+      agentSelector: selector,
+      egress: [
+        rule({
+          tls: 'Passthrough',
+          credentials: { secretRef: { name: 'llm-api', key: 'token' }, header: 'Authorization' },
+        }),
+      ],
+    },
+    'credentials need the sidecar to see the requests',
+  ],
   [
     'unknown tls mode',
     { agentSelector: selector, egress: [rule({ tls: 'Terminate' })] },

@@ -40,6 +40,7 @@ const CASES: GoldenCase[] = [
     name: 'agent-to-agent',
     files: ['examples/agent-to-agent.yaml', 'test/fixtures/compiler/agent-to-agent-pods.yaml'],
   },
+  { name: 'credentials', files: ['test/fixtures/compiler/credentials.yaml'] },
   { name: 'hosts-kubernetes', files: ['examples/research-agent.yaml', CLUSTER] },
   { name: 'cilium', files: ['examples/research-agent.yaml', CLUSTER], options: { networkProvider: 'cilium' } },
 ];
@@ -61,6 +62,13 @@ function render(c: GoldenCase): string {
 }
 
 describe('compiler golden files', () => {
+  it('credentials: the entitlement names Secrets, keys and versions, never a value', () => {
+    const text = render({ name: 'credentials', files: ['test/fixtures/compiler/credentials.yaml'] });
+    for (const value of ['sk-golden-test-not-a-real-key', 'search-golden-test-key', 'unlabelled-golden-test-key'])
+      expect(text).not.toContain(value);
+    expect(text).toContain('version: sha256:');
+  });
+
   it.each(CASES.map((c) => [c.name, c] as const))('%s', (name, c) => {
     expectGolden(`${goldenDir}${name}.yaml`, render(c));
   });
