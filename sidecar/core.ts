@@ -29,6 +29,11 @@ export interface Tunnel {
   host: string;
   port: number;
   client: Duplex;
+  /**
+   * What passes through: bytes no one judges (a blind CONNECT, an upgraded connection) or requests judged one by
+   * one (an inspected CONNECT). A new snapshot re-judges a tunnel by it (proxy.ts, #stillEntitled).
+   */
+  carries: 'blind' | 'upgrade' | 'inspected';
   /** Closes both sides and writes the tunnel's audit line with this reason (once). */
   close(reason: string): void;
   expiry?: NodeJS.Timeout;

@@ -156,20 +156,18 @@ export class Matcher {
   }
 
   /**
-   * A CONNECT tunnel. A rule without an HTTP or MCP profile allows a blind tunnel; when only rules with a
-   * profile match, the tunnel is allowed for inspection: every request inside it is judged like a plain one
-   * (and bytes that are not plain HTTP are refused).
+   * A CONNECT tunnel. When any matching rule needs inspection (an HTTP or MCP profile, tls: Inspect, credentials)
+   * the tunnel is inspected: every request inside it is judged like a plain one (and bytes that are neither TLS
+   * nor plain HTTP are refused). Only when no matching rule asks for that is it blind: a blind tunnel beside such
+   * a rule would carry requests without the checks, the per-request audit or the credential its author asked for.
    */
   decideConnect(dest: Destination, now: number): Decision {
     const candidates = this.candidates(dest, now);
-    // A rule without a profile keeps the tunnel blind, unless it asks for inspection (tls: Inspect). A matching
-    // credentials rule always inspects: the author asked for the credential on this destination, and a blind
-    // tunnel beside it would send the agent's requests without it.
-    const brokered = candidates.some((r) => r.credentials !== undefined);
-    const plain = brokered ? undefined : candidates.find((r) => !needsInspection(r));
-    if (plain) return { allow: true, rule: plain, needsMcpCheck: false };
+    // Credentials rules come first among the candidates: requests inside are judged under them first.
+    const inspected = candidates.find(needsInspection);
+    if (inspected) return { allow: true, rule: inspected, needsMcpCheck: false, inspect: true };
     const first = candidates[0];
-    if (first) return { allow: true, rule: first, needsMcpCheck: false, inspect: true };
+    if (first) return { allow: true, rule: first, needsMcpCheck: false };
     return {
       allow: false,
       reason: 'no_rule_for_destination',

@@ -99,7 +99,8 @@ export class FenceProxy {
   readonly #trustKeys = new Map<string, string>();
   /** Upstream trust for the public roots, built once (a fresh `ca` per pool would copy them each time). */
   #publicRoots: string[] | undefined;
-  readonly #tunnels = new Set<Tunnel>();
+  /** Open tunnels and the rule each was opened (or last re-judged) under. */
+  readonly #tunnels = new Map<Tunnel, CompiledRule | undefined>();
   readonly #targets = new WeakMap<object, TunnelTarget>();
   /** Requests in flight per client socket: a parse error there must not write a second response. */
   readonly #inFlight = new WeakMap<object, number>();
@@ -150,7 +151,7 @@ export class FenceProxy {
       pool: (address, port) => this.#pool(address, port),
       tlsPool: (address, port, servername, ca) => this.#tlsPool(address, port, servername, ca),
       track: (tunnel, rule) => {
-        this.#tunnels.add(tunnel);
+        this.#tunnels.set(tunnel, rule);
         this.#tunnelsOpen.inc();
         this.#armExpiry(tunnel, rule);
       },
@@ -219,7 +220,7 @@ export class FenceProxy {
   }
 
   async close(): Promise<void> {
-    for (const t of [...this.#tunnels]) t.close('shutdown');
+    for (const t of [...this.#tunnels.keys()]) t.close('shutdown');
     this.server.close();
     this.server.closeAllConnections();
     this.#inner.close();
@@ -236,7 +237,7 @@ export class FenceProxy {
    */
   revoke(): void {
     let closed = 0;
-    for (const t of [...this.#tunnels]) {
+    for (const t of [...this.#tunnels.keys()]) {
       if (this.#stillEntitled(t)) continue;
       t.close('revoked');
       closed++;
@@ -247,9 +248,28 @@ export class FenceProxy {
     if (closed > 0) this.#o.logger.info('tunnels closed after revocation', { closed });
   }
 
+  /**
+   * Whether the current snapshot still entitles an open tunnel, judged by what the tunnel carries. An inspected
+   * tunnel stays while its destination is allowed at all: every request in it is judged anew. Bytes no one judges
+   * stay only while the very rule they were allowed under (by policy and name) would still let them through
+   * unjudged: a blind CONNECT whose destination now needs inspection (a profile, tls: Inspect, credentials, on
+   * that rule or one beside it), or whose rule is gone or replaced, is closed; so is an upgraded connection whose
+   * rule gained a profile or whose destination gained credentials (an upgrade would now be refused).
+   */
   #stillEntitled(t: Tunnel): CompiledRule | false {
-    const decision = this.#o.matcher()?.decideConnect(t, this.#now());
-    return decision?.allow ? decision.rule : false;
+    const matcher = this.#o.matcher();
+    if (!matcher) return false;
+    const now = this.#now();
+    const decision = matcher.decideConnect(t, now);
+    if (!decision.allow) return false;
+    if (t.carries === 'inspected') return decision.rule;
+    const opened = this.#tunnels.get(t);
+    const same = (r: CompiledRule): boolean =>
+      opened !== undefined && r.policy === opened.policy && r.rule === opened.rule;
+    const candidates = matcher.candidates(t, now);
+    if (t.carries === 'blind') return decision.inspect ? false : (candidates.find(same) ?? false);
+    if (candidates.some((r) => r.credentials !== undefined)) return false;
+    return candidates.find((r) => same(r) && r.http === undefined && r.mcp === undefined) ?? false;
   }
 
   /** A tunnel opened under a rule with an expiry is re-judged when that expiry comes (static mode has no push). */
@@ -260,7 +280,10 @@ export class FenceProxy {
       t.expiry = undefined;
       if (!this.#tunnels.has(t)) return;
       const next = this.#stillEntitled(t);
-      if (next) this.#armExpiry(t, next);
+      if (next) {
+        this.#tunnels.set(t, next);
+        this.#armExpiry(t, next);
+      }
       else t.close('grant_expired');
     }, wait);
     t.expiry.unref();
@@ -636,6 +659,7 @@ export class FenceProxy {
     const tunnel: Tunnel = {
       ...target,
       client,
+      carries: 'inspected',
       close: (reason) => {
         if (closed) return;
         closed = true;

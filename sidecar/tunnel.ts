@@ -33,6 +33,7 @@ export function splice(
     host: facts.host,
     port: facts.port,
     client,
+    carries: kind === 'connect' ? 'blind' : 'upgrade',
     close(reason) {
       if (closed) return;
       closed = true;

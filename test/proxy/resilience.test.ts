@@ -319,3 +319,108 @@ describe('IPv6 literal destinations', () => {
     }
   });
 });
+
+describe('a narrowing re-judges open tunnels by how they were opened', () => {
+  const open = (over: Partial<Parameters<typeof rule>[0]> = {}) =>
+    rule({ rule: 'open', hosts: ['open.test'], cidrs: ['127.0.0.1/32'], ports: ports(), ...over });
+  const getOnly = { http: [{ methods: ['GET' as const], paths: [{ type: 'Exact' as const, value: '/ok' }] }] };
+  const credentials = {
+    secret: 'llm-api',
+    key: 'token',
+    header: 'authorization',
+    format: 'Bearer {value}',
+    version: 'sha256:v1',
+  };
+
+  /** A CONNECT to open.test; resolves with the socket and what it has received once the proxy answered 200. */
+  async function tunnel(port: number): Promise<{ s: Socket; got: () => string; closed: Promise<unknown> }> {
+    const s = connect(port, '127.0.0.1');
+    s.on('error', () => undefined);
+    await once(s, 'connect');
+    let got = '';
+    s.on('data', (c: Buffer) => (got += c.toString()));
+    const closed = once(s, 'close');
+    s.write(`CONNECT open.test:${P()} HTTP/1.1\r\n\r\n`);
+    await eventually(() => (got.includes('\r\n\r\n') ? true : undefined), 'the CONNECT answer');
+    expect(got).toMatch(/^HTTP\/1\.1 200 /);
+    return { s, got: () => got, closed };
+  }
+
+  async function request(t: { s: Socket; got: () => string }, line: string): Promise<number[]> {
+    const before = statuses(t.got()).length;
+    t.s.write(`${line} HTTP/1.1\r\nhost: open.test:${P()}\r\n\r\n`);
+    await eventually(() => (statuses(t.got()).length > before ? true : undefined), 'a response in the tunnel');
+    return statuses(t.got()).slice(before);
+  }
+
+  const narrowings: [string, () => ReturnType<typeof rule>[]][] = [
+    ['an http profile added', () => [open(getOnly)]],
+    ['credentials added', () => [open({ credentials })]],
+    ['tls: Inspect added', () => [open({ tls: 'Inspect' })]],
+    ['the rule removed', () => []],
+    ['another rule in its place', () => [open({ rule: 'other' })]],
+    ['an inspected rule beside it', () => [open(), open({ rule: 'audited', tls: 'Inspect' })]],
+  ];
+  for (const [what, narrowed] of narrowings) {
+    it(`closes a blind tunnel (revoked) when ${what}`, async () => {
+      const p = await startProxy(entitlement([open()]));
+      try {
+        const t = await tunnel(p.port);
+        expect(await request(t, 'DELETE /admin')).toEqual([200]);
+        const from = p.audits.length;
+        p.setMatcher(new Matcher(entitlement(narrowed())));
+        await t.closed;
+        expect(p.audits.slice(from).find((a) => a.method === 'CONNECT')).toMatchObject({
+          reason: 'revoked',
+          tls: 'passthrough',
+        });
+      } finally {
+        await p.close();
+      }
+    });
+  }
+
+  it('keeps a blind tunnel whose rule is unchanged, and an inspected one (its requests are judged one by one)', async () => {
+    const p = await startProxy(entitlement([open()]));
+    const revoked = (from: number) => p.audits.slice(from).filter((a) => a.reason === 'revoked');
+    try {
+      const blind = await tunnel(p.port);
+      let from = p.audits.length;
+      p.setMatcher(new Matcher(entitlement([open(), rule({ rule: 'x', hosts: ['x.test'], ports: ports() })])));
+      expect(revoked(from)).toEqual([]);
+      expect(await request(blind, 'DELETE /admin')).toEqual([200]);
+      blind.s.destroy();
+      p.setMatcher(new Matcher(entitlement([open({ http: [{ methods: ['GET', 'DELETE'] }] })])));
+      const inspected = await tunnel(p.port);
+      expect(await request(inspected, 'DELETE /admin')).toEqual([200]);
+      from = p.audits.length;
+      // Closing happens inside revoke(): no revoked line right after it means the tunnel was kept.
+      p.setMatcher(new Matcher(entitlement([open(getOnly)])));
+      expect(revoked(from)).toEqual([]);
+      inspected.s.destroy();
+    } finally {
+      await p.close();
+    }
+  });
+
+  it('closes an upgrade tunnel when its destination now needs inspection', async () => {
+    const p = await startProxy(entitlement([open()]));
+    try {
+      const s = connect(p.port, '127.0.0.1');
+      s.on('error', () => undefined);
+      await once(s, 'connect');
+      let got = '';
+      s.on('data', (c: Buffer) => (got += c.toString()));
+      const closed = once(s, 'close');
+      s.write(`GET http://open.test:${P()}/ws HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n`);
+      await eventually(() => (got.includes('\r\n\r\n') ? true : undefined), 'the upgrade answer');
+      expect(got).toMatch(/^HTTP\/1\.1 101 /);
+      const from = p.audits.length;
+      p.setMatcher(new Matcher(entitlement([open(getOnly)])));
+      await closed;
+      expect(p.audits.slice(from).find((a) => a.path === '/ws')).toMatchObject({ reason: 'revoked' });
+    } finally {
+      await p.close();
+    }
+  });
+});
