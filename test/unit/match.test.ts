@@ -129,6 +129,36 @@ describe('ports, methods, paths, expiry, modes', () => {
     expect(plain.decideConnect({ host: 'docs.example', port: 443 }, NOW)).not.toHaveProperty('inspect');
   });
 
+  it('inspects a CONNECT when any matching rule needs it, whatever rule beside it would tunnel blind', () => {
+    const blind = rule({ rule: 'blind', hosts: ['docs.example'] });
+    const pinned = rule({ rule: 'pinned', hosts: ['docs.example'], tls: 'Passthrough' });
+    const needing = [
+      rule({ rule: 'audited', hosts: ['docs.example'], tls: 'Inspect' }),
+      rule({ rule: 'profiled', hosts: ['*.example'], http: [{ methods: ['GET'] }] }),
+      rule({ rule: 'mcp', hosts: ['**.example'], mcp: { tools: ['t'] } }),
+    ];
+    for (const need of needing)
+      for (const order of [
+        [blind, need],
+        [need, blind],
+        [pinned, need, blind],
+      ])
+        expect(new Matcher(ent(order)).decideConnect({ host: 'docs.example', port: 443 }, NOW)).toMatchObject({
+          allow: true,
+          inspect: true,
+          rule: { rule: need.rule },
+        });
+    // Requests inside are still allowed by the rule without a profile.
+    const both = new Matcher(ent([needing[1] ?? blind, blind]));
+    expect(both.decideHttp({ host: 'docs.example', port: 443, method: 'DELETE', path: '/x' }, NOW)).toMatchObject({
+      allow: true,
+      rule: { rule: 'blind' },
+    });
+    expect(new Matcher(ent([blind, pinned])).decideConnect({ host: 'docs.example', port: 443 }, NOW)).not.toHaveProperty(
+      'inspect',
+    );
+  });
+
   it('ignores expired rules', () => {
     const m = new Matcher(ent([rule({ hosts: ['a.example'], expiresAt: '2026-11-21T00:00:00Z' })]));
     expect(m.decideConnect({ host: 'a.example', port: 443 }, NOW).allow).toBe(false);
@@ -345,10 +375,12 @@ describe('which CONNECT tunnels are inspected', () => {
   it('inspects when every matching rule has a profile', () => {
     expect(decide([profile])).toMatchObject({ allow: true, inspect: true });
   });
-  it('keeps a blind tunnel for a rule without profile, or with tls: Passthrough', () => {
+  it('keeps a blind tunnel for a rule without profile, or with tls: Passthrough, unless a rule beside needs inspection', () => {
     expect(decide([{}])).toMatchObject({ allow: true });
     expect(decide([{}])).not.toHaveProperty('inspect');
-    expect(decide([profile, { tls: 'Passthrough' }])).not.toHaveProperty('inspect');
+    expect(decide([{ tls: 'Passthrough' }])).not.toHaveProperty('inspect');
+    // Passthrough beside a profile: inspected (fail closed; the profile's author asked for the checks).
+    expect(decide([profile, { tls: 'Passthrough' }])).toMatchObject({ allow: true, inspect: true });
   });
   it('inspects a rule without profile that asks for it (tls: Inspect)', () => {
     expect(decide([{ tls: 'Inspect' }])).toMatchObject({ allow: true, inspect: true });
