@@ -461,7 +461,7 @@ export class FenceProxy {
     // Between admission and forwarding, and only here, headers are set on the canonical request: the brokered
     // credential, then the agent's identity. Plain HTTP and decrypted HTTPS both pass this point, and what is set
     // here goes out only over the connection the request was judged for (verified TLS for inspected HTTPS).
-    const withoutCredential = this.#setCredential(adm, headers);
+    const withoutCredential = this.#setCredential(adm, request, headers);
     if (withoutCredential) {
       this.#deny({ res, close: unread() }, facts, withoutCredential, t);
       return;
@@ -503,13 +503,24 @@ export class FenceProxy {
    * Sets the brokered credential of the rule that allowed the request, replacing whatever the agent sent in that
    * header. Only for requests a rule allowed (never would_deny traffic); a value that is not here refuses the
    * request rather than sending it without (the upstream would see the agent's dummy and the agent learn nothing).
+   * The credential goes out only inside TLS the sidecar terminated and verifies upstream (inspected HTTPS): plain
+   * HTTP in any form (absolute-form, inside a CONNECT tunnel, a ws:// upgrade) is refused, with no opt-in.
    */
   #setCredential(
     adm: Extract<Admission, { allow: true }>,
+    request: CanonicalRequest,
     headers: Record<string, string>,
   ): { status: number; reason: string; missing: string; rule: CompiledRule | undefined } | undefined {
     const c = adm.decision === 'allow' ? adm.rule?.credentials : undefined;
     if (!c) return undefined;
+    if (!request.tls) {
+      return {
+        status: 403,
+        reason: 'credential_requires_tls',
+        missing: `rule ${adm.rule?.rule ?? ''} brokers a credential, which is sent only over HTTPS the sidecar inspects; use https://${request.authority} through the proxy (this ${request.kind === 'upgrade' ? 'upgrade' : 'request'} is plain HTTP); nothing was sent`,
+        rule: adm.rule,
+      };
+    }
     const header = this.#o.credentialFor?.(c);
     if (!header) {
       return {
@@ -589,7 +600,7 @@ export class FenceProxy {
       this.#deny({ socket: client }, facts, adm, t);
       return;
     }
-    const withoutCredential = this.#setCredential(adm, headers);
+    const withoutCredential = this.#setCredential(adm, request, headers);
     if (withoutCredential) {
       this.#deny({ socket: client }, facts, withoutCredential, t);
       return;

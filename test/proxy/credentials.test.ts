@@ -1,16 +1,25 @@
 /**
- * Brokered credentials in the sidecar's data path (plain HTTP on loopback, a recording upstream): the header is
- * set at the seam between admission and forwarding, replacing the agent's own value, in any case spelling;
- * only for requests a rule with credentials allowed; never for would_deny traffic; and a value that is not there
- * refuses the request (credential_unavailable) rather than sending it without. Plus the pieces: the stream's
- * credentials member, the cache, the matcher's inspection predicate and the hub's delivery.
+ * Brokered credentials in the sidecar's data path (inspected HTTPS on loopback: the proxy with a real pod CA, an
+ * HTTPS upstream with its own test CA as the rule's caBundle, and a plain recording upstream): the header is set at
+ * the seam between admission and forwarding, replacing the agent's own value, in any case spelling; only for
+ * requests a rule with credentials allowed; never for would_deny traffic; only inside TLS the sidecar verified
+ * (plain HTTP in any form is refused, credential_requires_tls); and a value that is not there refuses the request
+ * (credential_unavailable) rather than sending it without. Plus the pieces: the stream's credentials member, the
+ * cache, the matcher's inspection predicate and the hub's delivery.
  */
+import { once } from 'node:events';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { connect as netConnect, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { connect as tlsConnect } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { AgentEntitlement, EntitlementCredentials } from '../../lib/api/types.generated.ts';
 import { credentialValue } from '../../operator/compiler/credentials.ts';
 import { EntitlementHub } from '../../operator/distribution/hub.ts';
 import { CredentialCache, parseDeliveredCredentials } from '../../sidecar/credentials.ts';
 import { Matcher, needsInspection } from '../../sidecar/match.ts';
+import { PodCA } from '../../sidecar/pod-ca.ts';
 import {
   entitlement,
   exchange,
@@ -20,6 +29,7 @@ import {
   statuses,
   type Upstream,
 } from '../support/proxy-harness.ts';
+import { httpsUpstream, testPki, type HttpsUpstream, type TestPki } from '../support/tls-upstreams.ts';
 
 const VALUE = 'sk-unit-value-0123456789';
 const creds = (over: Partial<EntitlementCredentials> = {}): EntitlementCredentials => ({
@@ -31,22 +41,54 @@ const creds = (over: Partial<EntitlementCredentials> = {}): EntitlementCredentia
   ...over,
 });
 
-let upstream: Upstream;
+let pki: TestPki;
+let secure: HttpsUpstream;
+let plain: Upstream;
+let podCA: PodCA;
+let bundleDir: string;
 beforeAll(async () => {
-  upstream = await nodeUpstream();
-});
+  pki = await testPki(['api.test']);
+  secure = await httpsUpstream(pki.good);
+  plain = await nodeUpstream();
+  bundleDir = mkdtempSync(join(tmpdir(), 'agentfence-cred-trust-'));
+  podCA = await PodCA.create({ bundleDir });
+}, 60_000);
 afterAll(async () => {
-  await upstream.close();
+  await secure.close();
+  await plain.close();
+  rmSync(bundleDir, { recursive: true, force: true });
 });
 
-function get(port: number, path: string, headers: string[] = []): Promise<string> {
-  return exchange(
-    port,
-    [
-      `GET http://127.0.0.1:${upstream.port}${path} HTTP/1.1\r\nhost: 127.0.0.1:${upstream.port}\r\n${headers.map((h) => `${h}\r\n`).join('')}connection: close\r\n\r\n`,
-    ],
-    2000,
+/** Everything received on a socket until it closes. */
+async function drain(s: Socket | ReturnType<typeof tlsConnect>): Promise<string> {
+  let out = '';
+  s.on('data', (c: Buffer) => (out += c.toString()));
+  await once(s, 'close');
+  return out;
+}
+
+/** A CONNECT to api.test on `port`; resolves with the raw socket once the proxy answered. */
+async function tunnel(proxyPort: number, port: number): Promise<Socket> {
+  const s = netConnect(proxyPort, '127.0.0.1');
+  s.on('error', () => undefined);
+  await once(s, 'connect');
+  s.write(`CONNECT api.test:${port} HTTP/1.1\r\nhost: api.test:${port}\r\n\r\n`);
+  const [head] = (await once(s, 'data')) as [Buffer];
+  expect(head.toString()).toMatch(/^HTTP\/1\.1 200/);
+  return s;
+}
+
+/** A GET over inspected HTTPS (CONNECT, then TLS trusting the pod CA): the raw response. */
+async function get(proxyPort: number, path: string, headers: string[] = []): Promise<string> {
+  const raw = await tunnel(proxyPort, secure.port);
+  const t = tlsConnect({ socket: raw, servername: 'api.test', ca: podCA.caCertificates() });
+  t.on('error', () => undefined);
+  await once(t, 'secureConnect');
+  const done = drain(t);
+  t.write(
+    `GET ${path} HTTP/1.1\r\nhost: api.test:${secure.port}\r\n${headers.map((h) => `${h}\r\n`).join('')}connection: close\r\n\r\n`,
   );
+  return done;
 }
 
 describe('the header seam', () => {
@@ -57,23 +99,38 @@ describe('the header seam', () => {
       rule({
         rule: 'llm',
         mode,
+        hosts: ['api.test'],
         cidrs: ['127.0.0.1/32'],
-        ports: [{ port: upstream.port, protocol: 'TCP' }],
+        ports: [
+          { port: secure.port, protocol: 'TCP' },
+          { port: plain.port, protocol: 'TCP' },
+        ],
         http: [{ methods: ['GET'], paths: [{ type: 'PathPrefix', value: '/v1/' }] }],
+        caBundle: pki.ca.certPem,
+        credentials: creds(over),
+      }),
+      // The same upstream without a profile: an upgrade is allowed only by such a rule.
+      rule({
+        rule: 'ws',
+        mode,
+        hosts: ['ws.test'],
+        cidrs: ['127.0.0.1/32'],
+        ports: [{ port: plain.port, protocol: 'TCP' }],
         credentials: creds(over),
       }),
     ]);
+  const start = (e: AgentEntitlement, c: CredentialCache = cache) =>
+    startProxy(e, { interception: podCA, credentialFor: (x) => c.header(x) });
 
   it('replaces the agent’s value, whatever case it sent the header in', async () => {
-    const proxy = await startProxy(ent(), { credentialFor: (c) => cache.header(c) });
+    const proxy = await start(ent());
     try {
-      const before = upstream.received.length;
+      const before = secure.received.length;
       const out = await get(proxy.port, '/v1/models', ['AUTHORIZATION: Bearer brokered']);
       expect(statuses(out)).toEqual([200]);
-      await upstream.sync();
-      const seen = upstream.received.slice(before);
+      const seen = secure.received.slice(before);
       expect(seen.map((r) => r.headers.authorization)).toEqual([`Bearer ${VALUE}`]);
-      expect(proxy.audits.at(-1)).toMatchObject({ decision: 'allow', credential: 'llm-api/token' });
+      expect(proxy.audits.at(-1)).toMatchObject({ decision: 'allow', credential: 'llm-api/token', tls: 'inspected' });
       expect(JSON.stringify(proxy.audits)).not.toContain(VALUE);
     } finally {
       await proxy.close();
@@ -83,14 +140,11 @@ describe('the header seam', () => {
   it('sets a custom header with a format whose value holds "$" patterns literally', async () => {
     const odd = new CredentialCache();
     odd.replace([{ secret: 'llm-api', key: 'token', version: 'sha256:v1', value: "k$&$1$'x" }]);
-    const proxy = await startProxy(ent({ header: 'x-api-key', format: '{value}' }), {
-      credentialFor: (c) => odd.header(c),
-    });
+    const proxy = await start(ent({ header: 'x-api-key', format: '{value}' }), odd);
     try {
-      const before = upstream.received.length;
+      const before = secure.received.length;
       expect(statuses(await get(proxy.port, '/v1/a', ['x-api-key: mine', 'x-api-key: again']))).toEqual([200]);
-      await upstream.sync();
-      expect(upstream.received.slice(before).map((r) => r.headers['x-api-key'])).toEqual(["k$&$1$'x"]);
+      expect(secure.received.slice(before).map((r) => r.headers['x-api-key'])).toEqual(["k$&$1$'x"]);
     } finally {
       await proxy.close();
     }
@@ -98,15 +152,14 @@ describe('the header seam', () => {
 
   it('refuses with credential_unavailable when the value is missing or at another version, sending nothing', async () => {
     for (const c of [creds({ version: '' }), creds({ version: 'sha256:other' }), creds({ key: 'nope' })]) {
-      const proxy = await startProxy(ent(c), { credentialFor: (x) => cache.header(x) });
+      const proxy = await start(ent(c));
       try {
-        const before = upstream.received.length;
+        const before = secure.received.length;
         const out = await get(proxy.port, '/v1/models', ['authorization: Bearer brokered']);
         expect(statuses(out)).toEqual([503]);
         expect(out).toContain('credential_unavailable');
         expect(out).toContain(`${c.secret}/${c.key}`);
-        await upstream.sync();
-        expect(upstream.received.length).toBe(before);
+        expect(secure.received.length).toBe(before);
       } finally {
         await proxy.close();
       }
@@ -114,29 +167,81 @@ describe('the header seam', () => {
   });
 
   it('denied and would_deny requests carry no credential', async () => {
-    const proxy = await startProxy(ent({}, 'Audit'), { credentialFor: (c) => cache.header(c) });
+    const proxy = await start(ent({}, 'Audit'));
     try {
-      const before = upstream.received.length;
+      const before = secure.received.length;
       // Audit-only: the path no rule allows is forwarded as would_deny — with the agent's header, not the secret.
       const out = await get(proxy.port, '/admin', ['authorization: Bearer brokered']);
       expect(statuses(out)).toEqual([200]);
-      await upstream.sync();
-      expect(upstream.received.slice(before).map((r) => r.headers.authorization)).toEqual(['Bearer brokered']);
+      expect(secure.received.slice(before).map((r) => r.headers.authorization)).toEqual(['Bearer brokered']);
       expect(proxy.audits.at(-1)).toMatchObject({ decision: 'would_deny' });
       expect(proxy.audits.at(-1)?.credential).toBeUndefined();
     } finally {
       await proxy.close();
     }
-    const enforced = await startProxy(ent(), { credentialFor: (c) => cache.header(c) });
+    const enforced = await start(ent());
     try {
-      const before = upstream.received.length;
+      const before = secure.received.length;
       const out = await get(enforced.port, '/admin', ['authorization: Bearer brokered']);
       expect(statuses(out)).toEqual([403]);
       expect(out).not.toContain(VALUE);
-      await upstream.sync();
-      expect(upstream.received.length).toBe(before);
+      expect(secure.received.length).toBe(before);
     } finally {
       await enforced.close();
+    }
+  });
+
+  describe('never outside TLS the sidecar verified: refused (credential_requires_tls), nothing forwarded', () => {
+    const variants: [string, (proxyPort: number) => Promise<string>][] = [
+      [
+        'an absolute-form http:// request',
+        (p) =>
+          exchange(p, [
+            `GET http://api.test:${plain.port}/v1/models HTTP/1.1\r\nhost: api.test:${plain.port}\r\nconnection: close\r\n\r\n`,
+          ]),
+      ],
+      [
+        'an absolute-form http:// request to the HTTPS port',
+        (p) =>
+          exchange(p, [
+            `GET http://api.test:${secure.port}/v1/models HTTP/1.1\r\nhost: api.test:${secure.port}\r\nconnection: close\r\n\r\n`,
+          ]),
+      ],
+      [
+        'plaintext HTTP inside a CONNECT tunnel',
+        async (p) => {
+          const s = await tunnel(p, plain.port);
+          const done = drain(s);
+          s.write(`GET /v1/models HTTP/1.1\r\nhost: api.test:${plain.port}\r\nconnection: close\r\n\r\n`);
+          return done;
+        },
+      ],
+      [
+        'a ws:// upgrade',
+        (p) =>
+          exchange(p, [
+            `GET http://ws.test:${plain.port}/ws HTTP/1.1\r\nhost: ws.test:${plain.port}\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n`,
+          ]),
+      ],
+    ];
+    for (const [what, send] of variants) {
+      it(what, async () => {
+        const proxy = await start(ent());
+        try {
+          const before = [plain.received.length, secure.received.length];
+          const out = await send(proxy.port);
+          expect(statuses(out)).toEqual([403]);
+          expect(out).toContain('credential_requires_tls');
+          expect(out).not.toContain(VALUE);
+          await plain.sync();
+          expect([plain.received.length, secure.received.length]).toEqual(before);
+          expect(proxy.audits.filter((a) => a.reason === 'credential_requires_tls')).toMatchObject([
+            { decision: 'deny', status: 403, host: expect.stringMatching(/^(api|ws)\.test$/) as unknown },
+          ]);
+        } finally {
+          await proxy.close();
+        }
+      });
     }
   });
 });

@@ -412,7 +412,9 @@ describe('a narrowing re-judges open tunnels by how they were opened', () => {
       let got = '';
       s.on('data', (c: Buffer) => (got += c.toString()));
       const closed = once(s, 'close');
-      s.write(`GET http://open.test:${P()}/ws HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n`);
+      s.write(
+        `GET http://open.test:${P()}/ws HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n`,
+      );
       await eventually(() => (got.includes('\r\n\r\n') ? true : undefined), 'the upgrade answer');
       expect(got).toMatch(/^HTTP\/1\.1 101 /);
       const from = p.audits.length;

@@ -154,9 +154,9 @@ describe('ports, methods, paths, expiry, modes', () => {
       allow: true,
       rule: { rule: 'blind' },
     });
-    expect(new Matcher(ent([blind, pinned])).decideConnect({ host: 'docs.example', port: 443 }, NOW)).not.toHaveProperty(
-      'inspect',
-    );
+    expect(
+      new Matcher(ent([blind, pinned])).decideConnect({ host: 'docs.example', port: 443 }, NOW),
+    ).not.toHaveProperty('inspect');
   });
 
   it('ignores expired rules', () => {
