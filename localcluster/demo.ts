@@ -37,7 +37,7 @@ import { localInjectorConfig, startLocalController } from './controller.ts';
 import { installCRDs, kubectlOrThrow } from './kubectl.ts';
 import { CONTROLLER } from '../operator/defaults.ts';
 import { LABEL_CA_BUNDLE, LABEL_CREDENTIAL } from '../lib/api/constants.ts';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { createCertificateAuthority, issueCertificate } from '../lib/tls/pki.ts';
 import { gatesOfPod, type Gate } from '../lib/inbound/gates.ts';
 
@@ -205,9 +205,16 @@ async function callHttps(
   });
 }
 
-/** What the demo may print of a key: enough to recognise it, never the whole value. */
-const masked = (header: string | undefined): string =>
-  header === undefined ? '(none)' : header.length > 16 ? `${header.slice(0, 14)}… (${header.length} chars)` : header;
+/**
+ * What the demo prints of a received header that should carry the Secret's key: whether it is the expected value,
+ * a short SHA-256 prefix and its length — never any of its characters (a prefix of a key is a part of the key).
+ */
+const fingerprint = (received: string | undefined, expected: string): string => {
+  if (received === undefined) return 'no Authorization header';
+  const digest = createHash('sha256').update(received).digest('hex').slice(0, 8);
+  const verdict = received === expected ? "matches the Secret's key" : "does NOT match the Secret's key";
+  return `an Authorization header that ${verdict} (sha256 ${digest}…), ${received.length} chars`;
+};
 
 /** The default runner: each agent pod is admitted but never runs; its sidecar runs here with a real token. */
 function inProcessAgents(ctx: {
@@ -643,7 +650,7 @@ export async function runDemo(options: DemoOptions): Promise<void> {
       });
       out(`  ${'research-agent'.padEnd(15)} POST ${url.replace(host, '')} → ${res.status} ${res.body.trim()}`);
       out(
-        `  the LLM API received Authorization: ${masked(llmAuthorization)} — the Secret's key, not the agent's dummy`,
+        `  the LLM API received ${fingerprint(llmAuthorization, `Bearer ${llmKey}`)}, not the agent's dummy`,
       );
     }
 
