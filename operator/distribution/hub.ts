@@ -224,15 +224,25 @@ export class EntitlementHub {
 
   /** The entitlement for this pod incarnation; a stale one (other uid) counts as none. */
   entitlementFor(pod: PodKey): AgentEntitlement {
+    return this.resolve(pod).entitlement;
+  }
+
+  /**
+   * The entitlement for this pod incarnation, and whether the credential values its rules name may go with it:
+   * only for the leader's compile (the publication) or a record object labelled as the controller's. A hand-written
+   * (unmanaged) entitlement is served, but never with values: whoever may write one must not thereby read the
+   * namespace's credential Secrets (docs/security-model.md, "Brokered credentials").
+   */
+  private resolve(pod: PodKey): { entitlement: AgentEntitlement; brokered: boolean } {
     const k = key(pod.namespace, pod.podName);
     const recorded = this.entitlements.get(k);
+    const managed = recorded?.metadata.labels?.[LABEL_MANAGED_BY] === MANAGED_BY;
     const publication = this.current();
     // While publishing, managed entitlements come only from the compile; unmanaged ones (written by hand) from the record.
-    const found =
-      publication && (publication.entitlements.has(k) || recorded?.metadata.labels?.[LABEL_MANAGED_BY] === MANAGED_BY)
-        ? publication.entitlements.get(k)
-        : recorded;
-    return found && found.spec.podUID === pod.podUID ? found : emptyEntitlement(pod);
+    const published = publication !== undefined && (publication.entitlements.has(k) || managed);
+    const found = published ? publication.entitlements.get(k) : recorded;
+    if (!found || found.spec.podUID !== pod.podUID) return { entitlement: emptyEntitlement(pod), brokered: false };
+    return { entitlement: found, brokered: published || managed };
   }
 
   /** The publication if its term holds now. */
@@ -247,17 +257,20 @@ export class EntitlementHub {
 
   private sendSnapshot(k: string, subscriber: Subscriber): void {
     const [namespace = '', podName = ''] = k.split('/');
-    const entitlement = this.entitlementFor({ namespace, podName, podUID: subscriber.podUID });
+    const { entitlement, brokered } = this.resolve({ namespace, podName, podUID: subscriber.podUID });
     const revision = entitlement.spec.revision;
-    let credentials = this.credentialsFor(namespace, entitlement);
+    let credentials = brokered ? this.credentialsFor(namespace, entitlement) : [];
     if (subscriber.lastRevision === revision) {
       // Same grants: a value already delivered stays. The Secret may have moved on ahead of the entitlement (a
       // rotation this replica saw first); the entitlement's next revision brings the new version, and dropping
-      // the old value meanwhile would refuse the agent's requests for nothing.
-      const ids = new Set(credentials.map(credentialId));
-      credentials = [...credentials, ...subscriber.lastCredentials.filter((c) => !ids.has(credentialId(c)))].sort(
-        (a, b) => compare(credentialId(a), credentialId(b)),
-      );
+      // the old value meanwhile would refuse the agent's requests for nothing. Not for an entitlement that may
+      // carry none (no longer the controller's): its values are withdrawn.
+      if (brokered) {
+        const ids = new Set(credentials.map(credentialId));
+        credentials = [...credentials, ...subscriber.lastCredentials.filter((c) => !ids.has(credentialId(c)))].sort(
+          (a, b) => compare(credentialId(a), credentialId(b)),
+        );
+      }
       if (credentials.map(credentialId).join(',') === subscriber.lastCredentials.map(credentialId).join(',')) return;
     }
     subscriber.lastRevision = revision;

@@ -14,6 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect as tlsConnect } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { LABEL_MANAGED_BY, MANAGED_BY } from '../../lib/api/constants.ts';
 import type { AgentEntitlement, EntitlementCredentials } from '../../lib/api/types.generated.ts';
 import { credentialValue } from '../../operator/compiler/credentials.ts';
 import { EntitlementHub } from '../../operator/distribution/hub.ts';
@@ -308,7 +309,7 @@ describe('the hub delivers a value only to the pod whose rules name it, at the c
   const ae = (pod: string, c?: EntitlementCredentials): AgentEntitlement => ({
     apiVersion: 'agentfence.io/v1alpha1',
     kind: 'AgentEntitlement',
-    metadata: { name: pod, namespace: 'ns' },
+    metadata: { name: pod, namespace: 'ns', labels: { [LABEL_MANAGED_BY]: MANAGED_BY } },
     spec: {
       podName: pod,
       podUID: `${pod}-uid`,

@@ -144,3 +144,73 @@ describe('entitlement hub: whenRecorded', () => {
     await expect(hub.whenRecorded({ ...pod('a'), podUID: 'other' }, 'sha256:2', 10)).resolves.toBe(false);
   });
 });
+
+describe('entitlement hub: credential values go only with the controller’s entitlements', () => {
+  const VALUE = 'sk-hub-unit-value';
+  const withCredential = (name: string, managed: boolean): AgentEntitlement => {
+    const e = ae(name, `sha256:${name}-${String(managed)}`, managed);
+    e.spec.egress = [
+      {
+        policy: 'p',
+        rule: 'llm',
+        mode: 'Enforce',
+        hosts: ['api.test'],
+        ports: [{ port: 443, protocol: 'TCP' }],
+        credentials: { secret: 'llm-api', key: 'token', header: 'authorization', format: '{value}', version: 'v1' },
+      },
+    ];
+    return e;
+  };
+  /** The credentials member of every snapshot a sink gets. */
+  function creds(): { seen: unknown[]; send: (e: string, d: string) => boolean; close(): void } {
+    const s = {
+      seen: [] as unknown[],
+      send: (event: string, data: string) => {
+        if (event === 'snapshot') s.seen.push((JSON.parse(data) as { credentials?: unknown }).credentials);
+        return true;
+      },
+      close: () => undefined,
+    };
+    return s;
+  }
+  const source = {
+    value: (ns: string, secret: string, key: string, version: string) =>
+      `${ns}/${secret}/${key}@${version}` === 'ns/llm-api/token@v1' ? VALUE : undefined,
+  };
+  const delivered = [{ secret: 'llm-api', key: 'token', version: 'v1', value: VALUE }];
+
+  it('a hand-written entitlement naming a Secret is served without its value, leader or not', () => {
+    for (const leader of [false, true]) {
+      const hub = new EntitlementHub(60_000, source);
+      hub.upsert(withCredential('forged', false));
+      if (leader) hub.publish([], () => true);
+      const s = creds();
+      hub.subscribe(pod('forged'), s);
+      expect(hub.entitlementFor(pod('forged')).spec.egress).toHaveLength(1);
+      expect(s.seen).toEqual([undefined]);
+      // Rotation, refresh and rewrites of the same object bring no value either.
+      hub.refreshCredentials();
+      hub.upsert(withCredential('forged', false));
+      expect(JSON.stringify(s.seen)).not.toContain(VALUE);
+      hub.stop();
+    }
+  });
+
+  it('the leader’s publication and the controller’s record objects carry the value', () => {
+    const leader = new EntitlementHub(60_000, source);
+    const a = creds();
+    leader.subscribe(pod('agent'), a);
+    leader.publish([withCredential('agent', true)], () => true);
+    expect(a.seen.at(-1)).toEqual(delivered);
+    leader.stop();
+    const follower = new EntitlementHub(60_000, source);
+    follower.upsert(withCredential('agent', true));
+    const b = creds();
+    follower.subscribe(pod('agent'), b);
+    expect(b.seen).toEqual([delivered]);
+    // The label removed (the object is no longer the controller's): the value is withdrawn.
+    follower.upsert(withCredential('agent', false));
+    expect(b.seen.at(-1)).toBeUndefined();
+    follower.stop();
+  });
+});
