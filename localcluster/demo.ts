@@ -649,9 +649,7 @@ export async function runDemo(options: DemoOptions): Promise<void> {
         body: '{"messages":[]}',
       });
       out(`  ${'research-agent'.padEnd(15)} POST ${url.replace(host, '')} → ${res.status} ${res.body.trim()}`);
-      out(
-        `  the LLM API received ${fingerprint(llmAuthorization, `Bearer ${llmKey}`)}, not the agent's dummy`,
-      );
+      out(`  the LLM API received ${fingerprint(llmAuthorization, `Bearer ${llmKey}`)}, not the agent's dummy`);
     }
 
     out('');

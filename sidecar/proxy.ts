@@ -283,8 +283,7 @@ export class FenceProxy {
       if (next) {
         this.#tunnels.set(t, next);
         this.#armExpiry(t, next);
-      }
-      else t.close('grant_expired');
+      } else t.close('grant_expired');
     }, wait);
     t.expiry.unref();
   }
