@@ -8,7 +8,7 @@ import type { webcrypto as WebCrypto } from 'node:crypto';
 // @peculiar/x509 resolves its ASN.1 schemas through tsyringe, which needs the Reflect metadata polyfill first.
 import 'reflect-metadata';
 import * as x509 from '@peculiar/x509';
-import { privateKeyPem } from './certificate.ts';
+import { SIGNING, privateKeyPem } from './certificate.ts';
 
 // The key PEM helpers live with the dependency-free certificate writer (the sidecar uses them without this module).
 export { privateKeyPem, publicKeyPem } from './certificate.ts';
@@ -18,7 +18,6 @@ x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoPro
 type CryptoKey = WebCrypto.CryptoKey;
 type CryptoKeyPair = WebCrypto.CryptoKeyPair;
 
-const SIGNING = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' } as const;
 const DAY_MS = 86_400_000;
 
 export interface CertificateAuthority {
