@@ -597,7 +597,7 @@ export async function runDemo(options: DemoOptions): Promise<void> {
       } catch {
         /* plain text */
       }
-      out(`  ${who.padEnd(15)} ${method.padEnd(4)} ${url.replace(base, '')} → ${res.status} ${detail}`);
+      out(`  ${who.padEnd(15)} ${method.padEnd(4)} ${url.replace(`${base}:`, ':')} → ${res.status} ${detail}`);
       return res.status;
     };
     out('');
@@ -622,7 +622,7 @@ export async function runDemo(options: DemoOptions): Promise<void> {
       } catch {
         /* plain text */
       }
-      out(`  ${'research-agent'.padEnd(15)} GET  ${url.replace(host, '')} → ${res.status} ${detail}`);
+      out(`  ${'research-agent'.padEnd(15)} GET  ${url.replace(`//${host}:`, '//:')} → ${res.status} ${detail}`);
     }
 
     out('');
@@ -648,7 +648,9 @@ export async function runDemo(options: DemoOptions): Promise<void> {
         headers: { authorization: 'Bearer brokered', 'content-type': 'application/json' },
         body: '{"messages":[]}',
       });
-      out(`  ${'research-agent'.padEnd(15)} POST ${url.replace(host, '')} → ${res.status} ${res.body.trim()}`);
+      out(
+        `  ${'research-agent'.padEnd(15)} POST ${url.replace(`//${host}:`, '//:')} → ${res.status} ${res.body.trim()}`,
+      );
       out(`  the LLM API received ${fingerprint(llmAuthorization, `Bearer ${llmKey}`)}, not the agent's dummy`);
     }
 

@@ -275,6 +275,9 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
    * extra compiles slowed the import to 190 s until all entitlements were written, against 85 s before and 81 s
    * with them.
    */
+  // Every cache a compile reads, the credential Secrets included: compiled before that cache has synced, a
+  // brokered rule would carry no version and be refused (credential_unavailable) until the next compile.
+  const synced = (): boolean => informers.every((i) => i.hasSynced()) && (options.credentials?.hasSynced() ?? true);
   let publishTimer: NodeJS.Timeout | undefined;
   const schedulePublish = (): void => {
     inputsChanged++;
@@ -282,7 +285,7 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
     publishTimer = setTimeout(
       () => {
         publishTimer = undefined;
-        if (compiledAt === inputsChanged || !term?.holds() || !informers.every((i) => i.hasSynced())) return;
+        if (compiledAt === inputsChanged || !term?.holds() || !synced()) return;
         // No sidecar to deliver to (a bulk import, say): the reconcile's own compile is enough.
         if (options.distribution?.connectedSidecars() === 0) return;
         try {
@@ -298,12 +301,18 @@ export function policyReconcilerTask(options: ReconcilerOptions): LeaderTask {
 
   const reconcile = async (): Promise<{ requeueAfterMs?: number }> => {
     if (!stillLeading()) throw new LeadershipLostError('reconcile', 'cluster');
+    if (!synced()) return { requeueAfterMs: 200 };
     const now = options.now?.() ?? new Date();
+    // Compile and publish first: the sidecars get this compile now. The lookups of named Secrets that lack the
+    // label (GETs, for the status only) come after, and only a changed answer costs a second compile.
+    let output = compileAndPublish(now);
     const named = options.credentials
       ? await options.credentials.unlabelled(policies.list())
       : { unlabelled: [], missing: 0 };
-    unlabelledSecrets = named.unlabelled;
-    const output = compileAndPublish(now);
+    if (JSON.stringify(named.unlabelled) !== JSON.stringify(unlabelledSecrets)) {
+      unlabelledSecrets = named.unlabelled;
+      output = compileAndPublish(now);
+    }
     const errors = new Map<string, string[]>(); // policy key → messages
     // Failures of objects no policy owns (AgentEntitlements belong to their pod) go into no status, but they
     // still fail the reconcile so it is retried with backoff: the sidecars already hold the compiled result and

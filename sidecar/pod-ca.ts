@@ -15,13 +15,24 @@ import { mkdir, rename, writeFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { join } from 'node:path';
 import { createSecureContext, getCACertificates, type SecureContext } from 'node:tls';
-import 'reflect-metadata';
-import * as x509 from '@peculiar/x509';
-import { privateKeyPem } from '../lib/tls/pki.ts';
+// The certificates are written by lib/tls/certificate.ts, not an X.509 library: one would cost every pod ~21 MB.
+import {
+  KeyUsage,
+  SIGNING,
+  authorityKeyIdentifier,
+  basicConstraints,
+  certificatePem,
+  encodeName,
+  extendedKeyUsage,
+  keyIdentifier,
+  keyUsage,
+  privateKeyPem,
+  randomSerial,
+  signCertificate,
+  subjectAltName,
+  subjectKeyIdentifier,
+} from '../lib/tls/certificate.ts';
 
-x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
-
-const SIGNING = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' } as const;
 const HOUR_MS = 3_600_000;
 /** Clients with a clock slightly behind ours must not see a certificate from the future. */
 const BACKDATE_MS = 5 * 60_000;
@@ -42,12 +53,17 @@ export function publicRoots(): string[] {
 }
 
 interface Generation {
-  cert: x509.X509Certificate;
+  certDer: Uint8Array;
   certPem: string;
+  /** The CA's encoded Name: the issuer of its leaves, byte for byte. */
+  subject: Uint8Array;
+  /** The CA key's identifier: its leaves' authorityKeyIdentifier. */
+  keyId: Uint8Array;
   privateKey: WebCrypto.CryptoKey;
   notAfter: number;
   /** One leaf key pair per generation: leaves differ in name and signature, not in key. */
   leafPublic: WebCrypto.CryptoKey;
+  leafKeyId: Uint8Array;
   leafKeyPem: string;
 }
 
@@ -218,62 +234,61 @@ async function generation(lifetimeMs: number): Promise<Generation> {
   const leaf = await webcrypto.subtle.generateKey(SIGNING, true, ['sign', 'verify']);
   const now = Date.now();
   const notAfter = now + lifetimeMs;
-  const cert = await x509.X509CertificateGenerator.createSelfSigned({
-    serialNumber: serial(),
-    name: new x509.Name([{ CN: ['agentfence pod interception CA'] }, { O: ['agentfence'] }]),
+  const subject = encodeName({ commonName: 'agentfence pod interception CA', organization: 'agentfence' });
+  const keyId = await keyIdentifier(keys.publicKey);
+  // Self-signed: issuer = subject, signed by its own (non-extractable) key.
+  const certDer = await signCertificate({
+    serialNumber: randomSerial(),
+    issuer: subject,
+    subject,
     notBefore: new Date(now - BACKDATE_MS),
     notAfter: new Date(notAfter),
-    signingAlgorithm: SIGNING,
-    keys,
+    publicKey: keys.publicKey,
+    signingKey: keys.privateKey,
     extensions: [
-      new x509.BasicConstraintsExtension(true, 0, true),
-      new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true),
-      await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
+      basicConstraints(true, 0),
+      keyUsage([KeyUsage.keyCertSign, KeyUsage.cRLSign]),
+      subjectKeyIdentifier(keyId),
     ],
   });
   return {
-    cert,
-    certPem: withNewline(cert.toString('pem')),
+    certDer,
+    certPem: certificatePem(certDer),
+    subject,
+    keyId,
     privateKey: keys.privateKey,
     notAfter,
     leafPublic: leaf.publicKey,
+    leafKeyId: await keyIdentifier(leaf.publicKey),
     leafKeyPem: await privateKeyPem(leaf.privateKey),
   };
 }
 
 async function mintLeaf(gen: Generation, name: string, now: number, notAfter: number): Promise<SecureContext> {
-  const san: x509.JsonGeneralName = isIP(name) ? { type: 'ip', value: name } : { type: 'dns', value: name };
-  const cert = await x509.X509CertificateGenerator.create({
-    serialNumber: serial(),
+  const cert = await signCertificate({
+    serialNumber: randomSerial(),
     // The CN is informational (clients match the SAN); a 64-character limit applies to it, not to the SAN.
-    subject: new x509.Name([{ CN: [name.length <= 64 ? name : 'agentfence intercepted'] }]),
-    issuer: gen.cert.subject,
+    subject: encodeName({ commonName: name.length <= 64 ? name : 'agentfence intercepted' }),
+    issuer: gen.subject,
     notBefore: new Date(now - BACKDATE_MS),
     notAfter: new Date(notAfter),
-    signingAlgorithm: SIGNING,
     publicKey: gen.leafPublic,
     signingKey: gen.privateKey,
     extensions: [
-      new x509.BasicConstraintsExtension(false, undefined, true),
-      new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
-      new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth]),
+      basicConstraints(false),
+      keyUsage([KeyUsage.digitalSignature]),
+      extendedKeyUsage(['serverAuth']),
       // Python ≥ 3.13 (VERIFY_X509_STRICT) refuses leaves without an authority key identifier.
-      await x509.AuthorityKeyIdentifierExtension.create(gen.cert, false),
-      await x509.SubjectKeyIdentifierExtension.create(gen.leafPublic),
-      new x509.SubjectAlternativeNameExtension([san]),
+      authorityKeyIdentifier(gen.keyId),
+      subjectKeyIdentifier(gen.leafKeyId),
+      subjectAltName(isIP(name) ? { ip: [name] } : { dns: [name] }),
     ],
   });
-  return createSecureContext({ cert: withNewline(cert.toString('pem')), key: gen.leafKeyPem });
+  return createSecureContext({ cert: certificatePem(cert), key: gen.leafKeyPem });
 }
 
 function fingerprintOf(gen: Generation): string {
-  return createHash('sha256').update(Buffer.from(gen.cert.rawData)).digest('hex');
-}
-
-function serial(): string {
-  const bytes = randomBytes(16);
-  bytes[0] = (bytes[0] ?? 0) & 0x7f;
-  return bytes.toString('hex');
+  return createHash('sha256').update(gen.certDer).digest('hex');
 }
 
 function withNewline(pem: string): string {

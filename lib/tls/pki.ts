@@ -8,13 +8,16 @@ import type { webcrypto as WebCrypto } from 'node:crypto';
 // @peculiar/x509 resolves its ASN.1 schemas through tsyringe, which needs the Reflect metadata polyfill first.
 import 'reflect-metadata';
 import * as x509 from '@peculiar/x509';
+import { SIGNING, privateKeyPem } from './certificate.ts';
+
+// The key PEM helpers live with the dependency-free certificate writer (the sidecar uses them without this module).
+export { privateKeyPem, publicKeyPem } from './certificate.ts';
 
 x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
 
 type CryptoKey = WebCrypto.CryptoKey;
 type CryptoKeyPair = WebCrypto.CryptoKeyPair;
 
-const SIGNING = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' } as const;
 const DAY_MS = 86_400_000;
 
 export interface CertificateAuthority {
@@ -41,14 +44,6 @@ export interface CertificateRequest {
 
 export async function generateKeyPair(): Promise<CryptoKeyPair> {
   return webcrypto.subtle.generateKey(SIGNING, true, ['sign', 'verify']);
-}
-
-export async function privateKeyPem(key: CryptoKey): Promise<string> {
-  return toPem('PRIVATE KEY', await webcrypto.subtle.exportKey('pkcs8', key));
-}
-
-export async function publicKeyPem(key: CryptoKey): Promise<string> {
-  return toPem('PUBLIC KEY', await webcrypto.subtle.exportKey('spki', key));
 }
 
 export async function createCertificateAuthority(
@@ -111,11 +106,6 @@ function serial(): string {
   const bytes = randomBytes(16);
   bytes[0] = (bytes[0] ?? 0) & 0x7f;
   return bytes.toString('hex');
-}
-
-function toPem(label: string, der: ArrayBuffer): string {
-  const b64 = Buffer.from(der).toString('base64');
-  return `-----BEGIN ${label}-----\n${b64.replace(/.{64}/g, '$&\n').replace(/\n$/, '')}\n-----END ${label}-----\n`;
 }
 
 /** PEM blocks are concatenated into bundles; each must end with a newline or the next BEGIN line is lost. */
