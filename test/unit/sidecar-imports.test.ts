@@ -87,7 +87,8 @@ function loadedByRunningSidecar(): { internals: string[]; packages: string[] } {
   }
 }
 
-describe('the sidecar loads only what it uses', () => {
+// Each case starts a Node process that loads a whole command's module graph: seconds on a loaded machine.
+describe('the sidecar loads only what it uses', { timeout: 60_000 }, () => {
   it('cli/sidecar.ts pulls in no Kubernetes client, express, or controller module', () => {
     const loaded = modulesLoadedBy('cli/sidecar.ts');
     expect(loaded.some((url) => url.endsWith('/sidecar/runtime.ts'))).toBe(true); // the hook saw the graph
