@@ -390,7 +390,7 @@ describe('pre-gate is decided per pod, from what was injected', () => {
 
   it('marks a port-less pod as gated (empty --inbound, the label); a pre-gate render has neither', () => {
     const portless = render('c-0', []);
-    expect(portless.spec?.initContainers?.[0]?.args).toContain('--inbound=');
+    expect(JSON.stringify(portless.spec?.initContainers?.[0])).toContain('"--inbound="');
     expect(portless.metadata.labels?.['agentfence.io/inbound-gated']).toBe('true');
     expect(injectedBeforeGates(portless.spec)).toBe(false);
     const old = render('c-1', [8080], false);
