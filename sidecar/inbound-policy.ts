@@ -6,7 +6,7 @@
  */
 import type { AgentEntitlement, EntitlementIngressRule } from '../lib/api/types.generated.ts';
 import { containsCidr, parseCidr, parseIP, type Cidr } from '../lib/ip.ts';
-import { canonicalPath } from './canonical.ts';
+import { compileHttpProfile, judgeHttp, type HttpProfile } from './http-profile.ts';
 
 /** Who is calling, as far as verification went. */
 export type Caller =
@@ -34,7 +34,7 @@ export interface InboundRule {
   agents?: Map<string, Set<string>>;
   users?: { issuer: string; audiences: Set<string>; claims: { name: string; value: string }[]; jwksUri: string };
   cidrs?: Cidr[];
-  http?: { methods?: Set<string>; exact: Set<string>; prefixes: string[] }[];
+  http?: HttpProfile[];
   maxBodyBytes?: number;
   rateLimit?: { requests: number; perMs: number };
   expiresAt?: number;
@@ -50,11 +50,6 @@ export function parseWindow(per: string): number | undefined {
   const m = /^([1-9][0-9]{0,3})(s|m|h)$/.exec(per);
   return m ? Number(m[1]) * PER[m[2] as keyof typeof PER] : undefined;
 }
-
-const canonical = (path: string): string => {
-  const c = canonicalPath(path);
-  return typeof c === 'string' ? c : path;
-};
 
 function compileRule(r: EntitlementIngressRule): InboundRule {
   const out: InboundRule = {
@@ -75,18 +70,8 @@ function compileRule(r: EntitlementIngressRule): InboundRule {
     };
   }
   if (r.cidrs) out.cidrs = r.cidrs.map(parseCidr).filter((c): c is Cidr => c !== undefined);
-  if (r.http && r.http.length > 0) {
-    out.http = r.http.map((h) => {
-      const exact = new Set<string>();
-      const prefixes: string[] = [];
-      for (const p of h.paths ?? []) {
-        if (p.type === 'Exact') exact.add(canonical(p.value));
-        else prefixes.push(canonical(p.value));
-      }
-      if ((h.paths ?? []).length === 0) prefixes.push('/');
-      return { ...(h.methods ? { methods: new Set<string>(h.methods) } : {}), exact, prefixes };
-    });
-  }
+  const http = compileHttpProfile(r.http);
+  if (http) out.http = http;
   if (r.maxBodyBytes !== undefined) out.maxBodyBytes = r.maxBodyBytes;
   if (r.rateLimit) {
     const perMs = parseWindow(r.rateLimit.per);
@@ -95,15 +80,6 @@ function compileRule(r: EntitlementIngressRule): InboundRule {
   }
   if (r.expiresAt) out.expiresAt = Date.parse(r.expiresAt);
   return out;
-}
-
-function pathAllowed(h: { exact: Set<string>; prefixes: string[] }, path: string): boolean {
-  if (h.exact.has(path)) return true;
-  for (const prefix of h.prefixes) {
-    if (prefix === '/' || path === prefix) return true;
-    if (path.startsWith(prefix) && (prefix.endsWith('/') || path.charCodeAt(prefix.length) === 47)) return true;
-  }
-  return false;
 }
 
 /** A string claim equal to the value, or an array claim containing it. */
@@ -197,11 +173,9 @@ export class InboundPolicy {
     let methodSeen = false;
     for (const rule of granted) {
       if (!rule.http) return { allow: true, rule };
-      for (const h of rule.http) {
-        if (h.methods && !h.methods.has(facts.method)) continue;
-        methodSeen = true;
-        if (pathAllowed(h, facts.path)) return { allow: true, rule };
-      }
+      const verdict = judgeHttp(rule.http, facts.method, facts.path);
+      if (verdict === 'allow') return { allow: true, rule };
+      if (verdict === 'path') methodSeen = true;
     }
     const rule = granted[0];
     return methodSeen

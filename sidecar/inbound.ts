@@ -36,6 +36,18 @@ export const IDENTITY_HEADERS = ['agentfence-caller', 'agentfence-user', 'agentf
 const MAX_BUFFERED_BODY = 1024 * 1024;
 const APP_HOST = '127.0.0.1';
 
+/** A header name as WSGI, CGI and some proxies see it: case and `_` versus `-` do not tell names apart. */
+const headerKey = (name: string): string => name.toLowerCase().replaceAll('_', '-');
+
+/**
+ * Removes every header that names one of `names` in any spelling an app stack may fold onto it
+ * (`agentfence_caller`, `X_User_Id`): stripping the exact name alone would let the variant through as the identity.
+ */
+export function stripIdentityHeaders(headers: Record<string, string>, names: readonly string[]): void {
+  const claimed = new Set(names.map(headerKey));
+  for (const name of Object.keys(headers)) if (claimed.has(headerKey(name))) Reflect.deleteProperty(headers, name);
+}
+
 export interface GateOptions {
   host: string;
   gates: readonly Gate[];
@@ -229,9 +241,8 @@ export class InboundGate {
     // The identity header is hop-by-hop to the canonical request (never forwarded): read it from the request.
     const presented = req.headers[AGENT_TOKEN_HEADER];
     const caller = await this.#authenticate(headers, Array.isArray(presented) ? presented.join(',') : presented);
-    for (const h of IDENTITY_HEADERS) Reflect.deleteProperty(headers, h);
     const policy = this.#o.policy();
-    for (const h of policy?.identityHeaders ?? []) Reflect.deleteProperty(headers, h);
+    stripIdentityHeaders(headers, [...IDENTITY_HEADERS, ...(policy?.identityHeaders ?? [])]);
     if (!policy) {
       deny(
         facts,

@@ -11,7 +11,7 @@ import { domainToASCII } from 'node:url';
 import { isIP } from 'node:net';
 import type { AgentEntitlement, EntitlementCredentials, EntitlementEgressRule } from '../lib/api/types.generated.ts';
 import { containsCidr, parseCidr, parseIP, type Cidr } from '../lib/ip.ts';
-import { canonicalPath } from './canonical.ts';
+import { canonicalRulePath, compileHttpProfile, judgeHttp, type HttpProfile } from './http-profile.ts';
 
 export type Mode = 'Enforce' | 'Audit';
 
@@ -22,7 +22,7 @@ export interface CompiledRule {
   cidrs: Cidr[];
   ports: { from: number; to: number }[];
   /** Undefined: no HTTP profile (any method and path). */
-  http?: { methods?: Set<string>; exact: Set<string>; prefixes: string[] }[];
+  http?: HttpProfile[];
   mcp?: { path: string; tools: Set<string> };
   audience?: string;
   /** Agent addresses this rule reaches (by IP literal): the identity each expects, and its gate per app port. */
@@ -193,11 +193,9 @@ export class Matcher {
         continue;
       }
       if (!rule.http) return { allow: true, rule, needsMcpCheck: false };
-      for (const h of rule.http) {
-        if (h.methods && !h.methods.has(req.method)) continue;
-        methodSeen = true;
-        if (pathAllowed(h, req.path)) return { allow: true, rule, needsMcpCheck: false };
-      }
+      const verdict = judgeHttp(rule.http, req.method, req.path);
+      if (verdict === 'allow') return { allow: true, rule, needsMcpCheck: false };
+      if (verdict === 'path') methodSeen = true;
     }
     return methodSeen
       ? {
@@ -223,22 +221,9 @@ function compileRule(rule: EntitlementEgressRule): CompiledRule {
     cidrs: (rule.cidrs ?? []).map(parseCidr).filter((c): c is Cidr => c !== undefined),
     ports: rule.ports.map((p) => ({ from: p.port, to: p.endPort ?? p.port })),
   };
-  if (rule.http && rule.http.length > 0) {
-    compiled.http = rule.http.map((h) => {
-      const exact = new Set<string>();
-      const prefixes: string[] = [];
-      for (const p of h.paths ?? []) {
-        // Rule paths are compared in the canonical form requests are brought to.
-        const value = canonical(p.value);
-        if (p.type === 'Exact') exact.add(value);
-        else prefixes.push(value);
-      }
-      // No paths listed: any path.
-      if ((h.paths ?? []).length === 0) prefixes.push('/');
-      return { ...(h.methods ? { methods: new Set<string>(h.methods) } : {}), exact, prefixes };
-    });
-  }
-  if (rule.mcp) compiled.mcp = { path: canonical(rule.mcp.path ?? '/mcp'), tools: new Set(rule.mcp.tools) };
+  const http = compileHttpProfile(rule.http);
+  if (http) compiled.http = http;
+  if (rule.mcp) compiled.mcp = { path: canonicalRulePath(rule.mcp.path ?? '/mcp'), tools: new Set(rule.mcp.tools) };
   if (rule.audience) compiled.audience = rule.audience;
   if (rule.peers && rule.peers.length > 0) {
     compiled.peers = new Map();
@@ -266,24 +251,8 @@ function credentialsFirst(rules: CompiledRule[]): CompiledRule[] {
   return [...rules.filter((r) => r.credentials), ...rules.filter((r) => !r.credentials)];
 }
 
-/** A rule path in canonical form; one that cannot be canonicalized is kept as written (and matches nothing odd). */
-function canonical(path: string): string {
-  const c = canonicalPath(path);
-  return typeof c === 'string' ? c : path;
-}
-
 function portMatches(rule: CompiledRule, port: number): boolean {
   for (const p of rule.ports) if (port >= p.from && port <= p.to) return true;
-  return false;
-}
-
-/** Prefixes match on segment boundaries: `/v1/orders` matches `/v1/orders` and `/v1/orders/7`, not `/v1/ordersX`. */
-function pathAllowed(h: { exact: Set<string>; prefixes: string[] }, path: string): boolean {
-  if (h.exact.has(path)) return true;
-  for (const prefix of h.prefixes) {
-    if (prefix === '/' || path === prefix) return true;
-    if (path.startsWith(prefix) && (prefix.endsWith('/') || path.charCodeAt(prefix.length) === 47)) return true;
-  }
   return false;
 }
 

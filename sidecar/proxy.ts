@@ -599,6 +599,18 @@ export class FenceProxy {
       this.#deny({ socket: client }, facts, adm, t);
       return;
     }
+    // Another agent's gate refuses upgrades, and this path would dial its app port without the caller's token:
+    // refused here with the reason, before anything is sent (agent-to-agent WebSocket is not gated yet).
+    if (adm.rule?.peers?.get(adm.address)) {
+      const missing = 'WebSocket and other upgrades to another agent are not supported: its gate admits plain HTTP';
+      this.#deny(
+        { socket: client },
+        facts,
+        { status: 501, reason: 'upgrade_to_agent_not_supported', missing, rule: adm.rule },
+        t,
+      );
+      return;
+    }
     const withoutCredential = this.#setCredential(adm, request, headers);
     if (withoutCredential) {
       this.#deny({ socket: client }, facts, withoutCredential, t);

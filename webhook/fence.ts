@@ -14,7 +14,7 @@ import { deepEqual } from '../lib/kube/json.ts';
 import { isPodShape } from './admission.ts';
 import { INJECTED_VOLUMES, SIDECAR_NAME, inject, type Container, type InjectorConfig, type Pod } from './inject.ts';
 import { podPatch } from './patch.ts';
-import { INBOUND_FLAG } from '../lib/inbound/gates.ts';
+import { injectedBeforeGates } from '../lib/inbound/gates.ts';
 
 type Json = Record<string, unknown>;
 
@@ -63,10 +63,7 @@ export function fenceProblem(live: unknown, config: InjectorConfig): string | un
   // A pod injected before inbound gates existed has a sidecar without `--inbound`: it is judged as that version
   // rendered it (its app ports stay open at L3, as they were), so upgrading the controller does not take the
   // identity of running pods away. The webhook itself always injects gates now, so no new pod can take this path.
-  const liveArgs = (live.spec.initContainers ?? []).find((c) => c.name === SIDECAR_NAME)?.args;
-  const legacy = !(
-    Array.isArray(liveArgs) && liveArgs.some((a) => typeof a === 'string' && a.startsWith(INBOUND_FLAG))
-  );
+  const legacy = injectedBeforeGates(live.spec);
   const rendered = inject(live, config, legacy ? { gates: false } : {});
   if (!rendered.allowed) return `the pod could not be injected as it is now: ${rendered.message}`;
   const expected = rendered.pod;

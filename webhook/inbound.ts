@@ -24,7 +24,10 @@ export interface GatePlan {
   gates: Gate[];
   /** The sidecar's ports: one per gate, carrying the moved name when the app port had one. */
   ports: ContainerPort[];
-  /** The sidecar argument recording the mapping ('' when there are no gates). */
+  /**
+   * The sidecar argument recording the mapping: always present, `--inbound=` when there are no gates, so a pod
+   * without ports is told apart from one injected before gates existed (lib/inbound/gates.ts).
+   */
   arg: string;
   warnings: string[];
 }
@@ -57,7 +60,7 @@ export function assignGates(pod: Pod): GatePlan {
     }
     if (moved.size > 0) rewriteProbes(c, moved);
   }
-  return { gates, ports, arg: gates.length > 0 ? `${INBOUND_FLAG}${formatGates(gates)}` : '', warnings };
+  return { gates, ports, arg: `${INBOUND_FLAG}${formatGates(gates)}`, warnings };
 }
 
 function rewriteProbes(c: Container, moved: Map<string, number>): void {

@@ -7,7 +7,13 @@
  * another webhook added a container, or a changed configuration never duplicates anything.
  */
 import { createHash } from 'node:crypto';
-import { ANNOTATION_INJECTED, LABEL_AGENT, LABEL_INJECT, OPERATOR_AUDIENCE } from '../lib/api/constants.ts';
+import {
+  ANNOTATION_INJECTED,
+  LABEL_AGENT,
+  LABEL_INBOUND_GATED,
+  LABEL_INJECT,
+  OPERATOR_AUDIENCE,
+} from '../lib/api/constants.ts';
 import type { Container, ContainerPort, EnvVar, Pod } from '../lib/kube/pod.ts';
 import { GATE_PORT_COUNT, GATE_PORT_FIRST, SIDECAR_CONTAINER } from '../lib/inbound/gates.ts';
 import { assignGates, restoreGates } from './inbound.ts';
@@ -210,6 +216,9 @@ export function inject(input: Pod, config: InjectorConfig, options: { gates?: bo
     // Memory-backed: the bundle is written by the sidecar at start and never touches the node's disk.
     { name: VOLUME_TRUST, emptyDir: { medium: 'Memory', sizeLimit: '4Mi' } },
   ];
+  // Marks the pod as gated for the NetworkPolicies that still open pre-gate pods' app ports (they select its absence).
+  if (options.gates === false) Reflect.deleteProperty(labels, LABEL_INBOUND_GATED);
+  else labels[LABEL_INBOUND_GATED] = 'true';
   pod.metadata.labels = labels;
   pod.metadata.annotations = {
     ...pod.metadata.annotations,

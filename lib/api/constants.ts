@@ -12,6 +12,12 @@ export const AGENT_ENTITLEMENT = {
 
 export const LABEL_INJECT = 'agentfence.io/inject';
 export const LABEL_AGENT = 'agentfence.io/agent';
+/**
+ * Set to "true" by the webhook on every pod it injects with inbound gates (ports or not). NetworkPolicies that
+ * still open the app ports of pods injected before gates existed select pods *without* it, so those ports are
+ * never opened on a gated pod (lib/inbound/gates.ts).
+ */
+export const LABEL_INBOUND_GATED = 'agentfence.io/inbound-gated';
 /** A ConfigMap a policy rule may name as its upstream caBundle carries this label set to "true" (opt-in). */
 export const LABEL_CA_BUNDLE = 'agentfence.io/ca-bundle';
 /** A Secret a policy rule's credentials may name carries this label set to "true" (opt-in): the controller watches only those. */

@@ -49,11 +49,28 @@ export function parseGates(value: string): Gate[] | { error: string } {
   return gates;
 }
 
-/** The gates recorded in a pod's sidecar container (none when the pod has no sidecar or no gates). */
-export function gatesOfPod(spec: { initContainers?: { name: string; args?: unknown }[] } | undefined): Gate[] {
+type PodSpecView = { initContainers?: { name: string; args?: unknown }[] } | undefined;
+
+/** The `--inbound=` argument of a pod's sidecar, if it has a sidecar carrying one. */
+function inboundArg(spec: PodSpecView): string | undefined {
   const sidecar = spec?.initContainers?.find((c) => c.name === SIDECAR_CONTAINER);
   const args = Array.isArray(sidecar?.args) ? (sidecar.args as unknown[]) : [];
-  const arg = args.find((a): a is string => typeof a === 'string' && a.startsWith(INBOUND_FLAG));
+  return args.find((a): a is string => typeof a === 'string' && a.startsWith(INBOUND_FLAG));
+}
+
+/**
+ * A pod not injected with inbound gates: its sidecar (if any) has no `--inbound` argument — injected before gates
+ * existed. The webhook now always renders the argument, empty when the pod declares no TCP port, so "no gates"
+ * never means "pre-gate": a pod without ports is gated and has nothing to open. Such pods never carry
+ * LABEL_INBOUND_GATED, so the NetworkPolicies that still open their app ports cannot select a gated pod.
+ */
+export function injectedBeforeGates(spec: PodSpecView): boolean {
+  return inboundArg(spec) === undefined;
+}
+
+/** The gates recorded in a pod's sidecar container (none when the pod has no sidecar or no gates). */
+export function gatesOfPod(spec: PodSpecView): Gate[] {
+  const arg = inboundArg(spec);
   if (arg === undefined) return [];
   const parsed = parseGates(arg.slice(INBOUND_FLAG.length));
   return Array.isArray(parsed) ? parsed : [];

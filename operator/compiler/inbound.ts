@@ -2,20 +2,22 @@
  * The inbound side of a compile: who may call an agent pod, as its sidecar's gate checks it (entitlement ingress
  * rules: verified agents with their live pods, verified users, source addresses), and the ports the
  * NetworkPolicies open for it — the gates in front of the app ports (lib/inbound/gates.ts), never the app
- * ports themselves. Pods injected before gates existed have none: their app ports stay as they were.
+ * ports themselves. Pods injected before gates existed (decided per pod from their sidecar) still have their app
+ * ports opened, by NetworkPolicies that select only them (preGateSelector).
  */
 import type {
   AgentPeerAddress,
   AllowedCaller,
   EntitlementIngressRule,
   IngressRule,
+  LabelSelector,
   PortRange,
 } from '../../lib/api/types.generated.ts';
-import { LABEL_AGENT } from '../../lib/api/constants.ts';
-import { gatesOfPod, type Gate } from '../../lib/inbound/gates.ts';
+import { LABEL_AGENT, LABEL_INBOUND_GATED } from '../../lib/api/constants.ts';
+import { gatesOfPod, injectedBeforeGates, isGatePort, type Gate } from '../../lib/inbound/gates.ts';
 import { compareStrings, sortedUnique } from './canonical.ts';
 import type { ClusterIndex, IndexedPod } from './cluster-index.ts';
-import { normalizePorts } from './ports.ts';
+import { normalizePorts, toNetworkPolicyPorts } from './ports.ts';
 import { compileSelector } from './selectors.ts';
 import { parseCidr } from '../../lib/ip.ts';
 import type { NetworkPolicyPort } from './types.ts';
@@ -37,22 +39,58 @@ const inRange = (port: number, r: PortRange): boolean =>
   (r.protocol ?? 'TCP') === 'TCP' && port >= r.port && port <= (r.endPort ?? r.port);
 
 /**
- * The NetworkPolicy ports that open `rulePorts` (app ports) on these pods: their gates, or the app ports for
- * pods without gates and for non-TCP ports (which no gate serves).
+ * Pods injected before gates existed (a sidecar without `--inbound`), judged per pod from what was injected —
+ * never from "has no gates": a pod that declares no TCP port is gated and has nothing to open.
+ */
+export function preGatePods(pods: readonly IndexedPod[]): IndexedPod[] {
+  return pods.filter((p) => injectedBeforeGates(p.pod.spec));
+}
+
+/**
+ * Selects, among the pods `selector` selects, only those the webhook did not mark as gated: the pods whose app
+ * ports a NetworkPolicy may still open (pre-gate pods). Gated pods carry LABEL_INBOUND_GATED and are never selected.
+ */
+export function preGateSelector(selector: LabelSelector): LabelSelector {
+  return {
+    ...selector,
+    matchExpressions: [...(selector.matchExpressions ?? []), { key: LABEL_INBOUND_GATED, operator: 'DoesNotExist' }],
+  };
+}
+
+const sortNpPorts = (ports: Iterable<NetworkPolicyPort>): NetworkPolicyPort[] =>
+  [...ports].sort((a, b) => compareStrings(a.protocol, b.protocol) || (a.port ?? 0) - (b.port ?? 0));
+
+/**
+ * The NetworkPolicy ports that open `rulePorts` (app ports) on gated pods: the gates in front of them, and
+ * non-TCP ports (which no gate serves). Pre-gate pods contribute nothing here: their app ports are opened only
+ * by a NetworkPolicy that selects them alone (preGateSelector). Empty when there is nothing to open — callers
+ * must then emit no rule at all (an empty `ports` list in a NetworkPolicy means every port).
  */
 export function gatedPorts(pods: readonly IndexedPod[], rulePorts: readonly PortRange[]): NetworkPolicyPort[] {
   const out = new Map<string, NetworkPolicyPort>();
   const add = (p: NetworkPolicyPort): void => void out.set(`${p.protocol}/${p.port ?? 0}/${p.endPort ?? ''}`, p);
-  const legacy = pods.length === 0 || pods.some((p) => podGates(p).length === 0);
   for (const r of normalizePorts(rulePorts)) {
-    if (r.protocol !== 'TCP' || legacy) {
+    if (r.protocol !== 'TCP') {
       add({ protocol: r.protocol, port: r.port, ...(r.endPort !== undefined ? { endPort: r.endPort } : {}) });
+      continue;
     }
-    if (r.protocol !== 'TCP') continue;
     for (const pod of pods)
       for (const g of podGates(pod)) if (inRange(g.port, r)) add({ protocol: 'TCP', port: g.gate });
   }
-  return [...out.values()].sort((a, b) => compareStrings(a.protocol, b.protocol) || (a.port ?? 0) - (b.port ?? 0));
+  return sortNpPorts(out.values());
+}
+
+/**
+ * What a caller's egress opens towards these callees: their gates, plus the app ports when some callee is
+ * pre-gate (dialled there directly). Egress only: the callee's own ingress decides which of its ports admit.
+ */
+export function calleeDialPorts(callees: readonly IndexedPod[], rulePorts: readonly PortRange[]): NetworkPolicyPort[] {
+  const gated = gatedPorts(callees, rulePorts);
+  if (preGatePods(callees).length === 0) return gated;
+  const out = new Map<string, NetworkPolicyPort>();
+  for (const p of [...gated, ...toNetworkPolicyPorts(rulePorts)])
+    out.set(`${p.protocol}/${p.port ?? 0}/${p.endPort ?? ''}`, p);
+  return sortNpPorts(out.values());
 }
 
 /** Callee pod addresses for a caller's egress rule: the identity each expects and its gate per app port. */
@@ -155,7 +193,9 @@ export function servicesBypassingGates(index: ClusterIndex, namespace: string, p
       if ((sp.protocol ?? 'TCP') !== 'TCP') continue;
       const target = sp.targetPort ?? sp.port;
       const n = typeof target === 'number' ? target : /^\d+$/.test(target) ? Number(target) : undefined;
-      if (n !== undefined && behind.some((p) => podGates(p).some((g) => g.port === n))) numbers.add(`${sp.port}→${n}`);
+      // Gated pods are reached on their gates only: any other number goes around the gate (or to no gate at all).
+      if (n !== undefined && !isGatePort(n) && behind.some((p) => !injectedBeforeGates(p.pod.spec)))
+        numbers.add(`${sp.port}→${n}`);
     }
     if (numbers.size > 0) {
       messages.push(

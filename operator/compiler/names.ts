@@ -17,11 +17,27 @@ export function policyObjectName(policy: string): string {
  * agent pods), in the callee's namespace. The hash of the caller's
  * namespace, policy and rule keeps names of different callers apart even when the readable part is cut.
  */
-export function calleeIngressName(policyNamespace: string, policy: string, rule: string, service?: string): string {
+export function calleeIngressName(
+  policyNamespace: string,
+  policy: string,
+  rule: string,
+  service?: string,
+  preGate = false,
+): string {
   // The hash input for agents rules is unchanged by the optional Service, so those names stay stable.
-  const key = `${policyNamespace}/${policy}/${rule}${service === undefined ? '' : `/${service}`}`;
+  const key = `${policyNamespace}/${policy}/${rule}${service === undefined ? '' : `/${service}`}${preGate ? '#pre-gate' : ''}`;
   const hash = createHash('sha256').update(key).digest('hex').slice(0, 8);
-  return `${boundedName(`agentfence-${policy}-${rule}`, 253 - 9)}-${hash}`;
+  return `${boundedName(`agentfence-${policy}-${rule}${preGate ? '-pre-gate' : ''}`, 253 - 9)}-${hash}`;
+}
+
+/**
+ * The NetworkPolicy that opens the app ports of a policy's pods injected before gates existed, selecting only
+ * them (operator/compiler/inbound.ts preGateSelector). Hashed like the callee names, so no policy's own name
+ * can collide with it.
+ */
+export function preGateObjectName(policyNamespace: string, policy: string): string {
+  const hash = createHash('sha256').update(`${policyNamespace}/${policy}#pre-gate`).digest('hex').slice(0, 8);
+  return `${boundedName(`agentfence-${policy}-pre-gate`, 253 - 9)}-${hash}`;
 }
 
 /** Label values are at most 63 characters; longer policy names keep a prefix and a hash. */

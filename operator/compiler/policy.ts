@@ -21,7 +21,15 @@ import { consentedCallees } from './consent.ts';
 import { resolveCredentials } from './credentials.ts';
 import type { PolicyGrant } from './entitlement.ts';
 import { metadataExcept, nonPublicRanges, parseCidr } from '../../lib/ip.ts';
-import { LABEL_POLICY, LABEL_POLICY_NAMESPACE, calleeIngressName, labelValue, policyObjectName } from './names.ts';
+import {
+  LABEL_POLICY,
+  LABEL_POLICY_NAMESPACE,
+  calleeIngressName,
+  labelValue,
+  policyObjectName,
+  preGateObjectName,
+} from './names.ts';
+import { isGatePort } from '../../lib/inbound/gates.ts';
 import { normalizePorts, toNetworkPolicyPorts } from './ports.ts';
 import { parseDurationSeconds } from '../../lib/api/duration.ts';
 import { andLabels, compileSelector } from './selectors.ts';
@@ -29,9 +37,12 @@ import { compileServiceTarget } from './services.ts';
 import {
   allowedCallers,
   compileIngressRule,
+  calleeDialPorts,
   gatedPorts,
   peerAddresses,
   podGates,
+  preGatePods,
+  preGateSelector,
   servicesBypassingGates,
   spiffeOf,
 } from './inbound.ts';
@@ -138,10 +149,12 @@ export function compilePolicy(
   const calleeGrants: PolicyResult['calleeGrants'] = [];
   const npEgress: NetworkPolicyEgressRule[] = [];
   const npIngress: NetworkPolicyIngressRule[] = [];
+  const preGateIngress: NetworkPolicyIngressRule[] = [];
   const ciliumEgress: CiliumEgressRule[] = [];
   const calleePolicies: NetworkPolicy[] = [];
 
   const selected = expired ? [] : (index.agents.get(namespace)?.select(spec.agentSelector) ?? []);
+  const preGate = preGatePods(selected);
   if (expired) {
     problems.push({ reason: 'Expired', message: `the policy expired at ${spec.expiresAt ?? ''}; it grants nothing` });
   } else if (selected.length === 0) {
@@ -157,6 +170,7 @@ export function compilePolicy(
     calleeSelector: LabelSelector,
     ports: NetworkPolicyPort[],
     serviceName?: string,
+    preGate = false,
   ): NetworkPolicy => {
     // Cross-namespace ownerReferences are invalid (the garbage collector treats the owner as absent and
     // deletes the object): outside the policy's namespace the labels are what ties the object to its policy.
@@ -165,13 +179,13 @@ export function compilePolicy(
       apiVersion: 'networking.k8s.io/v1',
       kind: 'NetworkPolicy',
       metadata: {
-        name: calleeIngressName(namespace, name, ruleName, serviceName),
+        name: calleeIngressName(namespace, name, ruleName, serviceName, preGate),
         namespace: calleeNamespace,
         labels: sameNamespace ? labels : { ...labels, [LABEL_POLICY_NAMESPACE]: namespace },
         ...(sameNamespace && owner ? { ownerReferences: owner } : {}),
       },
       spec: {
-        podSelector: calleeSelector,
+        podSelector: preGate ? preGateSelector(calleeSelector) : calleeSelector,
         policyTypes: ['Ingress'],
         ingress: [
           {
@@ -292,16 +306,20 @@ export function compilePolicy(
         for (const peer of target.peers) addEgress([peer.peer], peer.ports);
         if (target.agentBackends && serviceNamespace === namespace) {
           // The Service's pods are agents behind their own baseline: open their side too, on the target ports.
-          const targetPorts = target.peers.flatMap((p) => p.ports);
-          calleePolicies.push(
-            calleeIngress(
-              ref.namespace ?? namespace,
-              rule.name,
-              andLabels({ matchLabels: target.selector }, INJECT),
-              toNetworkPolicyPorts(targetPorts.map((p) => ({ port: p.port ?? 0, protocol: p.protocol }))),
-              ref.name,
-            ),
+          // A TCP port that is no gate can only be a pre-gate pod's app port (services.ts opens no other on agent
+          // pods): it is opened on pre-gate pods alone, never on a gated one.
+          const targetPorts = toNetworkPolicyPorts(
+            target.peers.flatMap((p) => p.ports).map((p) => ({ port: p.port ?? 0, protocol: p.protocol })),
           );
+          const appPort = (p: NetworkPolicyPort): boolean => p.protocol === 'TCP' && !isGatePort(p.port ?? 0);
+          const calleeSelector = andLabels({ matchLabels: target.selector }, INJECT);
+          const calleeNs = ref.namespace ?? namespace;
+          const gates = targetPorts.filter((p) => !appPort(p));
+          const appPorts = targetPorts.filter(appPort);
+          if (gates.length > 0)
+            calleePolicies.push(calleeIngress(calleeNs, rule.name, calleeSelector, gates, ref.name));
+          if (appPorts.length > 0)
+            calleePolicies.push(calleeIngress(calleeNs, rule.name, calleeSelector, appPorts, ref.name, true));
         }
         if (target.extraPorts.length > 0) ports = normalizePorts([...ports, ...target.extraPorts]);
       }
@@ -334,7 +352,7 @@ export function compilePolicy(
       }
       // The caller's sidecar dials the callees' gates (their app ports are closed at L3).
       peers.push(...peerAddresses(allCallees, rule.ports, options.trustDomain));
-      const agentPorts = gatedPorts(allCallees, rule.ports);
+      const agentPorts = calleeDialPorts(allCallees, rule.ports);
       // Caller egress only towards namespaces that are open to it: its own, and those that consented.
       addEgress(
         peer.namespaceSelector
@@ -350,9 +368,15 @@ export function compilePolicy(
       // at L3 (their gates) and at the callees' gates (an inbound grant naming these callers' live pods).
       if (ownCallees) {
         const own = allCallees.filter((c) => c.namespace === namespace);
-        calleePolicies.push(
-          calleeIngress(namespace, rule.name, andLabels(peer.agentSelector, INJECT), gatedPorts(own, rule.ports)),
-        );
+        const calleeSelector = andLabels(peer.agentSelector, INJECT);
+        const gates = gatedPorts(own, rule.ports);
+        if (gates.length > 0) calleePolicies.push(calleeIngress(namespace, rule.name, calleeSelector, gates));
+        // Pre-gate callees keep their app ports, opened on them alone (never on a gated callee).
+        if (preGatePods(own).length > 0) {
+          calleePolicies.push(
+            calleeIngress(namespace, rule.name, calleeSelector, toNetworkPolicyPorts(rule.ports), undefined, true),
+          );
+        }
         grantCallees(own, rule.name, rule.ports, rule.http);
       }
     }
@@ -420,8 +444,11 @@ export function compilePolicy(
               },
             ]
           : ipBlockPeers(sortedUnique((from.cidrs ?? []).filter((c) => parseCidr(c) !== undefined)));
-    // Only the gates in front of the rule's app ports are opened (pods without gates: the app ports).
-    if (npPeers.length > 0) npIngress.push({ from: npPeers, ports: gatedPorts(selected, rule.ports) });
+    // Only the gates in front of the rule's app ports are opened; pre-gate pods' app ports by their own policy.
+    const gates = gatedPorts(selected, rule.ports);
+    if (npPeers.length > 0 && gates.length > 0) npIngress.push({ from: npPeers, ports: gates });
+    if (npPeers.length > 0 && preGate.length > 0)
+      preGateIngress.push({ from: npPeers, ports: toNetworkPolicyPorts(rule.ports) });
     ingress.push(
       compileIngressRule(
         rule,
@@ -451,7 +478,19 @@ export function compilePolicy(
       ...(npEgress.length > 0 ? { egress: npEgress } : {}),
     },
   };
-  const networkPolicies = [own, ...calleePolicies];
+  // Pods injected before gates existed: their app ports, opened by a policy that selects only them.
+  const preGatePolicy: NetworkPolicy[] =
+    preGateIngress.length > 0
+      ? [
+          {
+            apiVersion: 'networking.k8s.io/v1',
+            kind: 'NetworkPolicy',
+            metadata: { ...metadata, name: preGateObjectName(namespace, name) },
+            spec: { podSelector: preGateSelector(podSelector), policyTypes: ['Ingress'], ingress: preGateIngress },
+          },
+        ]
+      : [];
+  const networkPolicies = [own, ...preGatePolicy, ...calleePolicies];
   const cilium: CiliumNetworkPolicy | undefined =
     ciliumEgress.length > 0
       ? {

@@ -8,7 +8,7 @@ import { canonicalJSON, compareStrings } from './canonical.ts';
 import type { ClusterIndex, IndexedPod } from './cluster-index.ts';
 import { compileSelector } from './selectors.ts';
 import { LABEL_INJECT } from '../../lib/api/constants.ts';
-import { gatesOfPod } from '../../lib/inbound/gates.ts';
+import { injectedBeforeGates, isGatePort } from '../../lib/inbound/gates.ts';
 import type { NetworkPolicyPeer, NetworkPolicyPort, ProblemReason, ServicePort } from './types.ts';
 
 export interface ServiceTarget {
@@ -128,9 +128,11 @@ export function compileServiceTarget(
       else if (
         pod.labels[LABEL_INJECT] === 'true' &&
         (sp.protocol ?? 'TCP') === 'TCP' &&
-        gatesOfPod(pod.pod.spec).some((g) => g.port === port)
+        !isGatePort(port) &&
+        !injectedBeforeGates(pod.pod.spec)
       ) {
-        // The number is the app's own port, behind the sidecar's gate: never opened at L3.
+        // A gated agent pod is reached on its gates only: any other TCP number (its app port behind a gate, or a
+        // port it never declared, which no gate serves) is never opened at L3.
         bypass.add(`${sp.port}→${port}`);
       } else ports.push({ protocol: sp.protocol ?? 'TCP', port });
     }

@@ -333,6 +333,68 @@ describe('agent to agent through both sidecars', () => {
     });
   });
 
+  it('strips identity headers in every spelling an app stack folds onto them: underscores, case, duplicates', async () => {
+    const token = await agentToken(callerPod, 'caller', spiffe('callee'));
+    const before = seen.length;
+    const res = await send(gateB, '/v1/variants', {
+      headers: {
+        'agentfence-identity': token,
+        agentfence_caller: spiffe('admin'),
+        AgentFence_Caller: spiffe('root'), // a second line of the same underscore name
+        'AGENTFENCE-CALLER': spiffe('admin'), // the real name, in capitals
+        Agentfence_User: 'root',
+        'agentfence_user-issuer': 'https://idp.evil',
+        agentfence_identity: 'forged',
+        x_user_id: 'admin', // named by the callee's policy as x-user-id
+        'X-User_Id': 'root',
+        X_USER_ID: 'admin',
+        x_trace_id: 't-2', // an ordinary header with underscores: passes
+      },
+    });
+    expect(res.status, res.body).toBe(200);
+    expect(seen.length).toBe(before + 1);
+    const headers = seen.at(-1)?.headers ?? {};
+    const identity = new Set(['agentfence-caller', 'agentfence-user', 'agentfence-user-issuer', 'agentfence-identity']);
+    const claimed = Object.keys(headers).filter((k) => {
+      const folded = k.replaceAll('_', '-');
+      return identity.has(folded) || folded === 'x-user-id';
+    });
+    expect(claimed).toEqual(['agentfence-caller']);
+    expect(headers['agentfence-caller']).toBe(spiffe('caller'));
+    expect(headers.x_trace_id).toBe('t-2');
+  });
+
+  it('refuses a WebSocket upgrade to another agent at the caller’s sidecar, with the reason, audited', async () => {
+    const before = seen.length;
+    const auditsBefore = audits.length;
+    const { host, port } = proxyOf(sidecarA);
+    const raw = await new Promise<string>((resolve, reject) => {
+      const s = connect(port, host, () =>
+        s.write(
+          `GET http://${IP_B}:${appPort}/v1/ws HTTP/1.1\r\nhost: ${IP_B}:${appPort}\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`,
+        ),
+      );
+      let out = '';
+      s.on('data', (c: Buffer) => (out += c.toString()));
+      s.on('end', () => resolve(out));
+      s.on('close', () => resolve(out));
+      s.on('error', reject);
+    });
+    expect(Number(/^HTTP\/1\.1 (\d{3})/.exec(raw)?.[1])).toBe(501);
+    const body = JSON.parse(raw.slice(raw.indexOf('\r\n\r\n') + 4)) as { reason: string };
+    expect(body.reason).toBe('upgrade_to_agent_not_supported');
+    expect(seen.length).toBe(before);
+    await eventually(
+      () =>
+        audits
+          .slice(auditsBefore)
+          .find((a) => a.direction !== 'inbound' && a.reason === 'upgrade_to_agent_not_supported')
+          ? true
+          : undefined,
+      'egress audit line for the refused upgrade',
+    );
+  });
+
   it('refuses callers without a valid agent token, whatever headers they send', async () => {
     await refusedAtGate(() => send(gateB, '/v1/hello'), 401, ['missing_credential']);
     const res = await refusedAtGate(
@@ -394,12 +456,14 @@ describe('agent to agent through both sidecars', () => {
         (await send(gateB, '/from-1', { headers: { 'agentfence-identity': token } })).status === 200 ? true : undefined,
       'caller-1 admitted while it lives',
     );
+    const deletedAt = performance.now();
     await runOrThrow(['delete', 'pod', 'caller-1', '-n', ns, '--wait=false']);
     await eventually(
       async () =>
         (await send(gateB, '/from-1', { headers: { 'agentfence-identity': token } })).status === 403 ? true : undefined,
       'caller-1 refused after deletion',
     );
+    console.log(`pod deleted → its token refused at the gate after ${Math.round(performance.now() - deletedAt)} ms`);
     await refusedAtGate(() => send(gateB, '/from-1', { headers: { 'agentfence-identity': token } }), 403, [
       'caller_pod_not_live',
     ]);

@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startLocalController } from '../../localcluster/controller.ts';
 import { clientFromKubeconfig, type KubeClient } from '../../lib/kube/client.ts';
 import { type RunningOperator } from '../../operator/runtime.ts';
-import { calleeIngressName } from '../../operator/compiler/names.ts';
+import { calleeIngressName, preGateObjectName } from '../../operator/compiler/names.ts';
 import { cluster, createNamespace, eventually, run, runOrThrow } from '../support/cluster.ts';
 import { allowed, type EvalPod, type EvalPolicy, type EvalWorld } from '../support/netpol-eval.ts';
 
@@ -222,7 +222,11 @@ describe('tenancy', () => {
       return c?.status === 'False' ? c : undefined;
     }, 'caller no longer Degraded');
     const victimObjects = await netpols(victim);
-    expect(victimObjects.map((n) => n.name).sort()).toEqual(['agentfence-baseline', 'agentfence-planner']);
+    // planner-0 is created without the webhook (no sidecar): a pre-gate pod, whose app port its own policy opens
+    // by a NetworkPolicy that selects pre-gate pods only (operator/compiler/inbound.ts preGateSelector).
+    expect(victimObjects.map((n) => n.name).sort()).toEqual(
+      ['agentfence-baseline', 'agentfence-planner', preGateObjectName(victim, 'planner')].sort(),
+    );
     expect(victimObjects.every((n) => n.labels['agentfence.io/policy-namespace'] === undefined)).toBe(true);
     const egress = JSON.parse(
       await runOrThrow([

@@ -41,6 +41,7 @@ const CASES: GoldenCase[] = [
     files: ['examples/agent-to-agent.yaml', 'test/fixtures/compiler/agent-to-agent-pods.yaml'],
   },
   { name: 'credentials', files: ['test/fixtures/compiler/credentials.yaml'] },
+  { name: 'inbound-mixed-pods', files: ['test/fixtures/compiler/inbound-mixed-pods.yaml'] },
   { name: 'hosts-kubernetes', files: ['examples/research-agent.yaml', CLUSTER] },
   { name: 'cilium', files: ['examples/research-agent.yaml', CLUSTER], options: { networkProvider: 'cilium' } },
 ];

@@ -3,6 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { agentEntitlementSpec } from '../../lib/api/schema.ts';
 import { validateSchema } from '../../lib/api/validate.ts';
 import { compile } from '../../operator/compiler/index.ts';
+import { preGateObjectName } from '../../operator/compiler/names.ts';
 import type { CompileInput, CompileOptions, NetworkPolicy } from '../../operator/compiler/types.ts';
 import { NOW, agentPod, backendPod, namespace, policy, service, shuffled } from '../support/compiler-fixtures.ts';
 
@@ -427,11 +428,15 @@ describe('services backed by agent pods', () => {
       },
       options,
     );
+    // The fixture's mcp pod carries no gated sidecar (pre-gate): its app port is opened on pre-gate pods only.
     const callee = out.networkPolicies.find((p) => p.metadata.name.startsWith('agentfence-caller-mcp-'));
-    expect(callee?.metadata.name).toMatch(/^agentfence-caller-mcp-[0-9a-f]{8}$/);
+    expect(callee?.metadata.name).toMatch(/^agentfence-caller-mcp-pre-gate-[0-9a-f]{8}$/);
     expect(callee?.metadata.ownerReferences?.[0]?.name).toBe('caller');
     expect(callee?.spec).toEqual({
-      podSelector: { matchLabels: { 'agentfence.io/agent': 'mcp', 'agentfence.io/inject': 'true' } },
+      podSelector: {
+        matchLabels: { 'agentfence.io/agent': 'mcp', 'agentfence.io/inject': 'true' },
+        matchExpressions: [{ key: 'agentfence.io/inbound-gated', operator: 'DoesNotExist' }],
+      },
       policyTypes: ['Ingress'],
       ingress: [
         {
@@ -485,6 +490,7 @@ describe('services backed by agent pods', () => {
     expect(after.networkPolicies.filter((p) => p.metadata.namespace === 'tools').map((p) => p.metadata.name)).toEqual([
       'agentfence-baseline',
       'agentfence-mcp',
+      preGateObjectName('tools', 'mcp'), // the fixture pod is pre-gate: its own policy opens its app port
     ]);
     expect(
       after.networkPolicies.every((p) => p.metadata.labels?.['agentfence.io/policy-namespace'] === undefined),
@@ -548,7 +554,8 @@ describe('agents rules', () => {
       expect(entitlement(out, 'team-a', 'orchestrator-0').spec.egress?.[0]?.cidrs).toBeUndefined();
       expect(np(out, 'team-a', 'agentfence-orchestrator').spec.egress).toBeUndefined();
       const written = out.networkPolicies.filter((p) => p.metadata.namespace === 'team-b').map((p) => p.metadata.name);
-      expect(written.filter((n) => n !== 'agentfence-baseline' && n !== 'agentfence-planner')).toEqual([]);
+      const own = ['agentfence-baseline', 'agentfence-planner', preGateObjectName('team-b', 'planner')];
+      expect(written.filter((n) => !own.includes(n))).toEqual([]);
       const problems = report(out, 'team-a', 'orchestrator').problems;
       expect(problems.map((p) => `${p.rule ?? ''}:${p.reason}`)).toEqual(['planner:CalleeHasNotConsented']);
       expect(problems[0]?.message).toMatch(
@@ -568,12 +575,16 @@ describe('agents rules', () => {
       },
     ]);
     // In team-b only team-b's objects: its baseline and its own policy, which admits the caller.
+    // (The fixture's planner pods are pre-gate: their own policy's pre-gate object opens the app port to them.)
+    const plannerPreGate = preGateObjectName('team-b', 'planner');
     expect(out.networkPolicies.filter((p) => p.metadata.namespace === 'team-b').map((p) => p.metadata.name)).toEqual([
       'agentfence-baseline',
       'agentfence-planner',
+      plannerPreGate,
     ]);
-    expect(np(out, 'team-b', 'agentfence-planner').metadata.ownerReferences?.[0]?.name).toBe('planner');
-    expect(np(out, 'team-b', 'agentfence-planner').spec.ingress).toEqual([
+    expect(np(out, 'team-b', plannerPreGate).metadata.ownerReferences?.[0]?.name).toBe('planner');
+    expect(np(out, 'team-b', 'agentfence-planner').spec.ingress).toBeUndefined();
+    expect(np(out, 'team-b', plannerPreGate).spec.ingress).toEqual([
       {
         from: [
           {
@@ -707,7 +718,9 @@ describe('agents rules', () => {
       },
       options,
     );
-    expect(np(out, 'a', 'agentfence-x').spec.ingress).toEqual([
+    // The fixture pod is pre-gate (no gated sidecar): the rules open its app ports, on pre-gate pods only.
+    expect(np(out, 'a', 'agentfence-x').spec.ingress).toBeUndefined();
+    expect(np(out, 'a', preGateObjectName('a', 'x')).spec.ingress).toEqual([
       {
         from: [{ ipBlock: { cidr: '0.0.0.0/0', except: ['169.254.0.0/16'] } }],
         ports: [{ protocol: 'TCP', port: 9000, endPort: 9010 }],
@@ -992,6 +1005,7 @@ describe('determinism', () => {
       'a/agentfence-x-extra',
       'b/agentfence-baseline',
       'b/agentfence-y',
+      'b/agentfence-y-pre-gate-7682f8a4',
     ]);
     const long = 'p'.repeat(253);
     const longOut = compile(

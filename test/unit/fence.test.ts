@@ -230,4 +230,29 @@ describe('inbound gates and the fence', () => {
     sidecar(dropped).ports = sidecar(dropped).ports?.filter((p) => p.containerPort !== 15006);
     expect(fenceProblem(dropped, config)).toMatch(/differs from the injected one in: ports/);
   });
+
+  it('refuses a gated pod without its gated label, or a port-less pod whose empty --inbound was dropped', () => {
+    // Without the label the pre-gate NetworkPolicies would select it: such a pod gets no identity.
+    const unlabelled = asStored(injected());
+    Reflect.deleteProperty(unlabelled.metadata.labels ?? {}, 'agentfence.io/inbound-gated');
+    expect(fenceProblem(unlabelled, config)).toMatch(/labels/);
+    const portless = inject(
+      {
+        apiVersion: 'v1',
+        kind: 'Pod',
+        metadata: { name: 'p', namespace: 'demo', labels: { 'agentfence.io/inject': 'true' } },
+        spec: {
+          serviceAccountName: 'support-agent',
+          containers: [{ name: 'agent', image: 'registry.example/agent:1' }],
+        },
+      },
+      config,
+    );
+    if (!portless.allowed) throw new Error(portless.message);
+    const pod = asStored(portless.pod);
+    expect(fenceProblem(pod, config)).toBeUndefined();
+    // Posing as pre-gate (argument dropped) while labelled gated: the render of either version differs.
+    sidecar(pod).args = (sidecar(pod).args as string[]).filter((a) => !a.startsWith('--inbound'));
+    expect(fenceProblem(pod, config)).toBeDefined();
+  });
 });

@@ -12,7 +12,7 @@ import { createUserVerifier } from '../../lib/verify/user-token.ts';
 import { describe, expect, it } from 'vitest';
 import { createAuditSink, type AuditRecord } from '../../sidecar/audit.ts';
 import type { AgentEntitlement, EntitlementIngressRule } from '../../lib/api/types.generated.ts';
-import { formatGates, gatesOfPod, parseGates } from '../../lib/inbound/gates.ts';
+import { formatGates, gatesOfPod, injectedBeforeGates, parseGates } from '../../lib/inbound/gates.ts';
 import { compile } from '../../operator/compiler/index.ts';
 import type { PodInput } from '../../operator/compiler/types.ts';
 import { InboundPolicy, RateLimiter, claimHolds, parseWindow, type Caller } from '../../sidecar/inbound-policy.ts';
@@ -367,6 +367,88 @@ describe('the compiler and gates', () => {
     expect(after).not.toBe(before);
   });
 });
+
+describe('pre-gate is decided per pod, from what was injected', () => {
+  const render = (name: string, ports: number[], gates = true): PodInput => {
+    const out = inject(
+      {
+        apiVersion: 'v1',
+        kind: 'Pod',
+        metadata: { name, namespace: 'team', labels: { 'agentfence.io/inject': 'true', 'agentfence.io/agent': 'c' } },
+        spec: { containers: [{ name: 'app', ports: ports.map((containerPort) => ({ containerPort })) }] },
+      },
+      TEST_INJECTOR,
+      { gates },
+    );
+    if (!out.allowed) throw new Error(out.message);
+    return {
+      metadata: { ...out.pod.metadata, uid: `u-${name}` },
+      spec: out.pod.spec as PodInput['spec'],
+      status: { podIP: '10.0.1.1' },
+    };
+  };
+
+  it('marks a port-less pod as gated (empty --inbound, the label); a pre-gate render has neither', () => {
+    const portless = render('c-0', []);
+    expect(JSON.stringify(portless.spec?.initContainers?.[0])).toContain('"--inbound="');
+    expect(portless.metadata.labels?.['agentfence.io/inbound-gated']).toBe('true');
+    expect(injectedBeforeGates(portless.spec)).toBe(false);
+    const old = render('c-1', [8080], false);
+    expect(JSON.stringify(old.spec?.initContainers?.[0])).not.toContain('--inbound');
+    expect(old.metadata.labels?.['agentfence.io/inbound-gated']).toBeUndefined();
+    expect(injectedBeforeGates(old.spec)).toBe(true);
+  });
+
+  it('never opens a number a Service targets on a gated pod that no gate serves (a port the pod never declared)', () => {
+    const out = compile(
+      {
+        namespaces: [namespace('team')],
+        pods: [render('c-0', []), injectedCaller()],
+        services: [
+          service('team', 'c-undeclared', {
+            selector: { 'agentfence.io/agent': 'c' },
+            clusterIP: '10.96.0.9',
+            ports: [{ port: 80, targetPort: 9000 }],
+          }),
+        ],
+        policies: [
+          policy('team', 'a', {
+            egress: [{ name: 'c', to: { services: [{ name: 'c-undeclared' }] }, ports: [{ port: 80 }] }],
+          }),
+          policy('team', 'c', { ingress: [{ name: 'lan', from: { cidrs: ['0.0.0.0/0'] }, ports: [{ port: 9000 }] }] }),
+        ],
+      },
+      { now: NOW },
+    );
+    expect(JSON.stringify(out.networkPolicies)).not.toContain('"port":9000');
+    for (const name of ['a', 'c']) {
+      expect(out.reports.find((r) => r.name === name)?.problems.map((p) => p.reason)).toContain('ServiceBypassesGate');
+    }
+  });
+});
+
+/** An agent pod `a` as injected, without ports. */
+function injectedCaller(): PodInput {
+  const out = inject(
+    {
+      apiVersion: 'v1',
+      kind: 'Pod',
+      metadata: {
+        name: 'a-0',
+        namespace: 'team',
+        labels: { 'agentfence.io/inject': 'true', 'agentfence.io/agent': 'a' },
+      },
+      spec: { containers: [{ name: 'app' }] },
+    },
+    TEST_INJECTOR,
+  );
+  if (!out.allowed) throw new Error(out.message);
+  return {
+    metadata: { ...out.pod.metadata, uid: 'u-a-0' },
+    spec: out.pod.spec as PodInput['spec'],
+    status: { podIP: '10.0.1.2' },
+  };
+}
 
 describe('the audit sink under backpressure', () => {
   it('waits for one drain at a time instead of stacking a listener per flush', () => {

@@ -13,7 +13,14 @@ import { inject } from '../../webhook/inject.ts';
 import { TEST_INJECTOR } from '../support/identity-server.ts';
 
 /** An agent pod as the webhook injects it: its app ports behind the sidecar's inbound gates (15006, …). */
-const agentWithPorts = (ns: string, name: string, agent: string, ip: string, ports: number[] = []): PodInput => {
+const agentWithPorts = (
+  ns: string,
+  name: string,
+  agent: string,
+  ip: string,
+  ports: number[] = [],
+  options: { gates?: boolean } = {},
+): PodInput => {
   const out = inject(
     {
       apiVersion: 'v1',
@@ -22,6 +29,7 @@ const agentWithPorts = (ns: string, name: string, agent: string, ip: string, por
       spec: { containers: [{ name: 'agent', ports: ports.map((containerPort) => ({ containerPort })) }] },
     },
     TEST_INJECTOR,
+    options, // gates: false renders the pod as a version before inbound gates did
   );
   if (!out.allowed) throw new Error(out.message);
   return {
@@ -219,5 +227,82 @@ describe('compiled NetworkPolicies, evaluated independently', () => {
   it('without consent, the cross-namespace grant opens nothing (and the evaluator sees it)', () => {
     const open = matrix(world(tenants.filter((p) => p.metadata.name !== 'planner')));
     expect(open.filter((c) => c.includes('-> team-b/planner'))).toEqual([]);
+  });
+});
+
+describe('a selection mixing gated, port-less and pre-gate pods', () => {
+  // One policy selects three `front` pods: one gated (8080 behind 15006), one that declares no port (gated, with
+  // nothing to open), one injected before gates existed (its app port 8080 stays open, to it alone).
+  const mixedPods: PodInput[] = [
+    agentWithPorts('mixed', 'gated-0', 'front', '10.5.0.1', [8080]),
+    agentWithPorts('mixed', 'portless-0', 'front', '10.5.0.2'),
+    agentWithPorts('mixed', 'pregate-0', 'front', '10.5.0.3', [8080], { gates: false }),
+    agentWithPorts('mixed', 'caller-0', 'caller', '10.5.0.4'),
+    backendPod('elsewhere', 'anyone-0', { app: 'anyone' }, [], '10.6.0.1'),
+  ];
+  const policies = [
+    policy('mixed', 'front', {
+      ingress: [
+        {
+          name: 'people',
+          from: { users: { issuer: 'https://idp.example', audiences: ['front'] } },
+          ports: [{ port: 8080 }],
+        },
+      ],
+    }),
+    policy('mixed', 'caller', {
+      egress: [
+        {
+          name: 'front',
+          to: { agents: { agentSelector: { matchLabels: { 'agentfence.io/agent': 'front' } } } },
+          ports: [{ port: 8080 }],
+        },
+      ],
+    }),
+  ];
+  const out = compile(
+    { namespaces: ['mixed', 'elsewhere'].map((n) => namespace(n)), pods: mixedPods, services: [], policies },
+    { now: NOW },
+  );
+  const w: EvalWorld = {
+    namespaces: {},
+    pods: mixedPods.map((p): EvalPod => ({
+      namespace: p.metadata.namespace ?? 'default',
+      name: p.metadata.name ?? '',
+      labels: p.metadata.labels ?? {},
+      ip: p.status?.podIP ?? '',
+      ports: [...(p.spec?.containers ?? []), ...(p.spec?.initContainers ?? [])].flatMap((c) => c.ports ?? []),
+    })),
+    policies: out.networkPolicies,
+  };
+  const pod = (name: string): EvalPod => {
+    const found = w.pods.find((p) => p.name === name);
+    if (!found) throw new Error(name);
+    return found;
+  };
+  const reach = (from: string, to: string, port: number): boolean => allowed(w, pod(from), { pod: pod(to) }, port);
+
+  it("keeps the gated pod's app port closed to anyone and to agent callers; only its gate opens", () => {
+    for (const from of ['anyone-0', 'caller-0']) {
+      expect(reach(from, 'gated-0', 15006), `${from} -> gate`).toBe(true);
+      expect(reach(from, 'gated-0', 8080), `${from} -> gated app port`).toBe(false);
+    }
+  });
+
+  it('opens no app port on the pod that declares no port', () => {
+    // The gate range (15006–15017) is the sidecar's alone (refused to apps at injection); the policy's rules open
+    // the selection's gates there, and on this pod no gate listens. Every other port stays closed.
+    for (const from of ['anyone-0', 'caller-0'])
+      for (const port of [8080, 1, 9090, 15001, 15020, 65535])
+        expect(reach(from, 'portless-0', port), `${from}:${port}`).toBe(false);
+  });
+
+  it("opens the pre-gate pod's app port to it alone, for the callers its rules name", () => {
+    expect(reach('anyone-0', 'pregate-0', 8080)).toBe(true);
+    expect(reach('caller-0', 'pregate-0', 8080)).toBe(true);
+    expect(reach('anyone-0', 'pregate-0', 9090)).toBe(false);
+    // The policies that open app ports select pre-gate pods only: no gated pod matches their selector.
+    const gatedPods = w.pods.filter((p) => p.labels['agentfence.io/inbound-gated'] === 'true').map((p) => p.name);
+    expect(gatedPods.sort()).toEqual(['caller-0', 'gated-0', 'portless-0']);
   });
 });
