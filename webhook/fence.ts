@@ -67,7 +67,15 @@ export function fenceProblem(live: unknown, config: InjectorConfig): string | un
   const legacy = !(
     Array.isArray(liveArgs) && liveArgs.some((a) => typeof a === 'string' && a.startsWith(INBOUND_FLAG))
   );
-  const rendered = inject(live, config, legacy ? { gates: false } : {});
+  // Likewise a sidecar injected before it had V8 settings (NODE_OPTIONS) is judged without them: they bound its
+  // memory, not the fence. Any NODE_OPTIONS present must be exactly the rendered one (a preload would run code).
+  const nodeOptions = (live.spec.initContainers ?? [])
+    .find((c) => c.name === SIDECAR_NAME)
+    ?.env?.some((e) => e.name === 'NODE_OPTIONS');
+  const rendered = inject(live, config, {
+    ...(legacy ? { gates: false } : {}),
+    ...(nodeOptions ? {} : { nodeOptions: false }),
+  });
   if (!rendered.allowed) return `the pod could not be injected as it is now: ${rendered.message}`;
   const expected = rendered.pod;
   if (expected.metadata.annotations?.[ANNOTATION_INJECTED] !== annotation) {

@@ -124,6 +124,32 @@ export type RefusalReason =
   | 'InvalidAgentName';
 
 const QUANTITY = /^([0-9]+(\.[0-9]+)?)(m|k|Ki|M|Mi|G|Gi)?$/;
+const QUANTITY_BYTES: Record<string, number> = {
+  '': 1,
+  m: 1e-3,
+  k: 1e3,
+  Ki: 2 ** 10,
+  M: 1e6,
+  Mi: 2 ** 20,
+  G: 1e9,
+  Gi: 2 ** 30,
+};
+
+/**
+ * The sidecar's V8 settings for its container memory limit (a validated quantity), as NODE_OPTIONS on the sidecar
+ * container only (the image's entrypoint is shared with the controller). Measured with 100 concurrent 1 MB MCP
+ * bodies (bench:proxy, docs/performance.md): the heap stays under 35 MB; what crossed the limit was garbage —
+ * body chunks and freed buffers, off-heap memory that V8 frees only when it collects their small wrappers.
+ * - A 1 MiB young generation (the default grows to 16 MiB per semi-space) makes scavenges
+ *   frequent, so those wrappers and their buffers go within about a megabyte of allocation.
+ * - An old-generation cap at 3/4 of the limit (96 MiB of 128 MiB, ~3× the heap measured under load) lets V8
+ *   size its collections for the container, not for the node's RAM; below 32 MiB the sidecar would not run.
+ */
+export function sidecarNodeOptions(memoryLimit: string): string {
+  const m = QUANTITY.exec(memoryLimit);
+  const mib = m ? (Number(m[1]) * (QUANTITY_BYTES[m[3] ?? ''] ?? 1)) / 2 ** 20 : 0;
+  return `--max-semi-space-size=1 --max-old-space-size=${Math.max(32, Math.floor(mib * 0.75))}`;
+}
 const LOG_LEVELS = new Set(['debug', 'info', 'warn', 'error']);
 const LABEL_VALUE = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
 
@@ -138,9 +164,14 @@ function refuse(reason: RefusalReason, message: string): InjectResult & { allowe
 
 /**
  * Injects the sidecar into a pod labelled agentfence.io/inject=true. `gates: false` renders without inbound
- * gates: only the fence check uses it, for pods injected before gates existed (see webhook/fence.ts).
+ * gates and `nodeOptions: false` without the sidecar's V8 settings: only the fence check uses them, for pods
+ * injected before those existed (see webhook/fence.ts).
  */
-export function inject(input: Pod, config: InjectorConfig, options: { gates?: boolean } = {}): InjectResult {
+export function inject(
+  input: Pod,
+  config: InjectorConfig,
+  options: { gates?: boolean; nodeOptions?: boolean } = {},
+): InjectResult {
   const pod = strip(structuredClone(input));
   const refusal = refuseUnfenceable(pod);
   if (refusal) return refusal;
@@ -189,7 +220,8 @@ export function inject(input: Pod, config: InjectorConfig, options: { gates?: bo
   // Inbound gates: callers reaching the pod land on the sidecar (webhook/inbound.ts).
   const gates = options.gates === false ? { ports: [], arg: '', warnings: [] } : assignGates(pod);
   warnings.push(...gates.warnings);
-  const sidecar = sidecarContainer(config, resources, logLevel, gates.ports, gates.arg);
+  const nodeOptions = options.nodeOptions === false ? undefined : sidecarNodeOptions(resources.memoryLimit);
+  const sidecar = sidecarContainer(config, resources, logLevel, gates.ports, gates.arg, nodeOptions);
   spec.initContainers = [sidecar, ...(spec.initContainers ?? [])];
   spec.volumes = [
     ...(spec.volumes ?? []),
@@ -326,6 +358,7 @@ function sidecarContainer(
   logLevel: string,
   gatePorts: ContainerPort[],
   gateArg: string,
+  nodeOptions: string | undefined,
 ): Container {
   const probe = (path: string, extra: Record<string, number>): Record<string, unknown> => ({
     httpGet: { path, port: ADMIN_PORT },
@@ -351,6 +384,7 @@ function sidecarContainer(
     env: [
       { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
       { name: 'POD_NAMESPACE', valueFrom: { fieldRef: { fieldPath: 'metadata.namespace' } } },
+      ...(nodeOptions ? [{ name: 'NODE_OPTIONS', value: nodeOptions }] : []),
     ],
     ports: [...gatePorts, { name: 'agentfence-adm', containerPort: ADMIN_PORT, protocol: 'TCP' }],
     // App containers start only after this passes: identity obtained, entitlements loaded, trust bundle written.

@@ -231,3 +231,27 @@ describe('inbound gates and the fence', () => {
     expect(fenceProblem(dropped, config)).toMatch(/differs from the injected one in: ports/);
   });
 });
+
+describe("the sidecar's V8 settings and the fence", () => {
+  it('accepts a pod injected before the sidecar had NODE_OPTIONS, and refuses any other NODE_OPTIONS', () => {
+    const withoutOptions = (pod: Pod): Pod => {
+      sidecar(pod).env = sidecar(pod).env?.filter((e) => e.name !== 'NODE_OPTIONS');
+      return pod;
+    };
+    // Injected by the previous release (no NODE_OPTIONS): still fenced, so upgrading keeps running pods' identity.
+    expect(fenceProblem(withoutOptions(asStored(injected())), config)).toBeUndefined();
+    // Any other value on the sidecar (a preload, an inspector, another heap) is not the injection.
+    for (const value of ['--require=/tmp/x.js', '--inspect=0.0.0.0:9229', '--max-old-space-size=4096', '']) {
+      const pod = asStored(injected());
+      const env = sidecar(pod).env?.find((e) => e.name === 'NODE_OPTIONS');
+      if (!env) throw new Error('the injection sets NODE_OPTIONS');
+      env.value = value;
+      expect(fenceProblem(pod, config)).toMatch(/differs from the injected one in: env/);
+    }
+    const moved = asStored(injected());
+    sidecar(moved).env = sidecar(moved).env?.map((e) =>
+      e.name === 'NODE_OPTIONS' ? { name: e.name, valueFrom: { configMapKeyRef: { name: 'x', key: 'y' } } } : e,
+    );
+    expect(fenceProblem(moved, config)).toMatch(/differs from the injected one in: env/);
+  });
+});

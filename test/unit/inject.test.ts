@@ -151,6 +151,32 @@ describe('injection rules', () => {
     );
   });
 
+  it("bounds the sidecar's V8 heap for its memory limit (NODE_OPTIONS on the sidecar only), also for an override", () => {
+    const nodeOptions = (pod: Pod): string | undefined => {
+      const out = inject(pod, config);
+      if (!out.allowed) throw new Error(out.message);
+      for (const c of out.pod.spec.containers) expect(c.env?.some((e) => e.name === 'NODE_OPTIONS')).toBe(false);
+      const sidecar = out.pod.spec.initContainers?.find((c) => c.name === 'agentfence-sidecar');
+      return sidecar?.env?.find((e) => e.name === 'NODE_OPTIONS')?.value;
+    };
+    expect(nodeOptions(base())).toBe('--max-semi-space-size=1 --max-old-space-size=96');
+    for (const [limit, oldSpace] of [
+      ['1Gi', 768],
+      ['0.5Gi', 384],
+      ['256M', 183],
+      ['200000Ki', 146],
+      ['268435456', 192],
+    ] as const) {
+      const pod = base();
+      pod.metadata.annotations = { 'agentfence.io/sidecar-memory-limit': limit };
+      expect(nodeOptions(pod)).toBe(`--max-semi-space-size=1 --max-old-space-size=${oldSpace}`);
+    }
+    // A limit too small to run the sidecar at all still gets a usable heap (the pod fails visibly, OOM, not V8).
+    const tiny = base();
+    tiny.metadata.annotations = { 'agentfence.io/sidecar-memory-limit': '16Mi' };
+    expect(nodeOptions(tiny)).toBe('--max-semi-space-size=1 --max-old-space-size=32');
+  });
+
   it('refuses a container that mounts the trust volume itself (it could replace the bundle)', () => {
     const pod = base();
     const app = pod.spec.containers[0] ?? { name: '' };
