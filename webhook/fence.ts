@@ -12,7 +12,15 @@
 import { ANNOTATION_INJECTED } from '../lib/api/constants.ts';
 import { deepEqual } from '../lib/kube/json.ts';
 import { isPodShape } from './admission.ts';
-import { INJECTED_VOLUMES, SIDECAR_NAME, inject, type Container, type InjectorConfig, type Pod } from './inject.ts';
+import {
+  INJECTED_VOLUMES,
+  SIDECAR_NAME,
+  SIDECAR_RUNTIME_ENV,
+  inject,
+  type Container,
+  type InjectorConfig,
+  type Pod,
+} from './inject.ts';
 import { podPatch } from './patch.ts';
 import { INBOUND_FLAG } from '../lib/inbound/gates.ts';
 
@@ -67,14 +75,14 @@ export function fenceProblem(live: unknown, config: InjectorConfig): string | un
   const legacy = !(
     Array.isArray(liveArgs) && liveArgs.some((a) => typeof a === 'string' && a.startsWith(INBOUND_FLAG))
   );
-  // Likewise a sidecar injected before it had V8 settings (NODE_OPTIONS) is judged without them: they bound its
-  // memory, not the fence. Any NODE_OPTIONS present must be exactly the rendered one (a preload would run code).
-  const nodeOptions = (live.spec.initContainers ?? [])
-    .find((c) => c.name === SIDECAR_NAME)
-    ?.env?.some((e) => e.name === 'NODE_OPTIONS');
+  // Likewise a sidecar injected before it had runtime settings (none of NODE_OPTIONS, GLIBC_TUNABLES) is judged
+  // without them: they bound its memory, not the fence. Any present must be exactly the rendered ones (a preload
+  // in NODE_OPTIONS would run code in the sidecar).
+  const liveEnv = (live.spec.initContainers ?? []).find((c) => c.name === SIDECAR_NAME)?.env ?? [];
+  const runtimeEnv = liveEnv.some((e) => SIDECAR_RUNTIME_ENV.includes(e.name));
   const rendered = inject(live, config, {
     ...(legacy ? { gates: false } : {}),
-    ...(nodeOptions ? {} : { nodeOptions: false }),
+    ...(runtimeEnv ? {} : { runtimeEnv: false }),
   });
   if (!rendered.allowed) return `the pod could not be injected as it is now: ${rendered.message}`;
   const expected = rendered.pod;

@@ -151,15 +151,20 @@ describe('injection rules', () => {
     );
   });
 
-  it("bounds the sidecar's V8 heap for its memory limit (NODE_OPTIONS on the sidecar only), also for an override", () => {
-    const nodeOptions = (pod: Pod): string | undefined => {
+  it("bounds the sidecar's memory for its limit (NODE_OPTIONS, GLIBC_TUNABLES on the sidecar only), also for an override", () => {
+    const runtime = ['NODE_OPTIONS', 'GLIBC_TUNABLES'];
+    const sidecarEnv = (pod: Pod, name: string): string | undefined => {
       const out = inject(pod, config);
       if (!out.allowed) throw new Error(out.message);
-      for (const c of out.pod.spec.containers) expect(c.env?.some((e) => e.name === 'NODE_OPTIONS')).toBe(false);
+      for (const c of out.pod.spec.containers) expect(c.env?.some((e) => runtime.includes(e.name))).toBe(false);
       const sidecar = out.pod.spec.initContainers?.find((c) => c.name === 'agentfence-sidecar');
-      return sidecar?.env?.find((e) => e.name === 'NODE_OPTIONS')?.value;
+      return sidecar?.env?.find((e) => e.name === name)?.value;
     };
+    const nodeOptions = (pod: Pod): string | undefined => sidecarEnv(pod, 'NODE_OPTIONS');
     expect(nodeOptions(base())).toBe('--max-semi-space-size=1 --max-old-space-size=96');
+    expect(sidecarEnv(base(), 'GLIBC_TUNABLES')).toBe(
+      'glibc.malloc.mmap_threshold=131072:glibc.malloc.trim_threshold=131072',
+    );
     for (const [limit, oldSpace] of [
       ['1Gi', 768],
       ['0.5Gi', 384],
