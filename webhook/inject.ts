@@ -141,10 +141,12 @@ const QUANTITY_BYTES: Record<string, number> = {
  * 1 MB MCP bodies (bench:proxy, docs/performance.md): the heap stays under 35 MB; what crossed the limit was
  * garbage — body chunks and freed buffers, off-heap memory that V8 frees only when it collects their small
  * wrappers, and freed buffers the allocator kept.
- * - NODE_OPTIONS: a 1 MiB young generation (the default grows to 16 MiB per semi-space) makes scavenges
- *   frequent, so those wrappers and their buffers go within about a megabyte of allocation; an old-generation cap
- *   at 3/4 of the limit (96 MiB of 128 MiB, ~3× the heap measured under load) lets V8 size its collections for
- *   the container, not for the node's RAM (at least 32 MiB: below that the sidecar would not run anyway).
+ * - NODE_OPTIONS: semi-spaces of 2 MiB (the default grows to 16 MiB each) make scavenges frequent, so those
+ *   wrappers and their buffers go within a few megabytes of allocation (peak anonymous memory in that case
+ *   65–75 MiB at 1 and 2 MiB, 86–91 at 4; 1 MiB doubles the scavenges under small-request load for no gain); an
+ *   old-generation cap at 3/4 of the limit (96 MiB of 128 MiB, ~3× the heap measured under load) lets V8 size its
+ *   collections for the container, not for the node's RAM (at least 32 MiB: below that the sidecar would not
+ *   run anyway).
  * - GLIBC_TUNABLES: glibc's own defaults (128 KiB), fixed. Left dynamic, glibc raises its mmap threshold to the
  *   largest buffer freed (up to 32 MiB), so after the first 1 MB body every later one comes from the heap and
  *   stays resident after it is freed; fixed, large buffers are mapped and go back to the system when freed.
@@ -155,7 +157,7 @@ export function sidecarRuntimeEnv(memoryLimit: string): EnvVar[] {
   return [
     {
       name: 'NODE_OPTIONS',
-      value: `--max-semi-space-size=1 --max-old-space-size=${Math.max(32, Math.floor(mib * 0.75))}`,
+      value: `--max-semi-space-size=2 --max-old-space-size=${Math.max(32, Math.floor(mib * 0.75))}`,
     },
     { name: 'GLIBC_TUNABLES', value: 'glibc.malloc.mmap_threshold=131072:glibc.malloc.trim_threshold=131072' },
   ];

@@ -161,7 +161,7 @@ describe('injection rules', () => {
       return sidecar?.env?.find((e) => e.name === name)?.value;
     };
     const nodeOptions = (pod: Pod): string | undefined => sidecarEnv(pod, 'NODE_OPTIONS');
-    expect(nodeOptions(base())).toBe('--max-semi-space-size=1 --max-old-space-size=96');
+    expect(nodeOptions(base())).toBe('--max-semi-space-size=2 --max-old-space-size=96');
     expect(sidecarEnv(base(), 'GLIBC_TUNABLES')).toBe(
       'glibc.malloc.mmap_threshold=131072:glibc.malloc.trim_threshold=131072',
     );
@@ -174,12 +174,12 @@ describe('injection rules', () => {
     ] as const) {
       const pod = base();
       pod.metadata.annotations = { 'agentfence.io/sidecar-memory-limit': limit };
-      expect(nodeOptions(pod)).toBe(`--max-semi-space-size=1 --max-old-space-size=${oldSpace}`);
+      expect(nodeOptions(pod)).toBe(`--max-semi-space-size=2 --max-old-space-size=${oldSpace}`);
     }
     // A limit too small to run the sidecar at all still gets a usable heap (the pod fails visibly, OOM, not V8).
     const tiny = base();
     tiny.metadata.annotations = { 'agentfence.io/sidecar-memory-limit': '16Mi' };
-    expect(nodeOptions(tiny)).toBe('--max-semi-space-size=1 --max-old-space-size=32');
+    expect(nodeOptions(tiny)).toBe('--max-semi-space-size=2 --max-old-space-size=32');
   });
 
   it('refuses a container that mounts the trust volume itself (it could replace the bundle)', () => {
