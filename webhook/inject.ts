@@ -152,13 +152,13 @@ const QUANTITY_BYTES: Record<string, number> = {
  *   stays resident after it is freed; fixed, large buffers are mapped and go back to the system when freed.
  */
 export function sidecarRuntimeEnv(memoryLimit: string): EnvVar[] {
+  // The controller's --sidecar-memory-limit is any Kubernetes quantity; one this pattern does not read (Ti, an
+  // exponent) gets no old-space cap rather than a wrong one.
   const m = QUANTITY.exec(memoryLimit);
-  const mib = m ? (Number(m[1]) * (QUANTITY_BYTES[m[3] ?? ''] ?? 1)) / 2 ** 20 : 0;
+  const mib = m ? (Number(m[1]) * (QUANTITY_BYTES[m[3] ?? ''] ?? 1)) / 2 ** 20 : undefined;
+  const oldSpace = mib === undefined ? '' : ` --max-old-space-size=${Math.max(32, Math.floor(mib * 0.75))}`;
   return [
-    {
-      name: 'NODE_OPTIONS',
-      value: `--max-semi-space-size=2 --max-old-space-size=${Math.max(32, Math.floor(mib * 0.75))}`,
-    },
+    { name: 'NODE_OPTIONS', value: `--max-semi-space-size=2${oldSpace}` },
     { name: 'GLIBC_TUNABLES', value: 'glibc.malloc.mmap_threshold=131072:glibc.malloc.trim_threshold=131072' },
   ];
 }

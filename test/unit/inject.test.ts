@@ -180,6 +180,12 @@ describe('injection rules', () => {
     const tiny = base();
     tiny.metadata.annotations = { 'agentfence.io/sidecar-memory-limit': '16Mi' };
     expect(nodeOptions(tiny)).toBe('--max-semi-space-size=2 --max-old-space-size=32');
+    // A controller limit the webhook's pattern does not read (valid for Kubernetes) gets no cap rather than a wrong one.
+    const big = inject(base(), { ...config, resources: { ...config.resources, memoryLimit: '1Ti' } });
+    if (!big.allowed) throw new Error(big.message);
+    expect(big.pod.spec.initContainers?.[0]?.env?.find((e) => e.name === 'NODE_OPTIONS')?.value).toBe(
+      '--max-semi-space-size=2',
+    );
   });
 
   it('refuses a container that mounts the trust volume itself (it could replace the bundle)', () => {
