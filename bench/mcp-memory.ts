@@ -1,12 +1,13 @@
 // Sidecar memory under concurrent MCP bodies alone (bench:proxy prints the same case next to its other figures):
 // 100 clients at once each POST a ~1 MB `tools/call`, in waves; the sidecar's peak RSS next to the chart's memory
-// limit (charts/agentfence/values.yaml, sidecar 128Mi). SIDECAR_NODE_FLAGS passes Node flags to the sidecar only.
+// limit (charts/agentfence/values.yaml, sidecar 128Mi). The sidecar runs with a pod's environment (NODE_OPTIONS,
+// GLIBC_TUNABLES; SIDECAR_RUNTIME_ENV=0 leaves it out); SIDECAR_NODE_FLAGS passes more Node flags to it only.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { formatStatuses, MCP_BODY_BYTES, MCP_CLIENTS, MCP_WAVES, mcpLoad } from './support/mcp-load.ts';
-import { SIDECAR_LIMIT_MIB } from './support/sidecar.ts';
+import { SIDECAR_ENV_TEXT, SIDECAR_LIMIT_MIB } from './support/sidecar.ts';
 
 const here = new URL('.', import.meta.url).pathname;
 const work = mkdtempSync(join(tmpdir(), 'agentfence-bench-mcp-'));
@@ -29,14 +30,16 @@ try {
     (process.env.SIDECAR_NODE_FLAGS ?? '').split(' ').filter(Boolean),
   );
   const f = (n: number): string => n.toFixed(1);
-  console.log(`| sidecar RSS | MiB |`);
-  console.log('|---|---|');
-  console.log(`| idle | ${f(r.idle)} |`);
+  console.log(`sidecar environment (as injected): ${SIDECAR_ENV_TEXT}`);
+  console.log('');
+  console.log(`| sidecar | RSS MiB | anonymous MiB |`);
+  console.log('|---|---|---|');
+  console.log(`| idle | ${f(r.idle)} | |`);
   console.log(
-    `| peak, ${MCP_WAVES} waves of ${MCP_CLIENTS} concurrent ${MCP_BODY_BYTES}-byte MCP bodies | ${f(r.peak)} |`,
+    `| peak, ${MCP_WAVES} waves of ${MCP_CLIENTS} concurrent ${MCP_BODY_BYTES}-byte MCP bodies | ${f(r.peak)} | ${f(r.peakAnon)} |`,
   );
-  console.log(`| after | ${f(r.after)} |`);
-  console.log(`| chart limit (sidecar.resources.limits.memory) | ${SIDECAR_LIMIT_MIB} |`);
+  console.log(`| after | ${f(r.after)} | ${f(r.afterAnon)} |`);
+  console.log(`| chart limit (sidecar.resources.limits.memory) | ${SIDECAR_LIMIT_MIB} | |`);
   console.log('');
   console.log(
     `responses: ${formatStatuses(r.statuses)}; ${r.auditLines} audit lines; peak ${r.peak <= SIDECAR_LIMIT_MIB ? 'within' : 'OVER'} the ${SIDECAR_LIMIT_MIB} MiB limit`,

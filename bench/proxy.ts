@@ -11,7 +11,15 @@ import { Agent, request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { formatStatuses, MCP_BODY_BYTES, MCP_CLIENTS, MCP_WAVES, mcpLoad } from './support/mcp-load.ts';
-import { BENCH_POD, SIDECAR_LIMIT_MIB, freePort, rssMB, startSidecar, waitPort } from './support/sidecar.ts';
+import {
+  BENCH_POD,
+  SIDECAR_LIMIT_MIB,
+  SIDECAR_ENV_TEXT,
+  freePort,
+  rssMB,
+  startSidecar,
+  waitPort,
+} from './support/sidecar.ts';
 
 const here = new URL('.', import.meta.url).pathname;
 const work = mkdtempSync(join(tmpdir(), 'agentfence-bench-'));
@@ -223,6 +231,7 @@ try {
   const f = (n: number, d = 3): string => (Number.isFinite(n) ? n.toFixed(d) : 'n/a');
   const x = (a: number, b: number | undefined): string => (b ? `${(a / b).toFixed(2)}x` : 'n/a');
   console.log(`medians of ${ROUNDS} interleaved rounds of ${DURATION_S} s per path and connection count`);
+  console.log(`sidecar environment (as injected under the chart's limit): ${SIDECAR_ENV_TEXT}`);
   console.log('');
   console.log(`| path | req/s, 16 conns | vs naive proxy | vs squid | p50 ms, 1 conn | p99 ms, 1 conn |`);
   console.log('|---|---|---|---|---|---|');
@@ -266,7 +275,9 @@ try {
     `| sidecar (fresh), peak over ${MCP_WAVES} waves of ${MCP_CLIENTS} concurrent ${MCP_BODY_BYTES}-byte MCP bodies | ${f(mcp.peak, 1)} | ${r(mcp.peak)} | | <= ${SIDECAR_LIMIT_MIB} MiB (chart limit) |`,
   );
   console.log('');
-  console.log(`MCP case: ${formatStatuses(mcp.statuses)}; ${mcp.auditLines} audit lines`);
+  console.log(
+    `MCP case: ${formatStatuses(mcp.statuses)}; ${mcp.auditLines} audit lines; anonymous RSS (what an OOM kill counts) peak ${f(mcp.peakAnon, 1)} MiB, ${f(mcp.afterAnon, 1)} MiB after (RSS ${f(mcp.after, 1)})`,
+  );
 } finally {
   for (const c of children) c.kill('SIGTERM');
   await sleep(300);

@@ -14,7 +14,16 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { createCertificateAuthority, issueCertificate } from '../lib/tls/pki.ts';
-import { BENCH_POD, freePort, rssMB, startSidecar, waitPort } from './support/sidecar.ts';
+import {
+  BENCH_POD,
+  SIDECAR_LIMIT_MIB,
+  SIDECAR_ENV_TEXT,
+  anonMB,
+  freePort,
+  rssMB,
+  startSidecar,
+  waitPort,
+} from './support/sidecar.ts';
 
 const here = new URL('.', import.meta.url).pathname;
 const work = mkdtempSync(join(tmpdir(), 'agentfence-bench-tls-'));
@@ -262,6 +271,7 @@ try {
   held.maxSockets = 100;
   await Promise.all(Array.from({ length: 100 }, () => get(held, inspectedPort)));
   const openRss = rssMB(sidecar.child.pid);
+  const openAnon = anonMB(sidecar.child.pid);
   const openSockets = Object.values(held.freeSockets).reduce((a, l) => a + (l?.length ?? 0), 0);
 
   const direct = rows[0]?.[1];
@@ -280,7 +290,7 @@ try {
     `leaf minting (CONNECT + handshake, target <= 20 ms for a new name): the very first in a fresh sidecar ${f(first, 1)} ms; 40 new names in the warm sidecar: median ${f(newNames[20] ?? NaN, 2)} ms, max ${f(newNames.at(-1) ?? NaN, 2)} ms (${newNameMints} leaves minted); a cached name: median ${f(cached[25] ?? NaN, 2)} ms (${mints} leaf minted for 51 handshakes to one name)`,
   );
   console.log(
-    `sidecar RSS: ${f(idleRss, 1)} MB after the runs, ${f(openRss, 1)} MB with ${openSockets} intercepted tunnels open`,
+    `sidecar RSS: ${f(idleRss, 1)} MiB after the runs, ${f(openRss, 1)} MiB (${f(openAnon, 1)} anonymous) with ${openSockets} intercepted tunnels open; chart limit ${SIDECAR_LIMIT_MIB} MiB; sidecar environment ${SIDECAR_ENV_TEXT}`,
   );
   held.destroy();
 } finally {

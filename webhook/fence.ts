@@ -12,7 +12,15 @@
 import { ANNOTATION_INJECTED } from '../lib/api/constants.ts';
 import { deepEqual } from '../lib/kube/json.ts';
 import { isPodShape } from './admission.ts';
-import { INJECTED_VOLUMES, SIDECAR_NAME, inject, type Container, type InjectorConfig, type Pod } from './inject.ts';
+import {
+  INJECTED_VOLUMES,
+  SIDECAR_NAME,
+  SIDECAR_RUNTIME_ENV,
+  inject,
+  type Container,
+  type InjectorConfig,
+  type Pod,
+} from './inject.ts';
 import { podPatch } from './patch.ts';
 import { injectedBeforeGates } from '../lib/inbound/gates.ts';
 
@@ -64,7 +72,15 @@ export function fenceProblem(live: unknown, config: InjectorConfig): string | un
   // rendered it (its app ports stay open at L3, as they were), so upgrading the controller does not take the
   // identity of running pods away. The webhook itself always injects gates now, so no new pod can take this path.
   const legacy = injectedBeforeGates(live.spec);
-  const rendered = inject(live, config, legacy ? { gates: false } : {});
+  // Likewise a sidecar injected before it had runtime settings (none of NODE_OPTIONS, GLIBC_TUNABLES) is judged
+  // without them: they bound its memory, not the fence. Any present must be exactly the rendered ones (a preload
+  // in NODE_OPTIONS would run code in the sidecar).
+  const liveEnv = (live.spec.initContainers ?? []).find((c) => c.name === SIDECAR_NAME)?.env ?? [];
+  const runtimeEnv = liveEnv.some((e) => SIDECAR_RUNTIME_ENV.includes(e.name));
+  const rendered = inject(live, config, {
+    ...(legacy ? { gates: false } : {}),
+    ...(runtimeEnv ? {} : { runtimeEnv: false }),
+  });
   if (!rendered.allowed) return `the pod could not be injected as it is now: ${rendered.message}`;
   const expected = rendered.pod;
   if (expected.metadata.annotations?.[ANNOTATION_INJECTED] !== annotation) {

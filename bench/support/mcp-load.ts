@@ -4,7 +4,7 @@
 import type { ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { Agent, request } from 'node:http';
-import { BENCH_POD, rssMB, startSidecar } from './sidecar.ts';
+import { BENCH_POD, anonMB, rssMB, startSidecar } from './sidecar.ts';
 
 export const MCP_CLIENTS = 100;
 export const MCP_WAVES = 3;
@@ -41,6 +41,9 @@ export interface McpLoadResult {
   idle: number;
   peak: number;
   after: number;
+  /** The anonymous part of the RSS (what an OOM kill counts; see anonMB): at its peak, and after. */
+  peakAnon: number;
+  afterAnon: number;
   /** Responses by status (-1: connection error). */
   statuses: Map<number, number>;
   auditLines: number;
@@ -75,7 +78,11 @@ export async function mcpLoad(
   const pid = sidecar.child.pid;
   const idle = rssMB(pid);
   let peak = idle;
-  const sampler = setInterval(() => (peak = Math.max(peak, rssMB(pid))), 10);
+  let peakAnon = anonMB(pid);
+  const sampler = setInterval(() => {
+    peak = Math.max(peak, rssMB(pid));
+    peakAnon = Math.max(peakAnon, anonMB(pid));
+  }, 10);
   const body = mcpBody(MCP_BODY_BYTES);
   const agent = new Agent({ keepAlive: true, maxSockets: MCP_CLIENTS });
   const statuses = new Map<number, number>();
@@ -89,9 +96,10 @@ export async function mcpLoad(
   agent.destroy();
   await new Promise((r) => setTimeout(r, 500));
   const after = rssMB(pid);
+  const afterAnon = anonMB(pid);
   const auditLines = readFileSync(sidecar.auditFile, 'utf8').split('\n').length - 1;
   sidecar.child.kill('SIGTERM');
-  return { idle, peak, after, statuses, auditLines };
+  return { idle, peak, after, peakAnon, afterAnon, statuses, auditLines };
 }
 
 export const formatStatuses = (statuses: Map<number, number>): string =>

@@ -7,6 +7,7 @@ import { existsSync, openSync, readFileSync, symlinkSync, writeFileSync } from '
 import { connect, createServer } from 'node:net';
 import { join } from 'node:path';
 import { parse } from 'yaml';
+import { sidecarRuntimeEnv } from '../../webhook/inject.ts';
 
 const root = new URL('../..', import.meta.url).pathname;
 
@@ -19,6 +20,23 @@ export const SIDECAR_LIMIT_MIB = ((): number => {
   if (!m) throw new Error(`sidecar.resources.limits.memory is not in Mi: ${values.sidecar.resources.limits.memory}`);
   return Number(m[1]);
 })();
+
+/**
+ * The environment a pod's sidecar runs with under the chart's limit (the webhook sets NODE_OPTIONS and
+ * GLIBC_TUNABLES on the sidecar container). SIDECAR_RUNTIME_ENV=0 leaves them out for a comparison (Node's
+ * and glibc's defaults).
+ */
+export const SIDECAR_ENV: Record<string, string> =
+  // eslint-disable-next-line no-restricted-properties -- a bench knob, not configuration of the product
+  process.env.SIDECAR_RUNTIME_ENV === '0'
+    ? {}
+    : Object.fromEntries(sidecarRuntimeEnv(`${SIDECAR_LIMIT_MIB}Mi`).map((e) => [e.name, e.value ?? '']));
+
+/** SIDECAR_ENV in one line, for benchmark output. */
+export const SIDECAR_ENV_TEXT =
+  Object.entries(SIDECAR_ENV)
+    .map(([k, v]) => `${k}='${v}'`)
+    .join(' ') || "Node's and glibc's defaults";
 
 /** The identity fields of the benchmarks' AgentEntitlement spec (the sidecar validates them as in a pod). */
 export const BENCH_POD = {
@@ -56,8 +74,21 @@ export async function waitPort(port: number): Promise<void> {
 
 /** Resident set size of a process, in MB (MiB), from /proc. */
 export function rssMB(pid: number | undefined): number {
+  return statusMiB(pid, 'VmRSS');
+}
+
+/**
+ * The anonymous part of the RSS (heap, buffers, allocator), in MiB. The rest is mostly the node binary's pages,
+ * which are file-backed: a container at its limit has them reclaimed and read again, while anonymous memory
+ * past the limit is what gets the container OOM-killed.
+ */
+export function anonMB(pid: number | undefined): number {
+  return statusMiB(pid, 'RssAnon');
+}
+
+function statusMiB(pid: number | undefined, field: string): number {
   const status = readFileSync(`/proc/${pid ?? 0}/status`, 'utf8');
-  return Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0) / 1024;
+  return Number(new RegExp(`${field}:\\s+(\\d+)`).exec(status)?.[1] ?? 0) / 1024;
 }
 
 export interface SidecarProcess {
@@ -76,7 +107,7 @@ export async function startSidecar(
   work: string,
   spec: Record<string, unknown>,
   children: ChildProcess[],
-  /** Node flags for the sidecar process only (e.g. a V8 heap cap). */
+  /** More Node flags for the sidecar process only (it always gets SIDECAR_ENV, as in a pod). */
   nodeFlags: string[] = [],
   /** More sidecar flags (e.g. --trust-bundle-dir). */
   sidecarFlags: string[] = [],
@@ -123,7 +154,11 @@ export async function startSidecar(
       'warn',
       ...sidecarFlags,
     ],
-    { stdio: ['ignore', openSync(auditFile, 'w'), 'inherit'] },
+    {
+      stdio: ['ignore', openSync(auditFile, 'w'), 'inherit'],
+      // eslint-disable-next-line no-restricted-properties -- the child's environment, as a pod's sidecar has it
+      env: { ...process.env, NODE_OPTIONS: '', ...SIDECAR_ENV },
+    },
   );
   children.push(child);
   await waitPort(port);

@@ -256,3 +256,40 @@ describe('inbound gates and the fence', () => {
     expect(fenceProblem(pod, config)).toBeDefined();
   });
 });
+
+describe("the sidecar's runtime settings and the fence", () => {
+  const runtime = ['NODE_OPTIONS', 'GLIBC_TUNABLES'];
+  it('accepts a pod injected before the sidecar had runtime settings, and refuses any other or partial ones', () => {
+    const without = (pod: Pod, names: string[]): Pod => {
+      sidecar(pod).env = sidecar(pod).env?.filter((e) => !names.includes(e.name));
+      return pod;
+    };
+    // Injected by the previous release (neither variable): still fenced, so upgrading keeps running pods' identity.
+    expect(fenceProblem(without(asStored(injected()), runtime), config)).toBeUndefined();
+    // One of them alone is not what any release injected.
+    for (const name of runtime) {
+      expect(fenceProblem(without(asStored(injected()), [name]), config)).toMatch(
+        /differs from the injected one in: env/,
+      );
+    }
+    // Any other value on the sidecar (a preload, an inspector, another heap or allocator) is not the injection.
+    for (const [name, value] of [
+      ['NODE_OPTIONS', '--require=/tmp/x.js'],
+      ['NODE_OPTIONS', '--inspect=0.0.0.0:9229'],
+      ['NODE_OPTIONS', '--max-old-space-size=4096'],
+      ['NODE_OPTIONS', ''],
+      ['GLIBC_TUNABLES', 'glibc.malloc.check=3'],
+    ] as const) {
+      const pod = asStored(injected());
+      const env = sidecar(pod).env?.find((e) => e.name === name);
+      if (!env) throw new Error(`the injection sets ${name}`);
+      env.value = value;
+      expect(fenceProblem(pod, config)).toMatch(/differs from the injected one in: env/);
+    }
+    const moved = asStored(injected());
+    sidecar(moved).env = sidecar(moved).env?.map((e) =>
+      e.name === 'NODE_OPTIONS' ? { name: e.name, valueFrom: { configMapKeyRef: { name: 'x', key: 'y' } } } : e,
+    );
+    expect(fenceProblem(moved, config)).toMatch(/differs from the injected one in: env/);
+  });
+});

@@ -151,6 +151,43 @@ describe('injection rules', () => {
     );
   });
 
+  it("bounds the sidecar's memory for its limit (NODE_OPTIONS, GLIBC_TUNABLES on the sidecar only), also for an override", () => {
+    const runtime = ['NODE_OPTIONS', 'GLIBC_TUNABLES'];
+    const sidecarEnv = (pod: Pod, name: string): string | undefined => {
+      const out = inject(pod, config);
+      if (!out.allowed) throw new Error(out.message);
+      for (const c of out.pod.spec.containers) expect(c.env?.some((e) => runtime.includes(e.name))).toBe(false);
+      const sidecar = out.pod.spec.initContainers?.find((c) => c.name === 'agentfence-sidecar');
+      return sidecar?.env?.find((e) => e.name === name)?.value;
+    };
+    const nodeOptions = (pod: Pod): string | undefined => sidecarEnv(pod, 'NODE_OPTIONS');
+    expect(nodeOptions(base())).toBe('--max-semi-space-size=2 --max-old-space-size=96');
+    expect(sidecarEnv(base(), 'GLIBC_TUNABLES')).toBe(
+      'glibc.malloc.mmap_threshold=131072:glibc.malloc.trim_threshold=131072',
+    );
+    for (const [limit, oldSpace] of [
+      ['1Gi', 768],
+      ['0.5Gi', 384],
+      ['256M', 183],
+      ['200000Ki', 146],
+      ['268435456', 192],
+    ] as const) {
+      const pod = base();
+      pod.metadata.annotations = { 'agentfence.io/sidecar-memory-limit': limit };
+      expect(nodeOptions(pod)).toBe(`--max-semi-space-size=2 --max-old-space-size=${oldSpace}`);
+    }
+    // A limit too small to run the sidecar at all still gets a usable heap (the pod fails visibly, OOM, not V8).
+    const tiny = base();
+    tiny.metadata.annotations = { 'agentfence.io/sidecar-memory-limit': '16Mi' };
+    expect(nodeOptions(tiny)).toBe('--max-semi-space-size=2 --max-old-space-size=32');
+    // A controller limit the webhook's pattern does not read (valid for Kubernetes) gets no cap rather than a wrong one.
+    const big = inject(base(), { ...config, resources: { ...config.resources, memoryLimit: '1Ti' } });
+    if (!big.allowed) throw new Error(big.message);
+    expect(big.pod.spec.initContainers?.[0]?.env?.find((e) => e.name === 'NODE_OPTIONS')?.value).toBe(
+      '--max-semi-space-size=2',
+    );
+  });
+
   it('refuses a container that mounts the trust volume itself (it could replace the bundle)', () => {
     const pod = base();
     const app = pod.spec.containers[0] ?? { name: '' };
