@@ -83,7 +83,7 @@ beforeAll(async () => {
       const res = await fetch(`http://127.0.0.1:${adminPort}/readyz`);
       expect(res.status).toBe(200);
     },
-    { timeout: 30_000, interval: 200 },
+    { timeout: 90_000, interval: 200 },
   );
 }, 120_000);
 

@@ -48,15 +48,19 @@ const token = async (pod: string, uid: string, ttlSeconds = 300): Promise<string
   ).token;
 
 /** Reads SSE events from a streaming response. */
+type StreamEvent = { event: string; data: Record<string, unknown> } | 'closed';
+
 function events(res: Response): {
-  next: (timeoutMs?: number) => Promise<{ event: string; data: Record<string, unknown> } | 'closed'>;
+  next: (timeoutMs?: number) => Promise<StreamEvent>;
+  /** The next event that is not a heartbeat: heartbeats come every 100 ms here and may fall between any two. */
+  change: () => Promise<StreamEvent>;
 } {
   const reader: ReadableStreamDefaultReader<Uint8Array> | undefined = res.body?.getReader();
   if (!reader) throw new Error('no body');
   let buffer = '';
   const decoder = new TextDecoder();
-  return {
-    async next(timeoutMs = 2000) {
+  const stream = {
+    async next(timeoutMs = 2000): Promise<StreamEvent> {
       const deadline = Date.now() + timeoutMs;
       for (;;) {
         const idx = buffer.indexOf('\n\n');
@@ -77,7 +81,14 @@ function events(res: Response): {
         buffer += decoder.decode(chunk.value satisfies Uint8Array, { stream: true });
       }
     },
+    async change(): Promise<StreamEvent> {
+      for (;;) {
+        const e = await stream.next();
+        if (e === 'closed' || e.event !== 'heartbeat') return e;
+      }
+    },
   };
+  return stream;
 }
 
 beforeAll(async () => {
@@ -118,10 +129,10 @@ describe('entitlement stream', () => {
     expect(res.status).toBe(200);
     expect(res.headers.get('content-type')).toBe('text/event-stream');
     const stream = events(res);
-    expect(await stream.next()).toMatchObject({ event: 'snapshot', data: { revision: '' } }); // nothing compiled yet: no grants
+    expect(await stream.change()).toMatchObject({ event: 'snapshot', data: { revision: '' } }); // nothing compiled yet: no grants
 
     hub.upsert(entitlement('p1', 'uid-1', 'sha256:01'));
-    expect(await stream.next()).toMatchObject({
+    expect(await stream.change()).toMatchObject({
       event: 'snapshot',
       data: { revision: 'sha256:01', entitlement: { spec: { podName: 'p1' } } },
     });
@@ -131,12 +142,12 @@ describe('entitlement stream', () => {
     expect(await stream.next()).toMatchObject({ event: 'heartbeat', data: { revision: 'sha256:01' } });
 
     hub.upsert(entitlement('p1', 'uid-OLD', 'sha256:02')); // an earlier pod of the same name: counts as none
-    expect(await stream.next()).toMatchObject({ event: 'snapshot', data: { revision: '' } });
+    expect(await stream.change()).toMatchObject({ event: 'snapshot', data: { revision: '' } });
 
     hub.upsert(entitlement('p1', 'uid-1', 'sha256:03'));
-    expect(await stream.next()).toMatchObject({ data: { revision: 'sha256:03' } });
+    expect(await stream.change()).toMatchObject({ data: { revision: 'sha256:03' } });
     hub.remove('ns', 'p1');
-    expect(await stream.next()).toMatchObject({
+    expect(await stream.change()).toMatchObject({
       event: 'snapshot',
       data: { revision: '', entitlement: { spec: { egress: [] } } },
     });
