@@ -42,6 +42,11 @@ export interface ControlPlaneOptions {
 /** The controllers a real node needs on top of the default four (see ControlPlaneOptions.node). */
 /** Where Services get their cluster IPs (the API server's serving certificate names the first, 10.0.0.1). */
 export const SERVICE_CLUSTER_IP_RANGE = '10.0.0.0/24';
+/**
+ * The admin client certificate's user. kube-controller-manager runs with these credentials (no per-controller
+ * ServiceAccounts), so garbage collection and namespace deletion arrive at admission as this user.
+ */
+export const LOCAL_ADMIN_USER = 'admin';
 
 export const NODE_CONTROLLERS = [
   'node-lifecycle-controller',
@@ -185,7 +190,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
       validityDays: 7,
     });
     const admin = await issueCertificate(clientCA, {
-      commonName: 'admin',
+      commonName: LOCAL_ADMIN_USER,
       organizations: ['system:masters'],
       usage: 'client',
       validityDays: 7,

@@ -25,11 +25,17 @@ import { sleep } from '../lib/sleep.ts';
 import { createAgentVerifier } from '../lib/verify/index.ts';
 import { agentOf, requireAgent } from '../lib/verify/express.ts';
 import { fetchWithCA } from '../lib/verify/fetch-with-ca.ts';
-import { mutatingWebhookConfiguration, podIntegrityBinding, podIntegrityPolicy } from '../webhook/manifests.ts';
+import {
+  entitlementIntegrityBinding,
+  entitlementIntegrityPolicy,
+  mutatingWebhookConfiguration,
+  podIntegrityBinding,
+  podIntegrityPolicy,
+} from '../webhook/manifests.ts';
 import { startSidecar, type RunningSidecar } from '../sidecar/runtime.ts';
 import type { AuditRecord } from '../sidecar/audit.ts';
 import type { Binaries } from './binaries.ts';
-import { startControlPlane } from './controlplane.ts';
+import { LOCAL_ADMIN_USER, startControlPlane } from './controlplane.ts';
 import { NODE_NETWORK, startNode, type NodeBinaries } from './node.ts';
 import { DEMO_IMAGE, nodeAgents } from './demo-node.ts';
 import { buildProjectImage } from './image.ts';
@@ -373,6 +379,12 @@ export async function runDemo(options: DemoOptions): Promise<void> {
     );
     await k(['apply', '--server-side', '-f', '-'], JSON.stringify(podIntegrityPolicy()));
     await k(['apply', '--server-side', '-f', '-'], JSON.stringify(podIntegrityBinding({ excludeNamespaces: exclude })));
+    // The demo's controller runs with the admin credentials, as does this control plane's garbage collector.
+    await k(
+      ['apply', '--server-side', '-f', '-'],
+      JSON.stringify(entitlementIntegrityPolicy({ controller: LOCAL_ADMIN_USER })),
+    );
+    await k(['apply', '--server-side', '-f', '-'], JSON.stringify(entitlementIntegrityBinding()));
     out(`✔ controller up at ${issuerUrl} (webhook, identity, entitlements); webhook and admission policy registered`);
     const runner = node
       ? nodeAgents({ k, namespace: NS, controllerUrl: issuerUrl, host: node.ip })

@@ -4,7 +4,7 @@
  * injected. The integration tests install exactly these (with a URL instead of the Service); a chart test
  * checks the chart renders the same rules.
  */
-import { ANNOTATION_INJECTED, LABEL_AGENT, LABEL_INJECT } from '../lib/api/constants.ts';
+import { AGENT_ENTITLEMENT, ANNOTATION_INJECTED, GROUP, LABEL_AGENT, LABEL_INJECT } from '../lib/api/constants.ts';
 import { SIDECAR_NAME } from './inject.ts';
 
 export const WEBHOOK_CONFIGURATION_NAME = 'agentfence-sidecar-injector';
@@ -180,6 +180,86 @@ export function podIntegrityBinding(options: {
           ],
         },
       },
+    },
+  };
+}
+
+export const ENTITLEMENT_VAP_NAME = 'agentfence-entitlement-integrity';
+export const ENTITLEMENT_INTEGRITY_RULE = 'entitlement-writer';
+
+/**
+ * Who deletes an AgentEntitlement besides the controller: the garbage collector (an entitlement is owned by its
+ * pod) and the namespace controller (namespace deletion), each under its per-controller ServiceAccount, or as
+ * the controller manager itself when it runs without per-controller credentials.
+ */
+export const CONTROL_PLANE_DELETERS = [
+  'system:serviceaccount:kube-system:generic-garbage-collector',
+  'system:serviceaccount:kube-system:namespace-controller',
+  'system:kube-controller-manager',
+] as const;
+
+const USERNAME = /^[A-Za-z0-9:._@-]{1,253}$/;
+function celString(username: string): string {
+  if (!USERNAME.test(username))
+    throw new Error(`invalid Kubernetes username for the admission policy: ${JSON.stringify(username)}`);
+  return `'${username}'`;
+}
+
+/**
+ * An AgentEntitlement names the credential Secrets the distribution hub streams to a pod's sidecar, so whoever
+ * writes one reads those Secrets. Only the controller writes them (and their status, which the sidecar's
+ * acknowledgement reaches through the controller); the control plane may only delete them. No exception for
+ * cluster admins: they can already read Secrets, and an exception would be a second way in to keep watch on.
+ */
+export function entitlementIntegrityPolicy(options: {
+  /** The controller's username, e.g. system:serviceaccount:agentfence-system:agentfence-controller. */
+  controller: string;
+  /** Identities that may delete (never create or change) entitlements; default CONTROL_PLANE_DELETERS. */
+  deleters?: readonly string[];
+}): Record<string, unknown> {
+  const controller = celString(options.controller);
+  const deleters = (options.deleters ?? CONTROL_PLANE_DELETERS).map(celString).join(', ');
+  return {
+    apiVersion: 'admissionregistration.k8s.io/v1',
+    kind: 'ValidatingAdmissionPolicy',
+    metadata: { name: ENTITLEMENT_VAP_NAME, labels: { 'app.kubernetes.io/name': 'agentfence' } },
+    spec: {
+      failurePolicy: 'Fail',
+      matchConstraints: {
+        resourceRules: [
+          {
+            apiGroups: [GROUP],
+            apiVersions: ['*'],
+            operations: ['CREATE', 'UPDATE', 'DELETE'],
+            resources: [AGENT_ENTITLEMENT.plural, `${AGENT_ENTITLEMENT.plural}/status`],
+          },
+        ],
+      },
+      validations: [
+        {
+          expression: `request.userInfo.username == ${controller} || (request.operation == 'DELETE' && request.userInfo.username in [${deleters}])`,
+          message: `[${ENTITLEMENT_INTEGRITY_RULE}] AgentEntitlements are written only by the agentfence controller (${options.controller}) and deleted only by it or the garbage collector: they decide which credential Secrets a pod's sidecar receives; change the AgentPolicy instead`,
+          reason: 'Forbidden',
+        },
+      ],
+    },
+  };
+}
+
+/** Every namespace: an entitlement anywhere (the controller's own namespace too) can name that namespace's Secrets. */
+export function entitlementIntegrityBinding(
+  options: { namespaceMatchLabels?: Record<string, string> } = {},
+): Record<string, unknown> {
+  return {
+    apiVersion: 'admissionregistration.k8s.io/v1',
+    kind: 'ValidatingAdmissionPolicyBinding',
+    metadata: { name: ENTITLEMENT_VAP_NAME, labels: { 'app.kubernetes.io/name': 'agentfence' } },
+    spec: {
+      policyName: ENTITLEMENT_VAP_NAME,
+      validationActions: ['Deny'],
+      ...(options.namespaceMatchLabels
+        ? { matchResources: { namespaceSelector: { matchLabels: options.namespaceMatchLabels } } }
+        : {}),
     },
   };
 }

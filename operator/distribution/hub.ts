@@ -231,7 +231,8 @@ export class EntitlementHub {
    * The entitlement for this pod incarnation, and whether the credential values its rules name may go with it:
    * only for the leader's compile (the publication) or a record object labelled as the controller's. A hand-written
    * (unmanaged) entitlement is served, but never with values: whoever may write one must not thereby read the
-   * namespace's credential Secrets (docs/security-model.md, "Brokered credentials").
+   * namespace's credential Secrets (docs/security-model.md, "Brokered credentials"). The label can be trusted
+   * because the entitlement-integrity admission policy (webhook/manifests.ts) admits writes only from the controller.
    */
   private resolve(pod: PodKey): { entitlement: AgentEntitlement; brokered: boolean } {
     const k = key(pod.namespace, pod.podName);

@@ -16,7 +16,16 @@ import { type RunningOperator } from '../../operator/runtime.ts';
 import { cluster, createNamespace, eventually, run, runOrThrow } from '../support/cluster.ts';
 import { kubeRequest } from '../support/kube-request.ts';
 import { expectGolden } from '../support/golden.ts';
-import { mutatingWebhookConfiguration, podIntegrityBinding, podIntegrityPolicy } from '../../webhook/manifests.ts';
+import {
+  CONTROL_PLANE_DELETERS,
+  ENTITLEMENT_VAP_NAME,
+  entitlementIntegrityBinding,
+  entitlementIntegrityPolicy,
+  mutatingWebhookConfiguration,
+  podIntegrityBinding,
+  podIntegrityPolicy,
+  VAP_NAME,
+} from '../../webhook/manifests.ts';
 import { CONTROLLER } from '../../operator/defaults.ts';
 import { loadOperatorConfig } from '../../cli/operator.ts';
 
@@ -24,6 +33,7 @@ const run$ = promisify(execFile);
 const chartDir = new URL('../../charts/agentfence', import.meta.url).pathname;
 const goldenDir = new URL('../golden/chart/', import.meta.url).pathname;
 const RELEASE_NS = 'agentfence-system';
+const ENTITLEMENT_TEST_BINDING = 'agentfence-entitlement-integrity-chart-test';
 
 function helm(): string {
   const bin = cluster().binaries.helm;
@@ -207,10 +217,15 @@ describe('Helm chart', () => {
         excludeNamespaces,
       }),
     );
-    expect(docs.find((d) => d.kind === 'ValidatingAdmissionPolicy')).toEqual(podIntegrityPolicy());
-    expect(docs.find((d) => d.kind === 'ValidatingAdmissionPolicyBinding')).toEqual(
-      podIntegrityBinding({ excludeNamespaces }),
+    const find = (kind: string, name: string): unknown =>
+      docs.find((d) => d.kind === kind && (d as { metadata?: { name?: string } }).metadata?.name === name);
+    expect(find('ValidatingAdmissionPolicy', VAP_NAME)).toEqual(podIntegrityPolicy());
+    expect(find('ValidatingAdmissionPolicyBinding', VAP_NAME)).toEqual(podIntegrityBinding({ excludeNamespaces }));
+    const controller = `system:serviceaccount:${RELEASE_NS}:agentfence-controller`;
+    expect(find('ValidatingAdmissionPolicy', ENTITLEMENT_VAP_NAME)).toEqual(
+      entitlementIntegrityPolicy({ controller, deleters: [...CONTROL_PLANE_DELETERS, `${controller}-cleanup`] }),
     );
+    expect(find('ValidatingAdmissionPolicyBinding', ENTITLEMENT_VAP_NAME)).toEqual(entitlementIntegrityBinding());
   });
 
   it('refuses bad values at install time with a readable message', async () => {
@@ -263,6 +278,8 @@ describe('chart objects on the real API server, and the controller under the cha
       ['clusterrole', 'agentfence-controller'],
       ['clusterrolebinding', 'agentfence-controller'],
       ['validatingadmissionpolicy', 'agentfence-pod-integrity'],
+      ['validatingadmissionpolicybinding', ENTITLEMENT_TEST_BINDING],
+      ['validatingadmissionpolicy', 'agentfence-entitlement-integrity'],
     ] as const)
       await run(['delete', kind, name, '--ignore-not-found']);
     await run(['delete', 'namespace', RELEASE_NS, '--wait=false']);
@@ -302,6 +319,40 @@ describe('chart objects on the real API server, and the controller under the cha
     expect(secret.code).toBe(0);
     // It can do its job: a policy and an agent pod become a NetworkPolicy and an AgentEntitlement.
     const ns = await createNamespace('chart-rbac');
+    // ... under the chart's entitlement-integrity policy, bound here to this namespace only (the chart binds it
+    // everywhere, which would refuse the other test files' controllers).
+    await runOrThrow(
+      ['apply', '--server-side', '-f', '-'],
+      JSON.stringify({
+        apiVersion: 'admissionregistration.k8s.io/v1',
+        kind: 'ValidatingAdmissionPolicyBinding',
+        metadata: { name: ENTITLEMENT_TEST_BINDING },
+        spec: {
+          policyName: ENTITLEMENT_VAP_NAME,
+          validationActions: ['Deny'],
+          matchResources: { namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': ns } } },
+        },
+      }),
+    );
+    const forged = JSON.stringify({
+      apiVersion: 'agentfence.io/v1alpha1',
+      kind: 'AgentEntitlement',
+      metadata: { name: 'forged', namespace: ns, labels: { 'app.kubernetes.io/managed-by': 'agentfence' } },
+      spec: {
+        podName: 'forged',
+        podUID: '0b7f6c2e-1111-2222-3333-444455556666',
+        agent: 'a',
+        spiffeID: `spiffe://cluster.local/ns/${ns}/agent/a`,
+        revision: 'sha256:abc',
+        expiresAt: '2030-01-01T00:00:00Z',
+        egress: [],
+      },
+    });
+    const refused = await eventually(async () => {
+      const res = await run(['create', '--dry-run=server', '-f', '-'], forged);
+      return res.code !== 0 ? res.stderr : undefined;
+    }, 'entitlement-integrity policy active');
+    expect(refused).toContain(`[entitlement-writer]`);
     await runOrThrow(
       ['apply', '-f', '-'],
       JSON.stringify({
