@@ -77,11 +77,26 @@ describe('agentfence render against a real API server', () => {
       'name',
     ]);
     expect(written.trim()).toBe('');
-    // ...the callee side is tools' own policy, which admits the planner of namespace agents.
+    // ...the callee side is tools' own policy, which admits the planner of namespace agents. The fixture's triage
+    // pod carries no sidecar (injected before inbound gates, as far as the compiler can tell), so its app port is
+    // opened by the policy's pre-gate NetworkPolicy, which selects only such pods.
     const callee = JSON.parse(
-      await runOrThrow(['get', 'networkpolicy', 'agentfence-triage-accepts-planner', '-n', 'tools', '-o', 'json']),
-    ) as Obj;
-    expect(callee.spec.ingress).toEqual([
+      await runOrThrow([
+        'get',
+        'networkpolicies',
+        '-n',
+        'tools',
+        '-l',
+        'agentfence.io/policy=triage-accepts-planner',
+        '-o',
+        'json',
+      ]),
+    ) as { items: Obj[] };
+    const opening = callee.items.filter((np) => np.spec.ingress !== undefined);
+    expect(opening.map((np) => (np.spec.podSelector as { matchExpressions?: unknown }).matchExpressions)).toEqual([
+      [{ key: 'agentfence.io/inbound-gated', operator: 'DoesNotExist' }],
+    ]);
+    expect(opening[0]?.spec.ingress).toEqual([
       {
         from: [
           {
