@@ -109,6 +109,9 @@ function agentDeployment(agent: string, inject = true): string {
               image: realnode().image,
               imagePullPolicy: 'Never',
               command: ['node', '-e', SERVE],
+              // Declared, as an agent must declare what it serves: the webhook puts the sidecar's inbound gate in
+              // front of it, and other agents reach it only through that gate.
+              ports: [{ name: 'http', containerPort: HTTP_PORT }],
               env: [{ name: 'ME', value: agent }],
               securityContext: { runAsUser: APP_UID, runAsGroup: APP_UID, allowPrivilegeEscalation: false },
             },
