@@ -4,6 +4,7 @@
  * credential → allow under a rule, or the refusal: 401 without a valid credential, 403 with one but no grant.
  * Deny by default: no rule, nothing admitted.
  */
+import { defaultJwksUri } from '../lib/identity/claims.ts';
 import type { AgentEntitlement, EntitlementIngressRule } from '../lib/api/types.generated.ts';
 import { containsCidr, parseCidr, parseIP, type Cidr } from '../lib/ip.ts';
 import { compileHttpProfile, judgeHttp, type HttpProfile } from './http-profile.ts';
@@ -66,7 +67,7 @@ function compileRule(r: EntitlementIngressRule): InboundRule {
       issuer: r.users.issuer,
       audiences: new Set(r.users.audiences),
       claims: r.users.claims ?? [],
-      jwksUri: r.users.jwksUri ?? `${r.users.issuer.replace(/\/$/, '')}/.well-known/jwks.json`,
+      jwksUri: r.users.jwksUri ?? defaultJwksUri(r.users.issuer),
     };
   }
   if (r.cidrs) out.cidrs = r.cidrs.map(parseCidr).filter((c): c is Cidr => c !== undefined);

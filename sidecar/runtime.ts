@@ -27,6 +27,7 @@ import { InboundPolicy } from './inbound-policy.ts';
 import type { Gate } from '../lib/inbound/gates.ts';
 import { createAgentVerifier, type AgentVerifier } from '../lib/verify/index.ts';
 import type { Resolver } from './addresses.ts';
+import { defaultJwksUri } from '../lib/identity/claims.ts';
 
 export interface SidecarConfig {
   listen: { host: string; port: number };
@@ -270,7 +271,7 @@ export async function startSidecar(
       verifier: createAgentVerifier({
         issuer,
         audience: id.spiffeID,
-        jwksUri: `${controllerMode.controllerUrl.replace(/\/$/, '')}/.well-known/jwks.json`,
+        jwksUri: defaultJwksUri(controllerMode.controllerUrl),
         ...(jwksFetch ? { fetch: jwksFetch } : {}),
       }),
     };

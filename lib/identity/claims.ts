@@ -54,3 +54,8 @@ export function parseAgentSpiffeId(id: string): ParsedAgentId | undefined {
   if (!isTrustDomain(trustDomain) || !SEGMENT.test(namespace) || !SEGMENT.test(agent)) return undefined;
   return { trustDomain, namespace, agent };
 }
+
+/** Where an issuer publishes its keys unless it says otherwise: `<issuer>/.well-known/jwks.json` (OIDC discovery). */
+export function defaultJwksUri(issuer: string): string {
+  return `${issuer.replace(/\/$/, '')}/.well-known/jwks.json`;
+}

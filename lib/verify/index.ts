@@ -4,7 +4,13 @@
  * a SPIFFE subject in the expected trust domain. Exported as `agentfence/verify`.
  */
 import { createLocalJWKSet, errors, jwtVerify, type JSONWebKeySet, type JWTPayload, type JWTVerifyGetKey } from 'jose';
-import { AGENT_CLAIM, TOKEN_ALGORITHM, parseAgentSpiffeId, type AgentClaim } from '../identity/claims.ts';
+import {
+  AGENT_CLAIM,
+  TOKEN_ALGORITHM,
+  defaultJwksUri,
+  parseAgentSpiffeId,
+  type AgentClaim,
+} from '../identity/claims.ts';
 import { CodedError } from '../errors.ts';
 import { DEFAULT_JWKS_GRACE_MS, remoteKeys } from './remote-keys.ts';
 
@@ -80,7 +86,7 @@ export function createAgentVerifier(options: AgentVerifierOptions): AgentVerifie
   const keys: JWTVerifyGetKey = options.jwks
     ? createLocalJWKSet(options.jwks)
     : remoteKeys({
-        url: new URL(options.jwksUri ?? `${options.issuer.replace(/\/$/, '')}/.well-known/jwks.json`),
+        url: new URL(options.jwksUri ?? defaultJwksUri(options.issuer)),
         cacheMaxAgeMs: options.jwksCacheMaxAgeMs ?? 60_000,
         cooldownMs: options.jwksCooldownMs ?? 30_000,
         graceMs: options.jwksGraceMs ?? DEFAULT_JWKS_GRACE_MS,

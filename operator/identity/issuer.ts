@@ -4,7 +4,13 @@
  */
 import { randomBytes } from 'node:crypto';
 import { importJWK, SignJWT, type CryptoKey as JoseKey } from 'jose';
-import { AGENT_CLAIM, TOKEN_ALGORITHM, agentSpiffeId, type AgentClaim } from '../../lib/identity/claims.ts';
+import {
+  AGENT_CLAIM,
+  TOKEN_ALGORITHM,
+  agentSpiffeId,
+  defaultJwksUri,
+  type AgentClaim,
+} from '../../lib/identity/claims.ts';
 import type { KeySet, SigningKey } from './keys.ts';
 
 export interface AgentTokenRequest {
@@ -84,7 +90,7 @@ export class TokenIssuer {
 export function openIdConfiguration(issuer: string): Record<string, unknown> {
   return {
     issuer,
-    jwks_uri: `${issuer.replace(/\/$/, '')}/.well-known/jwks.json`,
+    jwks_uri: defaultJwksUri(issuer),
     response_types_supported: ['id_token'],
     subject_types_supported: ['public'],
     id_token_signing_alg_values_supported: [TOKEN_ALGORITHM],
